@@ -1,0 +1,37 @@
+/**
+ * The distflash command line. Subcommands live one per file in cli/.
+ *
+ * Built on the npm package commander: JSR packages (cliffy, @std/cli) cannot be installed on the
+ * machines this project is developed on.
+ */
+import { Command, CommanderError } from "commander";
+import { VERSION } from "../src/runtime/info.ts";
+import { registerInfo } from "./info.ts";
+import { registerDemo } from "./demo.ts";
+
+export function buildProgram(): Command {
+  const program = new Command()
+    .name("distflash")
+    .description(
+      "long-context Llama training with DistFlashAttention (sequence-parallel attention)",
+    )
+    .version(VERSION, "-V, --version")
+    .showHelpAfterError("(run `distflash --help` for usage)")
+    .exitOverride();
+  registerInfo(program);
+  registerDemo(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    await buildProgram().parseAsync(argv, { from: "user" });
+    return 0;
+  } catch (error) {
+    if (error instanceof CommanderError) return error.exitCode; // commander printed the message
+    console.error(`distflash: ${(error as Error).message}`);
+    return 1;
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

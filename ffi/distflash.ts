@@ -1,0 +1,98 @@
+/**
+ * The symbol table of libdistflash_{cpu,cuda}.so: one entry per function of
+ * csrc/include/distflash.h, with the C signature beside it.
+ *
+ * Device addresses travel as `usize` (bigint on the TypeScript side) rather than pointer objects:
+ * sub-tensor views are then plain arithmetic, and x86-64 passes both in the same registers. Host buffers that the
+ * C side reads or writes (copies, output slots) travel as `buffer` (a TypedArray).
+ * Every function returns a df_status (i32); `unwrap` in ffi/unwrap.ts turns it into an exception.
+ */
+
+const status = "i32" as const;
+const dptr = "usize" as const; // device address (void*, float*, uint16_t* ...)
+const stream = "usize" as const; // void* stream handle, 0 = default stream
+
+export const DISTFLASH_SYMBOLS = {
+  // const char *df_last_error(void)
+  df_last_error: { parameters: [], result: "pointer" },
+  // const char *df_backend_name(void)
+  df_backend_name: { parameters: [], result: "pointer" },
+  // const char *df_build_info(void)
+  df_build_info: { parameters: [], result: "pointer" },
+  // int32_t df_abi_version(void)
+  df_abi_version: { parameters: [], result: "i32" },
+
+  // df_status df_device_count(int32_t *count)
+  df_device_count: { parameters: ["buffer"], result: status },
+  // df_status df_device_props_get(int32_t device, df_device_props *props)
+  df_device_props_get: { parameters: ["i32", "buffer"], result: status },
+  // df_status df_set_device(int32_t device)
+  df_set_device: { parameters: ["i32"], result: status },
+  // df_status df_driver_version(int32_t *version)
+  df_driver_version: { parameters: ["buffer"], result: status },
+  // df_status df_runtime_version(int32_t *version)
+  df_runtime_version: { parameters: ["buffer"], result: status },
+  // df_status df_device_synchronize(void)
+  df_device_synchronize: { parameters: [], result: status },
+  // df_status df_mem_info(uint64_t *free_bytes, uint64_t *total_bytes)
+  df_mem_info: { parameters: ["buffer", "buffer"], result: status },
+
+  // df_status df_malloc(void **ptr, uint64_t bytes)
+  df_malloc: { parameters: ["buffer", "u64"], result: status },
+  // df_status df_free(void *ptr)
+  df_free: { parameters: [dptr], result: status },
+  // df_status df_malloc_host(void **ptr, uint64_t bytes)
+  df_malloc_host: { parameters: ["buffer", "u64"], result: status },
+  // df_status df_free_host(void *ptr)
+  df_free_host: { parameters: [dptr], result: status },
+  // df_status df_memcpy_h2d(void *dst, const void *src, uint64_t bytes, void *stream)
+  df_memcpy_h2d: { parameters: [dptr, "buffer", "u64", stream], result: status },
+  // df_status df_memcpy_d2h(void *dst, const void *src, uint64_t bytes, void *stream)
+  df_memcpy_d2h: { parameters: ["buffer", dptr, "u64", stream], result: status },
+  // df_status df_memcpy_d2d(void *dst, const void *src, uint64_t bytes, void *stream)
+  df_memcpy_d2d: { parameters: [dptr, dptr, "u64", stream], result: status },
+  // df_status df_memset(void *ptr, int32_t value, uint64_t bytes, void *stream)
+  df_memset: { parameters: [dptr, "i32", "u64", stream], result: status },
+  // df_status df_live_allocations(uint64_t *count, uint64_t *bytes)
+  df_live_allocations: { parameters: ["buffer", "buffer"], result: status },
+
+  // df_status df_stream_create(void **stream)
+  df_stream_create: { parameters: ["buffer"], result: status },
+  // df_status df_stream_destroy(void *stream)
+  df_stream_destroy: { parameters: [stream], result: status },
+  // df_status df_stream_synchronize(void *stream)
+  df_stream_synchronize: { parameters: [stream], result: status },
+  // df_status df_event_create(void **event)
+  df_event_create: { parameters: ["buffer"], result: status },
+  // df_status df_event_destroy(void *event)
+  df_event_destroy: { parameters: ["usize"], result: status },
+  // df_status df_event_record(void *event, void *stream)
+  df_event_record: { parameters: ["usize", stream], result: status },
+  // df_status df_stream_wait_event(void *stream, void *event)
+  df_stream_wait_event: { parameters: [stream, "usize"], result: status },
+  // df_status df_event_synchronize(void *event)
+  df_event_synchronize: { parameters: ["usize"], result: status },
+  // df_status df_event_elapsed_ms(float *ms, void *start, void *end)
+  df_event_elapsed_ms: { parameters: ["buffer", "usize", "usize"], result: status },
+
+  // df_status df_cast_f32_to_bf16(uint16_t *out, const float *in, uint64_t n, void *stream)
+  df_cast_f32_to_bf16: { parameters: [dptr, dptr, "u64", stream], result: status },
+  // df_status df_cast_bf16_to_f32(float *out, const uint16_t *in, uint64_t n, void *stream)
+  df_cast_bf16_to_f32: { parameters: [dptr, dptr, "u64", stream], result: status },
+  // df_status df_axpy_f32(float *y, const float *x, float a, uint64_t n, void *stream)
+  df_axpy_f32: { parameters: [dptr, dptr, "f32", "u64", stream], result: status },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+export type DistflashSymbols = Deno.DynamicLibrary<typeof DISTFLASH_SYMBOLS>["symbols"];
+
+/** Byte layout of df_device_props (csrc/include/distflash.h). */
+export const DEVICE_PROPS_LAYOUT = {
+  size: 256 + 8 + 8 + 4 * 4,
+  name: 0,
+  totalBytes: 256,
+  freeBytes: 264,
+  ccMajor: 272,
+  ccMinor: 276,
+  multiprocessors: 280,
+  pciBusId: 284,
+} as const;

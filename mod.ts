@@ -1,0 +1,36 @@
+/**
+ * distflash: long-context Llama training with DistFlashAttention, as a Deno library.
+ *
+ * @example Inspect the installation
+ * ```ts
+ * import { formatInfo, gatherInfo } from "./mod.ts";
+ * console.log(formatInfo(gatherInfo()));
+ * ```
+ *
+ * @example Run an op on the CPU backend
+ * ```ts
+ * import { axpyF32, Device } from "./mod.ts";
+ * const device = Device.open("cpu");
+ * const x = device.alloc(16), y = device.alloc(16);
+ * device.upload(x.ptr, new Float32Array([1, 2, 3, 4]));
+ * device.upload(y.ptr, new Float32Array([1, 1, 1, 1]));
+ * axpyF32(device, y.ptr, x.ptr, 2, 4); // y = 2x + y
+ * console.log(device.download(new Float32Array(4), y.ptr)); // [3, 5, 7, 9]
+ * x.free();
+ * y.free();
+ * ```
+ * @module
+ */
+export {
+  type BackendName,
+  Device,
+  DeviceBuffer,
+  type DeviceProps,
+  type DevicePtr,
+  type Event,
+  type Stream,
+} from "./src/runtime/device.ts";
+export { axpyF32, castBf16ToF32, castF32ToBf16 } from "./src/runtime/ops_basic.ts";
+export { formatInfo, gatherInfo, type Info, openBackend, VERSION } from "./src/runtime/info.ts";
+export { DistflashError } from "./ffi/unwrap.ts";
+export { LibraryNotFoundError } from "./ffi/loader.ts";

@@ -1,0 +1,236 @@
+/**
+ * A native backend opened through FFI: device queries, memory, streams and events. Every call goes
+ * through `check`, which turns a df_status into a DistflashError with the C-side message.
+ */
+import { type BackendName, type LoaderOptions, openDistflash } from "../../ffi/loader.ts";
+import { DEVICE_PROPS_LAYOUT, type DistflashSymbols } from "../../ffi/distflash.ts";
+import { cString, unwrap } from "../../ffi/unwrap.ts";
+
+export type { BackendName };
+
+/**
+ * A device address (void* on the C side), carried as a bigint: Deno passes bigints to usize
+ * parameters on its fast path (numbers there cost ~20x more per call).
+ */
+export type DevicePtr = bigint;
+/** A stream handle; 0n is the default stream. */
+export type Stream = bigint;
+/** An event handle. */
+export type Event = bigint;
+
+export interface DeviceProps {
+  index: number;
+  name: string;
+  totalBytes: number;
+  /** Free memory; only known for the current device (0 for the others). */
+  freeBytes: number;
+  computeCapability: string;
+  multiprocessors: number;
+  pciBusId: number;
+}
+
+/** A device allocation. `free()` returns it; using it afterwards is a thrown error, not a crash. */
+export class DeviceBuffer {
+  #freed = false;
+  constructor(readonly device: Device, readonly ptr: DevicePtr, readonly bytes: number) {}
+  get freed(): boolean {
+    return this.#freed;
+  }
+  /** The address `byteOffset` bytes in, checked against this buffer's size. */
+  at(byteOffset: number, bytes = 0): DevicePtr {
+    if (byteOffset < 0 || byteOffset + bytes > this.bytes) {
+      throw new RangeError(`offset ${byteOffset}+${bytes} is outside a ${this.bytes}-byte buffer`);
+    }
+    return this.ptr + BigInt(byteOffset);
+  }
+  free(): void {
+    if (this.#freed) return;
+    this.#freed = true;
+    this.device.freeRaw(this.ptr);
+  }
+}
+
+type HostArray =
+  | Float32Array
+  | Float64Array
+  | Uint16Array
+  | Int32Array
+  | Uint32Array
+  | Uint8Array
+  | BigInt64Array;
+
+export class Device {
+  readonly sym: DistflashSymbols;
+  #closed = false;
+
+  private constructor(
+    readonly backend: BackendName,
+    readonly libraryPath: string,
+    private readonly lib: Deno.DynamicLibrary<
+      typeof import("../../ffi/distflash.ts").DISTFLASH_SYMBOLS
+    >,
+  ) {
+    this.sym = lib.symbols;
+  }
+
+  /** Opens the backend's native library (throws LibraryNotFoundError with the paths tried). */
+  static open(backend: BackendName, options: LoaderOptions = {}): Device {
+    const { lib, path } = openDistflash(backend, options);
+    return new Device(backend, path, lib);
+  }
+
+  /** Throws a DistflashError carrying the C-side message unless status is DF_OK. */
+  check(status: number, fn: string): void {
+    unwrap(status, fn, () => cString(this.sym.df_last_error()));
+  }
+
+  lastError(): string {
+    return cString(this.sym.df_last_error());
+  }
+
+  get buildInfo(): string {
+    return cString(this.sym.df_build_info());
+  }
+
+  get abiVersion(): number {
+    return this.sym.df_abi_version();
+  }
+
+  deviceCount(): number {
+    const out = new Int32Array(1);
+    this.check(this.sym.df_device_count(out), "df_device_count");
+    return out[0];
+  }
+
+  props(index: number): DeviceProps {
+    const raw = new Uint8Array(DEVICE_PROPS_LAYOUT.size);
+    this.check(this.sym.df_device_props_get(index, raw), "df_device_props_get");
+    const view = new DataView(raw.buffer);
+    const nameEnd = raw.indexOf(0);
+    const L = DEVICE_PROPS_LAYOUT;
+    return {
+      index,
+      name: new TextDecoder().decode(raw.subarray(0, nameEnd < 0 ? 256 : nameEnd)),
+      totalBytes: Number(view.getBigUint64(L.totalBytes, true)),
+      freeBytes: Number(view.getBigUint64(L.freeBytes, true)),
+      computeCapability: `${view.getInt32(L.ccMajor, true)}.${view.getInt32(L.ccMinor, true)}`,
+      multiprocessors: view.getInt32(L.multiprocessors, true),
+      pciBusId: view.getInt32(L.pciBusId, true),
+    };
+  }
+
+  setDevice(index: number): void {
+    this.check(this.sym.df_set_device(index), "df_set_device");
+  }
+
+  driverVersion(): number {
+    const out = new Int32Array(1);
+    this.check(this.sym.df_driver_version(out), "df_driver_version");
+    return out[0];
+  }
+
+  runtimeVersion(): number {
+    const out = new Int32Array(1);
+    this.check(this.sym.df_runtime_version(out), "df_runtime_version");
+    return out[0];
+  }
+
+  synchronize(): void {
+    this.check(this.sym.df_device_synchronize(), "df_device_synchronize");
+  }
+
+  memInfo(): { free: number; total: number } {
+    const free = new BigUint64Array(1), total = new BigUint64Array(1);
+    this.check(this.sym.df_mem_info(free, total), "df_mem_info");
+    return { free: Number(free[0]), total: Number(total[0]) };
+  }
+
+  liveAllocations(): { count: number; bytes: number } {
+    const count = new BigUint64Array(1), bytes = new BigUint64Array(1);
+    this.check(this.sym.df_live_allocations(count, bytes), "df_live_allocations");
+    return { count: Number(count[0]), bytes: Number(bytes[0]) };
+  }
+
+  /** Allocates device memory. */
+  alloc(bytes: number): DeviceBuffer {
+    const out = new BigUint64Array(1);
+    this.check(this.sym.df_malloc(out, BigInt(Math.max(0, Math.floor(bytes)))), "df_malloc");
+    return new DeviceBuffer(this, out[0], bytes);
+  }
+
+  /** Frees a raw device address (DeviceBuffer.free is the usual way). */
+  freeRaw(ptr: DevicePtr): void {
+    this.check(this.sym.df_free(ptr), "df_free");
+  }
+
+  /** Copies a host array to device memory at `dst`. */
+  upload(dst: DevicePtr, src: HostArray, stream: Stream = 0n): void {
+    const bytes = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
+    this.check(this.sym.df_memcpy_h2d(dst, bytes, BigInt(src.byteLength), stream), "df_memcpy_h2d");
+  }
+
+  /** Copies device memory at `src` into a host array (waits for the stream). */
+  download<T extends HostArray>(dst: T, src: DevicePtr, stream: Stream = 0n): T {
+    const bytes = new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength);
+    this.check(this.sym.df_memcpy_d2h(bytes, src, BigInt(dst.byteLength), stream), "df_memcpy_d2h");
+    return dst;
+  }
+
+  copy(dst: DevicePtr, src: DevicePtr, bytes: number, stream: Stream = 0n): void {
+    this.check(this.sym.df_memcpy_d2d(dst, src, BigInt(bytes), stream), "df_memcpy_d2d");
+  }
+
+  memset(ptr: DevicePtr, value: number, bytes: number, stream: Stream = 0n): void {
+    this.check(this.sym.df_memset(ptr, value, BigInt(bytes), stream), "df_memset");
+  }
+
+  createStream(): Stream {
+    const out = new BigUint64Array(1);
+    this.check(this.sym.df_stream_create(out), "df_stream_create");
+    return out[0];
+  }
+
+  destroyStream(stream: Stream): void {
+    this.check(this.sym.df_stream_destroy(stream), "df_stream_destroy");
+  }
+
+  syncStream(stream: Stream = 0n): void {
+    this.check(this.sym.df_stream_synchronize(stream), "df_stream_synchronize");
+  }
+
+  createEvent(): Event {
+    const out = new BigUint64Array(1);
+    this.check(this.sym.df_event_create(out), "df_event_create");
+    return out[0];
+  }
+
+  destroyEvent(event: Event): void {
+    this.check(this.sym.df_event_destroy(event), "df_event_destroy");
+  }
+
+  recordEvent(event: Event, stream: Stream = 0n): void {
+    this.check(this.sym.df_event_record(event, stream), "df_event_record");
+  }
+
+  /** Makes `stream` wait for work recorded in `event` (on any stream). */
+  waitEvent(stream: Stream, event: Event): void {
+    this.check(this.sym.df_stream_wait_event(stream, event), "df_stream_wait_event");
+  }
+
+  syncEvent(event: Event): void {
+    this.check(this.sym.df_event_synchronize(event), "df_event_synchronize");
+  }
+
+  elapsedMs(start: Event, end: Event): number {
+    const out = new Float32Array(1);
+    this.check(this.sym.df_event_elapsed_ms(out, start, end), "df_event_elapsed_ms");
+    return out[0];
+  }
+
+  /** Closes the library. Buffers must be freed first. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.lib.close();
+  }
+}

@@ -1,0 +1,34 @@
+/** Typed wrappers of the first ops (csrc/{cpu,cuda}/ops_basic). Sizes are element counts. */
+import type { Device, DevicePtr, Stream } from "./device.ts";
+
+export function castF32ToBf16(
+  d: Device,
+  out: DevicePtr,
+  input: DevicePtr,
+  n: number,
+  s: Stream = 0n,
+) {
+  d.check(d.sym.df_cast_f32_to_bf16(out, input, BigInt(n), s), "df_cast_f32_to_bf16");
+}
+
+export function castBf16ToF32(
+  d: Device,
+  out: DevicePtr,
+  input: DevicePtr,
+  n: number,
+  s: Stream = 0n,
+) {
+  d.check(d.sym.df_cast_bf16_to_f32(out, input, BigInt(n), s), "df_cast_bf16_to_f32");
+}
+
+/** y += a * x (fp32). */
+export function axpyF32(
+  d: Device,
+  y: DevicePtr,
+  x: DevicePtr,
+  a: number,
+  n: number,
+  s: Stream = 0n,
+) {
+  d.check(d.sym.df_axpy_f32(y, x, a, BigInt(n), s), "df_axpy_f32");
+}

@@ -1,0 +1,66 @@
+/** The command line, run as a subprocess exactly as users run it. */
+import { assert, assertEquals } from "./assert.ts";
+import { fileURLToPath } from "node:url";
+
+const main = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+
+export async function runCli(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", main, ...args],
+    env: { NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test("cli: --help lists the commands", async () => {
+  const r = await runCli(["--help"]);
+  assertEquals(r.code, 0);
+  for (const word of ["Usage: distflash", "info", "demo"]) assert(r.stdout.includes(word), word);
+});
+
+Deno.test("cli: --version prints the version of deno.json", async () => {
+  const r = await runCli(["--version"]);
+  assertEquals(r.code, 0);
+  const denoJson = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  assertEquals(r.stdout.trim(), denoJson.version);
+});
+
+Deno.test("cli: info on a CPU-only machine says so and exits 0", async () => {
+  const r = await runCli(["info"], { CUDA_VISIBLE_DEVICES: "" });
+  assertEquals(r.code, 0, r.stderr);
+  assert(r.stdout.includes("backend in use: cpu"), r.stdout);
+  assert(r.stdout.includes("GPUs: none"), r.stdout);
+  assert(r.stdout.includes("cpu library:"), r.stdout);
+});
+
+Deno.test("cli: info --json is one JSON object with the same facts", async () => {
+  const r = await runCli(["info", "--json"], { CUDA_VISIBLE_DEVICES: "" });
+  assertEquals(r.code, 0, r.stderr);
+  const info = JSON.parse(r.stdout);
+  assertEquals(info.backend, "cpu");
+  assertEquals(info.gpus, []);
+  assertEquals(info.backends.cpu.available, true);
+  assert(typeof info.nccl.available === "boolean");
+});
+
+Deno.test("cli: an unknown flag is an error naming it", async () => {
+  const r = await runCli(["info", "--no-such-flag"]);
+  assert(r.code !== 0);
+  assert(r.stderr.includes("--no-such-flag"), r.stderr);
+  const top = await runCli(["--frobnicate"]);
+  assert(top.code !== 0 && top.stderr.includes("--frobnicate"), top.stderr);
+});
+
+Deno.test("cli: a missing native library is reported with the paths tried", async () => {
+  const r = await runCli(["info", "--json"], { DISTFLASH_LIB_DIR: "/nonexistent/lib" });
+  assertEquals(r.code, 0, r.stderr);
+  const info = JSON.parse(r.stdout);
+  assertEquals(info.backends.cpu.available, false);
+  assert(info.backends.cpu.error.includes("/nonexistent/lib/libdistflash_cpu.so"));
+});
