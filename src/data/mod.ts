@@ -1,0 +1,51 @@
+/**
+ * The training-data pipeline: tokenizers, document readers, sequence packing and datasets.
+ *
+ * @module
+ */
+
+export {
+  BYTE_TOKENIZER_VOCAB,
+  ByteTokenizer,
+  HfTokenizer,
+  loadTokenizer,
+  type Tokenizer,
+} from "./tokenizer.ts";
+export {
+  CHAT_FIELDS,
+  DataError,
+  DEFAULT_TEXT_FIELD,
+  type ProgressCallback,
+  readJson,
+  readJsonl,
+  readLines,
+  type ReadOptions,
+  readParquet,
+  recordText,
+  renderConversation,
+  TEXT_READERS,
+} from "./readers.ts";
+export {
+  checkSeqLen,
+  packDocuments,
+  type PackedTokens,
+  type PackingTokens,
+  SequencePacker,
+  TokenBuffer,
+  windowCount,
+} from "./packing.ts";
+export {
+  Dataset,
+  type DatasetStats,
+  type IndexOptions,
+  listDataFiles,
+  openDataset,
+  type OpenDatasetOptions,
+  shardIndices,
+  SUPPORTED_EXTENSIONS,
+  SyntheticDataset,
+  TokenDataset,
+  type TrainingBatch,
+  type TrainingWindow,
+} from "./dataset.ts";
+export { hashInts, mix32, permutation, Rng } from "./random.ts";
