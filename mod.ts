@@ -1,6 +1,21 @@
 /**
  * distflash: long-context Llama training with DistFlashAttention, as a Deno library.
  *
+ * @example Train a debug-size Llama on a text file, as `distflash train` does
+ * ```ts
+ * import { train } from "./mod.ts";
+ * const result = await train({
+ *   model: "debug-small",
+ *   dataPath: "examples/corpus/tiny.jsonl",
+ *   outputDir: "outputs/example",
+ *   maxSteps: 20,
+ *   perDeviceTrainBatchSize: 4,
+ *   modelMaxLength: 128,
+ *   learningRate: 2e-3,
+ * });
+ * console.log(result.finalLoss);
+ * ```
+ *
  * @example Inspect the installation
  * ```ts
  * import { formatInfo, gatherInfo } from "./mod.ts";
@@ -21,6 +36,17 @@
  * ```
  * @module
  */
+export { type StepMetrics, train, type TrainHooks, type TrainResult } from "./src/train/trainer.ts";
+export { OptionError, TRAIN_DEFAULTS, type TrainOptions } from "./src/train/options.ts";
+export {
+  type LlamaConfig,
+  paramCount,
+  parseHfConfig,
+  presetConfig,
+  PRESETS,
+  readHfConfig,
+  toHfConfig,
+} from "./src/model/config.ts";
 export {
   type BackendName,
   Device,

@@ -8,6 +8,8 @@ import { Command, CommanderError } from "commander";
 import { VERSION } from "../src/runtime/info.ts";
 import { registerInfo } from "./info.ts";
 import { registerDemo } from "./demo.ts";
+import { registerTrain } from "./train.ts";
+import { normalizeFlags } from "../src/train/options.ts";
 
 export function buildProgram(): Command {
   const program = new Command()
@@ -20,12 +22,13 @@ export function buildProgram(): Command {
     .exitOverride();
   registerInfo(program);
   registerDemo(program);
+  registerTrain(program);
   return program;
 }
 
 export async function main(argv: string[]): Promise<number> {
   try {
-    await buildProgram().parseAsync(argv, { from: "user" });
+    await buildProgram().parseAsync(normalizeFlags(argv), { from: "user" });
     return 0;
   } catch (error) {
     if (error instanceof CommanderError) return error.exitCode; // commander printed the message

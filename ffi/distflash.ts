@@ -81,6 +81,180 @@ export const DISTFLASH_SYMBOLS = {
   df_cast_bf16_to_f32: { parameters: [dptr, dptr, "u64", stream], result: status },
   // df_status df_axpy_f32(float *y, const float *x, float a, uint64_t n, void *stream)
   df_axpy_f32: { parameters: [dptr, dptr, "f32", "u64", stream], result: status },
+
+  // ---- Llama ops (see csrc/include/distflash.h for semantics) ----
+  // df_status df_gemm(int32_t trans_a, int32_t trans_b, int64_t m, int64_t n, int64_t k,
+  //   float alpha, const void *a, int64_t lda, const void *b, int64_t ldb, float beta, void *c,
+  //   int64_t ldc, df_dtype ab_dtype, df_dtype c_dtype, void *stream)
+  df_gemm: {
+    parameters: [
+      "i32",
+      "i32",
+      "i64",
+      "i64",
+      "i64",
+      "f32",
+      dptr,
+      "i64",
+      dptr,
+      "i64",
+      "f32",
+      dptr,
+      "i64",
+      "i32",
+      "i32",
+      stream,
+    ],
+    result: status,
+  },
+  // df_status df_embedding_forward(void *out, const void *table, const int32_t *ids, int64_t t,
+  //   int64_t v, int64_t h, df_dtype dtype, void *stream)
+  df_embedding_forward: {
+    parameters: [dptr, dptr, dptr, "i64", "i64", "i64", "i32", stream],
+    result: status,
+  },
+  // df_status df_embedding_backward(float *dtable, const void *dout, const int32_t *ids,
+  //   int64_t t, int64_t v, int64_t h, df_dtype dtype, void *stream)
+  df_embedding_backward: {
+    parameters: [dptr, dptr, dptr, "i64", "i64", "i64", "i32", stream],
+    result: status,
+  },
+  // df_status df_rmsnorm_forward(void *out, float *rstd, const void *x, const void *w, int64_t t,
+  //   int64_t h, float eps, df_dtype dtype, void *stream)
+  df_rmsnorm_forward: {
+    parameters: [dptr, dptr, dptr, dptr, "i64", "i64", "f32", "i32", stream],
+    result: status,
+  },
+  // df_status df_rmsnorm_backward(void *dx, float *dw, const void *dout, const void *x,
+  //   const void *w, const float *rstd, int64_t t, int64_t h, df_dtype dtype, void *stream)
+  df_rmsnorm_backward: {
+    parameters: [dptr, dptr, dptr, dptr, dptr, dptr, "i64", "i64", "i32", stream],
+    result: status,
+  },
+  // df_status df_rope(void *x, const int32_t *pos, const float *inv_freq, int64_t t,
+  //   int64_t heads, int64_t hd, int32_t inverse, df_dtype dtype, void *stream)
+  df_rope: {
+    parameters: [dptr, dptr, dptr, "i64", "i64", "i64", "i32", "i32", stream],
+    result: status,
+  },
+  // df_status df_attention_forward(void *out, float *lse, const void *q, const void *k,
+  //   const void *v, int64_t tq, int64_t tk, int64_t nh, int64_t nkv, int64_t hd,
+  //   int64_t q_pos0, int64_t k_pos0, float scale, df_dtype dtype, void *stream)
+  df_attention_forward: {
+    parameters: [
+      dptr,
+      dptr,
+      dptr,
+      dptr,
+      dptr,
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "f32",
+      "i32",
+      stream,
+    ],
+    result: status,
+  },
+  // df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dout,
+  //   const void *q, const void *k, const void *v, const void *out, const float *lse, int64_t tq,
+  //   int64_t tk, int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
+  //   float scale, df_dtype dtype, void *stream)
+  df_attention_backward: {
+    parameters: [
+      dptr,
+      dptr,
+      dptr,
+      dptr,
+      dptr,
+      dptr,
+      dptr,
+      dptr,
+      dptr,
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "f32",
+      "i32",
+      stream,
+    ],
+    result: status,
+  },
+  // df_status df_attention_merge(float *out, float *lse, const void *part_out,
+  //   const float *part_lse, int64_t tq, int64_t nh, int64_t hd, df_dtype dtype, void *stream)
+  df_attention_merge: {
+    parameters: [dptr, dptr, dptr, dptr, "i64", "i64", "i64", "i32", stream],
+    result: status,
+  },
+  // df_status df_swiglu_forward(void *out, const void *gate, const void *up, int64_t n,
+  //   df_dtype dtype, void *stream)
+  df_swiglu_forward: { parameters: [dptr, dptr, dptr, "i64", "i32", stream], result: status },
+  // df_status df_swiglu_backward(void *dgate, void *dup, const void *dout, const void *gate,
+  //   const void *up, int64_t n, df_dtype dtype, void *stream)
+  df_swiglu_backward: {
+    parameters: [dptr, dptr, dptr, dptr, dptr, "i64", "i32", stream],
+    result: status,
+  },
+  // df_status df_add(void *out, const void *a, const void *b, int64_t n, df_dtype dtype,
+  //   void *stream)
+  df_add: { parameters: [dptr, dptr, dptr, "i64", "i32", stream], result: status },
+  // df_status df_convert(void *out, df_dtype out_dtype, const void *in, df_dtype in_dtype,
+  //   int64_t n, void *stream)
+  df_convert: { parameters: [dptr, "i32", dptr, "i32", "i64", stream], result: status },
+  // df_status df_ce_chunk_forward(float *m, float *s, float *target, const float *logits,
+  //   const int32_t *labels, int64_t t, int64_t vc, int64_t v0, void *stream)
+  df_ce_chunk_forward: {
+    parameters: [dptr, dptr, dptr, dptr, dptr, "i64", "i64", "i64", stream],
+    result: status,
+  },
+  // df_status df_ce_finalize(float *loss, float *lse, const float *m, const float *s,
+  //   const float *target, const int32_t *labels, int64_t t, void *stream)
+  df_ce_finalize: {
+    parameters: [dptr, dptr, dptr, dptr, dptr, dptr, "i64", stream],
+    result: status,
+  },
+  // df_status df_ce_chunk_backward(float *logits, const float *lse, const int32_t *labels,
+  //   int64_t t, int64_t vc, int64_t v0, float scale, void *stream)
+  df_ce_chunk_backward: {
+    parameters: [dptr, dptr, dptr, "i64", "i64", "i64", "f32", stream],
+    result: status,
+  },
+  // df_status df_sum_squares(float *sum, const float *x, int64_t n, void *stream)
+  df_sum_squares: { parameters: [dptr, dptr, "i64", stream], result: status },
+  // df_status df_sum(float *sum, const float *x, int64_t n, void *stream)
+  df_sum: { parameters: [dptr, dptr, "i64", stream], result: status },
+  // df_status df_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
+  //   float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2,
+  //   float grad_scale, void *copy, df_dtype copy_dtype, void *stream)
+  df_adamw: {
+    parameters: [
+      dptr,
+      dptr,
+      dptr,
+      dptr,
+      "i64",
+      "f32",
+      "f32",
+      "f32",
+      "f32",
+      "f32",
+      "f32",
+      "f32",
+      "f32",
+      dptr,
+      "i32",
+      stream,
+    ],
+    result: status,
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 export type DistflashSymbols = Deno.DynamicLibrary<typeof DISTFLASH_SYMBOLS>["symbols"];

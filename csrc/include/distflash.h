@@ -88,6 +88,113 @@ DF_API df_status df_cast_bf16_to_f32(float *out, const uint16_t *in, uint64_t n,
 /* y = a * x + y, fp32 */
 DF_API df_status df_axpy_f32(float *y, const float *x, float a, uint64_t n, void *stream);
 
+
+/* ==== Llama ops ====
+ * Layout: every tensor is row-major and contiguous. T = tokens, H = hidden size, nh = query heads,
+ * nkv = key/value heads, hd = head dim. Activations use `dtype` (DF_F32 or DF_BF16); statistics
+ * (rstd, lse), gradients of parameters and attention gradients are fp32 unless stated.
+ * "+=" marks outputs that are accumulated into (the caller zeroes them first); all other outputs
+ * are overwritten. Arithmetic is fp32 inside every kernel whatever the storage type.
+ */
+typedef enum { DF_F32 = 0, DF_BF16 = 1 } df_dtype;
+
+/* C[M,N] = alpha * op(A) @ op(B) + beta * C. op(A) is [M,K]: A is stored [M,K], or [K,M] when
+ * trans_a. op(B) is [K,N]: B is stored [K,N], or [N,K] when trans_b. A and B share ab_dtype; C has
+ * c_dtype. Leading dimensions are the row strides in elements. fp32 accumulation. Linear layer
+ * y = x W^T with W [out,in]: gemm(0, 1, T, out, in, 1, x, in, W, in, 0, y, out). */
+DF_API df_status df_gemm(int32_t trans_a, int32_t trans_b, int64_t m, int64_t n, int64_t k,
+                         float alpha, const void *a, int64_t lda, const void *b, int64_t ldb,
+                         float beta, void *c, int64_t ldc, df_dtype ab_dtype, df_dtype c_dtype,
+                         void *stream);
+
+/* out[t,:] = table[ids[t],:]. Ids must lie in [0, V): checked, an error otherwise. */
+DF_API df_status df_embedding_forward(void *out, const void *table, const int32_t *ids, int64_t t,
+                                      int64_t v, int64_t h, df_dtype dtype, void *stream);
+/* dtable[ids[t],:] += dout[t,:]  (dtable fp32) */
+DF_API df_status df_embedding_backward(float *dtable, const void *dout, const int32_t *ids,
+                                       int64_t t, int64_t v, int64_t h, df_dtype dtype,
+                                       void *stream);
+
+/* out = x * rstd * w, rstd[t] = 1/sqrt(mean(x[t,:]^2) + eps) (rstd saved for backward) */
+DF_API df_status df_rmsnorm_forward(void *out, float *rstd, const void *x, const void *w,
+                                    int64_t t, int64_t h, float eps, df_dtype dtype, void *stream);
+/* dx += d/dx, dw += d/dw (dw fp32). dx may not alias dout. */
+DF_API df_status df_rmsnorm_backward(void *dx, float *dw, const void *dout, const void *x,
+                                     const void *w, const float *rstd, int64_t t, int64_t h,
+                                     df_dtype dtype, void *stream);
+
+/* In place on x [T, heads, hd]: rotate pairs (i, i + hd/2) by angle pos[t] * inv_freq[i]
+ * (Hugging Face's rotate_half convention). inverse != 0 rotates by -angle: the backward. */
+DF_API df_status df_rope(void *x, const int32_t *pos, const float *inv_freq, int64_t t,
+                         int64_t heads, int64_t hd, int32_t inverse, df_dtype dtype, void *stream);
+
+/* Causal softmax attention of one block pair. q [Tq,nh,hd], k and v [Tk,nkv,hd], out [Tq,nh,hd],
+ * lse [nh,Tq] (natural log of the sum of exp(scale * q.k) over visible keys). Query i sees key j
+ * iff k_pos0 + j <= q_pos0 + i (global positions). Query head h reads kv head h / (nh/nkv).
+ * A query that sees no key gets out = 0 and lse = -inf. */
+DF_API df_status df_attention_forward(void *out, float *lse, const void *q, const void *k,
+                                      const void *v, int64_t tq, int64_t tk, int64_t nh,
+                                      int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
+                                      float scale, df_dtype dtype, void *stream);
+/* Backward of the same block pair given the FINAL out and lse of the queries (merged over all key
+ * blocks): dq += , dk += , dv += (all fp32). */
+DF_API df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dout,
+                                       const void *q, const void *k, const void *v,
+                                       const void *out, const float *lse, int64_t tq, int64_t tk,
+                                       int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0,
+                                       int64_t k_pos0, float scale, df_dtype dtype, void *stream);
+/* Merge a partial result into a running one by log-sum-exp, in fp32:
+ * out [Tq,nh,hd] f32 and lse [nh,Tq] are updated with part_out (dtype) and part_lse. */
+DF_API df_status df_attention_merge(float *out, float *lse, const void *part_out,
+                                    const float *part_lse, int64_t tq, int64_t nh, int64_t hd,
+                                    df_dtype dtype, void *stream);
+
+/* out = silu(gate) * up, elementwise over n */
+DF_API df_status df_swiglu_forward(void *out, const void *gate, const void *up, int64_t n,
+                                   df_dtype dtype, void *stream);
+/* dgate = dout * up * silu'(gate), dup = dout * silu(gate) (overwritten) */
+DF_API df_status df_swiglu_backward(void *dgate, void *dup, const void *dout, const void *gate,
+                                    const void *up, int64_t n, df_dtype dtype, void *stream);
+
+/* out = a + b, elementwise (out may alias a or b) */
+DF_API df_status df_add(void *out, const void *a, const void *b, int64_t n, df_dtype dtype,
+                        void *stream);
+/* out = convert(in): any of f32/bf16 to any (a copy when equal) */
+DF_API df_status df_convert(void *out, df_dtype out_dtype, const void *in, df_dtype in_dtype,
+                            int64_t n, void *stream);
+
+/* Cross-entropy over vocabulary chunks, so no [T, V] logits tensor ever exists.
+ * Per chunk of logits [T, vc] (fp32) covering vocabulary ids [v0, v0 + vc):
+ *   df_ce_chunk_forward updates the running max m[t], running sum s[t] (of exp(logit - m)) and
+ *   picks target[t] = logit[labels[t]] when the label falls in the chunk. Start with m = -inf,
+ *   s = 0. Then loss[t] = m + log(s) - target (0 where labels[t] < 0: ignored), and lse = m + log s.
+ *   df_ce_finalize computes loss [T] and lse [T] from m, s, target.
+ *   df_ce_chunk_backward overwrites the chunk in place with dlogits =
+ *   scale * (softmax(logits) - onehot(labels)) (0 rows for ignored labels). */
+DF_API df_status df_ce_chunk_forward(float *m, float *s, float *target, const float *logits,
+                                     const int32_t *labels, int64_t t, int64_t vc, int64_t v0,
+                                     void *stream);
+DF_API df_status df_ce_finalize(float *loss, float *lse, const float *m, const float *s,
+                                const float *target, const int32_t *labels, int64_t t,
+                                void *stream);
+DF_API df_status df_ce_chunk_backward(float *logits, const float *lse, const int32_t *labels,
+                                      int64_t t, int64_t vc, int64_t v0, float scale,
+                                      void *stream);
+
+/* sum += sum(x^2) over n fp32 values (sum is one fp32 on the device) */
+DF_API df_status df_sum_squares(float *sum, const float *x, int64_t n, void *stream);
+/* sum += sum(x) over n fp32 values */
+DF_API df_status df_sum(float *sum, const float *x, int64_t n, void *stream);
+
+/* AdamW on fp32 master weights, decoupled weight decay as torch.optim.AdamW:
+ *   g = grad * grad_scale; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+ *   param -= lr * (weight_decay * param + (m / bc1) / (sqrt(v / bc2) + eps))
+ * with bc1 = 1 - b1^step, bc2 = 1 - b2^step. If copy is not NULL, copy = param in copy_dtype. */
+DF_API df_status df_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
+                          float beta1, float beta2, float eps, float weight_decay, float bc1,
+                          float bc2, float grad_scale, void *copy, df_dtype copy_dtype,
+                          void *stream);
+
 #ifdef __cplusplus
 }
 #endif

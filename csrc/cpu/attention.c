@@ -1,0 +1,266 @@
+/* CPU causal attention of one (query block, key block) pair: the reference for the flash kernels.
+ *
+ * Scores are computed in fp32, one (query, head) row at a time, with an exact two-pass softmax over
+ * the visible keys. Query i (global position q_pos0 + i) sees key j (k_pos0 + j) iff
+ * k_pos0 + j <= q_pos0 + i. Query head h reads kv head h / (nh / nkv). Every output element is
+ * computed by one thread in a fixed order, so results do not depend on the thread count.
+ */
+#include <math.h>
+
+#include "cpu_util.h"
+
+/* Number of keys of the block that query i sees (0 .. tk). */
+static inline int64_t visible_keys(int64_t i, int64_t tk, int64_t q_pos0, int64_t k_pos0) {
+  int64_t last = q_pos0 + i - k_pos0; /* index of the last visible key */
+  if (last < 0) return 0;
+  return last + 1 < tk ? last + 1 : tk;
+}
+
+/* First query of the block that sees key j (tq when none does). */
+static inline int64_t first_query(int64_t j, int64_t tq, int64_t q_pos0, int64_t k_pos0) {
+  int64_t first = k_pos0 + j - q_pos0;
+  if (first < 0) return 0;
+  return first < tq ? first : tq;
+}
+
+/* Checks shared by forward and backward: sizes, head grouping, positions, scale, dtype. */
+static df_status check_shape(const char *fn, int64_t tq, int64_t tk, int64_t nh, int64_t nkv,
+                             int64_t hd, int64_t q_pos0, int64_t k_pos0, float scale,
+                             df_dtype dtype, int64_t *q_n, int64_t *k_n) {
+  DF_CHECK(df_check_dim(fn, "tq", tq, 1));
+  DF_CHECK(df_check_dim(fn, "tk", tk, 1));
+  DF_CHECK(df_check_dim(fn, "nh", nh, 1));
+  DF_CHECK(df_check_dim(fn, "nkv", nkv, 1));
+  DF_CHECK(df_check_dim(fn, "hd", hd, 1));
+  DF_CHECK(df_check_dim(fn, "q_pos0", q_pos0, 0));
+  DF_CHECK(df_check_dim(fn, "k_pos0", k_pos0, 0));
+  if (nh % nkv != 0) {
+    return df_fail(DF_ERR_INVALID, "%s: argument 'nkv' (%lld) must divide 'nh' (%lld)", fn,
+                   (long long)nkv, (long long)nh);
+  }
+  if (!isfinite(scale)) {
+    return df_fail(DF_ERR_INVALID, "%s: argument 'scale' must be finite, got %g", fn,
+                   (double)scale);
+  }
+  DF_CHECK(df_check_dtype(fn, "dtype", (int)dtype));
+  DF_CHECK(df_numel(fn, "q", q_n, tq, nh, hd));
+  DF_CHECK(df_numel(fn, "k", k_n, tk, nkv, hd));
+  return DF_OK;
+}
+
+df_status df_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v,
+                               int64_t tq, int64_t tk, int64_t nh, int64_t nkv, int64_t hd,
+                               int64_t q_pos0, int64_t k_pos0, float scale, df_dtype dtype,
+                               void *stream) {
+  (void)stream;
+  const char *fn = "df_attention_forward";
+  int64_t q_n = 0, k_n = 0;
+  DF_CHECK(check_shape(fn, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, dtype, &q_n, &k_n));
+  const uint64_t es = df_dtype_size(dtype);
+  DF_CHECK(df_check_elems(fn, "out", out, q_n, es));
+  DF_CHECK(df_check_elems(fn, "lse", lse, nh * tq, sizeof(float)));
+  DF_CHECK(df_check_elems(fn, "q", q, q_n, es));
+  DF_CHECK(df_check_elems(fn, "k", k, k_n, es));
+  DF_CHECK(df_check_elems(fn, "v", v, k_n, es));
+
+  float *k_owned = NULL, *v_owned = NULL;
+  const float *kf = df_f32_view(k, dtype, k_n, &k_owned);
+  const float *vf = df_f32_view(v, dtype, k_n, &v_owned);
+  if (!kf || !vf) {
+    free(k_owned);
+    free(v_owned);
+    return df_fail(DF_ERR_OOM, "%s: out of host memory", fn);
+  }
+  int failed = 0;
+  const int64_t group = nh / nkv;
+  const double work = (double)tq * (double)tk * (double)nh * (double)hd;
+#pragma omp parallel if (work > 1e5) reduction(| : failed)
+  {
+    float *buf = (float *)malloc((size_t)(tk + 2 * hd) * sizeof(float));
+    if (!buf) failed = 1;
+    float *p = buf, *qrow = buf + tk, *orow = buf + tk + hd;
+#pragma omp for collapse(2) schedule(dynamic, 8)
+    for (int64_t h = 0; h < nh; h++) {
+      for (int64_t i = 0; i < tq; i++) {
+        if (!buf) continue;
+        const int64_t g = h / group, row = (i * nh + h) * hd;
+        const int64_t nvis = visible_keys(i, tk, q_pos0, k_pos0);
+        for (int64_t d = 0; d < hd; d++) orow[d] = 0.0f;
+        if (nvis == 0) {
+          df_store_row(out, dtype, row, orow, hd);
+          lse[h * tq + i] = -INFINITY;
+          continue;
+        }
+        df_load_row(qrow, q, dtype, row, hd);
+        float m = -INFINITY;
+        for (int64_t j = 0; j < nvis; j++) {
+          p[j] = scale * df_dot(qrow, kf + (j * nkv + g) * hd, hd);
+          if (p[j] > m) m = p[j];
+        }
+        float sum = 0.0f;
+        for (int64_t j = 0; j < nvis; j++) {
+          p[j] = expf(p[j] - m);
+          sum += p[j];
+          df_axpy_row(orow, p[j], vf + (j * nkv + g) * hd, hd);
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t d = 0; d < hd; d++) orow[d] *= inv;
+        df_store_row(out, dtype, row, orow, hd);
+        lse[h * tq + i] = m + logf(sum);
+      }
+    }
+    free(buf);
+  }
+  free(k_owned);
+  free(v_owned);
+  if (failed) return df_fail(DF_ERR_OOM, "%s: out of host memory", fn);
+  return DF_OK;
+}
+
+/* With P_ij = exp(scale q_i.k_j - lse_i) (lse over ALL keys of the sequence) and
+ * D_i = dout_i . out_i:  dv_j += P_ij dout_i;  dS_ij = P_ij (dout_i . v_j - D_i);
+ * dq_i += scale dS_ij k_j;  dk_j += scale dS_ij q_i.
+ * Three passes, each race-free: D per (query, head); dq per (query, head); dk and dv per
+ * (key, kv head), summing over the group's query heads and the queries in a fixed order. */
+df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dout, const void *q,
+                                const void *k, const void *v, const void *out, const float *lse,
+                                int64_t tq, int64_t tk, int64_t nh, int64_t nkv, int64_t hd,
+                                int64_t q_pos0, int64_t k_pos0, float scale, df_dtype dtype,
+                                void *stream) {
+  (void)stream;
+  const char *fn = "df_attention_backward";
+  int64_t q_n = 0, k_n = 0;
+  DF_CHECK(check_shape(fn, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, dtype, &q_n, &k_n));
+  const uint64_t es = df_dtype_size(dtype);
+  DF_CHECK(df_check_elems(fn, "dq", dq, q_n, sizeof(float)));
+  DF_CHECK(df_check_elems(fn, "dk", dk, k_n, sizeof(float)));
+  DF_CHECK(df_check_elems(fn, "dv", dv, k_n, sizeof(float)));
+  DF_CHECK(df_check_elems(fn, "dout", dout, q_n, es));
+  DF_CHECK(df_check_elems(fn, "q", q, q_n, es));
+  DF_CHECK(df_check_elems(fn, "k", k, k_n, es));
+  DF_CHECK(df_check_elems(fn, "v", v, k_n, es));
+  DF_CHECK(df_check_elems(fn, "out", out, q_n, es));
+  DF_CHECK(df_check_elems(fn, "lse", lse, nh * tq, sizeof(float)));
+
+  float *owned[4] = {NULL, NULL, NULL, NULL};
+  const float *qf = df_f32_view(q, dtype, q_n, &owned[0]);
+  const float *kf = df_f32_view(k, dtype, k_n, &owned[1]);
+  const float *vf = df_f32_view(v, dtype, k_n, &owned[2]);
+  const float *df = df_f32_view(dout, dtype, q_n, &owned[3]);
+  float *dd = (float *)malloc((size_t)(nh * tq) * sizeof(float)); /* D, [nh, tq] */
+  if (!qf || !kf || !vf || !df || !dd) {
+    for (int i = 0; i < 4; i++) free(owned[i]);
+    free(dd);
+    return df_fail(DF_ERR_OOM, "%s: out of host memory", fn);
+  }
+  int failed = 0;
+  const int64_t group = nh / nkv;
+  const double work = (double)tq * (double)tk * (double)nh * (double)hd;
+
+#pragma omp parallel if (work > 1e5) reduction(| : failed)
+  {
+    float *buf = (float *)malloc((size_t)(3 * hd) * sizeof(float));
+    if (!buf) failed = 1;
+    float *orow = buf, *acc = buf + hd, *acc2 = buf + 2 * hd;
+
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t h = 0; h < nh; h++) {
+      for (int64_t i = 0; i < tq; i++) {
+        if (!buf) continue;
+        const int64_t row = (i * nh + h) * hd;
+        df_load_row(orow, out, dtype, row, hd);
+        dd[h * tq + i] = df_dot(df + row, orow, hd);
+      }
+    }
+
+    /* dq */
+#pragma omp for collapse(2) schedule(dynamic, 8)
+    for (int64_t h = 0; h < nh; h++) {
+      for (int64_t i = 0; i < tq; i++) {
+        const float l = lse[h * tq + i];
+        if (!buf || l == -INFINITY) continue;
+        const int64_t g = h / group, row = (i * nh + h) * hd;
+        const int64_t nvis = visible_keys(i, tk, q_pos0, k_pos0);
+        const float di = dd[h * tq + i];
+        for (int64_t d = 0; d < hd; d++) acc[d] = 0.0f;
+        for (int64_t j = 0; j < nvis; j++) {
+          const float *kj = kf + (j * nkv + g) * hd, *vj = vf + (j * nkv + g) * hd;
+          float p = expf(scale * df_dot(qf + row, kj, hd) - l);
+          float ds = p * (df_dot(df + row, vj, hd) - di);
+          df_axpy_row(acc, scale * ds, kj, hd);
+        }
+        for (int64_t d = 0; d < hd; d++) dq[row + d] += acc[d];
+      }
+    }
+
+    /* dk, dv */
+#pragma omp for collapse(2) schedule(dynamic, 8)
+    for (int64_t g = 0; g < nkv; g++) {
+      for (int64_t j = 0; j < tk; j++) {
+        if (!buf) continue;
+        const int64_t krow = (j * nkv + g) * hd;
+        const float *kj = kf + krow, *vj = vf + krow;
+        const int64_t i0 = first_query(j, tq, q_pos0, k_pos0);
+        for (int64_t d = 0; d < hd; d++) acc[d] = acc2[d] = 0.0f; /* dk, dv of this key */
+        for (int64_t h = g * group; h < (g + 1) * group; h++) {
+          for (int64_t i = i0; i < tq; i++) {
+            const float l = lse[h * tq + i];
+            if (l == -INFINITY) continue;
+            const int64_t row = (i * nh + h) * hd;
+            float p = expf(scale * df_dot(qf + row, kj, hd) - l);
+            float ds = p * (df_dot(df + row, vj, hd) - dd[h * tq + i]);
+            df_axpy_row(acc2, p, df + row, hd);
+            df_axpy_row(acc, scale * ds, qf + row, hd);
+          }
+        }
+        for (int64_t d = 0; d < hd; d++) {
+          dk[krow + d] += acc[d];
+          dv[krow + d] += acc2[d];
+        }
+      }
+    }
+    free(buf);
+  }
+  for (int i = 0; i < 4; i++) free(owned[i]);
+  free(dd);
+  if (failed) return df_fail(DF_ERR_OOM, "%s: out of host memory", fn);
+  return DF_OK;
+}
+
+/* new_lse = logaddexp(lse, part_lse); out = out e^(lse - new_lse) + part e^(part_lse - new_lse).
+ * A side with lse = -inf contributes nothing (its out is not read), so no NaN appears. */
+df_status df_attention_merge(float *out, float *lse, const void *part_out, const float *part_lse,
+                             int64_t tq, int64_t nh, int64_t hd, df_dtype dtype, void *stream) {
+  (void)stream;
+  const char *fn = "df_attention_merge";
+  DF_CHECK(df_check_dim(fn, "tq", tq, 1));
+  DF_CHECK(df_check_dim(fn, "nh", nh, 1));
+  DF_CHECK(df_check_dim(fn, "hd", hd, 1));
+  DF_CHECK(df_check_dtype(fn, "dtype", (int)dtype));
+  int64_t n = 0;
+  DF_CHECK(df_numel(fn, "out", &n, tq, nh, hd));
+  DF_CHECK(df_check_elems(fn, "out", out, n, sizeof(float)));
+  DF_CHECK(df_check_elems(fn, "lse", lse, nh * tq, sizeof(float)));
+  DF_CHECK(df_check_elems(fn, "part_out", part_out, n, df_dtype_size(dtype)));
+  DF_CHECK(df_check_elems(fn, "part_lse", part_lse, nh * tq, sizeof(float)));
+#pragma omp parallel for collapse(2) schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < tq; i++) {
+    for (int64_t h = 0; h < nh; h++) {
+      const float a = lse[h * tq + i], b = part_lse[h * tq + i];
+      float *o = out + (i * nh + h) * hd;
+      const int64_t row = (i * nh + h) * hd;
+      if (b == -INFINITY) continue; /* nothing to add */
+      if (a == -INFINITY) {         /* nothing so far: take the part */
+        df_load_row(o, part_out, dtype, row, hd);
+        lse[h * tq + i] = b;
+        continue;
+      }
+      const float mx = a > b ? a : b;
+      const float new_lse = mx + log1pf(expf(-fabsf(a - b)));
+      const float wa = expf(a - new_lse), wb = expf(b - new_lse);
+      for (int64_t d = 0; d < hd; d++) o[d] = o[d] * wa + df_load(part_out, dtype, row + d) * wb;
+      lse[h * tq + i] = new_lse;
+    }
+  }
+  return DF_OK;
+}

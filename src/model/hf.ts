@@ -1,0 +1,187 @@
+/**
+ * Hugging Face model folders in and out: resolving `--model` (a preset or a folder), loading
+ * weights into a LlamaModel, random initialisation, and writing checkpoints in the same layout
+ * (config.json, safetensors with an index when large, tokenizer files copied) so transformers
+ * loads them.
+ */
+import { existsSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { bf16ToF32, f32ToBf16 } from "../io/dtype.ts";
+import { openSafetensors, type TensorToWrite, writeShardedSafetensors } from "../io/safetensors.ts";
+import {
+  isPreset,
+  type LlamaConfig,
+  presetConfig,
+  PRESETS,
+  readHfConfig,
+  toHfConfig,
+} from "./config.ts";
+import type { LlamaModel } from "./llama.ts";
+
+/** What `--model` resolved to. */
+export interface ModelSource {
+  config: LlamaConfig;
+  /** The folder with weights and tokenizer, or null for a preset (random initialisation). */
+  dir: string | null;
+  name: string;
+}
+
+/** `--model`: an existing folder with config.json, else a preset name. */
+export async function resolveModel(spec: string): Promise<ModelSource> {
+  if (existsSync(spec) && statSync(spec).isDirectory()) {
+    if (!existsSync(join(spec, "config.json"))) {
+      throw new Error(`--model ${spec}: the folder has no config.json`);
+    }
+    return { config: await readHfConfig(spec), dir: spec, name: spec };
+  }
+  if (isPreset(spec)) return { config: presetConfig(spec), dir: null, name: spec.toLowerCase() };
+  throw new Error(
+    `--model ${spec}: neither a model folder nor a preset (presets: ${
+      Object.keys(PRESETS).join(", ")
+    })`,
+  );
+}
+
+/** Loads every parameter from the folder's safetensors (fp32, bf16 or fp16) into the master. */
+export async function loadWeights(model: LlamaModel, dir: string): Promise<void> {
+  const source = await openSafetensors(dir);
+  try {
+    const missing = model.layout.entries.filter((e) => !source.has(e.name)).map((e) => e.name);
+    if (missing.length > 0) {
+      throw new Error(
+        `${dir}: missing ${missing.length} tensors, e.g. ${missing.slice(0, 3).join(", ")}`,
+      );
+    }
+    for (const e of model.layout.entries) {
+      const info = source.info(e.name);
+      if (info.shape.join(",") !== e.shape.join(",")) {
+        throw new Error(
+          `${info.file}: tensor ${e.name} has shape [${info.shape}], the config needs [${e.shape}]`,
+        );
+      }
+      model.setParam(e.name, await source.readFloat32(e.name));
+    }
+  } finally {
+    source.close();
+  }
+  model.syncWeights();
+}
+
+/** Normal(0, std) matrices (transformers' initializer_range, 0.02) and unit norm weights. */
+export function initRandom(model: LlamaModel, seed: number, std = 0.02): void {
+  let state = BigInt.asUintN(64, BigInt(seed) * 0x9e3779b97f4a7c15n + 1n);
+  // xorshift64* over 64-bit state, two uniforms per Box-Muller pair.
+  const next = (): number => {
+    state ^= state >> 12n;
+    state ^= BigInt.asUintN(64, state << 25n);
+    state ^= state >> 27n;
+    const r = BigInt.asUintN(64, state * 0x2545f4914f6cdd1dn);
+    return (Number(r >> 11n) + 0.5) / 2 ** 53;
+  };
+  for (const e of model.layout.entries) {
+    const values = new Float32Array(e.numel);
+    if (e.shape.length === 1) values.fill(1);
+    else {
+      // BigInt arithmetic is slow; draw 32-bit seeds from it and run a fast float generator.
+      let a = Math.floor(next() * 2 ** 32) >>> 0;
+      const uniform = () => {
+        a = (a + 0x6d2b79f5) >>> 0;
+        let t = a;
+        t = Math.imul(t ^ (t >>> 15), t | 1);
+        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+        return (((t ^ (t >>> 14)) >>> 0) + 0.5) / 4294967296;
+      };
+      for (let i = 0; i < e.numel; i += 2) {
+        const r = std * Math.sqrt(-2 * Math.log(uniform()));
+        const theta = 2 * Math.PI * uniform();
+        values[i] = r * Math.cos(theta);
+        if (i + 1 < e.numel) values[i + 1] = r * Math.sin(theta);
+      }
+    }
+    model.setParam(e.name, values);
+  }
+  model.syncWeights();
+}
+
+export interface CheckpointOptions {
+  /** Storage type of the saved weights. */
+  dtype: "float32" | "bfloat16";
+  /** Copy tokenizer files from here (the source model folder), if any. */
+  tokenizerFrom?: string | null;
+  /** Largest shard; transformers' default is 5 GB. */
+  maxShardBytes?: number;
+}
+
+const TOKENIZER_FILES = [
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "tokenizer.model",
+  "generation_config.json",
+];
+
+/** Writes config.json, the weights (safetensors, sharded with an index when large), tokenizer. */
+export async function saveModel(
+  model: LlamaModel,
+  dir: string,
+  opts: CheckpointOptions,
+): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true });
+  const tensors: TensorToWrite[] = model.layout.entries.map((e) => ({
+    name: e.name,
+    dtype: opts.dtype === "bfloat16" ? "BF16" : "F32",
+    shape: e.shape,
+    // Fetched one tensor at a time, as the writer reaches it.
+    data: () => {
+      const values = model.getParam(e.name);
+      return opts.dtype === "bfloat16" ? f32ToBf16(values) : values;
+    },
+  }));
+  await writeShardedSafetensors(dir, tensors, opts.maxShardBytes ?? 5e9);
+  const config = toHfConfig(model.cfg, { dtype: opts.dtype });
+  await Deno.writeTextFile(join(dir, "config.json"), JSON.stringify(config, null, 2) + "\n");
+  if (opts.tokenizerFrom) {
+    for (const file of TOKENIZER_FILES) {
+      const from = join(opts.tokenizerFrom, file);
+      if (existsSync(from)) await Deno.copyFile(from, join(dir, file));
+    }
+  }
+}
+
+/** Saves the fp32 master weights and AdamW moments for resuming. */
+export async function saveOptimizer(model: LlamaModel, path: string): Promise<void> {
+  const { writeSafetensors } = await import("../io/safetensors.ts");
+  const n = model.layout.size;
+  const fetch = (slot: typeof model.master) => () =>
+    model.device.download(new Float32Array(n), slot.ptr);
+  await writeSafetensors(path, [
+    { name: "master", dtype: "F32", shape: [n], data: fetch(model.master) },
+    { name: "adam_m", dtype: "F32", shape: [n], data: fetch(model.adamM) },
+    { name: "adam_v", dtype: "F32", shape: [n], data: fetch(model.adamV) },
+  ]);
+}
+
+/** Restores what saveOptimizer wrote (the layout must match the model's). */
+export async function loadOptimizer(model: LlamaModel, path: string): Promise<void> {
+  const file = await openSafetensors(path);
+  try {
+    const n = model.layout.size;
+    for (
+      const [name, slot] of [["master", model.master], ["adam_m", model.adamM], [
+        "adam_v",
+        model.adamV,
+      ]] as const
+    ) {
+      const info = file.info(name);
+      if (info.shape[0] !== n) {
+        throw new Error(`${path}: ${name} holds ${info.shape[0]} values, the model needs ${n}`);
+      }
+      model.device.upload(slot.ptr, await file.readFloat32(name));
+    }
+  } finally {
+    file.close();
+  }
+  model.syncWeights();
+}
+
+export { bf16ToF32 };

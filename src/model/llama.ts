@@ -1,0 +1,877 @@
+/**
+ * The Llama model on one device: parameters, memory plan, forward and a hand-written backward
+ * (the forward in reverse, as in llm.c). Attention goes through an `Attention` object so the
+ * sequence-parallel DistAttn can replace the local kernel without touching this file.
+ *
+ * Activations of a batch are B*T tokens laid out row-major [B*T, width]. What each layer saves
+ * for backward: its residual input, its attention output O and the log-sum-exp. Backward
+ * recomputes the rest of the layer (norms, projections, RoPE, MLP) but never the attention:
+ * the rematerialisation-aware checkpoint of DistFlashAttention.
+ */
+import type { Device, DevicePtr, Stream } from "../runtime/device.ts";
+import { MemoryPlan, type Slot } from "../runtime/memory.ts";
+import * as op from "../runtime/ops.ts";
+import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
+import { type LlamaConfig, parameterShapes, ropeInvFreq } from "./config.ts";
+
+/** One parameter inside the flat parameter buffers. */
+export interface ParamEntry {
+  name: string;
+  shape: number[];
+  numel: number;
+  /** Element offset into the flat buffers (aligned to 64 elements). */
+  offset: number;
+  /** Decayed by AdamW's weight decay: matrices and embeddings yes, norms no. */
+  decay: boolean;
+}
+
+/** Where each parameter lives in the flat buffers (HF names and order). */
+export class ParamLayout {
+  readonly entries: ParamEntry[] = [];
+  readonly byName = new Map<string, ParamEntry>();
+  /** Total elements including alignment padding. */
+  readonly size: number;
+  /** Real parameter count. */
+  readonly count: number;
+
+  constructor(readonly cfg: LlamaConfig) {
+    let offset = 0, count = 0;
+    for (const p of parameterShapes(cfg)) {
+      const numel = p.shape.reduce((a, b) => a * b, 1);
+      const entry = { name: p.name, shape: p.shape, numel, offset, decay: p.shape.length > 1 };
+      this.entries.push(entry);
+      this.byName.set(p.name, entry);
+      offset += Math.ceil(numel / 64) * 64;
+      count += numel;
+    }
+    this.size = offset;
+    this.count = count;
+  }
+
+  get(name: string): ParamEntry {
+    const e = this.byName.get(name);
+    if (!e) throw new Error(`no parameter named ${name}`);
+    return e;
+  }
+
+  layer(i: number, suffix: string): ParamEntry {
+    return this.get(`model.layers.${i}.${suffix}`);
+  }
+
+  get lmHead(): ParamEntry {
+    return this.cfg.tieWordEmbeddings
+      ? this.get("model.embed_tokens.weight")
+      : this.get("lm_head.weight");
+  }
+}
+
+/** Attention over one sequence's (or one rank's slice of a sequence's) tokens. */
+export interface Attention {
+  /** out [T,nh,hd], lse [nh,T] from q [T,nh,hd], k and v [T,nkv,hd]; `seq` indexes the batch. */
+  forward(out: DevicePtr, lse: DevicePtr, q: DevicePtr, k: DevicePtr, v: DevicePtr): void;
+  /** dq, dk, dv (fp32, accumulated) from dout and the saved out and lse. */
+  backward(
+    dq: DevicePtr,
+    dk: DevicePtr,
+    dv: DevicePtr,
+    dout: DevicePtr,
+    q: DevicePtr,
+    k: DevicePtr,
+    v: DevicePtr,
+    out: DevicePtr,
+    lse: DevicePtr,
+  ): void;
+}
+
+/** Plain causal attention of a whole sequence on this device. */
+export class LocalAttention implements Attention {
+  readonly shape: op.AttentionShape;
+  constructor(readonly device: Device, cfg: LlamaConfig, seqLen: number, dtype: DType) {
+    this.shape = {
+      tq: seqLen,
+      tk: seqLen,
+      nh: cfg.numHeads,
+      nkv: cfg.numKvHeads,
+      hd: cfg.headDim,
+      qPos0: 0,
+      kPos0: 0,
+      scale: 1 / Math.sqrt(cfg.headDim),
+      dtype,
+    };
+  }
+  forward(out: DevicePtr, lse: DevicePtr, q: DevicePtr, k: DevicePtr, v: DevicePtr): void {
+    op.attentionForward(this.device, out, lse, q, k, v, this.shape);
+  }
+  backward(
+    dq: DevicePtr,
+    dk: DevicePtr,
+    dv: DevicePtr,
+    dout: DevicePtr,
+    q: DevicePtr,
+    k: DevicePtr,
+    v: DevicePtr,
+    out: DevicePtr,
+    lse: DevicePtr,
+  ): void {
+    op.attentionBackward(this.device, dq, dk, dv, dout, q, k, v, out, lse, this.shape);
+  }
+}
+
+export interface ModelOptions {
+  /** Storage type of weights used in compute and of activations. */
+  dtype: DType;
+  /** Sequences per micro-batch. */
+  batch: number;
+  /** Tokens per sequence on this device. */
+  seqLen: number;
+  /** Vocabulary rows per LM-head chunk (bounds the fp32 logits scratch). Default 8192. */
+  vocabChunk?: number;
+}
+
+/** The per-layer intermediates recomputed in backward (one shared set). */
+interface LayerScratch {
+  ln1: Slot;
+  rstd1: Slot;
+  q: Slot;
+  k: Slot;
+  v: Slot;
+  xMid: Slot;
+  ln2: Slot;
+  rstd2: Slot;
+  gate: Slot;
+  up: Slot;
+  h: Slot;
+  tmp: Slot;
+}
+
+export class LlamaModel {
+  readonly layout: ParamLayout;
+  readonly plan = new MemoryPlan();
+  readonly tokens: number;
+  readonly vocabChunk: number;
+  attention: Attention;
+
+  // Parameters and optimizer state: flat buffers in ParamLayout order.
+  readonly master: Slot; // fp32 master weights
+  readonly weights: Slot; // weights used in compute (dtype); the master itself in fp32 mode
+  readonly grads: Slot; // fp32
+  readonly adamM: Slot;
+  readonly adamV: Slot;
+  // Saved per layer for backward.
+  readonly xs: Slot[]; // residual stream input of layer l (l = numLayers: the final residual)
+  readonly attnOut: Slot[];
+  readonly attnLse: Slot[];
+  readonly s: LayerScratch;
+  // Backward scratch.
+  readonly dres: Slot;
+  readonly dh: Slot;
+  readonly dgate: Slot;
+  readonly dup: Slot;
+  readonly dlnF32: Slot;
+  readonly dln: Slot;
+  readonly dO: Slot;
+  readonly dqF32: Slot;
+  readonly dkF32: Slot;
+  readonly dvF32: Slot;
+  readonly dq: Slot;
+  readonly dk: Slot;
+  readonly dv: Slot;
+  // LM head and loss.
+  readonly xf: Slot;
+  readonly rstdF: Slot;
+  readonly logits: Slot; // fp32 [tokens, vocabChunk]
+  readonly dlogits: Slot; // dtype copy of the chunk's gradient (bf16 mode)
+  readonly ceM: Slot;
+  readonly ceS: Slot;
+  readonly ceTarget: Slot;
+  readonly ceLoss: Slot;
+  readonly ceLse: Slot;
+  readonly dxfF32: Slot;
+  readonly scalar: Slot; // one fp32 for reductions
+  // Inputs.
+  readonly ids: Slot;
+  readonly labels: Slot;
+  readonly pos: Slot;
+  readonly invFreq: Slot;
+
+  constructor(
+    readonly device: Device,
+    readonly cfg: LlamaConfig,
+    readonly opts: ModelOptions,
+    attention?: Attention,
+  ) {
+    const { dtype, batch, seqLen } = opts;
+    this.layout = new ParamLayout(cfg);
+    this.tokens = batch * seqLen;
+    this.vocabChunk = Math.min(opts.vocabChunk ?? 8192, cfg.vocabSize);
+    const T = this.tokens, H = cfg.hiddenSize, I = cfg.intermediateSize;
+    const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
+    const P = this.layout.size;
+    const p = this.plan, f32 = DType.f32;
+
+    this.master = p.reserve("fp32 master weights", "master", P, f32);
+    this.weights = dtype === f32 ? this.master : p.reserve("bf16 weights", "weights", P, dtype);
+    this.grads = p.reserve("gradients", "grads", P, f32);
+    this.adamM = p.reserve("AdamW moments", "m", P, f32);
+    this.adamV = p.reserve("AdamW moments", "v", P, f32);
+
+    const saved = "saved activations";
+    this.xs = [];
+    this.attnOut = [];
+    this.attnLse = [];
+    for (let l = 0; l <= cfg.numLayers; l++) this.xs.push(p.reserve(saved, `x${l}`, T * H, dtype));
+    for (let l = 0; l < cfg.numLayers; l++) {
+      this.attnOut.push(p.reserve(saved, `o${l}`, T * qDim, dtype));
+      this.attnLse.push(p.reserve(saved, `lse${l}`, batch * cfg.numHeads * seqLen, f32));
+    }
+
+    const layer = "layer scratch";
+    this.s = {
+      ln1: p.reserve(layer, "ln1", T * H, dtype),
+      rstd1: p.reserve(layer, "rstd1", T, f32),
+      q: p.reserve(layer, "q", T * qDim, dtype),
+      k: p.reserve(layer, "k", T * kvDim, dtype),
+      v: p.reserve(layer, "v", T * kvDim, dtype),
+      xMid: p.reserve(layer, "xMid", T * H, dtype),
+      ln2: p.reserve(layer, "ln2", T * H, dtype),
+      rstd2: p.reserve(layer, "rstd2", T, f32),
+      gate: p.reserve(layer, "gate", T * I, dtype),
+      up: p.reserve(layer, "up", T * I, dtype),
+      h: p.reserve(layer, "h", T * I, dtype),
+      tmp: p.reserve(layer, "tmp", T * H, dtype),
+    };
+    const back = "backward scratch";
+    this.dres = p.reserve(back, "dres", T * H, dtype);
+    this.dh = p.reserve(back, "dh", T * I, dtype);
+    this.dgate = p.reserve(back, "dgate", T * I, dtype);
+    this.dup = p.reserve(back, "dup", T * I, dtype);
+    this.dlnF32 = p.reserve(back, "dlnF32", T * H, f32);
+    this.dln = p.reserve(back, "dln", T * H, dtype);
+    this.dO = p.reserve(back, "dO", T * qDim, dtype);
+    this.dqF32 = p.reserve(back, "dqF32", T * qDim, f32);
+    this.dkF32 = p.reserve(back, "dkF32", T * kvDim, f32);
+    this.dvF32 = p.reserve(back, "dvF32", T * kvDim, f32);
+    this.dq = dtype === f32 ? this.dqF32 : p.reserve(back, "dq", T * qDim, dtype);
+    this.dk = dtype === f32 ? this.dkF32 : p.reserve(back, "dk", T * kvDim, dtype);
+    this.dv = dtype === f32 ? this.dvF32 : p.reserve(back, "dv", T * kvDim, dtype);
+
+    const head = "LM head and loss";
+    this.xf = p.reserve(head, "xf", T * H, dtype);
+    this.rstdF = p.reserve(head, "rstdF", T, f32);
+    this.logits = p.reserve(head, "logits", T * this.vocabChunk, f32);
+    this.dlogits = dtype === f32
+      ? this.logits
+      : p.reserve(head, "dlogits", T * this.vocabChunk, dtype);
+    this.ceM = p.reserve(head, "ceM", T, f32);
+    this.ceS = p.reserve(head, "ceS", T, f32);
+    this.ceTarget = p.reserve(head, "ceTarget", T, f32);
+    this.ceLoss = p.reserve(head, "ceLoss", T, f32);
+    this.ceLse = p.reserve(head, "ceLse", T, f32);
+    this.dxfF32 = p.reserve(head, "dxfF32", T * H, f32);
+    this.scalar = p.reserve(head, "scalar", 64, f32);
+
+    const inputs = "inputs";
+    this.ids = p.reserve(inputs, "ids", T, f32); // int32 ids share fp32's 4-byte size
+    this.labels = p.reserve(inputs, "labels", T, f32);
+    this.pos = p.reserve(inputs, "pos", T, f32);
+    this.invFreq = p.reserve(inputs, "invFreq", cfg.headDim / 2, f32);
+
+    this.attention = attention ?? new LocalAttention(device, cfg, seqLen, dtype);
+  }
+
+  /** Allocates every kind of the plan and uploads the RoPE frequencies. */
+  allocate(): void {
+    this.plan.allocate(this.device);
+    this.device.memset(this.master.ptr, 0, this.master.bytes);
+    this.device.memset(this.adamM.ptr, 0, this.adamM.bytes);
+    this.device.memset(this.adamV.ptr, 0, this.adamV.bytes);
+    this.device.upload(
+      this.invFreq.ptr,
+      Float32Array.from(ropeInvFreq(this.cfg, { float32: true })),
+    );
+  }
+
+  free(): void {
+    this.plan.free();
+  }
+
+  get dtype(): DType {
+    return this.opts.dtype;
+  }
+
+  /** Byte address of parameter `e` in a flat buffer. */
+  paramPtr(buffer: Slot, e: ParamEntry): DevicePtr {
+    return buffer.at(e.offset);
+  }
+
+  /** Writes one parameter's fp32 values into the master weights. */
+  setParam(name: string, values: Float32Array): void {
+    const e = this.layout.get(name);
+    if (values.length !== e.numel) {
+      throw new Error(
+        `${name}: expected ${e.numel} values (shape ${e.shape}), got ${values.length}`,
+      );
+    }
+    this.device.upload(this.paramPtr(this.master, e), values);
+  }
+
+  getParam(name: string, buffer: Slot = this.master): Float32Array {
+    const e = this.layout.get(name);
+    return this.device.download(new Float32Array(e.numel), this.paramPtr(buffer, e));
+  }
+
+  /** Refreshes the compute copy of the weights from the master (bf16 mode). */
+  syncWeights(stream: Stream = 0n): void {
+    if (this.weights === this.master) return;
+    op.convert(
+      this.device,
+      this.weights.ptr,
+      this.dtype,
+      this.master.ptr,
+      DType.f32,
+      this.layout.size,
+      stream,
+    );
+  }
+
+  /** Uploads a micro-batch: ids and labels [batch * seqLen]; positions default to 0..T-1. */
+  setBatch(ids: Int32Array, labels: Int32Array, positions?: Int32Array): void {
+    const T = this.tokens;
+    if (ids.length !== T || labels.length !== T) {
+      throw new Error(
+        `batch must hold ${T} ids and labels, got ${ids.length} and ${labels.length}`,
+      );
+    }
+    const V = this.cfg.vocabSize;
+    for (let i = 0; i < T; i++) {
+      if (ids[i] < 0 || ids[i] >= V) {
+        throw new Error(
+          `token id ${ids[i]} at position ${i} is outside the vocabulary (0..${V - 1})`,
+        );
+      }
+      if (labels[i] >= V) {
+        throw new Error(
+          `label ${labels[i]} at position ${i} is outside the vocabulary (0..${V - 1})`,
+        );
+      }
+    }
+    let pos = positions;
+    if (!pos) {
+      pos = new Int32Array(T);
+      for (let i = 0; i < T; i++) pos[i] = i % this.opts.seqLen;
+    }
+    this.device.upload(this.ids.ptr, ids);
+    this.device.upload(this.labels.ptr, labels);
+    this.device.upload(this.pos.ptr, pos);
+  }
+
+  #w(e: ParamEntry): DevicePtr {
+    return this.paramPtr(this.weights, e);
+  }
+
+  #g(e: ParamEntry): DevicePtr {
+    return this.paramPtr(this.grads, e);
+  }
+
+  /** Everything of layer l up to and excluding attention: ln1, q, k, v (after RoPE). */
+  #preAttention(l: number): void {
+    const d = this.device, c = this.cfg, s = this.s, dt = this.dtype, T = this.tokens;
+    const H = c.hiddenSize, qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim;
+    const L = this.layout;
+    op.rmsnormForward(
+      d,
+      s.ln1.ptr,
+      s.rstd1.ptr,
+      this.xs[l].ptr,
+      this.#w(L.layer(l, "input_layernorm.weight")),
+      T,
+      H,
+      c.rmsNormEps,
+      dt,
+    );
+    op.linear(
+      d,
+      s.q.ptr,
+      s.ln1.ptr,
+      this.#w(L.layer(l, "self_attn.q_proj.weight")),
+      T,
+      H,
+      qDim,
+      dt,
+    );
+    op.linear(
+      d,
+      s.k.ptr,
+      s.ln1.ptr,
+      this.#w(L.layer(l, "self_attn.k_proj.weight")),
+      T,
+      H,
+      kvDim,
+      dt,
+    );
+    op.linear(
+      d,
+      s.v.ptr,
+      s.ln1.ptr,
+      this.#w(L.layer(l, "self_attn.v_proj.weight")),
+      T,
+      H,
+      kvDim,
+      dt,
+    );
+    op.rope(d, s.q.ptr, this.pos.ptr, this.invFreq.ptr, T, c.numHeads, c.headDim, false, dt);
+    op.rope(d, s.k.ptr, this.pos.ptr, this.invFreq.ptr, T, c.numKvHeads, c.headDim, false, dt);
+  }
+
+  /** Everything of layer l after attention: O-proj, residual, ln2, MLP, residual into xs[l+1]. */
+  #postAttention(l: number): void {
+    const d = this.device, c = this.cfg, s = this.s, dt = this.dtype, T = this.tokens;
+    const H = c.hiddenSize, I = c.intermediateSize, qDim = c.numHeads * c.headDim;
+    const L = this.layout;
+    op.linear(
+      d,
+      s.tmp.ptr,
+      this.attnOut[l].ptr,
+      this.#w(L.layer(l, "self_attn.o_proj.weight")),
+      T,
+      qDim,
+      H,
+      dt,
+    );
+    op.add(d, s.xMid.ptr, this.xs[l].ptr, s.tmp.ptr, T * H, dt);
+    op.rmsnormForward(
+      d,
+      s.ln2.ptr,
+      s.rstd2.ptr,
+      s.xMid.ptr,
+      this.#w(L.layer(l, "post_attention_layernorm.weight")),
+      T,
+      H,
+      c.rmsNormEps,
+      dt,
+    );
+    op.linear(d, s.gate.ptr, s.ln2.ptr, this.#w(L.layer(l, "mlp.gate_proj.weight")), T, H, I, dt);
+    op.linear(d, s.up.ptr, s.ln2.ptr, this.#w(L.layer(l, "mlp.up_proj.weight")), T, H, I, dt);
+    op.swigluForward(d, s.h.ptr, s.gate.ptr, s.up.ptr, T * I, dt);
+    op.linear(d, s.tmp.ptr, s.h.ptr, this.#w(L.layer(l, "mlp.down_proj.weight")), T, I, H, dt);
+    op.add(d, this.xs[l + 1].ptr, s.xMid.ptr, s.tmp.ptr, T * H, dt);
+  }
+
+  /** Attention of every sequence of the micro-batch. */
+  #attend(l: number): void {
+    const c = this.cfg, S = this.opts.seqLen, bytes = DTYPE_BYTES[this.dtype];
+    const qStride = S * c.numHeads * c.headDim * bytes,
+      kvStride = S * c.numKvHeads * c.headDim * bytes;
+    const lseStride = c.numHeads * S * 4;
+    for (let b = 0; b < this.opts.batch; b++) {
+      this.attention.forward(
+        this.attnOut[l].ptr + BigInt(b * qStride),
+        this.attnLse[l].ptr + BigInt(b * lseStride),
+        this.s.q.ptr + BigInt(b * qStride),
+        this.s.k.ptr + BigInt(b * kvStride),
+        this.s.v.ptr + BigInt(b * kvStride),
+      );
+    }
+  }
+
+  /** Forward through the layers and the final norm: xs[] and xf filled. */
+  forward(): void {
+    const d = this.device, c = this.cfg, dt = this.dtype, T = this.tokens, H = c.hiddenSize;
+    const emb = this.layout.get("model.embed_tokens.weight");
+    op.embeddingForward(d, this.xs[0].ptr, this.#w(emb), this.ids.ptr, T, c.vocabSize, H, dt);
+    for (let l = 0; l < c.numLayers; l++) {
+      this.#preAttention(l);
+      this.#attend(l);
+      this.#postAttention(l);
+    }
+    op.rmsnormForward(
+      d,
+      this.xf.ptr,
+      this.rstdF.ptr,
+      this.xs[c.numLayers].ptr,
+      this.#w(this.layout.get("model.norm.weight")),
+      T,
+      H,
+      c.rmsNormEps,
+      dt,
+    );
+  }
+
+  /** LM-head logits of vocabulary rows [v0, v0+vc) into the fp32 chunk buffer. */
+  #logitsChunk(v0: number, vc: number): void {
+    const H = this.cfg.hiddenSize, head = this.layout.lmHead;
+    const w = this.weights.at(head.offset + v0 * H);
+    op.gemm(this.device, {
+      transA: false,
+      transB: true,
+      m: this.tokens,
+      n: vc,
+      k: H,
+      a: this.xf.ptr,
+      lda: H,
+      b: w,
+      ldb: H,
+      c: this.logits.ptr,
+      ldc: vc,
+      abType: this.dtype,
+      cType: DType.f32,
+    });
+  }
+
+  /**
+   * Cross-entropy of the current micro-batch, chunked over the vocabulary. Returns the sum of
+   * per-token losses (ignored labels count 0); the per-token losses stay in ceLoss, their
+   * log-sum-exp in ceLse.
+   */
+  lossSum(): number {
+    const d = this.device, T = this.tokens, V = this.cfg.vocabSize, C = this.vocabChunk;
+    d.upload(this.ceM.ptr, new Float32Array(T).fill(-Infinity));
+    d.memset(this.ceS.ptr, 0, T * 4);
+    d.memset(this.ceTarget.ptr, 0, T * 4);
+    for (let v0 = 0; v0 < V; v0 += C) {
+      const vc = Math.min(C, V - v0);
+      this.#logitsChunk(v0, vc);
+      op.ceChunkForward(
+        d,
+        this.ceM.ptr,
+        this.ceS.ptr,
+        this.ceTarget.ptr,
+        this.logits.ptr,
+        this.labels.ptr,
+        T,
+        vc,
+        v0,
+      );
+    }
+    op.ceFinalize(
+      d,
+      this.ceLoss.ptr,
+      this.ceLse.ptr,
+      this.ceM.ptr,
+      this.ceS.ptr,
+      this.ceTarget.ptr,
+      this.labels.ptr,
+      T,
+    );
+    d.memset(this.scalar.ptr, 0, 4);
+    op.sum(d, this.scalar.ptr, this.ceLoss.ptr, T);
+    return d.download(new Float32Array(1), this.scalar.ptr)[0];
+  }
+
+  /**
+   * Backward of (lossScale * sum of token losses) into the fp32 gradients (accumulated: zero them
+   * at the start of an optimizer step). Needs forward() and lossSum() of the same micro-batch.
+   */
+  backward(lossScale: number): void {
+    const d = this.device, c = this.cfg, dt = this.dtype, T = this.tokens, H = c.hiddenSize;
+    const V = c.vocabSize, C = this.vocabChunk, L = this.layout;
+    // LM head, chunk by chunk: dlogits = scale (softmax - onehot); dxf += dlogits W; dW += dlogits^T xf.
+    d.memset(this.dxfF32.ptr, 0, T * H * 4);
+    const head = L.lmHead;
+    for (let v0 = 0; v0 < V; v0 += C) {
+      const vc = Math.min(C, V - v0);
+      this.#logitsChunk(v0, vc);
+      op.ceChunkBackward(d, this.logits.ptr, this.ceLse.ptr, this.labels.ptr, T, vc, v0, lossScale);
+      if (this.dlogits !== this.logits) {
+        op.convert(d, this.dlogits.ptr, dt, this.logits.ptr, DType.f32, T * vc);
+      }
+      op.gemm(d, {
+        transA: false,
+        transB: false,
+        m: T,
+        n: H,
+        k: vc,
+        a: this.dlogits.ptr,
+        lda: vc,
+        b: this.weights.at(head.offset + v0 * H),
+        ldb: H,
+        beta: 1,
+        c: this.dxfF32.ptr,
+        ldc: H,
+        abType: dt,
+        cType: DType.f32,
+      });
+      op.gemm(d, {
+        transA: true,
+        transB: false,
+        m: vc,
+        n: H,
+        k: T,
+        a: this.dlogits.ptr,
+        lda: vc,
+        b: this.xf.ptr,
+        ldb: H,
+        beta: 1,
+        c: this.grads.at(head.offset + v0 * H),
+        ldc: H,
+        abType: dt,
+        cType: DType.f32,
+      });
+    }
+    // Final norm: dres = d(x_L).
+    op.convert(d, this.dln.ptr, dt, this.dxfF32.ptr, DType.f32, T * H);
+    d.memset(this.dres.ptr, 0, this.dres.bytes);
+    const normF = L.get("model.norm.weight");
+    op.rmsnormBackward(
+      d,
+      this.dres.ptr,
+      this.#g(normF),
+      this.dln.ptr,
+      this.xs[c.numLayers].ptr,
+      this.#w(normF),
+      this.rstdF.ptr,
+      T,
+      H,
+      dt,
+    );
+
+    for (let l = c.numLayers - 1; l >= 0; l--) this.#layerBackward(l);
+
+    const emb = L.get("model.embed_tokens.weight");
+    op.embeddingBackward(d, this.#g(emb), this.dres.ptr, this.ids.ptr, T, V, H, dt);
+  }
+
+  /** dres holds d(xs[l+1]) on entry and d(xs[l]) on exit. */
+  #layerBackward(l: number): void {
+    const d = this.device, c = this.cfg, s = this.s, dt = this.dtype, T = this.tokens;
+    const H = c.hiddenSize, I = c.intermediateSize;
+    const qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim, L = this.layout;
+    const P = (suffix: string) => L.layer(l, suffix);
+
+    // Recompute the layer's cheap parts from its saved input and attention output.
+    this.#preAttention(l);
+    this.#postAttention(l);
+
+    // MLP: out = down(swiglu(gate(ln2), up(ln2))), added to the residual.
+    op.linearBackward(
+      d,
+      this.dh.ptr,
+      this.#g(P("mlp.down_proj.weight")),
+      this.dres.ptr,
+      s.h.ptr,
+      this.#w(P("mlp.down_proj.weight")),
+      T,
+      I,
+      H,
+      dt,
+    );
+    op.swigluBackward(
+      d,
+      this.dgate.ptr,
+      this.dup.ptr,
+      this.dh.ptr,
+      s.gate.ptr,
+      s.up.ptr,
+      T * I,
+      dt,
+    );
+    this.#twoInputLinearBackward(
+      this.dgate,
+      P("mlp.gate_proj.weight"),
+      this.dup,
+      P("mlp.up_proj.weight"),
+      null,
+      null,
+      s.ln2,
+      I,
+      I,
+      0,
+    );
+    op.rmsnormBackward(
+      d,
+      this.dres.ptr,
+      this.#g(P("post_attention_layernorm.weight")),
+      this.dln.ptr,
+      s.xMid.ptr,
+      this.#w(P("post_attention_layernorm.weight")),
+      s.rstd2.ptr,
+      T,
+      H,
+      dt,
+    );
+
+    // Attention block: out = o_proj(attn(rope(q), rope(k), v)), added to the residual.
+    op.linearBackward(
+      d,
+      this.dO.ptr,
+      this.#g(P("self_attn.o_proj.weight")),
+      this.dres.ptr,
+      this.attnOut[l].ptr,
+      this.#w(P("self_attn.o_proj.weight")),
+      T,
+      qDim,
+      H,
+      dt,
+    );
+    d.memset(this.dqF32.ptr, 0, this.dqF32.bytes);
+    d.memset(this.dkF32.ptr, 0, this.dkF32.bytes);
+    d.memset(this.dvF32.ptr, 0, this.dvF32.bytes);
+    const S = this.opts.seqLen, bytes = DTYPE_BYTES[dt];
+    const qStride = S * qDim, kvStride = S * kvDim, lseStride = c.numHeads * S;
+    for (let b = 0; b < this.opts.batch; b++) {
+      this.attention.backward(
+        this.dqF32.at(b * qStride),
+        this.dkF32.at(b * kvStride),
+        this.dvF32.at(b * kvStride),
+        this.dO.ptr + BigInt(b * qStride * bytes),
+        s.q.ptr + BigInt(b * qStride * bytes),
+        s.k.ptr + BigInt(b * kvStride * bytes),
+        s.v.ptr + BigInt(b * kvStride * bytes),
+        this.attnOut[l].ptr + BigInt(b * qStride * bytes),
+        this.attnLse[l].at(b * lseStride),
+      );
+    }
+    // RoPE is a rotation: its backward rotates the gradient back (in fp32, before rounding).
+    op.rope(
+      d,
+      this.dqF32.ptr,
+      this.pos.ptr,
+      this.invFreq.ptr,
+      T,
+      c.numHeads,
+      c.headDim,
+      true,
+      DType.f32,
+    );
+    op.rope(
+      d,
+      this.dkF32.ptr,
+      this.pos.ptr,
+      this.invFreq.ptr,
+      T,
+      c.numKvHeads,
+      c.headDim,
+      true,
+      DType.f32,
+    );
+    if (this.dq !== this.dqF32) {
+      op.convert(d, this.dq.ptr, dt, this.dqF32.ptr, DType.f32, T * qDim);
+      op.convert(d, this.dk.ptr, dt, this.dkF32.ptr, DType.f32, T * kvDim);
+      op.convert(d, this.dv.ptr, dt, this.dvF32.ptr, DType.f32, T * kvDim);
+    }
+    this.#twoInputLinearBackward(
+      this.dq,
+      P("self_attn.q_proj.weight"),
+      this.dk,
+      P("self_attn.k_proj.weight"),
+      this.dv,
+      P("self_attn.v_proj.weight"),
+      s.ln1,
+      qDim,
+      kvDim,
+      kvDim,
+    );
+    op.rmsnormBackward(
+      d,
+      this.dres.ptr,
+      this.#g(P("input_layernorm.weight")),
+      this.dln.ptr,
+      this.xs[l].ptr,
+      this.#w(P("input_layernorm.weight")),
+      s.rstd1.ptr,
+      T,
+      H,
+      dt,
+    );
+  }
+
+  /**
+   * Backward of up to three linears reading the same input x [T,H]: weight gradients, and
+   * dln = sum of dy_i W_i accumulated in fp32, then stored in dtype.
+   */
+  #twoInputLinearBackward(
+    dy1: Slot,
+    w1: ParamEntry,
+    dy2: Slot,
+    w2: ParamEntry,
+    dy3: Slot | null,
+    w3: ParamEntry | null,
+    x: Slot,
+    out1: number,
+    out2: number,
+    out3: number,
+  ): void {
+    const d = this.device, dt = this.dtype, T = this.tokens, H = this.cfg.hiddenSize;
+    const parts: [Slot, ParamEntry, number][] = [[dy1, w1, out1], [dy2, w2, out2]];
+    if (dy3 && w3) parts.push([dy3, w3, out3]);
+    parts.forEach(([dy, w, outF], i) => {
+      op.gemm(d, {
+        transA: false,
+        transB: false,
+        m: T,
+        n: H,
+        k: outF,
+        a: dy.ptr,
+        lda: outF,
+        b: this.#w(w),
+        ldb: H,
+        beta: i === 0 ? 0 : 1,
+        c: this.dlnF32.ptr,
+        ldc: H,
+        abType: dt,
+        cType: DType.f32,
+      });
+      op.gemm(d, {
+        transA: true,
+        transB: false,
+        m: outF,
+        n: H,
+        k: T,
+        a: dy.ptr,
+        lda: outF,
+        b: x.ptr,
+        ldb: H,
+        beta: 1,
+        c: this.#g(w),
+        ldc: H,
+        abType: dt,
+        cType: DType.f32,
+      });
+    });
+    op.convert(d, this.dln.ptr, dt, this.dlnF32.ptr, DType.f32, T * H);
+  }
+
+  /** Full-vocabulary logits [tokens, V] in fp32 after forward() (for tests and evaluation). */
+  fullLogits(): Float32Array {
+    const T = this.tokens, V = this.cfg.vocabSize, C = this.vocabChunk;
+    const out = new Float32Array(T * V);
+    const chunk = new Float32Array(T * C);
+    for (let v0 = 0; v0 < V; v0 += C) {
+      const vc = Math.min(C, V - v0);
+      this.#logitsChunk(v0, vc);
+      this.device.download(chunk.subarray(0, T * vc), this.logits.ptr);
+      for (let t = 0; t < T; t++) out.set(chunk.subarray(t * vc, (t + 1) * vc), t * V + v0);
+    }
+    return out;
+  }
+
+  /** Global L2 norm of the fp32 gradients. */
+  gradNorm(): number {
+    const d = this.device;
+    d.memset(this.scalar.ptr, 0, 4);
+    op.sumSquares(d, this.scalar.ptr, this.grads.ptr, this.layout.size);
+    return Math.sqrt(d.download(new Float32Array(1), this.scalar.ptr)[0]);
+  }
+
+  zeroGrads(): void {
+    this.device.memset(this.grads.ptr, 0, this.grads.bytes);
+  }
+
+  /** One AdamW update of every parameter, then the compute copy refreshed. */
+  adamwStep(args: op.AdamWArgs): void {
+    const d = this.device;
+    for (const e of this.layout.entries) {
+      op.adamw(
+        d,
+        this.paramPtr(this.master, e),
+        this.paramPtr(this.grads, e),
+        this.paramPtr(this.adamM, e),
+        this.paramPtr(this.adamV, e),
+        e.numel,
+        { ...args, weightDecay: e.decay ? args.weightDecay : 0 },
+        this.weights === this.master ? null : this.paramPtr(this.weights, e),
+        this.dtype,
+      );
+    }
+  }
+}

@@ -1,0 +1,287 @@
+/**
+ * The options of `distflash train` and of `train()` in mod.ts: one table that the CLI registers
+ * its flags from and that validates a typed object, so both paths reject the same bad values with
+ * an error naming the flag.
+ */
+
+export type LrSchedulerType = "linear" | "cosine" | "constant" | "constant_with_warmup";
+export type SaveStrategy = "steps" | "epoch" | "no";
+export type DeviceChoice = "auto" | "cuda" | "cpu";
+
+/** Everything `train` takes. Names are the camelCase of Hugging Face TrainingArguments. */
+export interface TrainOptions {
+  /** A preset name (llama-2-7b, debug-small, ...) or a Hugging Face model folder. */
+  model: string;
+  /** JSONL/JSON, Parquet, .npy token files, or a folder of them. */
+  dataPath?: string;
+  /** Random tokens instead of data (throughput runs). */
+  synthetic: boolean;
+  /** The text field of JSON/JSONL/Parquet records. */
+  textField: string;
+  outputDir: string;
+  numTrainEpochs: number;
+  /** Optimizer steps to run; overrides numTrainEpochs when > 0. */
+  maxSteps: number;
+  perDeviceTrainBatchSize: number;
+  gradientAccumulationSteps: number;
+  learningRate: number;
+  weightDecay: number;
+  warmupRatio: number;
+  /** Warmup steps; overrides warmupRatio when > 0. */
+  warmupSteps: number;
+  lrSchedulerType: LrSchedulerType;
+  adamBeta1: number;
+  adamBeta2: number;
+  adamEpsilon: number;
+  /** Global gradient-norm clipping threshold; 0 disables clipping. */
+  maxGradNorm: number;
+  loggingSteps: number;
+  saveStrategy: SaveStrategy;
+  saveSteps: number;
+  /** Keep at most this many checkpoints (0: keep all). */
+  saveTotalLimit: number;
+  /** Tokens per training sequence. */
+  modelMaxLength: number;
+  /** bf16 weights and activations (fp32 master weights and optimizer state). */
+  bf16: boolean;
+  device: DeviceChoice;
+  seed: number;
+  /** A checkpoint folder to resume from, or "last" for the newest in outputDir. */
+  resumeFromCheckpoint?: string;
+  /** Rematerialisation-aware checkpointing (the only mode on one device; always on). */
+  gradientCheckpointing: boolean;
+  /** Parameter sharding over ranks: "full_shard" (ZeRO-3), "no_shard"; "" for none. */
+  fsdp: string;
+  /** Rank processes per node (more than 1 needs the DistAttn launcher). */
+  nprocPerNode: number;
+  /** Vocabulary rows per LM-head chunk. */
+  vocabChunk: number;
+  /** Flags of the Hugging Face trainer that have no effect here (reported once). */
+  tf32?: string;
+  lazyPreprocess?: string;
+  evaluationStrategy?: string;
+  fsdpTransformerLayerClsToWrap?: string;
+}
+
+type Kind = "string" | "int" | "float" | "bool" | "choice";
+
+interface Spec {
+  key: keyof TrainOptions;
+  kind: Kind;
+  help: string;
+  choices?: readonly string[];
+  min?: number;
+  max?: number;
+  /** min is exclusive */
+  positive?: boolean;
+  /** accepted for compatibility, reported as having no effect */
+  noEffect?: boolean;
+}
+
+export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
+  synthetic: false,
+  textField: "text",
+  outputDir: "outputs",
+  numTrainEpochs: 3,
+  maxSteps: -1,
+  perDeviceTrainBatchSize: 1,
+  gradientAccumulationSteps: 1,
+  learningRate: 5e-5,
+  weightDecay: 0,
+  warmupRatio: 0,
+  warmupSteps: 0,
+  lrSchedulerType: "linear",
+  adamBeta1: 0.9,
+  adamBeta2: 0.999,
+  adamEpsilon: 1e-8,
+  maxGradNorm: 1,
+  loggingSteps: 10,
+  saveStrategy: "steps",
+  saveSteps: 500,
+  saveTotalLimit: 0,
+  modelMaxLength: 2048,
+  bf16: false,
+  device: "auto",
+  seed: 42,
+  gradientCheckpointing: true,
+  fsdp: "",
+  nprocPerNode: 1,
+  vocabChunk: 8192,
+};
+
+export const TRAIN_SPECS: readonly Spec[] = [
+  { key: "model", kind: "string", help: "preset name or Hugging Face model folder" },
+  { key: "dataPath", kind: "string", help: "JSONL/JSON, Parquet or .npy token file(s)" },
+  { key: "synthetic", kind: "bool", help: "train on random tokens (throughput runs)" },
+  { key: "textField", kind: "string", help: "text field of JSON/Parquet records" },
+  { key: "outputDir", kind: "string", help: "where checkpoints and metrics.jsonl go" },
+  { key: "numTrainEpochs", kind: "float", help: "passes over the data", positive: true },
+  { key: "maxSteps", kind: "int", help: "optimizer steps (overrides epochs when > 0)", min: -1 },
+  { key: "perDeviceTrainBatchSize", kind: "int", help: "sequences per micro-batch", min: 1 },
+  { key: "gradientAccumulationSteps", kind: "int", help: "micro-batches per step", min: 1 },
+  { key: "learningRate", kind: "float", help: "peak learning rate", min: 0 },
+  { key: "weightDecay", kind: "float", help: "AdamW decoupled weight decay", min: 0 },
+  { key: "warmupRatio", kind: "float", help: "fraction of steps warming up", min: 0, max: 1 },
+  { key: "warmupSteps", kind: "int", help: "warmup steps (overrides the ratio)", min: 0 },
+  {
+    key: "lrSchedulerType",
+    kind: "choice",
+    help: "learning-rate schedule",
+    choices: ["linear", "cosine", "constant", "constant_with_warmup"],
+  },
+  { key: "adamBeta1", kind: "float", help: "AdamW beta1", min: 0, max: 1 },
+  { key: "adamBeta2", kind: "float", help: "AdamW beta2", min: 0, max: 1 },
+  { key: "adamEpsilon", kind: "float", help: "AdamW epsilon", positive: true },
+  { key: "maxGradNorm", kind: "float", help: "gradient clipping norm (0: off)", min: 0 },
+  { key: "loggingSteps", kind: "int", help: "log every N steps", min: 1 },
+  {
+    key: "saveStrategy",
+    kind: "choice",
+    help: "when to save checkpoints",
+    choices: ["steps", "epoch", "no"],
+  },
+  { key: "saveSteps", kind: "int", help: "save every N steps", min: 1 },
+  { key: "saveTotalLimit", kind: "int", help: "keep at most N checkpoints (0: all)", min: 0 },
+  { key: "modelMaxLength", kind: "int", help: "tokens per training sequence", min: 2 },
+  { key: "bf16", kind: "bool", help: "bf16 compute (fp32 master weights)" },
+  {
+    key: "device",
+    kind: "choice",
+    help: "where to train",
+    choices: ["auto", "cuda", "cpu"],
+  },
+  { key: "seed", kind: "int", help: "random seed (init and data order)", min: 0 },
+  { key: "resumeFromCheckpoint", kind: "string", help: 'checkpoint folder, or "last"' },
+  {
+    key: "gradientCheckpointing",
+    kind: "bool",
+    help: "rematerialisation-aware checkpointing (always on)",
+  },
+  { key: "fsdp", kind: "string", help: 'parameter sharding: "full_shard", "no_shard"' },
+  { key: "nprocPerNode", kind: "int", help: "rank processes per node", min: 1 },
+  { key: "vocabChunk", kind: "int", help: "vocabulary rows per LM-head chunk", min: 1 },
+  { key: "tf32", kind: "string", help: "HF trainer flag; no effect", noEffect: true },
+  { key: "lazyPreprocess", kind: "string", help: "HF trainer flag; no effect", noEffect: true },
+  { key: "evaluationStrategy", kind: "string", help: "HF trainer flag; no effect", noEffect: true },
+  {
+    key: "fsdpTransformerLayerClsToWrap",
+    kind: "string",
+    help: "HF trainer flag; no effect (every layer is a unit)",
+    noEffect: true,
+  },
+];
+
+/** camelCase -> --kebab-case */
+export function flagName(key: string): string {
+  return "--" + key.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
+}
+
+/** Rewrites the paper's snake_case flags (--learning_rate) to the documented kebab-case. */
+export function normalizeFlags(argv: string[]): string[] {
+  return argv.map((arg) => {
+    if (!arg.startsWith("--")) return arg;
+    const eq = arg.indexOf("=");
+    const name = eq < 0 ? arg : arg.slice(0, eq);
+    return name.replaceAll("_", "-") + (eq < 0 ? "" : arg.slice(eq));
+  });
+}
+
+/** A flag value that is wrong, with the flag's name in the message. */
+export class OptionError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "OptionError";
+  }
+}
+
+function parseBool(flag: string, v: unknown): boolean {
+  if (typeof v === "boolean") return v;
+  const s = String(v).toLowerCase();
+  if (["true", "1", "yes"].includes(s)) return true;
+  if (["false", "0", "no"].includes(s)) return false;
+  throw new OptionError(`${flag}: expected true or false, got ${JSON.stringify(v)}`);
+}
+
+/**
+ * Fills defaults and checks every option; strings from the command line are converted. Throws an
+ * OptionError naming the flag and the allowed values. Returns the options and the names of the
+ * accepted flags that have no effect.
+ */
+export function resolveTrainOptions(
+  input: Partial<Record<keyof TrainOptions, unknown>>,
+): { options: TrainOptions; noEffect: string[] } {
+  const known = new Set(TRAIN_SPECS.map((s) => s.key as string));
+  for (const key of Object.keys(input)) {
+    if (!known.has(key)) throw new OptionError(`unknown option ${flagName(key)} (${key})`);
+  }
+  const out: Record<string, unknown> = { ...TRAIN_DEFAULTS };
+  const noEffect: string[] = [];
+  for (const spec of TRAIN_SPECS) {
+    const raw = input[spec.key];
+    if (raw === undefined || raw === null) continue;
+    const flag = flagName(spec.key);
+    let value: unknown = raw;
+    switch (spec.kind) {
+      case "bool":
+        value = parseBool(flag, raw);
+        break;
+      case "int":
+      case "float": {
+        const n = typeof raw === "number" ? raw : Number(String(raw).trim());
+        if (String(raw).trim() === "" || !Number.isFinite(n)) {
+          throw new OptionError(`${flag}: expected a number, got ${JSON.stringify(raw)}`);
+        }
+        if (spec.kind === "int" && !Number.isInteger(n)) {
+          throw new OptionError(`${flag}: expected an integer, got ${JSON.stringify(raw)}`);
+        }
+        if (spec.positive && !(n > 0)) throw new OptionError(`${flag}: must be > 0, got ${n}`);
+        if (spec.min !== undefined && n < spec.min) {
+          throw new OptionError(`${flag}: must be >= ${spec.min}, got ${n}`);
+        }
+        if (spec.max !== undefined && n > spec.max) {
+          throw new OptionError(`${flag}: must be <= ${spec.max}, got ${n}`);
+        }
+        value = n;
+        break;
+      }
+      case "choice":
+        if (!spec.choices!.includes(String(raw))) {
+          throw new OptionError(
+            `${flag}: ${JSON.stringify(raw)} is not one of ${spec.choices!.join(", ")}`,
+          );
+        }
+        value = String(raw);
+        break;
+      case "string":
+        if (typeof raw !== "string" || raw === "") {
+          throw new OptionError(`${flag}: expected a non-empty string`);
+        }
+        break;
+    }
+    if (spec.noEffect) noEffect.push(flag);
+    out[spec.key] = value;
+  }
+  const options = out as unknown as TrainOptions;
+  if (!options.model) throw new OptionError("--model is required (a preset name or a folder)");
+  if (options.synthetic && options.dataPath) {
+    throw new OptionError("--synthetic and --data-path exclude each other: choose one");
+  }
+  if (!options.synthetic && !options.dataPath) {
+    throw new OptionError("--data-path is required (or --synthetic for random tokens)");
+  }
+  const fsdp = options.fsdp.trim().split(/\s+/).filter((w) => w !== "");
+  const fsdpWords = ["full_shard", "no_shard", "auto_wrap", "shard_grad_op", "offload"];
+  for (const w of fsdp) {
+    if (!fsdpWords.includes(w)) {
+      throw new OptionError(
+        `--fsdp: unknown word ${JSON.stringify(w)} (use ${fsdpWords.join(", ")})`,
+      );
+    }
+  }
+  if (options.nprocPerNode > 1) {
+    throw new OptionError(
+      `--nproc-per-node ${options.nprocPerNode}: multi-rank training (DistAttn) is not implemented yet; use 1`,
+    );
+  }
+  return { options, noEffect };
+}

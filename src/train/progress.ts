@@ -1,0 +1,57 @@
+/**
+ * Progress of a training run: on a terminal a bar redrawn in place (step, loss, tokens/s, ETA);
+ * in a pipe, one plain line per logged step.
+ */
+import type { StepMetrics } from "./trainer.ts";
+
+function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds)) return "?";
+  const s = Math.round(seconds);
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return h > 0 ? `${h}h${String(m).padStart(2, "0")}m` : `${m}m${String(s % 60).padStart(2, "0")}s`;
+}
+
+export class Progress {
+  readonly #tty = Deno.stderr.isTerminal();
+  readonly #start = performance.now();
+  #tokensPerS = NaN;
+
+  constructor(
+    readonly total: number,
+    readonly startStep: number,
+    readonly write: (line: string) => void,
+  ) {}
+
+  /** A logged step: a permanent line. */
+  log(m: StepMetrics): void {
+    this.#tokensPerS = m.tokens_per_s;
+    const line =
+      `step ${m.step}/${this.total} loss ${m.loss.toFixed(4)} lr ${m.lr.toExponential(2)} ` +
+      `grad_norm ${m.grad_norm.toFixed(3)} tokens/s ${Math.round(m.tokens_per_s)}`;
+    if (this.#tty) this.#clear();
+    this.write(line);
+  }
+
+  /** Every step: redraw the bar (terminal only). */
+  tick(step: number, loss: number): void {
+    if (!this.#tty) return;
+    const done = step - this.startStep, left = this.total - step;
+    const elapsed = (performance.now() - this.#start) / 1000;
+    const eta = done > 0 ? (elapsed / done) * left : NaN;
+    const width = 24, filled = Math.round((width * step) / this.total);
+    const bar = "#".repeat(filled) + "-".repeat(width - filled);
+    const rate = Number.isFinite(this.#tokensPerS) ? `${Math.round(this.#tokensPerS)} tok/s` : "";
+    const text = `[${bar}] ${step}/${this.total} loss ${loss.toFixed(4)} ${rate} ETA ${
+      formatDuration(eta)
+    }`;
+    Deno.stderr.writeSync(new TextEncoder().encode(`\r${text}\x1b[K`));
+  }
+
+  #clear(): void {
+    Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[K"));
+  }
+
+  finish(): void {
+    if (this.#tty) this.#clear();
+  }
+}

@@ -1,0 +1,125 @@
+/**
+ * A tiny Llama against Hugging Face transformers: logits, loss and every parameter's gradient for
+ * a fixed batch (fixtures from tests/reference/make_fixtures.py, computed in float64).
+ *
+ * Tolerances: the CPU backend computes in fp32, whose unit roundoff is 6e-8; through a 2-layer
+ * model the relative error stays near 1e-6, so 1e-4 (the issue's bound) is generous. On CUDA the
+ * same fp32 path (cuBLASLt without TF32) is held to 1e-4 too. The bf16 path stores every
+ * activation and weight in bf16 (unit roundoff 2^-9 = 2e-3); a chain of ~15 rounded ops per layer
+ * gives relative errors of a few 1e-3 on logits and up to ~1e-2 on gradients, so bf16 is checked
+ * at 2e-2 (logits, loss) and 5e-2 (gradients).
+ */
+import { assert, assertLess } from "./assert.ts";
+import { relError, TEST_BACKEND, testDevice } from "./_util.ts";
+import { openSafetensors } from "../src/io/safetensors.ts";
+import { readHfConfig } from "../src/model/config.ts";
+import { LlamaModel } from "../src/model/llama.ts";
+import { loadWeights, saveModel } from "../src/model/hf.ts";
+import { DType } from "../src/runtime/ops.ts";
+import { fileURLToPath } from "node:url";
+
+const fixtures = fileURLToPath(new URL("./fixtures/", import.meta.url));
+
+async function reference(variant: string) {
+  const ref = await openSafetensors(`${fixtures}${variant}/reference.safetensors`);
+  const ids = Int32Array.from(await ref.readFloat32("input_ids"));
+  const labels = Int32Array.from(await ref.readFloat32("labels"));
+  const logits = await ref.readFloat32("logits");
+  const loss = (await ref.readFloat32("loss"))[0];
+  const grads = new Map<string, Float32Array>();
+  for (const name of ref.names()) {
+    if (name.startsWith("grad.")) grads.set(name.slice(5), await ref.readFloat32(name));
+  }
+  ref.close();
+  return { ids, labels, logits, loss, grads };
+}
+
+async function runFixture(variant: string, dtype: DType) {
+  const dir = `${fixtures}${variant}`;
+  const cfg = await readHfConfig(dir);
+  const ref = await reference(variant);
+  const model = new LlamaModel(testDevice(), cfg, { dtype, batch: 2, seqLen: 32, vocabChunk: 100 });
+  model.allocate();
+  try {
+    await loadWeights(model, dir);
+    model.setBatch(ref.ids, ref.labels);
+    model.forward();
+    const logits = model.fullLogits();
+    const count = ref.labels.filter((l) => l >= 0).length;
+    const loss = model.lossSum() / count;
+    model.zeroGrads();
+    model.backward(1 / count);
+    const gradErrors = new Map<string, number>();
+    for (const [name, want] of ref.grads) {
+      gradErrors.set(name, relError(model.getParam(name, model.grads), want));
+    }
+    return {
+      logitsErr: relError(logits, ref.logits),
+      lossErr: Math.abs(loss - ref.loss) / ref.loss,
+      gradErrors,
+      model,
+    };
+  } catch (e) {
+    model.free();
+    throw e;
+  }
+}
+
+const cases: [string, DType, number, number][] = [
+  ["mha", DType.f32, 1e-4, 1e-4],
+  ["gqa", DType.f32, 1e-4, 1e-4],
+];
+if (TEST_BACKEND === "cuda") {
+  cases.push(["mha", DType.bf16, 2e-2, 5e-2], ["gqa", DType.bf16, 2e-2, 5e-2]);
+}
+
+for (const [variant, dtype, tolOut, tolGrad] of cases) {
+  const label = `${TEST_BACKEND} ${dtype === DType.f32 ? "fp32" : "bf16"} ${variant}`;
+  Deno.test(`llama ${label}: logits, loss and every gradient match transformers`, async () => {
+    const r = await runFixture(variant, dtype);
+    try {
+      assertLess(r.logitsErr, tolOut, "logits rel error");
+      assertLess(r.lossErr, tolOut, "loss rel error");
+      assert(r.gradErrors.size >= 20, "every parameter has a reference gradient");
+      for (const [name, err] of r.gradErrors) assertLess(err, tolGrad, `grad ${name}`);
+      const worst = Math.max(...r.gradErrors.values());
+      console.log(
+        `${label}: logits ${r.logitsErr.toExponential(2)}, loss ${
+          r.lossErr.toExponential(2)
+        }, worst grad ${worst.toExponential(2)}`,
+      );
+    } finally {
+      r.model.free();
+    }
+  });
+}
+
+Deno.test(`llama ${TEST_BACKEND}: a saved checkpoint reloads to the same logits`, async () => {
+  const dir = `${fixtures}gqa`;
+  const cfg = await readHfConfig(dir);
+  const ref = await reference("gqa");
+  const out = await Deno.makeTempDir();
+  const model = new LlamaModel(testDevice(), cfg, { dtype: DType.f32, batch: 2, seqLen: 32 });
+  model.allocate();
+  try {
+    await loadWeights(model, dir);
+    await saveModel(model, out, { dtype: "float32", tokenizerFrom: null });
+    const again = new LlamaModel(testDevice(), await readHfConfig(out), {
+      dtype: DType.f32,
+      batch: 2,
+      seqLen: 32,
+    });
+    again.allocate();
+    try {
+      await loadWeights(again, out);
+      again.setBatch(ref.ids, ref.labels);
+      again.forward();
+      assertLess(relError(again.fullLogits(), ref.logits), 1e-4, "reloaded logits");
+    } finally {
+      again.free();
+    }
+  } finally {
+    model.free();
+    await Deno.remove(out, { recursive: true });
+  }
+});
