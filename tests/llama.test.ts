@@ -43,12 +43,12 @@ async function runFixture(variant: string, dtype: DType) {
   try {
     await loadWeights(model, dir);
     model.setBatch(ref.ids, ref.labels);
-    model.forward();
+    await model.forward();
     const logits = model.fullLogits();
     const count = ref.labels.filter((l) => l >= 0).length;
     const loss = model.lossSum() / count;
     model.zeroGrads();
-    model.backward(1 / count);
+    await model.backward(1 / count);
     const gradErrors = new Map<string, number>();
     for (const [name, want] of ref.grads) {
       gradErrors.set(name, relError(model.getParam(name, model.grads), want));
@@ -113,7 +113,7 @@ Deno.test(`llama ${TEST_BACKEND}: a saved checkpoint reloads to the same logits`
     try {
       await loadWeights(again, out);
       again.setBatch(ref.ids, ref.labels);
-      again.forward();
+      await again.forward();
       assertLess(relError(again.fullLogits(), ref.logits), 1e-4, "reloaded logits");
     } finally {
       again.free();

@@ -68,7 +68,13 @@ export class ParamLayout {
 /** Attention over one sequence's (or one rank's slice of a sequence's) tokens. */
 export interface Attention {
   /** out [T,nh,hd], lse [nh,T] from q [T,nh,hd], k and v [T,nkv,hd]; `seq` indexes the batch. */
-  forward(out: DevicePtr, lse: DevicePtr, q: DevicePtr, k: DevicePtr, v: DevicePtr): void;
+  forward(
+    out: DevicePtr,
+    lse: DevicePtr,
+    q: DevicePtr,
+    k: DevicePtr,
+    v: DevicePtr,
+  ): void | Promise<void>;
   /** dq, dk, dv (fp32, accumulated) from dout and the saved out and lse. */
   backward(
     dq: DevicePtr,
@@ -80,7 +86,7 @@ export interface Attention {
     v: DevicePtr,
     out: DevicePtr,
     lse: DevicePtr,
-  ): void;
+  ): void | Promise<void>;
 }
 
 /** Plain causal attention of a whole sequence on this device. */
@@ -458,13 +464,13 @@ export class LlamaModel {
   }
 
   /** Attention of every sequence of the micro-batch. */
-  #attend(l: number): void {
+  async #attend(l: number): Promise<void> {
     const c = this.cfg, S = this.opts.seqLen, bytes = DTYPE_BYTES[this.dtype];
     const qStride = S * c.numHeads * c.headDim * bytes,
       kvStride = S * c.numKvHeads * c.headDim * bytes;
     const lseStride = c.numHeads * S * 4;
     for (let b = 0; b < this.opts.batch; b++) {
-      this.attention.forward(
+      await this.attention.forward(
         this.attnOut[l].ptr + BigInt(b * qStride),
         this.attnLse[l].ptr + BigInt(b * lseStride),
         this.s.q.ptr + BigInt(b * qStride),
@@ -475,13 +481,13 @@ export class LlamaModel {
   }
 
   /** Forward through the layers and the final norm: xs[] and xf filled. */
-  forward(): void {
+  async forward(): Promise<void> {
     const d = this.device, c = this.cfg, dt = this.dtype, T = this.tokens, H = c.hiddenSize;
     const emb = this.layout.get("model.embed_tokens.weight");
     op.embeddingForward(d, this.xs[0].ptr, this.#w(emb), this.ids.ptr, T, c.vocabSize, H, dt);
     for (let l = 0; l < c.numLayers; l++) {
       this.#preAttention(l);
-      this.#attend(l);
+      await this.#attend(l);
       this.#postAttention(l);
     }
     op.rmsnormForward(
@@ -562,7 +568,7 @@ export class LlamaModel {
    * Backward of (lossScale * sum of token losses) into the fp32 gradients (accumulated: zero them
    * at the start of an optimizer step). Needs forward() and lossSum() of the same micro-batch.
    */
-  backward(lossScale: number): void {
+  async backward(lossScale: number): Promise<void> {
     const d = this.device, c = this.cfg, dt = this.dtype, T = this.tokens, H = c.hiddenSize;
     const V = c.vocabSize, C = this.vocabChunk, L = this.layout;
     // LM head, chunk by chunk: dlogits = scale (softmax - onehot); dxf += dlogits W; dW += dlogits^T xf.
@@ -625,14 +631,14 @@ export class LlamaModel {
       dt,
     );
 
-    for (let l = c.numLayers - 1; l >= 0; l--) this.#layerBackward(l);
+    for (let l = c.numLayers - 1; l >= 0; l--) await this.#layerBackward(l);
 
     const emb = L.get("model.embed_tokens.weight");
     op.embeddingBackward(d, this.#g(emb), this.dres.ptr, this.ids.ptr, T, V, H, dt);
   }
 
   /** dres holds d(xs[l+1]) on entry and d(xs[l]) on exit. */
-  #layerBackward(l: number): void {
+  async #layerBackward(l: number): Promise<void> {
     const d = this.device, c = this.cfg, s = this.s, dt = this.dtype, T = this.tokens;
     const H = c.hiddenSize, I = c.intermediateSize;
     const qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim, L = this.layout;
@@ -709,7 +715,7 @@ export class LlamaModel {
     const S = this.opts.seqLen, bytes = DTYPE_BYTES[dt];
     const qStride = S * qDim, kvStride = S * kvDim, lseStride = c.numHeads * S;
     for (let b = 0; b < this.opts.batch; b++) {
-      this.attention.backward(
+      await this.attention.backward(
         this.dqF32.at(b * qStride),
         this.dkF32.at(b * kvStride),
         this.dvF32.at(b * kvStride),

@@ -250,9 +250,9 @@ export async function train(
       let lossSum = 0;
       for (const batch of micro) {
         model.setBatch(batch.inputs, batch.labels);
-        model.forward();
+        await model.forward();
         lossSum += model.lossSum();
-        model.backward(1 / labelled);
+        await model.backward(1 / labelled);
       }
       const loss = lossSum / labelled;
       if (!Number.isFinite(loss)) {

@@ -1,0 +1,387 @@
+/**
+ * DistAttn: exact causal attention over a sequence split into P contiguous slices, one per rank of
+ * a sequence-parallel group, driven by the schedule of src/dist/schedule.ts.
+ *
+ * Forward: each rank merges the partial results of its queries against every earlier slice by
+ * log-sum-exp in fp32. A helper rank (balanced schedule) computes a busy rank's queries against
+ * its own keys and sends the partial output and LSE back. Partial outputs are normalised (divided
+ * by their own softmax sum) before they travel, so storing them in the activation dtype rounds
+ * each once, as the final output is rounded once: the merged error is a weighted mean of the
+ * partial errors and does not grow with P (no fp16 overflow risk as in the reference code).
+ *
+ * Backward mirrors it with the final O and LSE: dQ partials travel back to the query owner and
+ * dK/dV partials to the key owner, all in fp32.
+ *
+ * Overlap: inputs of step s+1 are exchanged on the communication stream while step s computes on
+ * the compute stream; events order the two, double buffers keep them apart. With the CPU host
+ * transport the exchange completes before returning, so the same code simply runs in sequence.
+ */
+import type { Device, DevicePtr, Event, Stream } from "../runtime/device.ts";
+import { MemoryPlan, type Slot } from "../runtime/memory.ts";
+import * as op from "../runtime/ops.ts";
+import { axpyF32 } from "../runtime/ops_basic.ts";
+import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
+import type { LlamaConfig } from "../model/config.ts";
+import type { Attention } from "../model/llama.ts";
+import type { Communicator, P2P } from "./comm.ts";
+import { backwardSchedule, forwardSchedule, type Step, type Transfer } from "./schedule.ts";
+
+export interface DistAttnOptions {
+  /** The paper's load-balanced schedule (default) or the plain ring-like one. */
+  balanced: boolean;
+  /** Exchange the next step's inputs while this step computes (default on). */
+  overlap: boolean;
+}
+
+/** Buffers for one step's received inputs (two sets: double buffering). */
+interface InputSlot {
+  q: Slot;
+  dout: Slot;
+  out: Slot;
+  lse: Slot;
+  k: Slot;
+  v: Slot;
+}
+
+export class DistAttention implements Attention {
+  readonly plan = new MemoryPlan();
+  readonly rank: number;
+  readonly P: number;
+  readonly shape: op.AttentionShape;
+  readonly #fwd: Step[];
+  readonly #bwd: Step[];
+  readonly #slots: InputSlot[];
+  // Partial results computed here and received from helpers.
+  readonly #partOut: Slot;
+  readonly #partLse: Slot;
+  readonly #recvOut: Slot;
+  readonly #recvLse: Slot;
+  readonly #outAcc: Slot;
+  readonly #lseAcc: Slot;
+  readonly #dqPart: Slot;
+  readonly #dkPart: Slot;
+  readonly #dvPart: Slot;
+  readonly #recvDq: Slot;
+  readonly #recvDk: Slot;
+  readonly #recvDv: Slot;
+  readonly #commStream: Stream;
+  readonly #events: Event[];
+  readonly #qElems: number;
+  readonly #kvElems: number;
+  readonly #lseElems: number;
+
+  constructor(
+    readonly device: Device,
+    readonly cfg: LlamaConfig,
+    /** Tokens of this rank's slice. */
+    readonly sliceLen: number,
+    readonly dtype: DType,
+    readonly comm: Communicator,
+    readonly opts: DistAttnOptions = { balanced: true, overlap: true },
+    readonly computeStream: Stream = 0n,
+  ) {
+    this.rank = comm.rank;
+    this.P = comm.size;
+    this.shape = {
+      tq: sliceLen,
+      tk: sliceLen,
+      nh: cfg.numHeads,
+      nkv: cfg.numKvHeads,
+      hd: cfg.headDim,
+      qPos0: 0,
+      kPos0: 0,
+      scale: 1 / Math.sqrt(cfg.headDim),
+      dtype,
+    };
+    this.#fwd = forwardSchedule(this.P, { balanced: opts.balanced });
+    this.#bwd = backwardSchedule(this.P, { balanced: opts.balanced });
+    const T = sliceLen,
+      f32 = DType.f32,
+      p = this.plan,
+      kind = "attention and communication buffers";
+    this.#qElems = T * cfg.numHeads * cfg.headDim;
+    this.#kvElems = T * cfg.numKvHeads * cfg.headDim;
+    this.#lseElems = cfg.numHeads * T;
+    this.#slots = [0, 1].map((i) => ({
+      q: p.reserve(kind, `q${i}`, this.#qElems, dtype),
+      dout: p.reserve(kind, `dout${i}`, this.#qElems, dtype),
+      out: p.reserve(kind, `out${i}`, this.#qElems, dtype),
+      lse: p.reserve(kind, `lse${i}`, this.#lseElems, f32),
+      k: p.reserve(kind, `k${i}`, this.#kvElems, dtype),
+      v: p.reserve(kind, `v${i}`, this.#kvElems, dtype),
+    }));
+    this.#partOut = p.reserve(kind, "partOut", this.#qElems, dtype);
+    this.#partLse = p.reserve(kind, "partLse", this.#lseElems, f32);
+    this.#recvOut = p.reserve(kind, "recvOut", this.#qElems, dtype);
+    this.#recvLse = p.reserve(kind, "recvLse", this.#lseElems, f32);
+    this.#outAcc = p.reserve(kind, "outAcc", this.#qElems, f32);
+    this.#lseAcc = p.reserve(kind, "lseAcc", this.#lseElems, f32);
+    this.#dqPart = p.reserve(kind, "dqPart", this.#qElems, f32);
+    this.#dkPart = p.reserve(kind, "dkPart", this.#kvElems, f32);
+    this.#dvPart = p.reserve(kind, "dvPart", this.#kvElems, f32);
+    this.#recvDq = p.reserve(kind, "recvDq", this.#qElems, f32);
+    this.#recvDk = p.reserve(kind, "recvDk", this.#kvElems, f32);
+    this.#recvDv = p.reserve(kind, "recvDv", this.#kvElems, f32);
+    this.plan.allocate(device);
+    this.#commStream = device.backend === "cuda" ? device.createStream() : 0n;
+    this.#events = Array.from({ length: 8 }, () => device.createEvent());
+  }
+
+  free(): void {
+    this.plan.free();
+    for (const e of this.#events) this.device.destroyEvent(e);
+    if (this.#commStream !== 0n) this.device.destroyStream(this.#commStream);
+  }
+
+  #blockShape(q: number, kv: number): op.AttentionShape {
+    return { ...this.shape, qPos0: q * this.sliceLen, kPos0: kv * this.sliceLen };
+  }
+
+  #bytes(elems: number, dtype: DType = this.dtype): number {
+    return elems * DTYPE_BYTES[dtype];
+  }
+
+  /** compute stream waits for everything issued so far on the comm stream (and vice versa). */
+  #computeWaitsComm(): void {
+    if (this.#commStream === 0n) return;
+    this.device.recordEvent(this.#events[0], this.#commStream);
+    this.device.waitEvent(this.computeStream, this.#events[0]);
+  }
+
+  #commWaitsCompute(): void {
+    if (this.#commStream === 0n) return;
+    this.device.recordEvent(this.#events[1], this.computeStream);
+    this.device.waitEvent(this.#commStream, this.#events[1]);
+  }
+
+  /** The P2P ops of this rank for a step's input transfers, received into `slot`. */
+  #fetchOps(
+    transfers: Transfer[],
+    slot: InputSlot,
+    mine: {
+      q: DevicePtr;
+      k: DevicePtr;
+      v: DevicePtr;
+      dout?: DevicePtr;
+      out?: DevicePtr;
+      lse?: DevicePtr;
+    },
+    backward: boolean,
+  ): P2P[] {
+    const ops: P2P[] = [];
+    const qb = this.#bytes(this.#qElems), kvb = this.#bytes(this.#kvElems), lb = this.#lseElems * 4;
+    for (const t of transfers) {
+      const send = t.from === this.rank, recv = t.to === this.rank;
+      if (!send && !recv) continue;
+      const kind = send ? "send" : "recv", peer = send ? t.to : t.from;
+      if (t.payload === "kv") {
+        ops.push({ kind, peer, ptr: send ? mine.k : slot.k.ptr, bytes: kvb });
+        ops.push({ kind, peer, ptr: send ? mine.v : slot.v.ptr, bytes: kvb });
+      } else if (t.payload === "q") {
+        ops.push({ kind, peer, ptr: send ? mine.q : slot.q.ptr, bytes: qb });
+        if (backward) {
+          ops.push({ kind, peer, ptr: send ? mine.dout! : slot.dout.ptr, bytes: qb });
+          ops.push({ kind, peer, ptr: send ? mine.out! : slot.out.ptr, bytes: qb });
+          ops.push({ kind, peer, ptr: send ? mine.lse! : slot.lse.ptr, bytes: lb });
+        }
+      }
+    }
+    return ops;
+  }
+
+  async forward(out: DevicePtr, lse: DevicePtr, q: DevicePtr, k: DevicePtr, v: DevicePtr) {
+    const d = this.device, r = this.rank, s0 = this.computeStream, steps = this.#fwd;
+    d.memset(this.#outAcc.ptr, 0, this.#outAcc.bytes, s0);
+    d.upload(this.#lseAcc.ptr, new Float32Array(this.#lseElems).fill(-Infinity), s0);
+    const mine = { q, k, v };
+    const fetch = (s: number) =>
+      this.comm.exchange(
+        this.#fetchOps(steps[s].fetch, this.#slots[s % 2], mine, false),
+        this.#commStream,
+      );
+    await fetch(0);
+    for (let s = 0; s < steps.length; s++) {
+      const slot = this.#slots[s % 2];
+      this.#computeWaitsComm();
+      // Prefetch the next step's inputs while this one computes (its slot was last read at s-1,
+      // whose compute the comm stream has already waited for).
+      if (this.opts.overlap && s + 1 < steps.length) await fetch(s + 1);
+      const task = steps[s].tasks.find((t) => t.worker === r);
+      if (task) {
+        const qp = task.q === r ? q : slot.q.ptr;
+        const kp = task.kv === r ? k : slot.k.ptr, vp = task.kv === r ? v : slot.v.ptr;
+        op.attentionForward(
+          d,
+          this.#partOut.ptr,
+          this.#partLse.ptr,
+          qp,
+          kp,
+          vp,
+          this.#blockShape(task.q, task.kv),
+          s0,
+        );
+        if (task.q === r) {
+          op.attentionMerge(
+            d,
+            this.#outAcc.ptr,
+            this.#lseAcc.ptr,
+            this.#partOut.ptr,
+            this.#partLse.ptr,
+            this.sliceLen,
+            this.cfg.numHeads,
+            this.cfg.headDim,
+            this.dtype,
+            s0,
+          );
+        }
+      }
+      // Partial results back to their owners.
+      const ops: P2P[] = [];
+      let receives = false;
+      for (const t of steps[s].results) {
+        if (t.from === r) {
+          ops.push({
+            kind: "send",
+            peer: t.to,
+            ptr: this.#partOut.ptr,
+            bytes: this.#bytes(this.#qElems),
+          });
+          ops.push({ kind: "send", peer: t.to, ptr: this.#partLse.ptr, bytes: this.#lseElems * 4 });
+        } else if (t.to === r) {
+          receives = true;
+          ops.push({
+            kind: "recv",
+            peer: t.from,
+            ptr: this.#recvOut.ptr,
+            bytes: this.#bytes(this.#qElems),
+          });
+          ops.push({
+            kind: "recv",
+            peer: t.from,
+            ptr: this.#recvLse.ptr,
+            bytes: this.#lseElems * 4,
+          });
+        }
+      }
+      this.#commWaitsCompute();
+      await this.comm.exchange(ops, this.#commStream);
+      if (receives) {
+        this.#computeWaitsComm();
+        op.attentionMerge(
+          d,
+          this.#outAcc.ptr,
+          this.#lseAcc.ptr,
+          this.#recvOut.ptr,
+          this.#recvLse.ptr,
+          this.sliceLen,
+          this.cfg.numHeads,
+          this.cfg.headDim,
+          this.dtype,
+          s0,
+        );
+        this.#commWaitsCompute(); // the receive buffers are reused next step
+      }
+      if (!this.opts.overlap && s + 1 < steps.length) await fetch(s + 1);
+    }
+    op.convert(d, out, this.dtype, this.#outAcc.ptr, DType.f32, this.#qElems, s0);
+    d.copy(lse, this.#lseAcc.ptr, this.#lseElems * 4, s0);
+  }
+
+  async backward(
+    dq: DevicePtr,
+    dk: DevicePtr,
+    dv: DevicePtr,
+    dout: DevicePtr,
+    q: DevicePtr,
+    k: DevicePtr,
+    v: DevicePtr,
+    out: DevicePtr,
+    lse: DevicePtr,
+  ) {
+    const d = this.device, r = this.rank, s0 = this.computeStream, steps = this.#bwd;
+    const mine = { q, k, v, dout, out, lse };
+    const fetch = (s: number) =>
+      this.comm.exchange(
+        this.#fetchOps(steps[s].fetch, this.#slots[s % 2], mine, true),
+        this.#commStream,
+      );
+    await fetch(0);
+    for (let s = 0; s < steps.length; s++) {
+      const slot = this.#slots[s % 2];
+      this.#computeWaitsComm();
+      if (this.opts.overlap && s + 1 < steps.length) await fetch(s + 1);
+      const task = steps[s].tasks.find((t) => t.worker === r);
+      const ops: P2P[] = [];
+      if (task) {
+        const ownQ = task.q === r, ownKv = task.kv === r;
+        const qp = ownQ ? q : slot.q.ptr, dop = ownQ ? dout : slot.dout.ptr;
+        const op_ = ownQ ? out : slot.out.ptr, lp = ownQ ? lse : slot.lse.ptr;
+        const kp = ownKv ? k : slot.k.ptr, vp = ownKv ? v : slot.v.ptr;
+        // Gradients go straight into this rank's accumulators when it owns the block, else into
+        // zeroed partial buffers that travel to the owner.
+        const dqp = ownQ ? dq : this.#dqPart.ptr;
+        const dkp = ownKv ? dk : this.#dkPart.ptr, dvp = ownKv ? dv : this.#dvPart.ptr;
+        if (!ownQ) d.memset(this.#dqPart.ptr, 0, this.#dqPart.bytes, s0);
+        if (!ownKv) {
+          d.memset(this.#dkPart.ptr, 0, this.#dkPart.bytes, s0);
+          d.memset(this.#dvPart.ptr, 0, this.#dvPart.bytes, s0);
+        }
+        op.attentionBackward(
+          d,
+          dqp,
+          dkp,
+          dvp,
+          dop,
+          qp,
+          kp,
+          vp,
+          op_,
+          lp,
+          this.#blockShape(task.q, task.kv),
+          s0,
+        );
+      }
+      let recvDq = false, recvDkv = false;
+      for (const t of steps[s].results) {
+        const send = t.from === r, recv = t.to === r;
+        if (!send && !recv) continue;
+        const kind = send ? "send" : "recv", peer = send ? t.to : t.from;
+        if (t.payload === "dq") {
+          ops.push({
+            kind,
+            peer,
+            ptr: send ? this.#dqPart.ptr : this.#recvDq.ptr,
+            bytes: this.#qElems * 4,
+          });
+          recvDq ||= recv;
+        } else if (t.payload === "dkv") {
+          ops.push({
+            kind,
+            peer,
+            ptr: send ? this.#dkPart.ptr : this.#recvDk.ptr,
+            bytes: this.#kvElems * 4,
+          });
+          ops.push({
+            kind,
+            peer,
+            ptr: send ? this.#dvPart.ptr : this.#recvDv.ptr,
+            bytes: this.#kvElems * 4,
+          });
+          recvDkv ||= recv;
+        }
+      }
+      this.#commWaitsCompute();
+      await this.comm.exchange(ops, this.#commStream);
+      if (recvDq || recvDkv) {
+        this.#computeWaitsComm();
+        if (recvDq) axpyF32(d, dq, this.#recvDq.ptr, 1, this.#qElems, s0);
+        if (recvDkv) {
+          axpyF32(d, dk, this.#recvDk.ptr, 1, this.#kvElems, s0);
+          axpyF32(d, dv, this.#recvDv.ptr, 1, this.#kvElems, s0);
+        }
+        this.#commWaitsCompute();
+      }
+      if (!this.opts.overlap && s + 1 < steps.length) await fetch(s + 1);
+    }
+  }
+}

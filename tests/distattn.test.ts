@@ -1,0 +1,119 @@
+/**
+ * DistAttn equals single-rank attention: P in-process ranks (LocalGroup) on the backend under
+ * test, forward (O, LSE) and backward (dQ, dK, dV), MHA and GQA, balanced and not, overlapped and
+ * not. fp32 throughout: the only differences are summation order and the log-sum-exp merge, so
+ * 1e-5 relative error is the bound (the issue's), and it must not grow with P.
+ */
+import { assertLess } from "./assert.ts";
+import { randn, relError, testDevice } from "./_util.ts";
+import { DistAttention } from "../src/dist/distattn.ts";
+import { LocalGroup } from "../src/dist/local_comm.ts";
+import { presetConfig } from "../src/model/config.ts";
+import * as op from "../src/runtime/ops.ts";
+import { DType } from "../src/runtime/ops.ts";
+import type { Device } from "../src/runtime/device.ts";
+
+function upload(d: Device, data: Float32Array) {
+  const buf = d.alloc(data.length * 4);
+  d.upload(buf.ptr, data);
+  return buf;
+}
+
+async function check(P: number, nkv: number, balanced: boolean, overlap: boolean) {
+  const d = testDevice();
+  const cfg = { ...presetConfig("debug-tiny"), numHeads: 4, numKvHeads: nkv, headDim: 16 };
+  const S = 6, T = P * S, nh = 4, hd = 16;
+  const q = randn(T * nh * hd, 1 + P),
+    k = randn(T * nkv * hd, 2 + P),
+    v = randn(T * nkv * hd, 3 + P);
+  const dout = randn(T * nh * hd, 4 + P);
+  // Reference: one attention over the whole sequence.
+  const bufs = [q, k, v, dout].map((x) => upload(d, x));
+  const [Q, K, V, DO] = bufs;
+  const O = d.alloc(q.length * 4), L = d.alloc(nh * T * 4);
+  const dQ = d.alloc(q.length * 4), dK = d.alloc(k.length * 4), dV = d.alloc(v.length * 4);
+  for (const b of [dQ, dK, dV]) d.memset(b.ptr, 0, b.bytes);
+  const shape = { tq: T, tk: T, nh, nkv, hd, qPos0: 0, kPos0: 0, scale: 0.25, dtype: DType.f32 };
+  op.attentionForward(d, O.ptr, L.ptr, Q.ptr, K.ptr, V.ptr, shape);
+  op.attentionBackward(d, dQ.ptr, dK.ptr, dV.ptr, DO.ptr, Q.ptr, K.ptr, V.ptr, O.ptr, L.ptr, shape);
+  const want = {
+    o: d.download(new Float32Array(q.length), O.ptr),
+    lse: d.download(new Float32Array(nh * T), L.ptr),
+    dq: d.download(new Float32Array(q.length), dQ.ptr),
+    dk: d.download(new Float32Array(k.length), dK.ptr),
+    dv: d.download(new Float32Array(v.length), dV.ptr),
+  };
+  // P ranks, each with its slice.
+  const group = new LocalGroup(d, P);
+  const qs = S * nh * hd, kvs = S * nkv * hd;
+  const got = {
+    o: new Float32Array(q.length),
+    lse: new Float32Array(nh * T),
+    dq: new Float32Array(q.length),
+    dk: new Float32Array(k.length),
+    dv: new Float32Array(v.length),
+  };
+  const ranks = group.members().map((comm) => {
+    const r = comm.rank;
+    const attn = new DistAttention(d, cfg, S, DType.f32, comm, { balanced, overlap });
+    const mine = [
+      q.subarray(r * qs, (r + 1) * qs),
+      k.subarray(r * kvs, (r + 1) * kvs),
+      v.subarray(r * kvs, (r + 1) * kvs),
+      dout.subarray(r * qs, (r + 1) * qs),
+    ].map((x) => upload(d, x));
+    const o = d.alloc(qs * 4), lse = d.alloc(nh * S * 4);
+    const grads = [d.alloc(qs * 4), d.alloc(kvs * 4), d.alloc(kvs * 4)];
+    for (const g of grads) d.memset(g.ptr, 0, g.bytes);
+    return { r, attn, mine, o, lse, grads };
+  });
+  await Promise.all(
+    ranks.map((x) =>
+      x.attn.forward(x.o.ptr, x.lse.ptr, x.mine[0].ptr, x.mine[1].ptr, x.mine[2].ptr)
+    ),
+  );
+  await Promise.all(
+    ranks.map((x) =>
+      x.attn.backward(
+        x.grads[0].ptr,
+        x.grads[1].ptr,
+        x.grads[2].ptr,
+        x.mine[3].ptr,
+        x.mine[0].ptr,
+        x.mine[1].ptr,
+        x.mine[2].ptr,
+        x.o.ptr,
+        x.lse.ptr,
+      )
+    ),
+  );
+  for (const x of ranks) {
+    got.o.set(d.download(new Float32Array(qs), x.o.ptr), x.r * qs);
+    const lse = d.download(new Float32Array(nh * S), x.lse.ptr);
+    for (let h = 0; h < nh; h++) got.lse.set(lse.subarray(h * S, (h + 1) * S), h * T + x.r * S);
+    got.dq.set(d.download(new Float32Array(qs), x.grads[0].ptr), x.r * qs);
+    got.dk.set(d.download(new Float32Array(kvs), x.grads[1].ptr), x.r * kvs);
+    got.dv.set(d.download(new Float32Array(kvs), x.grads[2].ptr), x.r * kvs);
+    x.attn.free();
+    for (const b of [...x.mine, x.o, x.lse, ...x.grads]) b.free();
+  }
+  for (const b of [...bufs, O, L, dQ, dK, dV]) b.free();
+  const errors = Object.fromEntries(
+    (Object.keys(want) as (keyof typeof want)[]).map((key) => [key, relError(got[key], want[key])]),
+  );
+  return errors;
+}
+
+for (const P of [1, 2, 3, 4, 5]) {
+  for (const nkv of [4, 2]) {
+    for (const [balanced, overlap] of [[true, true], [false, true], [true, false]]) {
+      const name = `distattn P=${P} ${nkv === 4 ? "MHA" : "GQA"} ${
+        balanced ? "balanced" : "unbalanced"
+      }${overlap ? "" : " no-overlap"}`;
+      Deno.test(`${name}: equals single-rank attention`, async () => {
+        const errors = await check(P, nkv, balanced, overlap);
+        for (const [key, err] of Object.entries(errors)) assertLess(err, 1e-5, `${name} ${key}`);
+      });
+    }
+  }
+}
