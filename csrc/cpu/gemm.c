@@ -1,11 +1,12 @@
 /* CPU GEMM: C = alpha op(A) op(B) + beta C, row-major, fp32 accumulation.
  *
  * Goto-style blocking. op(A) is packed into fp32 panels of MR rows and op(B) into panels of NR
- * columns (bf16 is converted while packing), one K block of KC at a time, so the micro-kernel reads
- * both operands contiguously. The output is cut into MC x NT tiles that OpenMP threads take; each
- * tile accumulates every K block in a private fp32 buffer and is written to C once (alpha, beta and
- * the bf16 rounding applied there). Each element of C is summed by one thread in a fixed K order,
- * so results do not depend on the thread count.
+ * columns, K block (KC deep) after K block, converting bf16 while packing, so the micro-kernel
+ * reads both operands contiguously. Both are packed once per call (in slabs of at most SLAB_FLOATS
+ * when they are huge), by all threads. The output is then cut into MC x NT tiles that OpenMP threads
+ * take; a tile accumulates every K block in a private fp32 buffer and is written to C once (alpha,
+ * beta and the bf16 rounding applied there). Each element of C is summed by one thread in a fixed
+ * K order, so results do not depend on the thread count.
  *
  * The micro-kernel is written with GCC/Clang vector extensions: an AVX2+FMA version of 6 x 16
  * (12 accumulators of 8 floats), picked at run time when the CPU has them (the library is built
@@ -145,15 +146,18 @@ static void pack_a_panel(const gemm_args *g, float *restrict ap, int64_t i0, int
                          int64_t kc) {
   int64_t rows = g->m - i0 < MR ? g->m - i0 : MR;
   if (rows < MR) memset(ap, 0, (size_t)(kc * MR) * sizeof(float));
-  if (!g->trans_a) { /* A[i][p] = a[i * lda + p] */
-    for (int64_t ii = 0; ii < rows; ii++) {
-      int64_t base = (i0 + ii) * g->lda + p0;
-      if (g->ab_dtype == DF_BF16) {
-        const uint16_t *src = (const uint16_t *)g->a + base;
-        for (int64_t p = 0; p < kc; p++) ap[p * MR + ii] = df_bf16_bits_to_f32(src[p]);
-      } else {
-        const float *src = (const float *)g->a + base;
-        for (int64_t p = 0; p < kc; p++) ap[p * MR + ii] = src[p];
+  if (!g->trans_a) { /* A[i][p] = a[i * lda + p]: read MR rows side by side */
+    if (g->ab_dtype == DF_BF16) {
+      const uint16_t *src = (const uint16_t *)g->a + i0 * g->lda + p0;
+      for (int64_t p = 0; p < kc; p++) {
+        for (int64_t ii = 0; ii < rows; ii++) {
+          ap[p * MR + ii] = df_bf16_bits_to_f32(src[ii * g->lda + p]);
+        }
+      }
+    } else {
+      const float *src = (const float *)g->a + i0 * g->lda + p0;
+      for (int64_t p = 0; p < kc; p++) {
+        for (int64_t ii = 0; ii < rows; ii++) ap[p * MR + ii] = src[ii * g->lda + p];
       }
     }
   } else { /* A[i][p] = a[p * lda + i] */

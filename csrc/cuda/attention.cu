@@ -1,0 +1,557 @@
+/* Causal attention of one (query block, key block) pair, its backward, and the log-sum-exp merge of
+ * partial results: the kernels under DistAttn.
+ *
+ * Forward (flash-attention style, fp32 on CUDA cores): a thread block owns BQ queries of one head and
+ * walks the key tiles that its queries can see (tiles past the causal frontier, in global positions
+ * q_pos0 / k_pos0, are never loaded). Q, K, V tiles are staged in shared memory as fp32; the scores of
+ * a tile go through an online softmax (running max and sum per query row, in registers), and P V is
+ * accumulated in registers. 128 threads form a 16 x 8 grid: thread (ty, tx) owns query rows
+ * ty*RQ .. ty*RQ+RQ-1, score columns tx + 8*b and output columns tx + 8*c; a row's statistics are
+ * reduced over the 8 lanes that share it with shuffles.
+ *
+ * Backward: a thread block owns BK keys of one kv head and loops over the query heads of its group
+ * and over the query tiles that can see its keys. Per tile it recomputes P = exp(scale q.k - lse) from
+ * the final lse, D_i = dout_i . out_i (recomputed per tile: no scratch buffer needed), dP = dout v,
+ * dS = P (dP - D), accumulates dK, dV in registers and adds dQ to global memory with fp32 atomics.
+ * dK and dV are added with atomics too, so concurrent backward calls into one gradient are safe.
+ *
+ * Head dims: the kernels are templated on a padded head dim HDP in {32, 64, 128, 256}; hd = 64 and
+ * hd = 128 run exactly, any other even hd <= 256 runs in the next larger instantiation with the extra
+ * columns zero-filled (they add nothing to dot products and are never written). */
+#include <math.h>
+
+#include "kernel_utils.cuh"
+
+#define ATT_THREADS 128
+#define LOG2E_F 1.4426950408889634f
+#define LN2_F 0.6931471805599453f
+
+/* ---------------- forward ---------------- */
+
+template <int HDP, int BQ, int BK>
+struct FwdShape {
+  static constexpr int RQ = BQ / 16;   /* query rows per thread */
+  static constexpr int CK = BK / 8;    /* score columns per thread */
+  static constexpr int CO = HDP / 8;   /* output columns per thread */
+  static constexpr int LDQ = HDP + 1;  /* padded row stride of Q and K tiles (conflict-free columns) */
+  static constexpr int LDV = HDP;
+  static constexpr int LDP = BK + 1;
+  static constexpr int SMEM_FLOATS = BQ * LDQ + BK * LDQ + BK * LDV + BQ * LDP;
+  static_assert(BQ % 16 == 0 && BK % 8 == 0 && HDP % 8 == 0, "tile shape");
+};
+
+/* Stage rows [row0, row0 + ROWS) of a [rows, heads, hd] tensor (head `head`) into shared memory as fp32,
+ * times `mul`; rows >= rows_total and columns >= hd are zero. */
+template <typename T, int ROWS, int HDP, int LD>
+__device__ __forceinline__ void stage_tile(float *dst, const T *src, int64_t row0, int64_t rows_total,
+                                           int64_t row_stride, int64_t head_offset, int hd, float mul) {
+  for (int idx = threadIdx.x; idx < ROWS * HDP; idx += blockDim.x) {
+    const int r = idx / HDP, d = idx % HDP;
+    const int64_t row = row0 + r;
+    float val = 0.0f;
+    if (row < rows_total && d < hd) val = ld_f32(src + row * row_stride + head_offset + d) * mul;
+    dst[r * LD + d] = val;
+  }
+}
+
+template <typename T, int HDP, int BQ, int BK>
+__global__ void __launch_bounds__(ATT_THREADS)
+    attention_forward_kernel(T *out, float *lse, const T *q, const T *k, const T *v, int64_t tq, int64_t tk, int nh,
+                             int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale_log2) {
+  using S = FwdShape<HDP, BQ, BK>;
+  constexpr int RQ = S::RQ, CK = S::CK, CO = S::CO, LDQ = S::LDQ, LDV = S::LDV, LDP = S::LDP;
+  extern __shared__ float smem[];
+  float *Qs = smem;
+  float *Ks = Qs + BQ * LDQ;
+  float *Vs = Ks + BK * LDQ;
+  float *Ps = Vs + BK * LDV;
+
+  const int tid = threadIdx.x, tx = tid & 7, ty = tid >> 3;
+  const int h = blockIdx.y, g = h / (nh / nkv);
+  const int64_t i0 = (int64_t)blockIdx.x * BQ;
+  const int64_t q_stride = (int64_t)nh * hd, kv_stride = (int64_t)nkv * hd;
+
+  /* Q pre-scaled by scale * log2(e): scores come out in base-2 units for exp2f. */
+  stage_tile<T, BQ, HDP, LDQ>(Qs, q, i0, tq, q_stride, (int64_t)h * hd, hd, scale_log2);
+
+  float acc[RQ][CO];
+  float m_run[RQ], l_run[RQ];
+#pragma unroll
+  for (int a = 0; a < RQ; a++) {
+    m_run[a] = -INFINITY;
+    l_run[a] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < CO; c++) acc[a][c] = 0.0f;
+  }
+
+  /* Keys visible to the last query of the tile: k_pos0 + j <= q_pos0 + i_last. */
+  const int64_t i_last = (i0 + BQ < tq ? i0 + BQ : tq) - 1;
+  int64_t j_end = q_pos0 + i_last - k_pos0 + 1;
+  if (j_end > tk) j_end = tk;
+
+  for (int64_t j0 = 0; j0 < j_end; j0 += BK) {
+    __syncthreads(); /* the previous tile's K, V, P are no longer read; Q is visible */
+    stage_tile<T, BK, HDP, LDQ>(Ks, k, j0, tk, kv_stride, (int64_t)g * hd, hd, 1.0f);
+    stage_tile<T, BK, HDP, LDV>(Vs, v, j0, tk, kv_stride, (int64_t)g * hd, hd, 1.0f);
+    __syncthreads();
+
+    float s[RQ][CK];
+#pragma unroll
+    for (int a = 0; a < RQ; a++)
+#pragma unroll
+      for (int b = 0; b < CK; b++) s[a][b] = 0.0f;
+#pragma unroll 4
+    for (int d = 0; d < HDP; d++) {
+      float qa[RQ], kb[CK];
+#pragma unroll
+      for (int a = 0; a < RQ; a++) qa[a] = Qs[(ty * RQ + a) * LDQ + d];
+#pragma unroll
+      for (int b = 0; b < CK; b++) kb[b] = Ks[(tx + 8 * b) * LDQ + d];
+#pragma unroll
+      for (int a = 0; a < RQ; a++)
+#pragma unroll
+        for (int b = 0; b < CK; b++) s[a][b] = fmaf(qa[a], kb[b], s[a][b]);
+    }
+
+#pragma unroll
+    for (int a = 0; a < RQ; a++) {
+      const int64_t i = i0 + ty * RQ + a;
+      const int64_t qpos = q_pos0 + i;
+      float tmax = -INFINITY;
+#pragma unroll
+      for (int b = 0; b < CK; b++) {
+        const int64_t j = j0 + tx + 8 * b;
+        const bool visible = i < tq && j < tk && k_pos0 + j <= qpos;
+        if (!visible) s[a][b] = -INFINITY;
+        tmax = fmaxf(tmax, s[a][b]);
+      }
+      tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+      tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+      tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 4));
+      const float m_new = fmaxf(m_run[a], tmax);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new; /* nothing seen yet: every p is 0 */
+      const float alpha = exp2f(m_run[a] - m_use);
+      float rsum = 0.0f;
+#pragma unroll
+      for (int b = 0; b < CK; b++) {
+        const float p = exp2f(s[a][b] - m_use);
+        rsum += p;
+        Ps[(ty * RQ + a) * LDP + tx + 8 * b] = p;
+      }
+      rsum += __shfl_xor_sync(0xffffffffu, rsum, 1);
+      rsum += __shfl_xor_sync(0xffffffffu, rsum, 2);
+      rsum += __shfl_xor_sync(0xffffffffu, rsum, 4);
+      l_run[a] = l_run[a] * alpha + rsum;
+      m_run[a] = m_new;
+#pragma unroll
+      for (int c = 0; c < CO; c++) acc[a][c] *= alpha;
+    }
+    __syncthreads();
+
+#pragma unroll 2
+    for (int j = 0; j < BK; j++) {
+      float pa[RQ], vc[CO];
+#pragma unroll
+      for (int a = 0; a < RQ; a++) pa[a] = Ps[(ty * RQ + a) * LDP + j];
+#pragma unroll
+      for (int c = 0; c < CO; c++) vc[c] = Vs[j * LDV + tx + 8 * c];
+#pragma unroll
+      for (int a = 0; a < RQ; a++)
+#pragma unroll
+        for (int c = 0; c < CO; c++) acc[a][c] = fmaf(pa[a], vc[c], acc[a][c]);
+    }
+  }
+
+#pragma unroll
+  for (int a = 0; a < RQ; a++) {
+    const int64_t i = i0 + ty * RQ + a;
+    if (i >= tq) continue;
+    const float l = l_run[a];
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    T *o = out + i * q_stride + (int64_t)h * hd;
+#pragma unroll
+    for (int c = 0; c < CO; c++) {
+      const int d = tx + 8 * c;
+      if (d < hd) st_f32(o + d, acc[a][c] * inv);
+    }
+    if (tx == 0) lse[(int64_t)h * tq + i] = l > 0.0f ? m_run[a] * LN2_F + logf(l) : -INFINITY;
+  }
+}
+
+/* ---------------- backward ---------------- */
+
+template <int HDP, int BK, int BQ>
+struct BwdShape {
+  static constexpr int RK = BK / 16;  /* key rows per thread (scores, dK, dV) */
+  static constexpr int CB = BQ / 8;   /* query columns per thread (scores) */
+  static constexpr int RQ = BQ / 16;  /* query rows per thread (dQ) */
+  static constexpr int CO = HDP / 8;  /* head-dim columns per thread */
+  static constexpr int LD = HDP + 1;
+  static constexpr int LDS = BQ + 1;
+  static constexpr int SMEM_FLOATS = 2 * BK * LD + 2 * BQ * LD + 2 * BK * LDS + 2 * BQ;
+  static_assert(BK % 16 == 0 && BQ % 16 == 0 && HDP % 8 == 0, "tile shape");
+};
+
+template <typename T, int HDP, int BK, int BQ>
+__global__ void __launch_bounds__(ATT_THREADS)
+    attention_backward_kernel(float *dq, float *dk, float *dv, const T *dout, const T *q, const T *k, const T *v,
+                              const T *out, const float *lse, int64_t tq, int64_t tk, int nh, int nkv, int hd,
+                              int64_t q_pos0, int64_t k_pos0, float scale) {
+  using S = BwdShape<HDP, BK, BQ>;
+  constexpr int RK = S::RK, CB = S::CB, RQ = S::RQ, CO = S::CO, LD = S::LD, LDS = S::LDS;
+  extern __shared__ float smem[];
+  float *Ks = smem;
+  float *Vs = Ks + BK * LD;
+  float *Qs = Vs + BK * LD;
+  float *dOs = Qs + BQ * LD;
+  float *Ps = dOs + BQ * LD;
+  float *dSs = Ps + BK * LDS;
+  float *Ls = dSs + BK * LDS;
+  float *Ds = Ls + BQ;
+
+  const int tid = threadIdx.x, tx = tid & 7, ty = tid >> 3, lane = tid & 31, warp = tid >> 5;
+  const int g = blockIdx.y, group = nh / nkv;
+  const int64_t j0 = (int64_t)blockIdx.x * BK;
+  const int64_t q_stride = (int64_t)nh * hd, kv_stride = (int64_t)nkv * hd;
+
+  /* First query that sees key j0: q_pos0 + i >= k_pos0 + j0. */
+  int64_t i_first = k_pos0 + j0 - q_pos0;
+  if (i_first < 0) i_first = 0;
+  if (i_first >= tq) return; /* no query of this block pair sees these keys */
+  const int64_t i_begin = (i_first / BQ) * BQ;
+
+  stage_tile<T, BK, HDP, LD>(Ks, k, j0, tk, kv_stride, (int64_t)g * hd, hd, 1.0f);
+  stage_tile<T, BK, HDP, LD>(Vs, v, j0, tk, kv_stride, (int64_t)g * hd, hd, 1.0f);
+
+  float dk_acc[RK][CO], dv_acc[RK][CO];
+#pragma unroll
+  for (int a = 0; a < RK; a++)
+#pragma unroll
+    for (int c = 0; c < CO; c++) dk_acc[a][c] = dv_acc[a][c] = 0.0f;
+
+  for (int h = g * group; h < (g + 1) * group; h++) {
+    const int64_t head_off = (int64_t)h * hd;
+    for (int64_t i0 = i_begin; i0 < tq; i0 += BQ) {
+      __syncthreads(); /* the previous tile's Q, dO, P, dS, L, D are no longer read */
+      stage_tile<T, BQ, HDP, LD>(Qs, q, i0, tq, q_stride, head_off, hd, 1.0f);
+      stage_tile<T, BQ, HDP, LD>(dOs, dout, i0, tq, q_stride, head_off, hd, 1.0f);
+      __syncthreads();
+      /* L_i and D_i = dout_i . out_i, one warp per query row. */
+      for (int r = warp; r < BQ; r += ATT_THREADS / 32) {
+        const int64_t i = i0 + r;
+        float dsum = 0.0f;
+        if (i < tq) {
+          const T *orow = out + i * q_stride + head_off;
+          for (int d = lane; d < hd; d += 32) dsum += dOs[r * LD + d] * ld_f32(orow + d);
+        }
+        dsum = warp_sum(dsum);
+        if (lane == 0) {
+          Ds[r] = dsum;
+          Ls[r] = i < tq ? lse[(int64_t)h * tq + i] : -INFINITY;
+        }
+      }
+      __syncthreads();
+
+      /* Scores and dP for keys ty*RK+a, queries tx+8b. */
+      float sc[RK][CB], dp[RK][CB];
+#pragma unroll
+      for (int a = 0; a < RK; a++)
+#pragma unroll
+        for (int b = 0; b < CB; b++) sc[a][b] = dp[a][b] = 0.0f;
+#pragma unroll 4
+      for (int d = 0; d < HDP; d++) {
+        float ka[RK], va[RK], qb[CB], ob[CB];
+#pragma unroll
+        for (int a = 0; a < RK; a++) {
+          ka[a] = Ks[(ty * RK + a) * LD + d];
+          va[a] = Vs[(ty * RK + a) * LD + d];
+        }
+#pragma unroll
+        for (int b = 0; b < CB; b++) {
+          qb[b] = Qs[(tx + 8 * b) * LD + d];
+          ob[b] = dOs[(tx + 8 * b) * LD + d];
+        }
+#pragma unroll
+        for (int a = 0; a < RK; a++)
+#pragma unroll
+          for (int b = 0; b < CB; b++) {
+            sc[a][b] = fmaf(ka[a], qb[b], sc[a][b]);
+            dp[a][b] = fmaf(va[a], ob[b], dp[a][b]);
+          }
+      }
+#pragma unroll
+      for (int a = 0; a < RK; a++) {
+        const int64_t j = j0 + ty * RK + a;
+#pragma unroll
+        for (int b = 0; b < CB; b++) {
+          const int r = tx + 8 * b;
+          const int64_t i = i0 + r;
+          const float L = Ls[r];
+          const bool visible = i < tq && j < tk && k_pos0 + j <= q_pos0 + i && L > -INFINITY;
+          const float p = visible ? expf(sc[a][b] * scale - L) : 0.0f;
+          Ps[(ty * RK + a) * LDS + r] = p;
+          dSs[(ty * RK + a) * LDS + r] = p * (dp[a][b] - Ds[r]);
+        }
+      }
+      __syncthreads();
+
+      /* dV += P dO, dK += dS Q (scale applied at the end). */
+#pragma unroll 2
+      for (int r = 0; r < BQ; r++) {
+        float pa[RK], sa[RK], oc[CO], qc[CO];
+#pragma unroll
+        for (int a = 0; a < RK; a++) {
+          pa[a] = Ps[(ty * RK + a) * LDS + r];
+          sa[a] = dSs[(ty * RK + a) * LDS + r];
+        }
+#pragma unroll
+        for (int c = 0; c < CO; c++) {
+          oc[c] = dOs[r * LD + tx + 8 * c];
+          qc[c] = Qs[r * LD + tx + 8 * c];
+        }
+#pragma unroll
+        for (int a = 0; a < RK; a++)
+#pragma unroll
+          for (int c = 0; c < CO; c++) {
+            dv_acc[a][c] = fmaf(pa[a], oc[c], dv_acc[a][c]);
+            dk_acc[a][c] = fmaf(sa[a], qc[c], dk_acc[a][c]);
+          }
+      }
+
+      /* dQ[i] += scale * sum_j dS[j][i] K[j], queries ty*RQ+a, one row at a time. */
+#pragma unroll 1
+      for (int a = 0; a < RQ; a++) {
+        const int r = ty * RQ + a;
+        const int64_t i = i0 + r;
+        float qacc[CO];
+#pragma unroll
+        for (int c = 0; c < CO; c++) qacc[c] = 0.0f;
+#pragma unroll 4
+        for (int jj = 0; jj < BK; jj++) {
+          const float sv = dSs[jj * LDS + r];
+#pragma unroll
+          for (int c = 0; c < CO; c++) qacc[c] = fmaf(sv, Ks[jj * LD + tx + 8 * c], qacc[c]);
+        }
+        if (i < tq) {
+          float *dqrow = dq + i * q_stride + head_off;
+#pragma unroll
+          for (int c = 0; c < CO; c++) {
+            const int d = tx + 8 * c;
+            if (d < hd) atomicAdd(dqrow + d, qacc[c] * scale);
+          }
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int a = 0; a < RK; a++) {
+    const int64_t j = j0 + ty * RK + a;
+    if (j >= tk) continue;
+    float *dkrow = dk + j * kv_stride + (int64_t)g * hd;
+    float *dvrow = dv + j * kv_stride + (int64_t)g * hd;
+#pragma unroll
+    for (int c = 0; c < CO; c++) {
+      const int d = tx + 8 * c;
+      if (d < hd) {
+        atomicAdd(dkrow + d, dk_acc[a][c] * scale);
+        atomicAdd(dvrow + d, dv_acc[a][c]);
+      }
+    }
+  }
+}
+
+/* ---------------- merge ---------------- */
+
+/* One warp per (query, head): out, lse <- log-sum-exp merge with part_out, part_lse. */
+template <typename T>
+__global__ void attention_merge_kernel(float *out, float *lse, const T *part_out, const float *part_lse, int64_t tq,
+                                       int64_t nh, int64_t hd) {
+  const int lane = threadIdx.x & 31;
+  const int64_t rows = tq * nh;
+  const int64_t warps_total = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t row = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); row < rows; row += warps_total) {
+    const int64_t t = row / nh, h = row - t * nh;
+    const int64_t li = h * tq + t;
+    const float l1 = lse[li], l2 = part_lse[li];
+    if (l2 == -INFINITY) continue; /* the part saw no key: nothing changes */
+    float *o = out + row * hd;
+    const T *p = part_out + row * hd;
+    if (l1 == -INFINITY) { /* nothing so far: take the part (never read out, which may be anything) */
+      for (int64_t d = lane; d < hd; d += 32) o[d] = ld_f32(p + d);
+      if (lane == 0) lse[li] = l2;
+      continue;
+    }
+    const float mx = fmaxf(l1, l2);
+    const float e1 = expf(l1 - mx), e2 = expf(l2 - mx); /* one of them is 1 */
+    const float sum = e1 + e2;
+    const float w1 = e1 / sum, w2 = e2 / sum;
+    for (int64_t d = lane; d < hd; d += 32) o[d] = w1 * o[d] + w2 * ld_f32(p + d);
+    if (lane == 0) lse[li] = mx + log1pf(fminf(e1, e2));
+  }
+}
+
+/* ---------------- host side ---------------- */
+
+static int padded_head_dim(int64_t hd) { return hd <= 32 ? 32 : hd <= 64 ? 64 : hd <= 128 ? 128 : 256; }
+
+template <typename KernelFn>
+static df_status prepare_smem(KernelFn kernel, size_t bytes) {
+  if (bytes > 48u * 1024u) DF_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+  return DF_OK;
+}
+
+template <typename T, int HDP, int BQ, int BK>
+static df_status launch_forward(T *out, float *lse, const T *q, const T *k, const T *v, int64_t tq, int64_t tk,
+                                int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale,
+                                cudaStream_t s) {
+  const size_t smem = sizeof(float) * FwdShape<HDP, BQ, BK>::SMEM_FLOATS;
+  auto kernel = attention_forward_kernel<T, HDP, BQ, BK>;
+  DF_CHECK(prepare_smem(kernel, smem));
+  const dim3 grid((unsigned)((tq + BQ - 1) / BQ), (unsigned)nh);
+  kernel<<<grid, ATT_THREADS, smem, s>>>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale * LOG2E_F);
+  DF_CUDA_LAUNCHED();
+  return DF_OK;
+}
+
+template <typename T>
+static df_status dispatch_forward(T *out, float *lse, const T *q, const T *k, const T *v, int64_t tq, int64_t tk,
+                                  int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale,
+                                  cudaStream_t s) {
+  switch (padded_head_dim(hd)) {
+    case 32: return launch_forward<T, 32, 64, 64>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, s);
+    case 64: return launch_forward<T, 64, 64, 64>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, s);
+    case 128: return launch_forward<T, 128, 64, 32>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, s);
+    default: return launch_forward<T, 256, 32, 32>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, s);
+  }
+}
+
+template <typename T, int HDP, int BK, int BQ>
+static df_status launch_backward(float *dq, float *dk, float *dv, const T *dout, const T *q, const T *k, const T *v,
+                                 const T *out, const float *lse, int64_t tq, int64_t tk, int nh, int nkv, int hd,
+                                 int64_t q_pos0, int64_t k_pos0, float scale, cudaStream_t s) {
+  const size_t smem = sizeof(float) * BwdShape<HDP, BK, BQ>::SMEM_FLOATS;
+  auto kernel = attention_backward_kernel<T, HDP, BK, BQ>;
+  DF_CHECK(prepare_smem(kernel, smem));
+  const dim3 grid((unsigned)((tk + BK - 1) / BK), (unsigned)nkv);
+  kernel<<<grid, ATT_THREADS, smem, s>>>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
+                                         scale);
+  DF_CUDA_LAUNCHED();
+  return DF_OK;
+}
+
+template <typename T>
+static df_status dispatch_backward(float *dq, float *dk, float *dv, const T *dout, const T *q, const T *k, const T *v,
+                                   const T *out, const float *lse, int64_t tq, int64_t tk, int nh, int nkv, int hd,
+                                   int64_t q_pos0, int64_t k_pos0, float scale, cudaStream_t s) {
+  switch (padded_head_dim(hd)) {
+    case 32:
+      return launch_backward<T, 32, 32, 64>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
+                                            scale, s);
+    case 64:
+      return launch_backward<T, 64, 32, 64>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
+                                            scale, s);
+    case 128:
+      return launch_backward<T, 128, 32, 32>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
+                                             scale, s);
+    default:
+      return launch_backward<T, 256, 16, 32>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
+                                             scale, s);
+  }
+}
+
+/* Checks shared by forward and backward, as the CPU twin (csrc/cpu/attention.c) makes them, plus the
+ * limits of these kernels (head dim <= 256, heads within the grid). */
+static df_status check_shape(const char *fn, int64_t tq, int64_t tk, int64_t nh, int64_t nkv, int64_t hd,
+                             int64_t q_pos0, int64_t k_pos0, float scale, df_dtype dtype, int64_t *q_n, int64_t *k_n) {
+  DF_CHECK(check_dim(fn, "tq", tq, 1));
+  DF_CHECK(check_dim(fn, "tk", tk, 1));
+  DF_CHECK(check_dim(fn, "nh", nh, 1));
+  DF_CHECK(check_dim(fn, "nkv", nkv, 1));
+  DF_CHECK(check_dim(fn, "hd", hd, 1));
+  DF_CHECK(check_dim(fn, "q_pos0", q_pos0, 0));
+  DF_CHECK(check_dim(fn, "k_pos0", k_pos0, 0));
+  if (nh % nkv != 0)
+    return df_fail(DF_ERR_INVALID, "%s: argument 'nkv' (%lld) must divide 'nh' (%lld)", fn, (long long)nkv,
+                   (long long)nh);
+  if (!isfinite(scale))
+    return df_fail(DF_ERR_INVALID, "%s: argument 'scale' must be finite, got %g", fn, (double)scale);
+  DF_CHECK(check_dtype(fn, "dtype", dtype));
+  DF_CHECK(check_numel(fn, "q", q_n, tq, nh, hd));
+  DF_CHECK(check_numel(fn, "k", k_n, tk, nkv, hd));
+  if (hd > 256)
+    return df_fail(DF_ERR_UNSUPPORTED, "%s: head dim %lld is larger than the 256 the CUDA kernels support", fn,
+                   (long long)hd);
+  if (nh > 65535)
+    return df_fail(DF_ERR_UNSUPPORTED, "%s: %lld heads exceed the CUDA grid limit of 65535", fn, (long long)nh);
+  if ((tq + 15) / 16 > 0x7fffffffLL || (tk + 15) / 16 > 0x7fffffffLL)
+    return df_fail(DF_ERR_UNSUPPORTED, "%s: a block of %lld queries / %lld keys exceeds the CUDA grid", fn,
+                   (long long)tq, (long long)tk);
+  return DF_OK;
+}
+
+extern "C" {
+
+df_status df_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v, int64_t tq,
+                               int64_t tk, int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
+                               float scale, df_dtype dtype, void *stream) {
+  static const char *fn = "df_attention_forward";
+  int64_t q_n = 0, k_n = 0;
+  DF_CHECK(check_shape(fn, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, dtype, &q_n, &k_n));
+  const uint64_t es = dtype_bytes(dtype);
+  DF_CHECK(check_elems(fn, "out", out, q_n, es));
+  DF_CHECK(check_elems(fn, "lse", lse, nh * tq, sizeof(float)));
+  DF_CHECK(check_elems(fn, "q", q, q_n, es));
+  DF_CHECK(check_elems(fn, "k", k, k_n, es));
+  DF_CHECK(check_elems(fn, "v", v, k_n, es));
+  cudaStream_t s = df_stream(stream);
+  DF_DISPATCH_DTYPE(dtype, return dispatch_forward<T>((T *)out, lse, (const T *)q, (const T *)k, (const T *)v, tq, tk,
+                                                       (int)nh, (int)nkv, (int)hd, q_pos0, k_pos0, scale, s));
+  return DF_OK;
+}
+
+df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dout, const void *q, const void *k,
+                                const void *v, const void *out, const float *lse, int64_t tq, int64_t tk, int64_t nh,
+                                int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0, float scale, df_dtype dtype,
+                                void *stream) {
+  static const char *fn = "df_attention_backward";
+  int64_t q_n = 0, k_n = 0;
+  DF_CHECK(check_shape(fn, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, dtype, &q_n, &k_n));
+  const uint64_t es = dtype_bytes(dtype);
+  DF_CHECK(check_elems(fn, "dq", dq, q_n, sizeof(float)));
+  DF_CHECK(check_elems(fn, "dk", dk, k_n, sizeof(float)));
+  DF_CHECK(check_elems(fn, "dv", dv, k_n, sizeof(float)));
+  DF_CHECK(check_elems(fn, "dout", dout, q_n, es));
+  DF_CHECK(check_elems(fn, "q", q, q_n, es));
+  DF_CHECK(check_elems(fn, "k", k, k_n, es));
+  DF_CHECK(check_elems(fn, "v", v, k_n, es));
+  DF_CHECK(check_elems(fn, "out", out, q_n, es));
+  DF_CHECK(check_elems(fn, "lse", lse, nh * tq, sizeof(float)));
+  cudaStream_t s = df_stream(stream);
+  DF_DISPATCH_DTYPE(dtype, return dispatch_backward<T>(dq, dk, dv, (const T *)dout, (const T *)q, (const T *)k,
+                                                        (const T *)v, (const T *)out, lse, tq, tk, (int)nh, (int)nkv,
+                                                        (int)hd, q_pos0, k_pos0, scale, s));
+  return DF_OK;
+}
+
+df_status df_attention_merge(float *out, float *lse, const void *part_out, const float *part_lse, int64_t tq,
+                             int64_t nh, int64_t hd, df_dtype dtype, void *stream) {
+  static const char *fn = "df_attention_merge";
+  DF_CHECK(check_dim(fn, "tq", tq, 1));
+  DF_CHECK(check_dim(fn, "nh", nh, 1));
+  DF_CHECK(check_dim(fn, "hd", hd, 1));
+  DF_CHECK(check_dtype(fn, "dtype", dtype));
+  int64_t n = 0;
+  DF_CHECK(check_numel(fn, "out", &n, tq, nh, hd));
+  DF_CHECK(check_elems(fn, "out", out, n, sizeof(float)));
+  DF_CHECK(check_elems(fn, "lse", lse, nh * tq, sizeof(float)));
+  DF_CHECK(check_elems(fn, "part_out", part_out, n, dtype_bytes(dtype)));
+  DF_CHECK(check_elems(fn, "part_lse", part_lse, nh * tq, sizeof(float)));
+  const uint64_t threads = (uint64_t)tq * (uint64_t)nh * 32u;
+  DF_DISPATCH_DTYPE(dtype, attention_merge_kernel<T><<<df_grid_for(threads, 256), 256, 0, df_stream(stream)>>>(
+                               out, lse, (const T *)part_out, part_lse, tq, nh, hd));
+  DF_CUDA_LAUNCHED();
+  return DF_OK;
+}
+
+}  // extern "C"

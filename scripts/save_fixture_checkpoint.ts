@@ -1,0 +1,25 @@
+/**
+ * Loads the gqa fixture model, saves it with distflash's checkpoint writer (bf16 and fp32 copies
+ * are both possible; fp32 here so the transformers check can use a 1e-4 bound), for
+ * `make_fixtures.py check-checkpoint`.  Usage: deno run -A scripts/save_fixture_checkpoint.ts DIR
+ */
+import { fileURLToPath } from "node:url";
+import { readHfConfig } from "../src/model/config.ts";
+import { LlamaModel } from "../src/model/llama.ts";
+import { loadWeights, saveModel } from "../src/model/hf.ts";
+import { openBackend } from "../src/runtime/info.ts";
+import { DType } from "../src/runtime/ops.ts";
+
+const out = Deno.args[0] ?? "/tmp/ckpt";
+const fixture = fileURLToPath(new URL("../tests/fixtures/gqa", import.meta.url));
+const device = openBackend("auto");
+const model = new LlamaModel(device, await readHfConfig(fixture), {
+  dtype: DType.f32,
+  batch: 1,
+  seqLen: 8,
+});
+model.allocate();
+await loadWeights(model, fixture);
+await saveModel(model, out, { dtype: "float32", tokenizerFrom: null });
+model.free();
+console.log(`saved ${out} from ${device.backend}`);
