@@ -1,6 +1,7 @@
 /** Shared test helpers: the backend under test and error norms. */
 import { Device } from "../src/runtime/device.ts";
 import type { BackendName } from "../ffi/loader.ts";
+import { fileURLToPath } from "node:url";
 
 /** `deno task test` runs on the CPU backend; `deno task test:gpu` sets DISTFLASH_TEST_BACKEND=cuda. */
 export const TEST_BACKEND: BackendName = Deno.env.get("DISTFLASH_TEST_BACKEND") === "cuda"
@@ -46,4 +47,21 @@ export function randn(n: number, seed: number, scale = 1): Float32Array {
     out[i] = scale * Math.sqrt(-2 * Math.log(u() + 1e-12)) * Math.cos(2 * Math.PI * u());
   }
   return out;
+}
+
+const main = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+
+/** Runs the CLI from source as a subprocess. */
+export async function runCli(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", main, ...args],
+    env: { NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }

@@ -1,22 +1,6 @@
 /** The command line, run as a subprocess exactly as users run it. */
 import { assert, assertEquals } from "./assert.ts";
-import { fileURLToPath } from "node:url";
-
-const main = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
-
-export async function runCli(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", main, ...args],
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+import { runCli } from "./_util.ts";
 
 Deno.test("cli: --help lists the commands", async () => {
   const r = await runCli(["--help"]);

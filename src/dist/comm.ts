@@ -228,7 +228,9 @@ export function envSeconds(
   if (raw === undefined || raw.trim() === "") return fallbackSeconds * 1000;
   const s = Number(raw);
   if (!Number.isFinite(s) || s <= 0) {
-    throw new RangeError(`${name} must be a positive number of seconds, got ${JSON.stringify(raw)}`);
+    throw new RangeError(
+      `${name} must be a positive number of seconds, got ${JSON.stringify(raw)}`,
+    );
   }
   return s * 1000;
 }

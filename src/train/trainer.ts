@@ -103,8 +103,11 @@ export async function train(
         `(${cfg.maxPositionEmbeddings}); RoPE extrapolates beyond it`,
     );
   }
+  if (o.dataPath && !existsSync(o.dataPath)) {
+    throw new Error(`--data-path ${o.dataPath}: no such file or folder`);
+  }
   let tokenizer: Tokenizer | undefined;
-  if (!o.synthetic) {
+  if (!o.synthetic && !o.dataPath!.endsWith(".npy")) {
     const hasTokenizer = source.dir && existsSync(join(source.dir, "tokenizer.json"));
     tokenizer = hasTokenizer ? await loadTokenizer(source.dir!) : new ByteTokenizer();
     if (tokenizer.vocabSize > cfg.vocabSize) {

@@ -1,0 +1,200 @@
+/** `distflash train` end to end on the CPU backend: flags, data contract, resume, accumulation. */
+import { assert, assertEquals, assertLess, assertRejects } from "./assert.ts";
+import { runCli } from "./_util.ts";
+import { train } from "../src/train/trainer.ts";
+import { OptionError } from "../src/train/options.ts";
+import { writeNpy } from "../src/io/npy.ts";
+import { presetConfig } from "../src/model/config.ts";
+import { LlamaModel } from "../src/model/llama.ts";
+import { initRandom } from "../src/model/hf.ts";
+import { Device } from "../src/runtime/device.ts";
+import { DType } from "../src/runtime/ops.ts";
+import { join } from "node:path";
+
+const quiet = { log: () => {} };
+
+async function metrics(dir: string) {
+  const text = await Deno.readTextFile(join(dir, "metrics.jsonl"));
+  return text.trim().split("\n").map((line) => JSON.parse(line));
+}
+
+Deno.test("train: bad values are rejected before any work, naming the flag", async () => {
+  const cases: [Record<string, unknown>, string][] = [
+    [{ model: "debug-tiny", synthetic: true, learningRate: "fast" }, "--learning-rate"],
+    [{ model: "debug-tiny", synthetic: true, lrSchedulerType: "step" }, "--lr-scheduler-type"],
+    [
+      { model: "debug-tiny", synthetic: true, perDeviceTrainBatchSize: 0 },
+      "--per-device-train-batch-size",
+    ],
+    [{ model: "debug-tiny", synthetic: true, device: "tpu" }, "--device"],
+    [{ model: "debug-tiny", synthetic: true, warmupRatio: 2 }, "--warmup-ratio"],
+    [{ model: "debug-tiny" }, "--data-path"],
+    [{ model: "no-such-model", synthetic: true }, "--model"],
+    [{ model: "debug-tiny", dataPath: "/no/such.jsonl" }, "/no/such.jsonl"],
+  ];
+  for (const [options, flag] of cases) {
+    const error = await assertRejects(() => train(options, quiet));
+    assert(error.message.includes(flag), `${flag}: ${error.message}`);
+  }
+  const e = await assertRejects(
+    () => train({ model: "debug-tiny", synthetic: true, maxSteps: 1.5 }, quiet),
+    OptionError,
+  );
+  assert(e.message.includes("--max-steps"));
+});
+
+Deno.test("train: the CLI accepts the paper's snake_case flags and stops after --max-steps", async () => {
+  const out = await Deno.makeTempDir();
+  const r = await runCli([
+    "train",
+    "--model",
+    "debug-tiny",
+    "--synthetic",
+    "--output_dir",
+    out,
+    "--max_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "2",
+    "--gradient_accumulation_steps",
+    "1",
+    "--learning_rate",
+    "1e-3",
+    "--weight_decay",
+    "0",
+    "--warmup_ratio",
+    "0.03",
+    "--lr_scheduler_type",
+    "cosine",
+    "--logging_steps",
+    "1",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "1000",
+    "--save_total_limit",
+    "1",
+    "--fsdp",
+    "full_shard auto_wrap",
+    "--model_max_length",
+    "32",
+    "--gradient_checkpointing",
+    "True",
+    "--tf32",
+    "True",
+    "--device",
+    "cpu",
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  assert(r.stderr.includes("--tf32 is accepted for compatibility and has no effect"), r.stderr);
+  const m = await metrics(out);
+  assertEquals(m.map((x) => x.step), [1, 2]);
+  for (const key of ["loss", "lr", "grad_norm", "tokens_per_s"]) {
+    assert(Number.isFinite(m[0][key]), key);
+  }
+  assert((await Deno.stat(join(out, "config.json"))).isFile);
+  assert((await Deno.stat(join(out, "checkpoint-2", "optimizer.safetensors"))).isFile);
+  const unknown = await runCli([
+    "train",
+    "--model",
+    "debug-tiny",
+    "--synthetic",
+    "--bogus-flag",
+    "1",
+  ]);
+  assert(unknown.code !== 0 && unknown.stderr.includes("--bogus-flag"), unknown.stderr);
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("train: a .npy file of exactly one window is the first step's batch", async () => {
+  const dir = await Deno.makeTempDir();
+  const L = 16;
+  const tokens = Int32Array.from({ length: L + 1 }, (_, i) => (i * 37 + 5) % 256);
+  await writeNpy(join(dir, "one.npy"), tokens);
+  await train({
+    model: "debug-tiny",
+    dataPath: join(dir, "one.npy"),
+    modelMaxLength: L,
+    maxSteps: 1,
+    outputDir: dir,
+    device: "cpu",
+    seed: 7,
+    saveStrategy: "no",
+    learningRate: 0,
+  }, quiet);
+  const [m] = await metrics(dir);
+  // The same model (same seed) on inputs = first L tokens, labels = last L, computed directly.
+  const device = Device.open("cpu");
+  const model = new LlamaModel(device, presetConfig("debug-tiny"), {
+    dtype: DType.f32,
+    batch: 1,
+    seqLen: L,
+  });
+  model.allocate();
+  initRandom(model, 7);
+  model.setBatch(tokens.subarray(0, L), tokens.subarray(1));
+  await model.forward();
+  const want = model.lossSum() / L;
+  model.free();
+  assertLess(Math.abs(m.loss - want), 1e-5 * want, "step-1 loss equals the window's loss");
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("train: resuming from a checkpoint continues the same run exactly", async () => {
+  const a = await Deno.makeTempDir(), b = await Deno.makeTempDir();
+  const base = {
+    model: "debug-tiny",
+    synthetic: true,
+    modelMaxLength: 16,
+    perDeviceTrainBatchSize: 2,
+    maxSteps: 4,
+    learningRate: 1e-2,
+    loggingSteps: 1,
+    saveSteps: 2,
+    device: "cpu",
+    lrSchedulerType: "cosine",
+    warmupSteps: 1,
+  };
+  await train({ ...base, outputDir: a }, quiet);
+  const full = await metrics(a);
+  await train({ ...base, outputDir: b, maxSteps: 4, saveSteps: 2, saveTotalLimit: 1 }, quiet);
+  const entries = [...Deno.readDirSync(b)].map((e) => e.name).filter((n) =>
+    n.startsWith("checkpoint-")
+  );
+  assertEquals(entries, ["checkpoint-4"], "save-total-limit keeps the newest only");
+  // Resume run: checkpoint-2 of run a, continued to step 4.
+  await train({ ...base, outputDir: a, resumeFromCheckpoint: join(a, "checkpoint-2") }, quiet);
+  const resumed = (await metrics(a)).slice(full.length);
+  assertEquals(resumed.map((m) => m.step), [3, 4]);
+  for (let i = 0; i < 2; i++) {
+    assertLess(Math.abs(resumed[i].loss - full[2 + i].loss), 1e-6, `step ${3 + i}`);
+  }
+  await Deno.remove(a, { recursive: true });
+  await Deno.remove(b, { recursive: true });
+});
+
+Deno.test("train: 2 micro-batches of 1 equal 1 micro-batch of 2", async () => {
+  const a = await Deno.makeTempDir(), b = await Deno.makeTempDir();
+  const base = {
+    model: "debug-tiny",
+    synthetic: true,
+    modelMaxLength: 16,
+    maxSteps: 2,
+    learningRate: 1e-2,
+    loggingSteps: 1,
+    device: "cpu",
+    saveStrategy: "no",
+  };
+  await train({ ...base, outputDir: a, perDeviceTrainBatchSize: 2 }, quiet);
+  await train(
+    { ...base, outputDir: b, perDeviceTrainBatchSize: 1, gradientAccumulationSteps: 2 },
+    quiet,
+  );
+  const [ma, mb] = [await metrics(a), await metrics(b)];
+  for (let i = 0; i < 2; i++) {
+    assertLess(Math.abs(ma[i].loss - mb[i].loss), 1e-5, "loss");
+    assertLess(Math.abs(ma[i].grad_norm - mb[i].grad_norm) / ma[i].grad_norm, 1e-4, "grad norm");
+  }
+  await Deno.remove(a, { recursive: true });
+  await Deno.remove(b, { recursive: true });
+});
