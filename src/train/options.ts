@@ -52,8 +52,19 @@ export interface TrainOptions {
   gradientCheckpointing: boolean;
   /** Parameter sharding over ranks: "full_shard" (ZeRO-3), "no_shard"; "" for none. */
   fsdp: string;
-  /** Rank processes per node (more than 1 needs the DistAttn launcher). */
+  /** Rank processes per node; more than 1 starts the launcher (one process per GPU or CPU rank). */
   nprocPerNode: number;
+  /** Nodes in the job, this node's index, and the rendezvous address (torchrun's meanings). */
+  nnodes: number;
+  nodeRank: number;
+  masterAddr: string;
+  masterPort: number;
+  /** Ranks sharing one sequence (DistAttn); 0 means the whole world. dp = world / sp. */
+  spSize: number;
+  /** DistAttn's load-balanced schedule (off: the plain causal ring, for comparison). */
+  distattnBalanced: boolean;
+  /** Overlap DistAttn's communication with compute (off: for comparison). */
+  distattnOverlap: boolean;
   /** Vocabulary rows per LM-head chunk. */
   vocabChunk: number;
   /** Flags of the Hugging Face trainer that have no effect here (reported once). */
@@ -106,6 +117,13 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   gradientCheckpointing: true,
   fsdp: "",
   nprocPerNode: 1,
+  nnodes: 1,
+  nodeRank: 0,
+  masterAddr: "127.0.0.1",
+  masterPort: 29500,
+  spSize: 0,
+  distattnBalanced: true,
+  distattnOverlap: true,
   vocabChunk: 8192,
 };
 
@@ -159,6 +177,19 @@ export const TRAIN_SPECS: readonly Spec[] = [
   },
   { key: "fsdp", kind: "string", help: 'parameter sharding: "full_shard", "no_shard"' },
   { key: "nprocPerNode", kind: "int", help: "rank processes per node", min: 1 },
+  { key: "nnodes", kind: "int", help: "nodes in the job", min: 1 },
+  { key: "nodeRank", kind: "int", help: "this node's index", min: 0 },
+  { key: "masterAddr", kind: "string", help: "rendezvous host (rank 0's node)" },
+  {
+    key: "masterPort",
+    kind: "int",
+    help: "rendezvous port (0: pick a free one)",
+    min: 0,
+    max: 65535,
+  },
+  { key: "spSize", kind: "int", help: "ranks per sequence (0: all ranks)", min: 0 },
+  { key: "distattnBalanced", kind: "bool", help: "load-balanced DistAttn schedule" },
+  { key: "distattnOverlap", kind: "bool", help: "overlap DistAttn communication with compute" },
   { key: "vocabChunk", kind: "int", help: "vocabulary rows per LM-head chunk", min: 1 },
   { key: "tf32", kind: "string", help: "HF trainer flag; no effect", noEffect: true },
   { key: "lazyPreprocess", kind: "string", help: "HF trainer flag; no effect", noEffect: true },
@@ -278,9 +309,9 @@ export function resolveTrainOptions(
       );
     }
   }
-  if (options.nprocPerNode > 1) {
+  if (options.nodeRank >= options.nnodes) {
     throw new OptionError(
-      `--nproc-per-node ${options.nprocPerNode}: multi-rank training (DistAttn) is not implemented yet; use 1`,
+      `--node-rank ${options.nodeRank} must be below --nnodes ${options.nnodes}`,
     );
   }
   return { options, noEffect };

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { ByteTokenizer, loadTokenizer, openDataset, type Tokenizer } from "../data/mod.ts";
 import type { Dataset } from "../data/mod.ts";
 import { openBackend } from "../runtime/info.ts";
+import type { Device, DeviceBuffer } from "../runtime/device.ts";
 import { formatBytes } from "../runtime/memory.ts";
 import { DType } from "../runtime/ops.ts";
 import { LlamaModel } from "../model/llama.ts";
@@ -24,6 +25,9 @@ import {
 import { lrMultiplier, warmupStepsFor } from "./lr.ts";
 import { resolveTrainOptions, type TrainOptions } from "./options.ts";
 import { Progress } from "./progress.ts";
+import { initDistributed } from "../dist/env.ts";
+import { DistAttention } from "../dist/distattn.ts";
+import type { Communicator } from "../dist/comm.ts";
 
 /** One line of metrics.jsonl. */
 export interface StepMetrics {
@@ -89,9 +93,32 @@ export async function train(
   hooks: TrainHooks = {},
 ): Promise<TrainResult> {
   const { options: o, noEffect } = resolveTrainOptions(input);
-  const log = hooks.log ?? ((line: string) => console.error(line));
+  const worldSize = Number(Deno.env.get("WORLD_SIZE") ?? 1);
+  const envRank = Number(Deno.env.get("RANK") ?? 0);
+  if (o.nprocPerNode > 1 && worldSize <= 1) {
+    throw new Error(
+      `--nproc-per-node ${o.nprocPerNode}: start multi-rank runs through the command line ` +
+        "(distflash train --nproc-per-node N ...), which launches one process per rank",
+    );
+  }
+  const sp = o.spSize || worldSize;
+  if (worldSize % sp !== 0) {
+    throw new Error(`--sp-size ${sp} must divide the number of ranks (${worldSize})`);
+  }
+  if (o.modelMaxLength % sp !== 0) {
+    throw new Error(`--model-max-length ${o.modelMaxLength} must be a multiple of --sp-size ${sp}`);
+  }
+  const dp = worldSize / sp, spIdx = envRank % sp, dpIdx = Math.floor(envRank / sp);
+  const isMain = envRank === 0;
+  const log = hooks.log ?? ((line: string) => isMain && console.error(line));
   for (const flag of noEffect) log(`note: ${flag} is accepted for compatibility and has no effect`);
-  if (o.fsdp) log(`note: --fsdp "${o.fsdp}" has no effect on a single device`);
+  if (o.fsdp && worldSize === 1) log(`note: --fsdp "${o.fsdp}" has no effect on a single device`);
+  if (o.fsdp.includes("full_shard") && worldSize > 1) {
+    log(
+      `note: --fsdp full_shard is not implemented yet: every rank holds the full parameters and ` +
+        `optimizer state, and gradients are all-reduced (no_shard)`,
+    );
+  }
 
   // Everything that can be checked without a device comes first.
   const source = await resolveModel(o.model);
@@ -133,7 +160,8 @@ export async function train(
   }
   const B = o.perDeviceTrainBatchSize, accum = o.gradientAccumulationSteps;
   const windowsPerStep = B * accum;
-  const stepsPerEpoch = Math.floor(dataset.numWindows / windowsPerStep);
+  // Each data-parallel group reads its own windows; the sp ranks of a group share them.
+  const stepsPerEpoch = Math.floor(Math.floor(dataset.numWindows / dp) / windowsPerStep);
   if (stepsPerEpoch < 1) {
     throw new Error(
       `--data-path holds ${dataset.numWindows} sequences of ${L + 1} tokens, fewer than one step ` +
@@ -155,15 +183,34 @@ export async function train(
     }
   }
 
-  // The device and the memory plan.
+  // The device, the ranks and the memory plan.
   const device = openBackend(o.device);
   const dtype = o.bf16 ? DType.bf16 : DType.f32;
+  let world: Communicator | null = null, attention: DistAttention | undefined;
+  const S = L / sp; // tokens of a sequence on this rank
+  if (worldSize > 1) {
+    const ctx = await initDistributed({ backend: device.backend, device });
+    world = ctx.world;
+    const group = Array.from({ length: sp }, (_, i) => dpIdx * sp + i);
+    const spComm = sp === worldSize ? world : await world.subgroup(group);
+    if (sp > 1) {
+      attention = new DistAttention(device, cfg, S, dtype, spComm, {
+        balanced: o.distattnBalanced,
+        overlap: o.distattnOverlap,
+      });
+    }
+    log(
+      `ranks: ${worldSize} = dp ${dp} x sp ${sp}; DistAttn ${
+        o.distattnBalanced ? "balanced" : "unbalanced"
+      }, ${o.distattnOverlap ? "overlapped" : "not overlapped"}; ${S} tokens per rank`,
+    );
+  }
   const model = new LlamaModel(device, cfg, {
     dtype,
     batch: B,
-    seqLen: L,
+    seqLen: S,
     vocabChunk: o.vocabChunk,
-  });
+  }, attention);
   const props = device.props(0);
   log(
     `distflash train: ${source.name} (${(model.layout.count / 1e6).toFixed(1)}M parameters) on ` +
@@ -173,9 +220,10 @@ export async function train(
       `accumulation, ${totalSteps} steps (${stepsPerEpoch} per epoch), ${dataset.describe()}`,
   );
   const totals = model.plan.totals();
+  if (attention) totals.push(...attention.plan.totals());
   log(
     `memory plan: ${totals.map((t) => `${t.kind} ${formatBytes(t.bytes)}`).join(", ")}; total ` +
-      formatBytes(model.plan.totalBytes),
+      formatBytes(totals.reduce((a, t) => a + t.bytes, 0)),
   );
   const free = device.memInfo().free;
   if (model.plan.totalBytes > free) {
@@ -187,6 +235,7 @@ export async function train(
     );
   }
   model.allocate();
+  const stats = device.alloc(64);
 
   try {
     let startStep = 0;
@@ -208,10 +257,11 @@ export async function train(
 
     await Deno.mkdir(o.outputDir, { recursive: true });
     const metricsPath = join(o.outputDir, "metrics.jsonl");
-    if (!resumeDir) await Deno.writeTextFile(metricsPath, "");
+    if (!resumeDir && isMain) await Deno.writeTextFile(metricsPath, "");
     const saveDtype = o.bf16 ? "bfloat16" : "float32";
 
     const save = async (dir: string, step: number, withOptimizer: boolean) => {
+      if (!isMain) return; // every rank holds the same weights; rank 0 writes them
       await saveModel(model, dir, { dtype: saveDtype, tokenizerFrom: source.dir });
       if (withOptimizer) {
         await saveOptimizer(model, join(dir, "optimizer.safetensors"));
@@ -236,26 +286,38 @@ export async function train(
       // The step's micro-batches, in the epoch's shuffled order.
       const epoch = Math.floor(step / stepsPerEpoch);
       if (epoch !== orderEpoch) {
-        order = dataset.indices({ epoch, seed: o.seed });
+        order = dataset.indices({ epoch, seed: o.seed, rank: dpIdx, worldSize: dp });
         orderEpoch = epoch;
       }
       const first = (step % stepsPerEpoch) * windowsPerStep;
       const micro = [];
       let labelled = 0;
       for (let a = 0; a < accum; a++) {
-        const batch = dataset.batch(order!.subarray(first + a * B, first + (a + 1) * B));
+        const batch = sliceForRank(
+          dataset.batch(order!.subarray(first + a * B, first + (a + 1) * B)),
+          B,
+          L,
+          sp,
+          spIdx,
+        );
         for (const label of batch.labels) if (label >= 0) labelled++;
         micro.push(batch);
       }
+      // The loss is the mean over every labelled token of the step on all ranks.
+      if (world) labelled = await allReduceNumber(world, stats, device, labelled);
       if (labelled === 0) throw new Error(`step ${step + 1}: the batch has no labelled token`);
 
       model.zeroGrads();
       let lossSum = 0;
       for (const batch of micro) {
-        model.setBatch(batch.inputs, batch.labels);
+        model.setBatch(batch.inputs, batch.labels, batch.positions);
         await model.forward();
         lossSum += model.lossSum();
         await model.backward(1 / labelled);
+      }
+      if (world) {
+        lossSum = await allReduceNumber(world, stats, device, lossSum);
+        await world.allReduceSum(model.grads.ptr, model.layout.size, "f32");
       }
       const loss = lossSum / labelled;
       if (!Number.isFinite(loss)) {
@@ -295,30 +357,70 @@ export async function train(
         windowStart = now;
         windowTokens = 0;
         history.push(m);
-        await Deno.writeTextFile(metricsPath, JSON.stringify(m) + "\n", { append: true });
-        progress.log(m);
+        if (isMain) {
+          await Deno.writeTextFile(metricsPath, JSON.stringify(m) + "\n", { append: true });
+          progress.log(m);
+        }
         hooks.onLog?.(m);
       }
-      progress.tick(done, loss);
+      if (isMain) progress.tick(done, loss);
 
       const epochEnd = done % stepsPerEpoch === 0;
       const dueSave = (o.saveStrategy === "steps" && done % o.saveSteps === 0) ||
         (o.saveStrategy === "epoch" && epochEnd);
       if (dueSave && done < totalSteps) {
         await save(join(o.outputDir, `checkpoint-${done}`), done, true);
-        await pruneCheckpoints(o.outputDir, o.saveTotalLimit);
+        if (isMain) await pruneCheckpoints(o.outputDir, o.saveTotalLimit);
       }
     }
     progress.finish();
     if (o.saveStrategy !== "no") {
       await save(join(o.outputDir, `checkpoint-${totalSteps}`), totalSteps, true);
-      await pruneCheckpoints(o.outputDir, o.saveTotalLimit);
+      if (isMain) await pruneCheckpoints(o.outputDir, o.saveTotalLimit);
     }
     await save(o.outputDir, totalSteps, false);
     log(`saved the final model to ${o.outputDir}`);
     return { steps: totalSteps, finalLoss: lastLoss, metrics: history, outputDir: o.outputDir };
   } finally {
+    stats.free();
     model.free();
+    attention?.free();
+    world?.close();
     device.close();
   }
+}
+
+/** This rank's slice of every row: tokens [spIdx*S, (spIdx+1)*S) and their global positions. */
+function sliceForRank(
+  batch: { inputs: Int32Array; labels: Int32Array },
+  B: number,
+  L: number,
+  sp: number,
+  spIdx: number,
+): { inputs: Int32Array; labels: Int32Array; positions: Int32Array } {
+  const S = L / sp;
+  const inputs = new Int32Array(B * S), labels = new Int32Array(B * S);
+  const positions = new Int32Array(B * S);
+  for (let b = 0; b < B; b++) {
+    const from = b * L + spIdx * S;
+    inputs.set(batch.inputs.subarray(from, from + S), b * S);
+    labels.set(batch.labels.subarray(from, from + S), b * S);
+    for (let t = 0; t < S; t++) positions[b * S + t] = spIdx * S + t;
+  }
+  return { inputs, labels, positions };
+}
+
+/**
+ * Sum of one number over all ranks, through a device scalar (the transports move device memory).
+ * fp32 keeps token counts exact up to 2^24 per step, far above any step's size.
+ */
+async function allReduceNumber(
+  world: Communicator,
+  scratch: DeviceBuffer,
+  device: Device,
+  value: number,
+): Promise<number> {
+  device.upload(scratch.ptr, new Float32Array([value]));
+  await world.allReduceSum(scratch.ptr, 1, "f32");
+  return device.download(new Float32Array(1), scratch.ptr)[0];
 }

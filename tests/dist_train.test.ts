@@ -1,0 +1,101 @@
+/**
+ * Multi-rank training on CPU ranks (host transport) equals one rank: the same loss curve and
+ * gradient norms over 20 steps for sp = 2, 3, 4 and for dp 2 x sp 2 (whose two groups read
+ * different windows, together the same ones a single rank with twice the batch reads).
+ * fp32 throughout; ranks only change summation order, so 1e-4 relative is a loose bound.
+ */
+import { assertEquals, assertLess } from "./assert.ts";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const main = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+const common = [
+  "train",
+  "--model",
+  "debug-tiny",
+  "--synthetic",
+  "--model-max-length",
+  "24",
+  "--max-steps",
+  "20",
+  "--learning-rate",
+  "1e-2",
+  "--logging-steps",
+  "1",
+  "--device",
+  "cpu",
+  "--save-strategy",
+  "no",
+  "--warmup-steps",
+  "2",
+  "--lr-scheduler-type",
+  "cosine",
+];
+
+async function runRanks(world: number, args: string[], out: string): Promise<void> {
+  const port = String(20000 + Math.floor(Math.random() * 30000));
+  const procs = Array.from({ length: world }, (_, r) =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", main, ...common, ...args, "--output-dir", out],
+      env: {
+        RANK: `${r}`,
+        WORLD_SIZE: `${world}`,
+        LOCAL_RANK: `${r}`,
+        LOCAL_WORLD_SIZE: `${world}`,
+        MASTER_ADDR: "127.0.0.1",
+        MASTER_PORT: port,
+        NO_COLOR: "1",
+      },
+      stdout: "piped",
+      stderr: "piped",
+    }).output());
+  const results = await Promise.all(procs);
+  results.forEach((r, i) =>
+    assertEquals(r.code, 0, `rank ${i}: ${new TextDecoder().decode(r.stderr)}`)
+  );
+}
+
+async function metrics(dir: string) {
+  return (await Deno.readTextFile(join(dir, "metrics.jsonl"))).trim().split("\n").map((l) =>
+    JSON.parse(l)
+  );
+}
+
+function compare(
+  a: { loss: number; grad_norm: number }[],
+  b: { loss: number; grad_norm: number }[],
+  what: string,
+) {
+  assertEquals(a.length, b.length);
+  for (let i = 0; i < a.length; i++) {
+    assertLess(Math.abs(a[i].loss - b[i].loss) / a[i].loss, 1e-4, `${what} step ${i + 1} loss`);
+    assertLess(
+      Math.abs(a[i].grad_norm - b[i].grad_norm) / a[i].grad_norm,
+      1e-4,
+      `${what} step ${i + 1} grad_norm`,
+    );
+  }
+}
+
+Deno.test("dist train: sp = 2, 3, 4 and dp 2 x sp 2 give the one-rank loss curve", async () => {
+  const root = await Deno.makeTempDir();
+  await runRanks(1, ["--per-device-train-batch-size", "2"], join(root, "p1"));
+  await runRanks(1, ["--per-device-train-batch-size", "4"], join(root, "p1b4"));
+  const one = await metrics(join(root, "p1")), oneB4 = await metrics(join(root, "p1b4"));
+  for (const sp of [2, 3, 4]) {
+    await runRanks(sp, ["--per-device-train-batch-size", "2"], join(root, `sp${sp}`));
+    compare(one, await metrics(join(root, `sp${sp}`)), `sp=${sp}`);
+  }
+  await runRanks(4, ["--per-device-train-batch-size", "2", "--sp-size", "2"], join(root, "dp2sp2"));
+  compare(oneB4, await metrics(join(root, "dp2sp2")), "dp2 x sp2");
+  await runRanks(3, [
+    "--per-device-train-batch-size",
+    "2",
+    "--distattn-balanced",
+    "false",
+    "--distattn-overlap",
+    "false",
+  ], join(root, "sp3u"));
+  compare(one, await metrics(join(root, "sp3u")), "sp=3 unbalanced, no overlap");
+  await Deno.remove(root, { recursive: true });
+});
