@@ -363,7 +363,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
 /* ---------------- merge ---------------- */
 
-/* One warp per (query, head): out, lse <- log-sum-exp merge with part_out, part_lse. */
+/* One warp per (query, head): out, lse <- log-sum-exp merge with part_out, part_lse. All lanes take
+ * the same branch (they read the same lse pair); lane 0 updates lse only after __syncwarp, since
+ * lanes of a warp are not guaranteed to run in lockstep. */
 template <typename T>
 __global__ void attention_merge_kernel(float *out, float *lse, const T *part_out, const float *part_lse, int64_t tq,
                                        int64_t nh, int64_t hd) {
@@ -379,6 +381,7 @@ __global__ void attention_merge_kernel(float *out, float *lse, const T *part_out
     const T *p = part_out + row * hd;
     if (l1 == -INFINITY) { /* nothing so far: take the part (never read out, which may be anything) */
       for (int64_t d = lane; d < hd; d += 32) o[d] = ld_f32(p + d);
+      __syncwarp(); /* every lane has read lse[li] before it changes */
       if (lane == 0) lse[li] = l2;
       continue;
     }
@@ -387,6 +390,7 @@ __global__ void attention_merge_kernel(float *out, float *lse, const T *part_out
     const float sum = e1 + e2;
     const float w1 = e1 / sum, w2 = e2 / sum;
     for (int64_t d = lane; d < hd; d += 32) o[d] = w1 * o[d] + w2 * ld_f32(p + d);
+    __syncwarp(); /* every lane has read lse[li] before it changes */
     if (lane == 0) lse[li] = mx + log1pf(fminf(e1, e2));
   }
 }
