@@ -11,7 +11,7 @@ import { registerDemo } from "./demo.ts";
 import { registerTrain } from "./train.ts";
 import { normalizeFlags } from "../src/train/options.ts";
 
-export function buildProgram(): Command {
+export function buildProgram(argv: string[] = []): Command {
   const program = new Command()
     .name("distflash")
     .description(
@@ -22,13 +22,14 @@ export function buildProgram(): Command {
     .exitOverride();
   registerInfo(program);
   registerDemo(program);
-  registerTrain(program);
+  registerTrain(program, argv);
   return program;
 }
 
 export async function main(argv: string[]): Promise<number> {
   try {
-    await buildProgram().parseAsync(normalizeFlags(argv), { from: "user" });
+    const args = normalizeFlags(argv);
+    await buildProgram(args).parseAsync(args, { from: "user" });
     return 0;
   } catch (error) {
     if (error instanceof CommanderError) return error.exitCode; // commander printed the message

@@ -1,9 +1,20 @@
-/** `distflash train`: flags registered from the one option table in src/train/options.ts. */
+/**
+ * `distflash train`: flags registered from the one option table in src/train/options.ts. With
+ * --nproc-per-node > 1 this process becomes the launcher: it starts one rank process per GPU (or
+ * CPU rank) running the same command, shows rank 0's output and stops every rank if one fails.
+ */
 import type { Command } from "commander";
-import { flagName, TRAIN_DEFAULTS, TRAIN_SPECS } from "../src/train/options.ts";
+import {
+  flagName,
+  resolveTrainOptions,
+  TRAIN_DEFAULTS,
+  TRAIN_SPECS,
+} from "../src/train/options.ts";
 import { train } from "../src/train/trainer.ts";
+import { isLaunchedRank, launch } from "../src/dist/launcher.ts";
+import { COMM_FAILURE_EXIT_CODE, CommError } from "../src/dist/comm.ts";
 
-export function registerTrain(program: Command): void {
+export function registerTrain(program: Command, argv: string[]): void {
   const cmd = program
     .command("train")
     .description(
@@ -20,6 +31,29 @@ export function registerTrain(program: Command): void {
     cmd.option(syntax, `${spec.help}${choices}${shown}`);
   }
   cmd.action(async (raw: Record<string, unknown>) => {
-    await train(raw);
+    // Validate everything before starting any process.
+    const { options } = resolveTrainOptions(raw);
+    if (options.nprocPerNode * options.nnodes > 1 && !isLaunchedRank()) {
+      const result = await launch({
+        nprocPerNode: options.nprocPerNode,
+        nnodes: options.nnodes,
+        nodeRank: options.nodeRank,
+        masterAddr: options.masterAddr,
+        masterPort: options.masterPort,
+        args: argv,
+        outputDir: options.outputDir,
+      });
+      if (result.code !== 0) Deno.exit(result.code);
+      return;
+    }
+    try {
+      await train(raw);
+    } catch (error) {
+      if (error instanceof CommError) {
+        console.error(`distflash: ${error.message}`);
+        Deno.exit(COMM_FAILURE_EXIT_CODE); // tells the launcher this rank only noticed a peer's failure
+      }
+      throw error;
+    }
   });
 }

@@ -4,7 +4,7 @@
  * different windows, together the same ones a single rank with twice the batch reads).
  * fp32 throughout; ranks only change summation order, so 1e-4 relative is a loose bound.
  */
-import { assertEquals, assertLess } from "./assert.ts";
+import { assert, assertEquals, assertLess } from "./assert.ts";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -98,4 +98,53 @@ Deno.test("dist train: sp = 2, 3, 4 and dp 2 x sp 2 give the one-rank loss curve
   ], join(root, "sp3u"));
   compare(one, await metrics(join(root, "sp3u")), "sp=3 unbalanced, no overlap");
   await Deno.remove(root, { recursive: true });
+});
+
+Deno.test("dist train: killing one rank of a running job stops it with an error naming the rank", async () => {
+  const out = await Deno.makeTempDir();
+  const launcher = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      main,
+      ...common.map((a) => (a === "20" ? "100000" : a)),
+      "--nproc-per-node",
+      "2",
+      "--per-device-train-batch-size",
+      "2",
+      "--output-dir",
+      out,
+    ],
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // Wait until training runs, then find rank 1 by its environment and kill it.
+  let victim = 0;
+  for (let i = 0; i < 200 && victim === 0; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    let text = "";
+    try {
+      text = await Deno.readTextFile(join(out, "metrics.jsonl"));
+    } catch { /* not yet */ }
+    if (!text.includes('"step":2')) continue;
+    for (const entry of Deno.readDirSync("/proc")) {
+      if (!/^\d+$/.test(entry.name)) continue;
+      try {
+        const environ = Deno.readTextFileSync(`/proc/${entry.name}/environ`).split("\0");
+        const cmdline = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`);
+        if (environ.includes("RANK=1") && cmdline.includes(out)) victim = Number(entry.name);
+      } catch { /* gone or not ours */ }
+    }
+  }
+  if (victim === 0) throw new Error("rank 1 was not found running");
+  const killedAt = performance.now();
+  Deno.kill(victim, "SIGKILL");
+  const status = await launcher.output();
+  const seconds = (performance.now() - killedAt) / 1000;
+  const stderr = new TextDecoder().decode(status.stderr);
+  assert(status.code !== 0, "the launcher fails");
+  assert(stderr.includes("rank 1"), stderr);
+  assertLess(seconds, 15, "every rank stopped within seconds");
+  await Deno.remove(out, { recursive: true });
 });

@@ -381,11 +381,15 @@ export async function train(
     await save(o.outputDir, totalSteps, false);
     log(`saved the final model to ${o.outputDir}`);
     return { steps: totalSteps, finalLoss: lastLoss, metrics: history, outputDir: o.outputDir };
+  } catch (error) {
+    world?.abort(); // peers learn at once instead of waiting for a timeout
+    world = null;
+    throw error;
   } finally {
     stats.free();
     model.free();
     attention?.free();
-    world?.close();
+    await world?.close();
     device.close();
   }
 }

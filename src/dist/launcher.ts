@@ -1,0 +1,387 @@
+/**
+ * The rank launcher behind `distflash ... --nproc-per-node N`: starts one process per local rank
+ * running the same command, watches them, and stops the whole job when one fails.
+ *
+ * - Command: from source, `<deno> run -A [--config deno.json] cli/main.ts <args>`; from a
+ *   `deno compile` binary, `<binary> <args>`.
+ * - Environment of each rank: the launcher's own, then `env`, then RANK, WORLD_SIZE, LOCAL_RANK,
+ *   LOCAL_WORLD_SIZE, GROUP_RANK/NODE_RANK, MASTER_ADDR, MASTER_PORT, DISTFLASH_LAUNCHED=1 (so
+ *   the rank does not launch again) and DISTFLASH_LAUNCHER_PID; NCCL_NVLS_ENABLE=0,
+ *   TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and NVSHMEM_DISABLE_NVLS=1 are always set (NVLink
+ *   multicast stays off).
+ * - Output: every rank's stdout and stderr go to `<outputDir>/logs/rank<R>.log`; rank 0's are
+ *   also passed through unchanged.
+ * - Failure: when a rank exits non-zero or is killed, the others get SIGTERM, then SIGKILL after
+ *   `graceMs`; the launcher reports "rank R failed (exit code X)" or "(signal S)" with the last
+ *   lines of that rank's log and returns non-zero. When several ranks fail, the one reported is
+ *   one that did not exit with COMM_FAILURE_EXIT_CODE (a rank that only saw a peer die), if any.
+ * - SIGINT/SIGTERM to the launcher stop all ranks the same way (a second one: SIGKILL at once).
+ *
+ * @module
+ */
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { existsSync } from "node:fs";
+import { compiledRoot } from "../../ffi/loader.ts";
+import { COMM_FAILURE_EXIT_CODE } from "./comm.ts";
+
+/** Always present in the ranks' environment: NVLink multicast (NVLS) stays off. */
+export const MULTICAST_OFF_ENV: Readonly<Record<string, string>> = Object.freeze({
+  NCCL_NVLS_ENABLE: "0",
+  TORCH_SYMM_MEM_DISABLE_MULTICAST: "1",
+  NVSHMEM_DISABLE_NVLS: "1",
+});
+
+export interface LaunchOptions {
+  /** Rank processes on this node. */
+  nprocPerNode: number;
+  /** Number of nodes (default 1). */
+  nnodes?: number;
+  /** This node's index (default 0). */
+  nodeRank?: number;
+  /** Rendezvous host (default 127.0.0.1). */
+  masterAddr?: string;
+  /** Rendezvous port; 0 (the default) picks a free one (single node only). */
+  masterPort?: number;
+  /** Arguments of each rank's command. */
+  args: string[];
+  /** Logs go to `<outputDir>/logs/rank<R>.log`. */
+  outputDir: string;
+  /** Extra environment for the ranks. */
+  env?: Record<string, string>;
+  /** Program to run instead of distflash itself (argv prefix; `args` follow). */
+  command?: string[];
+  /** Time between SIGTERM and SIGKILL when stopping ranks (default 5000 ms). */
+  graceMs?: number;
+  /** Global ranks whose output is passed through (default [0]). */
+  showRanks?: number[];
+  /** Lines of a failed rank's log to print (default 20). */
+  tailLines?: number;
+  /** Where passed-through output goes (default: this process's stdout/stderr). */
+  output?: { stdout: (bytes: Uint8Array) => void; stderr: (bytes: Uint8Array) => void };
+  /** The launcher's own messages (default: console.error). */
+  report?: (line: string) => void;
+  /** Stop the ranks on SIGINT/SIGTERM to the launcher (default true). */
+  handleSignals?: boolean;
+}
+
+/** How one rank ended. */
+export interface RankExit {
+  rank: number;
+  localRank: number;
+  pid: number;
+  code: number;
+  signal: string | null;
+  /** The launcher had signalled it before it ended (it was stopped, not failing itself). */
+  stopped: boolean;
+  logPath: string;
+}
+
+export interface LaunchResult {
+  /** 0 when every rank exited 0; else the failed rank's code (130 after Ctrl-C). */
+  code: number;
+  /** The rank reported as having failed first. */
+  failed?: RankExit;
+  ranks: RankExit[];
+  interrupted: boolean;
+  masterPort: number;
+  logDir: string;
+}
+
+const sourceRoot = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+
+/** Whether this process is a rank started by the launcher. */
+export function isLaunchedRank(env: Record<string, string | undefined> = Deno.env.toObject()) {
+  return env.DISTFLASH_LAUNCHED === "1";
+}
+
+/** Whether this process runs from a `deno compile` binary rather than `deno run`. */
+export function runningCompiled(): boolean {
+  if (compiledRoot() !== undefined) return true;
+  const exe = Deno.execPath().split("/").at(-1) ?? "";
+  return !/^deno(\.exe)?$/.test(exe);
+}
+
+/** The command line that runs distflash with `args` the way this process was started. */
+export function distflashCommand(args: string[]): string[] {
+  if (runningCompiled()) return [Deno.execPath(), ...args];
+  const config = join(sourceRoot, "deno.json");
+  return [
+    Deno.execPath(),
+    "run",
+    "-A",
+    ...(existsSync(config) ? ["--config", config] : []),
+    join(sourceRoot, "cli", "main.ts"),
+    ...args,
+  ];
+}
+
+/** A port that was free a moment ago on `host`. */
+export function freePort(host = "127.0.0.1"): number {
+  const listener = Deno.listen({ hostname: host, port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+/** The environment of global rank `rank` (local rank `localRank`). */
+export function rankEnv(
+  options: {
+    nprocPerNode: number;
+    nnodes: number;
+    nodeRank: number;
+    masterAddr: string;
+    masterPort: number;
+    env?: Record<string, string>;
+  },
+  localRank: number,
+): Record<string, string> {
+  const rank = options.nodeRank * options.nprocPerNode + localRank;
+  return {
+    ...options.env,
+    RANK: String(rank),
+    WORLD_SIZE: String(options.nnodes * options.nprocPerNode),
+    LOCAL_RANK: String(localRank),
+    LOCAL_WORLD_SIZE: String(options.nprocPerNode),
+    GROUP_RANK: String(options.nodeRank),
+    NODE_RANK: String(options.nodeRank),
+    MASTER_ADDR: options.masterAddr,
+    MASTER_PORT: String(options.masterPort),
+    DISTFLASH_LAUNCHED: "1",
+    DISTFLASH_LAUNCHER_PID: String(Deno.pid),
+    ...MULTICAST_OFF_ENV,
+  };
+}
+
+function positiveInt(value: number, what: string, min = 1): number {
+  if (!Number.isInteger(value) || value < min) {
+    throw new RangeError(`${what} must be an integer >= ${min}, got ${value}`);
+  }
+  return value;
+}
+
+/** Keeps the last `limit` bytes written. */
+class Tail {
+  #chunks: Uint8Array[] = [];
+  #bytes = 0;
+  constructor(private readonly limit = 64 * 1024) {}
+  push(chunk: Uint8Array): void {
+    this.#chunks.push(chunk.slice());
+    this.#bytes += chunk.length;
+    while (this.#chunks.length > 1 && this.#bytes - this.#chunks[0].length >= this.limit) {
+      this.#bytes -= this.#chunks.shift()!.length;
+    }
+  }
+  lines(n: number): string[] {
+    const all = new Uint8Array(this.#bytes);
+    let off = 0;
+    for (const c of this.#chunks) {
+      all.set(c, off);
+      off += c.length;
+    }
+    const text = new TextDecoder().decode(all).replace(/\n$/, "");
+    return text === "" ? [] : text.split("\n").slice(-n);
+  }
+}
+
+interface Running {
+  localRank: number;
+  rank: number;
+  child: Deno.ChildProcess;
+  logPath: string;
+  tail: Tail;
+  exit?: RankExit;
+  signalled: boolean;
+  pumps: Promise<void>;
+}
+
+function writeAllSync(write: (b: Uint8Array) => number, bytes: Uint8Array): void {
+  let off = 0;
+  while (off < bytes.length) off += write(bytes.subarray(off));
+}
+
+/** Starts the ranks of this node and waits for them; see the module documentation. */
+export async function launch(options: LaunchOptions): Promise<LaunchResult> {
+  const nproc = positiveInt(options.nprocPerNode, "--nproc-per-node");
+  const nnodes = positiveInt(options.nnodes ?? 1, "--nnodes");
+  const nodeRank = options.nodeRank ?? 0;
+  if (!Number.isInteger(nodeRank) || nodeRank < 0 || nodeRank >= nnodes) {
+    throw new RangeError(`--node-rank must be in 0..${nnodes - 1}, got ${nodeRank}`);
+  }
+  const masterAddr = options.masterAddr ?? "127.0.0.1";
+  let masterPort = options.masterPort ?? 0;
+  if (!Number.isInteger(masterPort) || masterPort < 0 || masterPort > 65535) {
+    throw new RangeError(`--master-port must be a port number, got ${masterPort}`);
+  }
+  if (masterPort === 0) {
+    if (nnodes > 1) {
+      throw new RangeError("--master-port must be given when --nnodes > 1 (every node needs it)");
+    }
+    masterPort = freePort(masterAddr === "localhost" ? "127.0.0.1" : masterAddr);
+  }
+  const graceMs = options.graceMs ?? 5000;
+  const showRanks = new Set(options.showRanks ?? [0]);
+  const tailLines = options.tailLines ?? 20;
+  const report = options.report ?? ((line: string) => console.error(line));
+  const output = options.output ?? {
+    stdout: (b: Uint8Array) => writeAllSync((x) => Deno.stdout.writeSync(x), b),
+    stderr: (b: Uint8Array) => writeAllSync((x) => Deno.stderr.writeSync(x), b),
+  };
+  const logDir = join(options.outputDir, "logs");
+  Deno.mkdirSync(logDir, { recursive: true });
+  const argv = options.command ? [...options.command, ...options.args] : distflashCommand(
+    options.args,
+  );
+
+  const ranks: Running[] = [];
+  let stopping = false;
+  let interrupted = false;
+  let killTimer: ReturnType<typeof setTimeout> | undefined;
+  const observed: RankExit[] = [];
+
+  const killAll = (signal: Deno.Signal) => {
+    for (const r of ranks) {
+      if (r.exit) continue;
+      r.signalled = true;
+      try {
+        r.child.kill(signal);
+      } catch { /* already gone */ }
+    }
+  };
+  const stopAll = () => {
+    if (stopping) return;
+    stopping = true;
+    killAll("SIGTERM");
+    killTimer = setTimeout(() => killAll("SIGKILL"), graceMs);
+  };
+  const onSignal = () => {
+    if (stopping) {
+      killAll("SIGKILL");
+      return;
+    }
+    interrupted = true;
+    const left = ranks.filter((r) => !r.exit).length;
+    report(`distflash launcher: interrupted; stopping ${left} rank${left === 1 ? "" : "s"}`);
+    stopAll();
+  };
+  const handleSignals = options.handleSignals ?? true;
+  if (handleSignals) {
+    Deno.addSignalListener("SIGINT", onSignal);
+    Deno.addSignalListener("SIGTERM", onSignal);
+  }
+
+  try {
+    for (let localRank = 0; localRank < nproc; localRank++) {
+      const env = rankEnv(
+        { nprocPerNode: nproc, nnodes, nodeRank, masterAddr, masterPort, env: options.env },
+        localRank,
+      );
+      const rank = Number(env.RANK);
+      const logPath = join(logDir, `rank${rank}.log`);
+      const log = Deno.openSync(logPath, { write: true, create: true, truncate: true });
+      let child: Deno.ChildProcess;
+      try {
+        child = new Deno.Command(argv[0], {
+          args: argv.slice(1),
+          env,
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+        }).spawn();
+      } catch (error) {
+        log.close();
+        stopAll();
+        throw new Error(`could not start rank ${rank} (${argv[0]}): ${(error as Error).message}`);
+      }
+      const tail = new Tail();
+      const shown = showRanks.has(rank);
+      const pump = async (stream: ReadableStream<Uint8Array>, sink: (b: Uint8Array) => void) => {
+        try {
+          for await (const chunk of stream) {
+            writeAllSync((x) => log.writeSync(x), chunk);
+            tail.push(chunk);
+            if (shown) {
+              try {
+                sink(chunk);
+              } catch { /* our own output closed: keep logging */ }
+            }
+          }
+        } catch { /* the pipe broke: the rank is gone */ }
+      };
+      const pumps = Promise.all([
+        pump(child.stdout, output.stdout),
+        pump(child.stderr, output.stderr),
+      ]).then(() => log.close());
+      const running: Running = {
+        localRank,
+        rank,
+        child,
+        logPath,
+        tail,
+        signalled: false,
+        pumps,
+      };
+      ranks.push(running);
+    }
+
+    await Promise.all(ranks.map(async (r) => {
+      const status = await r.child.status;
+      r.exit = {
+        rank: r.rank,
+        localRank: r.localRank,
+        pid: r.child.pid,
+        code: status.code,
+        signal: status.signal,
+        stopped: r.signalled && status.signal !== null,
+        logPath: r.logPath,
+      };
+      observed.push(r.exit);
+      if (status.code !== 0 || status.signal !== null) stopAll();
+    }));
+    clearTimeout(killTimer);
+    // Output still buffered in the pipes; bounded in case a rank left a child holding them.
+    await Promise.race([
+      Promise.all(ranks.map((r) => r.pumps)),
+      new Promise((resolve) => {
+        const t = setTimeout(resolve, 2000);
+        Deno.unrefTimer(t);
+      }),
+    ]);
+  } finally {
+    clearTimeout(killTimer);
+    if (handleSignals) {
+      Deno.removeSignalListener("SIGINT", onSignal);
+      Deno.removeSignalListener("SIGTERM", onSignal);
+    }
+  }
+
+  const failures = interrupted
+    ? []
+    : observed.filter((e) => (e.code !== 0 || e.signal !== null) && !e.stopped);
+  const failed = failures.find((e) => e.code !== COMM_FAILURE_EXIT_CODE) ?? failures[0];
+  let code = 0;
+  if (failed) {
+    const how = failed.signal !== null ? `signal ${failed.signal}` : `exit code ${failed.code}`;
+    const lines = ranks.find((r) => r.rank === failed.rank)!.tail.lines(tailLines);
+    report(
+      `distflash launcher: rank ${failed.rank} failed (${how}); last ${lines.length} lines of ` +
+        `${failed.logPath}:`,
+    );
+    for (const line of lines) report(`  ${line}`);
+    const others = ranks.length - 1;
+    if (others > 0) report(`distflash launcher: stopped the other ${others} rank(s) of this node`);
+    code = failed.code !== 0 ? failed.code : 1;
+  } else if (interrupted) {
+    code = 130;
+  } else if (observed.some((e) => e.code !== 0 || e.signal !== null)) {
+    code = 1;
+  }
+  return {
+    code,
+    failed,
+    ranks: ranks.map((r) => r.exit!),
+    interrupted,
+    masterPort,
+    logDir,
+  };
+}
