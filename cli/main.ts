@@ -9,6 +9,7 @@ import { VERSION } from "../src/runtime/info.ts";
 import { registerInfo } from "./info.ts";
 import { registerDemo } from "./demo.ts";
 import { registerTrain } from "./train.ts";
+import { registerBench } from "./bench.ts";
 import { normalizeFlags } from "../src/train/options.ts";
 
 export function buildProgram(argv: string[] = []): Command {
@@ -23,6 +24,7 @@ export function buildProgram(argv: string[] = []): Command {
   registerInfo(program);
   registerDemo(program);
   registerTrain(program, argv);
+  registerBench(program, argv);
   return program;
 }
 

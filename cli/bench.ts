@@ -1,0 +1,223 @@
+/**
+ * `distflash bench attn` and `distflash bench train`: throughput measurements on GPUs (they run on
+ * the CPU backend too, slowly, which is only useful to check they work). With --nproc-per-node > 1
+ * this process launches the ranks, then runs the PyTorch baseline in bench/ on the same GPUs so the
+ * peers' figures come from the same run.
+ */
+import type { Command } from "commander";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { type AttnVariant, benchAttention, formatAttnRows } from "../src/bench/attn.ts";
+import { openBackend } from "../src/runtime/info.ts";
+import { initDistributed } from "../src/dist/env.ts";
+import { isLaunchedRank, launch } from "../src/dist/launcher.ts";
+import { resolveModel } from "../src/model/hf.ts";
+import { paramCount } from "../src/model/config.ts";
+
+const benchDir = fileURLToPath(new URL("../bench/", import.meta.url));
+
+function intList(flag: string, text: string): number[] {
+  const values = text.split(",").map((s) => Number(s.trim()));
+  if (values.length === 0 || values.some((v) => !Number.isInteger(v) || v <= 0)) {
+    throw new Error(
+      `${flag}: expected positive integers separated by commas, got ${JSON.stringify(text)}`,
+    );
+  }
+  return values;
+}
+
+function positiveInt(flag: string, text: string): number {
+  return intList(flag, text)[0];
+}
+
+/** Runs a Python baseline if python3 with torch is available; returns its output or why not. */
+async function runBaseline(args: string[]): Promise<string> {
+  try {
+    const probe = await new Deno.Command("python3", {
+      args: ["-c", "import torch"],
+      stderr: "null",
+    }).output();
+    if (!probe.success) return "baseline skipped: python3 cannot import torch here";
+  } catch {
+    return "baseline skipped: python3 not found";
+  }
+  const out = await new Deno.Command("python3", {
+    args,
+    stdout: "piped",
+    stderr: "piped",
+    env: {
+      NCCL_NVLS_ENABLE: "0",
+      TORCH_SYMM_MEM_DISABLE_MULTICAST: "1",
+      NVSHMEM_DISABLE_NVLS: "1",
+    },
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  if (!out.success) {
+    return `baseline failed (exit ${out.code}):\n${
+      new TextDecoder().decode(out.stderr).slice(-2000)
+    }`;
+  }
+  return text;
+}
+
+export function registerBench(program: Command, argv: string[]): void {
+  const bench = program.command("bench").description("throughput benchmarks (GPUs)");
+
+  bench
+    .command("attn")
+    .description(
+      "causal attention forward+backward TFLOP/s per GPU: one GPU, or DistAttn over ranks",
+    )
+    .option("--nproc-per-node <n>", "ranks (GPUs) sharing each sequence", "1")
+    .option("--seq <list>", "total sequence lengths", "16384,32768,65536")
+    .option("--heads <n>", "query heads", "32")
+    .option("--kv-heads <n>", "key/value heads (default: heads)")
+    .option("--head-dim <n>", "head dimension", "128")
+    .option("--reps <n>", "timed repetitions (median reported)", "5")
+    .option("--warmup <n>", "untimed repetitions first", "2")
+    .option(
+      "--variants <list>",
+      "DistAttn variants: balanced,unbalanced,no-overlap",
+      "balanced,unbalanced,no-overlap",
+    )
+    .option("--device <choice>", "auto, cuda or cpu", "auto")
+    .option("--output-dir <dir>", "logs and results", "outputs/bench")
+    .option("--no-baseline", "skip the PyTorch baseline")
+    .action(async (o: Record<string, string | boolean | undefined>) => {
+      const nproc = positiveInt("--nproc-per-node", String(o.nprocPerNode));
+      const seq = intList("--seq", String(o.seq));
+      const heads = positiveInt("--heads", String(o.heads));
+      const kvHeads = o.kvHeads ? positiveInt("--kv-heads", String(o.kvHeads)) : heads;
+      const headDim = positiveInt("--head-dim", String(o.headDim));
+      const variants = String(o.variants).split(",") as AttnVariant[];
+      for (const v of variants) {
+        if (!["balanced", "unbalanced", "no-overlap"].includes(v)) {
+          throw new Error(`--variants: ${v} is not one of balanced, unbalanced, no-overlap`);
+        }
+      }
+      if (!["auto", "cuda", "cpu"].includes(String(o.device))) {
+        throw new Error(`--device: ${o.device} is not one of auto, cuda, cpu`);
+      }
+      const outputDir = String(o.outputDir);
+      if (nproc > 1 && !isLaunchedRank()) {
+        const result = await launch({ nprocPerNode: nproc, args: argv, outputDir, masterPort: 0 });
+        if (result.code !== 0) Deno.exit(result.code);
+        if (o.baseline !== false) {
+          console.log("\nPyTorch context parallel (ring attention), same GPUs:");
+          console.log(
+            await runBaseline([
+              "-m",
+              "torch.distributed.run",
+              `--nproc-per-node=${nproc}`,
+              join(benchDir, "torch_cp_attn.py"),
+              `--seq=${seq.join(",")}`,
+              `--heads=${heads}`,
+              `--kv-heads=${kvHeads}`,
+              `--head-dim=${headDim}`,
+            ]),
+          );
+        }
+        return;
+      }
+      const device = openBackend(String(o.device) as "auto" | "cuda" | "cpu");
+      let comm = null;
+      if (nproc > 1) comm = (await initDistributed({ backend: device.backend, device })).world;
+      const rows = await benchAttention(device, comm, {
+        seq,
+        heads,
+        kvHeads,
+        headDim,
+        reps: positiveInt("--reps", String(o.reps)),
+        warmup: Number(o.warmup),
+        variants,
+      });
+      if ((comm?.rank ?? 0) === 0) {
+        console.log(
+          `distflash attention, ${
+            device.props(0).name
+          }, bf16, causal, ${heads} heads (${kvHeads} kv) of ${headDim}:`,
+        );
+        console.log(formatAttnRows(rows));
+        await Deno.mkdir(outputDir, { recursive: true });
+        await Deno.writeTextFile(
+          join(outputDir, `attn_p${nproc}.json`),
+          JSON.stringify(rows, null, 2),
+        );
+      }
+      await comm?.close();
+      if (nproc === 1 && o.baseline !== false && existsSync(join(benchDir, "torch_attn.py"))) {
+        console.log("\nPyTorch SDPA, same GPU:");
+        console.log(
+          await runBaseline([
+            join(benchDir, "torch_attn.py"),
+            `--seq=${seq.join(",")}`,
+            `--heads=${heads}`,
+            `--kv-heads=${kvHeads}`,
+            `--head-dim=${headDim}`,
+          ]),
+        );
+      }
+    });
+
+  bench
+    .command("train")
+    .description("tokens/s and model-FLOPs utilisation of training steps (synthetic tokens)")
+    .option("--model <name>", "preset or folder", "tinyllama-1.1b")
+    .option("--model-max-length <n>", "tokens per sequence (over all sp ranks)", "32768")
+    .option("--nproc-per-node <n>", "ranks", "1")
+    .option("--max-steps <n>", "steps (the first is warm-up and not counted)", "4")
+    .option("--peak-tflops <x>", "peak bf16 TFLOP/s per GPU for MFU (H100 SXM dense: 989)", "989")
+    .option("--output-dir <dir>", "logs and results", "outputs/bench-train")
+    .action(async (o: Record<string, string>) => {
+      const nproc = positiveInt("--nproc-per-node", o.nprocPerNode);
+      const L = positiveInt("--model-max-length", o.modelMaxLength);
+      const steps = positiveInt("--max-steps", o.maxSteps);
+      if (steps < 2) throw new Error("--max-steps: at least 2 (the first step is warm-up)");
+      const source = await resolveModel(o.model);
+      const cfg = source.config;
+      const trainArgs = [
+        "train",
+        "--model",
+        o.model,
+        "--synthetic",
+        "--bf16",
+        "--model-max-length",
+        String(L),
+        "--max-steps",
+        String(steps),
+        "--logging-steps",
+        "1",
+        "--save-strategy",
+        "no",
+        "--output-dir",
+        o.outputDir,
+        "--nproc-per-node",
+        String(nproc),
+        "--learning-rate",
+        "1e-5",
+      ];
+      const { main } = await import("./main.ts");
+      const code = await main(trainArgs);
+      if (code !== 0) Deno.exit(code);
+      const metrics = readFileSync(join(o.outputDir, "metrics.jsonl"), "utf8").trim().split("\n")
+        .map((l) => JSON.parse(l) as { step: number; tokens_per_s: number });
+      const timed = metrics.filter((m) => m.step > 1);
+      const tokensPerS = timed.reduce((a, m) => a + m.tokens_per_s, 0) / timed.length;
+      // 6 N per token for the dense parts, plus causal attention: fwd 2*H*S^2*D per layer over
+      // S tokens (so 2*H*S*D per token), fwd+bwd 3.5x.
+      const n = paramCount(cfg);
+      const attnPerToken = 3.5 * 2 * cfg.numHeads * L * cfg.headDim * cfg.numLayers;
+      const flopsPerToken = 6 * n + attnPerToken;
+      const mfu = (flopsPerToken * tokensPerS) / (nproc * Number(o.peakTflops) * 1e12);
+      console.log(
+        `bench train: ${o.model} (${
+          (n / 1e9).toFixed(2)
+        }B), ${L} tokens per sequence on ${nproc} ` +
+          `rank(s): ${Math.round(tokensPerS)} tokens/s, MFU ${(100 * mfu).toFixed(1)}% ` +
+          `(${
+            (flopsPerToken / 1e9).toFixed(1)
+          } GFLOP per token, peak ${o.peakTflops} TFLOP/s per GPU)`,
+      );
+    });
+}

@@ -1,0 +1,189 @@
+/**
+ * `distflash bench attn`: forward+backward TFLOP/s of causal attention per GPU, on one device
+ * (the local kernel over the whole sequence) or over the ranks of a launched job (DistAttn over
+ * the sequence split into contiguous slices), for each schedule variant.
+ *
+ * FLOPs (the project's convention): causal forward = 2 * B * H * S^2 * D, backward = 2.5 x forward;
+ * per GPU = total / P. Timing: median of `reps` runs after `warmup`, device synchronised.
+ */
+import type { Device } from "../runtime/device.ts";
+import * as op from "../runtime/ops.ts";
+import { DType } from "../runtime/ops.ts";
+import type { Communicator } from "../dist/comm.ts";
+import { DistAttention } from "../dist/distattn.ts";
+import type { LlamaConfig } from "../model/config.ts";
+
+export interface AttnBenchOptions {
+  seq: number[];
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  reps: number;
+  warmup: number;
+  variants: AttnVariant[];
+}
+
+export type AttnVariant = "balanced" | "unbalanced" | "no-overlap";
+
+export interface AttnBenchRow {
+  seq: number;
+  ranks: number;
+  variant: AttnVariant | "single";
+  fwdMs: number;
+  fwdBwdMs: number;
+  /** forward+backward TFLOP/s per GPU */
+  tflops: number;
+  fwdTflops: number;
+}
+
+export function causalFlops(seq: number, heads: number, headDim: number): number {
+  return 2 * heads * seq * seq * headDim;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+/** Random bf16 values in [-1, 1), written on the device (through fp32 staging in chunks). */
+function fillRandom(d: Device, ptr: bigint, n: number, seed: number): void {
+  const chunk = 1 << 20;
+  const tmp = d.alloc(chunk * 4);
+  let a = seed >>> 0;
+  const host = new Float32Array(chunk);
+  for (let i = 0; i < n; i += chunk) {
+    const m = Math.min(chunk, n - i);
+    for (let j = 0; j < m; j++) {
+      a = (a + 0x6d2b79f5) >>> 0;
+      let t = Math.imul(a ^ (a >>> 15), a | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      host[j] = (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
+    }
+    d.upload(tmp.ptr, host.subarray(0, m));
+    op.convert(d, ptr + BigInt(i * 2), DType.bf16, tmp.ptr, DType.f32, m);
+  }
+  tmp.free();
+}
+
+/** Times `fn` (which enqueues device work) with device synchronisation; returns median ms. */
+async function time(
+  d: Device,
+  comm: Communicator | null,
+  reps: number,
+  warmup: number,
+  fn: () => Promise<void>,
+): Promise<number> {
+  const times: number[] = [];
+  for (let i = 0; i < warmup + reps; i++) {
+    d.synchronize();
+    if (comm) await comm.barrier();
+    const t0 = performance.now();
+    await fn();
+    d.synchronize();
+    if (i >= warmup) times.push(performance.now() - t0);
+  }
+  return median(times);
+}
+
+export async function benchAttention(
+  d: Device,
+  comm: Communicator | null,
+  o: AttnBenchOptions,
+): Promise<AttnBenchRow[]> {
+  const P = comm?.size ?? 1, rank = comm?.rank ?? 0;
+  const rows: AttnBenchRow[] = [];
+  for (const seq of o.seq) {
+    if (seq % P !== 0) throw new Error(`--seq ${seq} is not a multiple of the ${P} ranks`);
+    const S = seq / P, H = o.heads, KV = o.kvHeads, D = o.headDim;
+    const q = d.alloc(S * H * D * 2), k = d.alloc(S * KV * D * 2), v = d.alloc(S * KV * D * 2);
+    const dout = d.alloc(S * H * D * 2), out = d.alloc(S * H * D * 2), lse = d.alloc(H * S * 4);
+    const dq = d.alloc(S * H * D * 4), dk = d.alloc(S * KV * D * 4), dv = d.alloc(S * KV * D * 4);
+    try {
+      fillRandom(d, q.ptr, S * H * D, 11 + rank);
+      fillRandom(d, k.ptr, S * KV * D, 22 + rank);
+      fillRandom(d, v.ptr, S * KV * D, 33 + rank);
+      fillRandom(d, dout.ptr, S * H * D, 44 + rank);
+      const total = causalFlops(seq, H, D);
+      const variants: (AttnVariant | "single")[] = P === 1 ? ["single"] : o.variants;
+      for (const variant of variants) {
+        let fwd: () => Promise<void>, bwd: () => Promise<void>;
+        let dist: DistAttention | null = null;
+        if (variant === "single") {
+          const shape = {
+            tq: S,
+            tk: S,
+            nh: H,
+            nkv: KV,
+            hd: D,
+            qPos0: 0,
+            kPos0: 0,
+            scale: 1 / Math.sqrt(D),
+            dtype: DType.bf16,
+          };
+          fwd = () =>
+            Promise.resolve(op.attentionForward(d, out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, shape));
+          bwd = () =>
+            Promise.resolve(
+              op.attentionBackward(
+                d,
+                dq.ptr,
+                dk.ptr,
+                dv.ptr,
+                dout.ptr,
+                q.ptr,
+                k.ptr,
+                v.ptr,
+                out.ptr,
+                lse.ptr,
+                shape,
+              ),
+            );
+        } else {
+          const cfg = { numHeads: H, numKvHeads: KV, headDim: D } as LlamaConfig;
+          dist = new DistAttention(d, cfg, S, DType.bf16, comm!, {
+            balanced: variant !== "unbalanced",
+            overlap: variant !== "no-overlap",
+          });
+          const a = dist;
+          fwd = () => a.forward(out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr);
+          bwd = () =>
+            a.backward(dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr, lse.ptr);
+        }
+        const fwdMs = await time(d, comm, o.reps, o.warmup, fwd);
+        const fwdBwdMs = await time(d, comm, o.reps, o.warmup, async () => {
+          await fwd();
+          await bwd();
+        });
+        dist?.free();
+        rows.push({
+          seq,
+          ranks: P,
+          variant,
+          fwdMs,
+          fwdBwdMs,
+          tflops: (3.5 * total) / P / (fwdBwdMs / 1e3) / 1e12,
+          fwdTflops: total / P / (fwdMs / 1e3) / 1e12,
+        });
+      }
+    } finally {
+      for (const b of [q, k, v, dout, out, lse, dq, dk, dv]) b.free();
+    }
+  }
+  return rows;
+}
+
+export function formatAttnRows(rows: AttnBenchRow[]): string {
+  const lines = [
+    "seq      ranks variant      fwd ms   fwd+bwd ms  fwd TFLOP/s  fwd+bwd TFLOP/s/GPU",
+  ];
+  for (const r of rows) {
+    lines.push(
+      `${String(r.seq).padEnd(8)} ${String(r.ranks).padEnd(5)} ${r.variant.padEnd(12)} ${
+        r.fwdMs.toFixed(2).padStart(8)
+      } ${r.fwdBwdMs.toFixed(2).padStart(12)} ${r.fwdTflops.toFixed(1).padStart(12)} ${
+        r.tflops.toFixed(1).padStart(20)
+      }`,
+    );
+  }
+  return lines.join("\n");
+}
