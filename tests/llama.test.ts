@@ -123,3 +123,40 @@ Deno.test(`llama ${TEST_BACKEND}: a saved checkpoint reloads to the same logits`
     await Deno.remove(out, { recursive: true });
   }
 });
+
+Deno.test(`llama ${TEST_BACKEND}: the classic layer checkpoint boundary gives the same gradients`, async () => {
+  const dir = `${fixtures}mha`;
+  const cfg = await readHfConfig(dir);
+  const ref = await reference("mha");
+  const count = ref.labels.filter((l) => l >= 0).length;
+  const grads: Float32Array[] = [];
+  for (const checkpointBoundary of ["attention", "layer"] as const) {
+    const model = new LlamaModel(testDevice(), cfg, {
+      dtype: DType.f32,
+      batch: 2,
+      seqLen: 32,
+      checkpointBoundary,
+    });
+    model.allocate();
+    try {
+      await loadWeights(model, dir);
+      model.setBatch(ref.ids, ref.labels);
+      await model.forward();
+      model.lossSum();
+      model.zeroGrads();
+      await model.backward(1 / count);
+      grads.push(model.device.download(new Float32Array(model.layout.size), model.grads.ptr));
+    } finally {
+      model.free();
+    }
+  }
+  assertLess(relError(grads[1], grads[0]), 1e-6, "layer vs attention boundary");
+  assertLess(
+    relError(
+      grads[0].subarray(0, 1000),
+      ref.grads.get("model.embed_tokens.weight")!.subarray(0, 1000),
+    ),
+    1e-4,
+    "and against transformers",
+  );
+});

@@ -132,6 +132,13 @@ export interface ModelOptions {
   seqLen: number;
   /** Vocabulary rows per LM-head chunk (bounds the fp32 logits scratch). Default 8192. */
   vocabChunk?: number;
+  /**
+   * Where backward's recomputation starts. "attention" (default, DistFlashAttention's
+   * rematerialisation-aware checkpointing): each layer keeps its attention output and LSE, so
+   * backward recomputes the cheap parts but never attention nor its communication. "layer": the
+   * classic checkpoint at the layer input; backward recomputes the attention forward too.
+   */
+  checkpointBoundary?: "attention" | "layer";
 }
 
 /** The per-layer intermediates recomputed in backward (one shared set). */
@@ -226,9 +233,17 @@ export class LlamaModel {
     this.attnOut = [];
     this.attnLse = [];
     for (let l = 0; l <= cfg.numLayers; l++) this.xs.push(p.reserve(saved, `x${l}`, T * H, dtype));
+    // With the classic layer boundary one buffer serves every layer (recomputed in backward).
+    const perLayer = (opts.checkpointBoundary ?? "attention") === "attention";
     for (let l = 0; l < cfg.numLayers; l++) {
-      this.attnOut.push(p.reserve(saved, `o${l}`, T * qDim, dtype));
-      this.attnLse.push(p.reserve(saved, `lse${l}`, batch * cfg.numHeads * seqLen, f32));
+      if (!perLayer && l > 0) {
+        this.attnOut.push(this.attnOut[0]);
+        this.attnLse.push(this.attnLse[0]);
+        continue;
+      }
+      const kind = perLayer ? saved : "layer scratch";
+      this.attnOut.push(p.reserve(kind, `o${l}`, T * qDim, dtype));
+      this.attnLse.push(p.reserve(kind, `lse${l}`, batch * cfg.numHeads * seqLen, f32));
     }
 
     const layer = "layer scratch";
@@ -644,8 +659,10 @@ export class LlamaModel {
     const qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim, L = this.layout;
     const P = (suffix: string) => L.layer(l, suffix);
 
-    // Recompute the layer's cheap parts from its saved input and attention output.
+    // Recompute the layer's cheap parts from its saved input and attention output (and, with the
+    // classic layer boundary, the attention itself).
     this.#preAttention(l);
+    if (this.opts.checkpointBoundary === "layer") await this.#attend(l);
     this.#postAttention(l);
 
     // MLP: out = down(swiglu(gate(ln2), up(ln2))), added to the residual.

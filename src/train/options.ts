@@ -48,7 +48,7 @@ export interface TrainOptions {
   seed: number;
   /** A checkpoint folder to resume from, or "last" for the newest in outputDir. */
   resumeFromCheckpoint?: string;
-  /** Rematerialisation-aware checkpointing (the only mode on one device; always on). */
+  /** Activation checkpointing; always on (see checkpointBoundary for where it cuts). */
   gradientCheckpointing: boolean;
   /** Parameter sharding over ranks: "full_shard" (ZeRO-3), "no_shard"; "" for none. */
   fsdp: string;
@@ -65,6 +65,8 @@ export interface TrainOptions {
   distattnBalanced: boolean;
   /** Overlap DistAttn's communication with compute (off: for comparison). */
   distattnOverlap: boolean;
+  /** "attention" (rematerialisation-aware, default) or "layer" (classic, for comparison). */
+  checkpointBoundary: "attention" | "layer";
   /** Vocabulary rows per LM-head chunk. */
   vocabChunk: number;
   /** Flags of the Hugging Face trainer that have no effect here (reported once). */
@@ -124,6 +126,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   spSize: 0,
   distattnBalanced: true,
   distattnOverlap: true,
+  checkpointBoundary: "attention",
   vocabChunk: 8192,
 };
 
@@ -190,6 +193,12 @@ export const TRAIN_SPECS: readonly Spec[] = [
   { key: "spSize", kind: "int", help: "ranks per sequence (0: all ranks)", min: 0 },
   { key: "distattnBalanced", kind: "bool", help: "load-balanced DistAttn schedule" },
   { key: "distattnOverlap", kind: "bool", help: "overlap DistAttn communication with compute" },
+  {
+    key: "checkpointBoundary",
+    kind: "choice",
+    help: "recompute from the attention output (DistFlashAttention) or the layer input",
+    choices: ["attention", "layer"],
+  },
   { key: "vocabChunk", kind: "int", help: "vocabulary rows per LM-head chunk", min: 1 },
   { key: "tf32", kind: "string", help: "HF trainer flag; no effect", noEffect: true },
   { key: "lazyPreprocess", kind: "string", help: "HF trainer flag; no effect", noEffect: true },

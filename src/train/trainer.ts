@@ -210,6 +210,7 @@ export async function train(
     batch: B,
     seqLen: S,
     vocabChunk: o.vocabChunk,
+    checkpointBoundary: o.checkpointBoundary,
   }, attention);
   const props = device.props(0);
   log(
