@@ -77,7 +77,7 @@ function compare(
   }
 }
 
-Deno.test("dist train: sp = 2, 3, 4 and dp 2 x sp 2 give the one-rank loss curve", async () => {
+Deno.test("dist train: sp = 2, 3, 4, dp 2 x sp 2 and full_shard give the one-rank loss curve", async () => {
   const root = await Deno.makeTempDir();
   await runRanks(1, ["--per-device-train-batch-size", "2"], join(root, "p1"));
   await runRanks(1, ["--per-device-train-batch-size", "4"], join(root, "p1b4"));
@@ -147,4 +147,59 @@ Deno.test("dist train: killing one rank of a running job stops it with an error 
   assert(stderr.includes("rank 1"), stderr);
   assertLess(seconds, 15, "every rank stopped within seconds");
   await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("dist train: a full_shard run saves a transformers-layout model and resumes exactly", async () => {
+  const root = await Deno.makeTempDir();
+  const args = [
+    "--per-device-train-batch-size",
+    "2",
+    "--fsdp",
+    "full_shard",
+    "--save-steps",
+    "10",
+    "--save-strategy",
+    "steps",
+  ];
+  await runRanks(2, args, join(root, "a"));
+  const full = await metrics(join(root, "a"));
+  const ckpt = join(root, "a", "checkpoint-10");
+  for (
+    const f of [
+      "config.json",
+      "model.safetensors",
+      "trainer_state.json",
+      "optimizer.rank0-of-2.safetensors",
+      "optimizer.rank1-of-2.safetensors",
+    ]
+  ) {
+    assert((await Deno.stat(join(ckpt, f))).isFile, f);
+  }
+  // The saved weights equal what a one-rank run of the same steps saves.
+  await runRanks(1, [
+    "--per-device-train-batch-size",
+    "2",
+    "--save-steps",
+    "10",
+    "--save-strategy",
+    "steps",
+  ], join(root, "one"));
+  const { openSafetensors } = await import("../src/io/safetensors.ts");
+  const a = await openSafetensors(join(ckpt, "model.safetensors"));
+  const b = await openSafetensors(join(root, "one", "checkpoint-10", "model.safetensors"));
+  for (const name of a.names()) {
+    const [x, y] = [await a.readFloat32(name), await b.readFloat32(name)];
+    let num = 0, den = 0;
+    for (let i = 0; i < x.length; i++) {
+      num += (x[i] - y[i]) ** 2;
+      den += y[i] ** 2;
+    }
+    assertLess(Math.sqrt(num / den), 1e-4, `saved ${name}`);
+  }
+  a.close();
+  b.close();
+  await runRanks(2, [...args, "--resume-from-checkpoint", ckpt], join(root, "a"));
+  const resumed = (await metrics(join(root, "a"))).slice(full.length);
+  compare(full.slice(10), resumed, "full_shard resumed");
+  await Deno.remove(root, { recursive: true });
 });

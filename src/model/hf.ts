@@ -110,6 +110,11 @@ export interface CheckpointOptions {
   tokenizerFrom?: string | null;
   /** Largest shard; transformers' default is 5 GB. */
   maxShardBytes?: number;
+  /**
+   * Whether this rank writes the files. With sharded parameters every rank must call saveModel
+   * (gathering each tensor is a collective); only the writer touches the disk.
+   */
+  writer?: boolean;
 }
 
 const TOKENIZER_FILES = [
@@ -126,14 +131,19 @@ export async function saveModel(
   dir: string,
   opts: CheckpointOptions,
 ): Promise<void> {
+  if (opts.writer === false) {
+    // Take part in the gathers in the writer's order (entry order), writing nothing.
+    for (const e of model.layout.entries) await model.getParam(e.name);
+    return;
+  }
   await Deno.mkdir(dir, { recursive: true });
   const tensors: TensorToWrite[] = model.layout.entries.map((e) => ({
     name: e.name,
     dtype: opts.dtype === "bfloat16" ? "BF16" : "F32",
     shape: e.shape,
     // Fetched one tensor at a time, as the writer reaches it.
-    data: () => {
-      const values = model.getParam(e.name);
+    data: async () => {
+      const values = await model.getParam(e.name);
       return opts.dtype === "bfloat16" ? f32ToBf16(values) : values;
     },
   }));
@@ -148,33 +158,39 @@ export async function saveModel(
   }
 }
 
-/** Saves the fp32 master weights and AdamW moments for resuming. */
+/**
+ * Saves this rank's fp32 master weights and AdamW moments for resuming (the whole state when
+ * replicated, the rank's shard when sharded: then every rank writes its own file).
+ */
 export async function saveOptimizer(model: LlamaModel, path: string): Promise<void> {
   const { writeSafetensors } = await import("../io/safetensors.ts");
-  const n = model.layout.size;
-  const fetch = (slot: typeof model.master) => () =>
-    model.device.download(new Float32Array(n), slot.ptr);
+  const state = model.params.state;
+  const fetch = (slot: typeof state.master) => () =>
+    model.device.download(new Float32Array(slot.numel), slot.ptr);
   await writeSafetensors(path, [
-    { name: "master", dtype: "F32", shape: [n], data: fetch(model.master) },
-    { name: "adam_m", dtype: "F32", shape: [n], data: fetch(model.adamM) },
-    { name: "adam_v", dtype: "F32", shape: [n], data: fetch(model.adamV) },
+    { name: "master", dtype: "F32", shape: [state.master.numel], data: fetch(state.master) },
+    { name: "adam_m", dtype: "F32", shape: [state.m.numel], data: fetch(state.m) },
+    { name: "adam_v", dtype: "F32", shape: [state.v.numel], data: fetch(state.v) },
   ]);
 }
 
-/** Restores what saveOptimizer wrote (the layout must match the model's). */
+/** Restores what saveOptimizer wrote (same model, world size and sharding). */
 export async function loadOptimizer(model: LlamaModel, path: string): Promise<void> {
   const file = await openSafetensors(path);
   try {
-    const n = model.layout.size;
+    const state = model.params.state;
     for (
-      const [name, slot] of [["master", model.master], ["adam_m", model.adamM], [
+      const [name, slot] of [["master", state.master], ["adam_m", state.m], [
         "adam_v",
-        model.adamV,
+        state.v,
       ]] as const
     ) {
       const info = file.info(name);
-      if (info.shape[0] !== n) {
-        throw new Error(`${path}: ${name} holds ${info.shape[0]} values, the model needs ${n}`);
+      if (info.shape[0] !== slot.numel) {
+        throw new Error(
+          `${path}: ${name} holds ${info.shape[0]} values, this run needs ${slot.numel} ` +
+            "(resume with the same model, number of ranks and --fsdp setting)",
+        );
       }
       model.device.upload(slot.ptr, await file.readFloat32(name));
     }

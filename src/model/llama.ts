@@ -8,62 +8,21 @@
  * recomputes the rest of the layer (norms, projections, RoPE, MLP) but never the attention:
  * the rematerialisation-aware checkpoint of DistFlashAttention.
  */
-import type { Device, DevicePtr, Stream } from "../runtime/device.ts";
+import type { Device, DevicePtr } from "../runtime/device.ts";
 import { MemoryPlan, type Slot } from "../runtime/memory.ts";
 import * as op from "../runtime/ops.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
-import { type LlamaConfig, parameterShapes, ropeInvFreq } from "./config.ts";
+import { type LlamaConfig, ropeInvFreq } from "./config.ts";
+import {
+  type ParamEntry,
+  ParamLayout,
+  type ParamStore,
+  ReplicatedParams,
+  ShardedParams,
+} from "./params.ts";
+import type { Communicator } from "../dist/comm.ts";
 
-/** One parameter inside the flat parameter buffers. */
-export interface ParamEntry {
-  name: string;
-  shape: number[];
-  numel: number;
-  /** Element offset into the flat buffers (aligned to 64 elements). */
-  offset: number;
-  /** Decayed by AdamW's weight decay: matrices and embeddings yes, norms no. */
-  decay: boolean;
-}
-
-/** Where each parameter lives in the flat buffers (HF names and order). */
-export class ParamLayout {
-  readonly entries: ParamEntry[] = [];
-  readonly byName = new Map<string, ParamEntry>();
-  /** Total elements including alignment padding. */
-  readonly size: number;
-  /** Real parameter count. */
-  readonly count: number;
-
-  constructor(readonly cfg: LlamaConfig) {
-    let offset = 0, count = 0;
-    for (const p of parameterShapes(cfg)) {
-      const numel = p.shape.reduce((a, b) => a * b, 1);
-      const entry = { name: p.name, shape: p.shape, numel, offset, decay: p.shape.length > 1 };
-      this.entries.push(entry);
-      this.byName.set(p.name, entry);
-      offset += Math.ceil(numel / 64) * 64;
-      count += numel;
-    }
-    this.size = offset;
-    this.count = count;
-  }
-
-  get(name: string): ParamEntry {
-    const e = this.byName.get(name);
-    if (!e) throw new Error(`no parameter named ${name}`);
-    return e;
-  }
-
-  layer(i: number, suffix: string): ParamEntry {
-    return this.get(`model.layers.${i}.${suffix}`);
-  }
-
-  get lmHead(): ParamEntry {
-    return this.cfg.tieWordEmbeddings
-      ? this.get("model.embed_tokens.weight")
-      : this.get("lm_head.weight");
-  }
-}
+export { type ParamEntry, ParamLayout };
 
 /** Attention over one sequence's (or one rank's slice of a sequence's) tokens. */
 export interface Attention {
@@ -139,6 +98,10 @@ export interface ModelOptions {
    * classic checkpoint at the layer input; backward recomputes the attention forward too.
    */
   checkpointBoundary?: "attention" | "layer";
+  /** Ranks that hold parameters together: gradients are all-reduced over them (or sharded). */
+  comm?: Communicator | null;
+  /** ZeRO-3 over `comm`: shard parameters, gradients and AdamW state (FSDP full_shard). */
+  fullShard?: boolean;
 }
 
 /** The per-layer intermediates recomputed in backward (one shared set). */
@@ -164,12 +127,8 @@ export class LlamaModel {
   readonly vocabChunk: number;
   attention: Attention;
 
-  // Parameters and optimizer state: flat buffers in ParamLayout order.
-  readonly master: Slot; // fp32 master weights
-  readonly weights: Slot; // weights used in compute (dtype); the master itself in fp32 mode
-  readonly grads: Slot; // fp32
-  readonly adamM: Slot;
-  readonly adamV: Slot;
+  /** Parameters, gradients and AdamW state (replicated or sharded). */
+  readonly params: ParamStore;
   // Saved per layer for backward.
   readonly xs: Slot[]; // residual stream input of layer l (l = numLayers: the final residual)
   readonly attnOut: Slot[];
@@ -214,19 +173,16 @@ export class LlamaModel {
     attention?: Attention,
   ) {
     const { dtype, batch, seqLen } = opts;
-    this.layout = new ParamLayout(cfg);
+    const shardOver = opts.fullShard && opts.comm ? opts.comm : null;
+    this.layout = new ParamLayout(cfg, 64 * (shardOver?.size ?? 1));
     this.tokens = batch * seqLen;
     this.vocabChunk = Math.min(opts.vocabChunk ?? 8192, cfg.vocabSize);
     const T = this.tokens, H = cfg.hiddenSize, I = cfg.intermediateSize;
     const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
-    const P = this.layout.size;
     const p = this.plan, f32 = DType.f32;
-
-    this.master = p.reserve("fp32 master weights", "master", P, f32);
-    this.weights = dtype === f32 ? this.master : p.reserve("bf16 weights", "weights", P, dtype);
-    this.grads = p.reserve("gradients", "grads", P, f32);
-    this.adamM = p.reserve("AdamW moments", "m", P, f32);
-    this.adamV = p.reserve("AdamW moments", "v", P, f32);
+    this.params = shardOver
+      ? new ShardedParams(device, this.layout, dtype, p, shardOver)
+      : new ReplicatedParams(device, this.layout, dtype, p, opts.comm ?? null);
 
     const saved = "saved activations";
     this.xs = [];
@@ -303,9 +259,7 @@ export class LlamaModel {
   /** Allocates every kind of the plan and uploads the RoPE frequencies. */
   allocate(): void {
     this.plan.allocate(this.device);
-    this.device.memset(this.master.ptr, 0, this.master.bytes);
-    this.device.memset(this.adamM.ptr, 0, this.adamM.bytes);
-    this.device.memset(this.adamV.ptr, 0, this.adamV.bytes);
+    this.params.initialize();
     this.device.upload(
       this.invFreq.ptr,
       Float32Array.from(ropeInvFreq(this.cfg, { float32: true })),
@@ -320,39 +274,27 @@ export class LlamaModel {
     return this.opts.dtype;
   }
 
-  /** Byte address of parameter `e` in a flat buffer. */
-  paramPtr(buffer: Slot, e: ParamEntry): DevicePtr {
-    return buffer.at(e.offset);
-  }
-
   /** Writes one parameter's fp32 values into the master weights. */
   setParam(name: string, values: Float32Array): void {
-    const e = this.layout.get(name);
-    if (values.length !== e.numel) {
-      throw new Error(
-        `${name}: expected ${e.numel} values (shape ${e.shape}), got ${values.length}`,
-      );
-    }
-    this.device.upload(this.paramPtr(this.master, e), values);
+    this.params.setParam(name, values);
   }
 
-  getParam(name: string, buffer: Slot = this.master): Float32Array {
-    const e = this.layout.get(name);
-    return this.device.download(new Float32Array(e.numel), this.paramPtr(buffer, e));
+  /** One parameter's fp32 master values (a collective when sharded: every rank calls). */
+  getParam(name: string): Promise<Float32Array> {
+    return this.params.getParam(name);
+  }
+
+  /** One parameter's gradient (replicated parameters only; for tests). */
+  gradOf(name: string): Float32Array {
+    if (!(this.params instanceof ReplicatedParams)) {
+      throw new Error("gradOf needs replicated parameters");
+    }
+    return this.params.getGrad(name);
   }
 
   /** Refreshes the compute copy of the weights from the master (bf16 mode). */
-  syncWeights(stream: Stream = 0n): void {
-    if (this.weights === this.master) return;
-    op.convert(
-      this.device,
-      this.weights.ptr,
-      this.dtype,
-      this.master.ptr,
-      DType.f32,
-      this.layout.size,
-      stream,
-    );
+  syncWeights(): void {
+    this.params.syncWeights();
   }
 
   /** Uploads a micro-batch: ids and labels [batch * seqLen]; positions default to 0..T-1. */
@@ -387,11 +329,11 @@ export class LlamaModel {
   }
 
   #w(e: ParamEntry): DevicePtr {
-    return this.paramPtr(this.weights, e);
+    return this.params.weight(e);
   }
 
   #g(e: ParamEntry): DevicePtr {
-    return this.paramPtr(this.grads, e);
+    return this.params.grad(e);
   }
 
   /** Everything of layer l up to and excluding attention: ln1, q, k, v (after RoPE). */
@@ -499,12 +441,15 @@ export class LlamaModel {
   async forward(): Promise<void> {
     const d = this.device, c = this.cfg, dt = this.dtype, T = this.tokens, H = c.hiddenSize;
     const emb = this.layout.get("model.embed_tokens.weight");
+    await this.params.gather(0);
     op.embeddingForward(d, this.xs[0].ptr, this.#w(emb), this.ids.ptr, T, c.vocabSize, H, dt);
     for (let l = 0; l < c.numLayers; l++) {
+      await this.params.gather(l + 1);
       this.#preAttention(l);
       await this.#attend(l);
       this.#postAttention(l);
     }
+    await this.params.gather(c.numLayers + 1);
     op.rmsnormForward(
       d,
       this.xf.ptr,
@@ -521,7 +466,7 @@ export class LlamaModel {
   /** LM-head logits of vocabulary rows [v0, v0+vc) into the fp32 chunk buffer. */
   #logitsChunk(v0: number, vc: number): void {
     const H = this.cfg.hiddenSize, head = this.layout.lmHead;
-    const w = this.weights.at(head.offset + v0 * H);
+    const w = this.#w(head) + BigInt(v0 * H * DTYPE_BYTES[this.dtype]);
     op.gemm(this.device, {
       transA: false,
       transB: true,
@@ -587,6 +532,8 @@ export class LlamaModel {
     const d = this.device, c = this.cfg, dt = this.dtype, T = this.tokens, H = c.hiddenSize;
     const V = c.vocabSize, C = this.vocabChunk, L = this.layout;
     // LM head, chunk by chunk: dlogits = scale (softmax - onehot); dxf += dlogits W; dW += dlogits^T xf.
+    this.params.beginGrads(0);
+    this.params.beginGrads(c.numLayers + 1);
     d.memset(this.dxfF32.ptr, 0, T * H * 4);
     const head = L.lmHead;
     for (let v0 = 0; v0 < V; v0 += C) {
@@ -604,7 +551,7 @@ export class LlamaModel {
         k: vc,
         a: this.dlogits.ptr,
         lda: vc,
-        b: this.weights.at(head.offset + v0 * H),
+        b: this.#w(head) + BigInt(v0 * H * DTYPE_BYTES[dt]),
         ldb: H,
         beta: 1,
         c: this.dxfF32.ptr,
@@ -623,7 +570,7 @@ export class LlamaModel {
         b: this.xf.ptr,
         ldb: H,
         beta: 1,
-        c: this.grads.at(head.offset + v0 * H),
+        c: this.#g(head) + BigInt(v0 * H * 4),
         ldc: H,
         abType: dt,
         cType: DType.f32,
@@ -646,10 +593,16 @@ export class LlamaModel {
       dt,
     );
 
-    for (let l = c.numLayers - 1; l >= 0; l--) await this.#layerBackward(l);
-
+    await this.params.reduceGrads(c.numLayers + 1);
+    for (let l = c.numLayers - 1; l >= 0; l--) {
+      await this.params.gather(l + 1);
+      this.params.beginGrads(l + 1);
+      await this.#layerBackward(l);
+      await this.params.reduceGrads(l + 1);
+    }
     const emb = L.get("model.embed_tokens.weight");
     op.embeddingBackward(d, this.#g(emb), this.dres.ptr, this.ids.ptr, T, V, H, dt);
+    await this.params.reduceGrads(0);
   }
 
   /** dres holds d(xs[l+1]) on entry and d(xs[l]) on exit. */
@@ -868,33 +821,17 @@ export class LlamaModel {
     return out;
   }
 
-  /** Global L2 norm of the fp32 gradients. */
-  gradNorm(): number {
-    const d = this.device;
-    d.memset(this.scalar.ptr, 0, 4);
-    op.sumSquares(d, this.scalar.ptr, this.grads.ptr, this.layout.size);
-    return Math.sqrt(d.download(new Float32Array(1), this.scalar.ptr)[0]);
+  /** Global L2 norm of the fp32 gradients (over all ranks' shards when sharded). */
+  gradNorm(): Promise<number> {
+    return this.params.gradNorm();
   }
 
   zeroGrads(): void {
-    this.device.memset(this.grads.ptr, 0, this.grads.bytes);
+    this.params.zeroGrads();
   }
 
-  /** One AdamW update of every parameter, then the compute copy refreshed. */
+  /** One AdamW update of every parameter (this rank's shard when sharded), compute copy refreshed. */
   adamwStep(args: op.AdamWArgs): void {
-    const d = this.device;
-    for (const e of this.layout.entries) {
-      op.adamw(
-        d,
-        this.paramPtr(this.master, e),
-        this.paramPtr(this.grads, e),
-        this.paramPtr(this.adamM, e),
-        this.paramPtr(this.adamV, e),
-        e.numel,
-        { ...args, weightDecay: e.decay ? args.weightDecay : 0 },
-        this.weights === this.master ? null : this.paramPtr(this.weights, e),
-        this.dtype,
-      );
-    }
+    this.params.adamwStep(args);
   }
 }

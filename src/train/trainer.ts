@@ -113,12 +113,7 @@ export async function train(
   const log = hooks.log ?? ((line: string) => isMain && console.error(line));
   for (const flag of noEffect) log(`note: ${flag} is accepted for compatibility and has no effect`);
   if (o.fsdp && worldSize === 1) log(`note: --fsdp "${o.fsdp}" has no effect on a single device`);
-  if (o.fsdp.includes("full_shard") && worldSize > 1) {
-    log(
-      `note: --fsdp full_shard is not implemented yet: every rank holds the full parameters and ` +
-        `optimizer state, and gradients are all-reduced (no_shard)`,
-    );
-  }
+  const fullShard = o.fsdp.split(/\s+/).includes("full_shard") && worldSize > 1;
 
   // Everything that can be checked without a device comes first.
   const source = await resolveModel(o.model);
@@ -200,9 +195,11 @@ export async function train(
       });
     }
     log(
-      `ranks: ${worldSize} = dp ${dp} x sp ${sp}; DistAttn ${
-        o.distattnBalanced ? "balanced" : "unbalanced"
-      }, ${o.distattnOverlap ? "overlapped" : "not overlapped"}; ${S} tokens per rank`,
+      `ranks: ${worldSize} = dp ${dp} x sp ${sp}, ${
+        o.fsdp.includes("full_shard") ? "full_shard (ZeRO-3)" : "no_shard"
+      }; DistAttn ${o.distattnBalanced ? "balanced" : "unbalanced"}, ${
+        o.distattnOverlap ? "overlapped" : "not overlapped"
+      }; ${S} tokens per rank`,
     );
   }
   const model = new LlamaModel(device, cfg, {
@@ -211,6 +208,8 @@ export async function train(
     seqLen: S,
     vocabChunk: o.vocabChunk,
     checkpointBoundary: o.checkpointBoundary,
+    comm: world,
+    fullShard,
   }, attention);
   const props = device.props(0);
   log(
@@ -239,11 +238,14 @@ export async function train(
   const stats = device.alloc(64);
 
   try {
+    const optimizerFile = fullShard
+      ? `optimizer.rank${envRank}-of-${worldSize}.safetensors`
+      : "optimizer.safetensors";
     let startStep = 0;
     let history: StepMetrics[] = [];
     if (resumeDir) {
       await loadWeights(model, resumeDir);
-      await loadOptimizer(model, join(resumeDir, "optimizer.safetensors"));
+      await loadOptimizer(model, join(resumeDir, optimizerFile));
       const state = JSON.parse(
         await Deno.readTextFile(join(resumeDir, "trainer_state.json")),
       ) as TrainerState;
@@ -261,11 +263,15 @@ export async function train(
     if (!resumeDir && isMain) await Deno.writeTextFile(metricsPath, "");
     const saveDtype = o.bf16 ? "bfloat16" : "float32";
 
+    // Replicated: rank 0 writes everything. Sharded: every rank takes part in gathering the
+    // weights (rank 0 writes them) and writes its own optimizer shard.
     const save = async (dir: string, step: number, withOptimizer: boolean) => {
-      if (!isMain) return; // every rank holds the same weights; rank 0 writes them
-      await saveModel(model, dir, { dtype: saveDtype, tokenizerFrom: source.dir });
+      if (!isMain && !fullShard) return;
+      await saveModel(model, dir, { dtype: saveDtype, tokenizerFrom: source.dir, writer: isMain });
       if (withOptimizer) {
-        await saveOptimizer(model, join(dir, "optimizer.safetensors"));
+        if (fullShard) await Deno.mkdir(dir, { recursive: true });
+        await saveOptimizer(model, join(dir, optimizerFile));
+        if (!isMain) return;
         const state: TrainerState = {
           global_step: step,
           epoch: step / stepsPerEpoch,
@@ -318,15 +324,15 @@ export async function train(
       }
       if (world) {
         lossSum = await allReduceNumber(world, stats, device, lossSum);
-        await world.allReduceSum(model.grads.ptr, model.layout.size, "f32");
       }
+      await model.params.finishGrads();
       const loss = lossSum / labelled;
       if (!Number.isFinite(loss)) {
         throw new Error(
           `step ${step + 1}: the loss is ${loss}; stopping (last saved checkpoint is intact)`,
         );
       }
-      const gradNorm = model.gradNorm();
+      const gradNorm = await model.gradNorm();
       const clip = o.maxGradNorm > 0 ? Math.min(1, o.maxGradNorm / (gradNorm + 1e-6)) : 1;
       const lr = o.learningRate * lrMultiplier(o.lrSchedulerType, step, totalSteps, warmup);
       model.adamwStep({

@@ -1,0 +1,493 @@
+/**
+ * Where parameters, their gradients and the AdamW state live.
+ *
+ * The model reads weights and writes gradients through a ParamStore, unit by unit (unit 0: the
+ * embedding; 1..L: the layers; L+1: the final norm and an untied LM head), and tells the store
+ * when a unit is about to be used (`gather`) and when its backward is done (`reduceGrads`):
+ *
+ * - ReplicatedParams: every rank holds everything (one device, or `no_shard`); the unit hooks do
+ *   nothing and `finishGrads` all-reduces the gradients once per step.
+ * - ShardedParams (`full_shard`, ZeRO-3): each unit's flat parameters are split evenly over the
+ *   ranks. A rank keeps only its shard of the fp32 master weights, gradients and AdamW moments,
+ *   plus a compute-dtype copy of that shard. A unit's full compute weights are all-gathered just
+ *   before use into one of a few unit buffers, and its gradients are reduce-scattered into the
+ *   shards right after its backward. Memory per rank: 16 bytes per parameter / world, plus
+ *   the unit buffers.
+ */
+import type { Device, DevicePtr } from "../runtime/device.ts";
+import type { MemoryPlan, Slot } from "../runtime/memory.ts";
+import * as op from "../runtime/ops.ts";
+import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
+import { axpyF32 } from "../runtime/ops_basic.ts";
+import type { Communicator } from "../dist/comm.ts";
+import { type LlamaConfig, parameterShapes } from "./config.ts";
+
+/** One parameter inside the flat parameter buffers. */
+export interface ParamEntry {
+  name: string;
+  shape: number[];
+  numel: number;
+  /** Element offset into the flat layout. */
+  offset: number;
+  /** Decayed by AdamW's weight decay: matrices and embeddings yes, norms no. */
+  decay: boolean;
+  /** 0: embedding, 1..L: layer l-1, L+1: final norm (and untied LM head). */
+  unit: number;
+}
+
+/** A unit: a contiguous range of the flat layout, padded to a multiple of `unitAlign`. */
+export interface Unit {
+  start: number;
+  size: number;
+}
+
+/** Where each parameter lives in the flat layout (HF names and order). */
+export class ParamLayout {
+  readonly entries: ParamEntry[] = [];
+  readonly byName = new Map<string, ParamEntry>();
+  readonly units: Unit[] = [];
+  /** Total elements including padding. */
+  readonly size: number;
+  /** Real parameter count. */
+  readonly count: number;
+
+  /** `unitAlign`: each unit's size is a multiple of it (64 x world for even shards). */
+  constructor(readonly cfg: LlamaConfig, readonly unitAlign = 64) {
+    let offset = 0, count = 0, unitStart = 0, unit = 0;
+    const closeUnit = () => {
+      const size = Math.ceil((offset - unitStart) / unitAlign) * unitAlign;
+      this.units.push({ start: unitStart, size });
+      offset = unitStart = unitStart + size;
+    };
+    for (const p of parameterShapes(cfg)) {
+      const u = p.name.startsWith("model.layers.")
+        ? 1 + Number(p.name.split(".")[2])
+        : p.name === "model.embed_tokens.weight"
+        ? 0
+        : cfg.numLayers + 1;
+      while (u > unit) {
+        closeUnit();
+        unit++;
+      }
+      const numel = p.shape.reduce((a, b) => a * b, 1);
+      const entry = {
+        name: p.name,
+        shape: p.shape,
+        numel,
+        offset,
+        decay: p.shape.length > 1,
+        unit,
+      };
+      this.entries.push(entry);
+      this.byName.set(p.name, entry);
+      offset += Math.ceil(numel / 64) * 64;
+      count += numel;
+    }
+    closeUnit();
+    this.size = offset;
+    this.count = count;
+  }
+
+  get(name: string): ParamEntry {
+    const e = this.byName.get(name);
+    if (!e) throw new Error(`no parameter named ${name}`);
+    return e;
+  }
+
+  layer(i: number, suffix: string): ParamEntry {
+    return this.get(`model.layers.${i}.${suffix}`);
+  }
+
+  get lmHead(): ParamEntry {
+    return this.cfg.tieWordEmbeddings
+      ? this.get("model.embed_tokens.weight")
+      : this.get("lm_head.weight");
+  }
+}
+
+/** The state tensors a rank saves for resuming (its whole state, or its shard). */
+export interface OptimizerState {
+  master: Slot;
+  m: Slot;
+  v: Slot;
+}
+
+export interface ParamStore {
+  readonly layout: ParamLayout;
+  readonly dtype: DType;
+  /** Called once after the plan is allocated. */
+  initialize(): void;
+  /** Compute weights of `e` (its unit must be gathered). */
+  weight(e: ParamEntry): DevicePtr;
+  /** fp32 gradient accumulator of `e` (valid between beginGrads and reduceGrads of its unit). */
+  grad(e: ParamEntry): DevicePtr;
+  gather(unit: number): Promise<void>;
+  beginGrads(unit: number): void;
+  reduceGrads(unit: number): Promise<void>;
+  /** After the last micro-batch of a step: every rank holds its reduced gradients. */
+  finishGrads(): Promise<void>;
+  zeroGrads(): void;
+  gradNorm(): Promise<number>;
+  adamwStep(args: op.AdamWArgs): void;
+  /** Writes one parameter's fp32 values (each rank keeps what it owns). */
+  setParam(name: string, values: Float32Array): void;
+  /** One parameter's fp32 master values; a collective in the sharded store (all ranks call). */
+  getParam(name: string): Promise<Float32Array>;
+  /** Refreshes compute copies from the master. */
+  syncWeights(): void;
+  readonly state: OptimizerState;
+  /** Memory kinds this store added to the plan. */
+}
+
+/** Everything on every rank; gradients all-reduced once per step when `comm` is given. */
+export class ReplicatedParams implements ParamStore {
+  readonly master: Slot;
+  readonly weights: Slot;
+  readonly grads: Slot;
+  readonly m: Slot;
+  readonly v: Slot;
+  readonly #scalar: Slot;
+
+  constructor(
+    readonly device: Device,
+    readonly layout: ParamLayout,
+    readonly dtype: DType,
+    plan: MemoryPlan,
+    readonly comm: Communicator | null = null,
+  ) {
+    const P = layout.size, f32 = DType.f32;
+    this.master = plan.reserve("fp32 master weights", "master", P, f32);
+    this.weights = dtype === f32 ? this.master : plan.reserve("bf16 weights", "weights", P, dtype);
+    this.grads = plan.reserve("gradients", "grads", P, f32);
+    this.m = plan.reserve("AdamW moments", "m", P, f32);
+    this.v = plan.reserve("AdamW moments", "v", P, f32);
+    this.#scalar = plan.reserve("gradients", "norm", 64, f32);
+  }
+
+  get state(): OptimizerState {
+    return { master: this.master, m: this.m, v: this.v };
+  }
+
+  initialize(): void {
+    for (const s of [this.master, this.m, this.v]) this.device.memset(s.ptr, 0, s.bytes);
+  }
+
+  weight(e: ParamEntry): DevicePtr {
+    return this.weights.at(e.offset);
+  }
+
+  grad(e: ParamEntry): DevicePtr {
+    return this.grads.at(e.offset);
+  }
+
+  gather(_unit: number): Promise<void> {
+    return Promise.resolve();
+  }
+
+  beginGrads(_unit: number): void {}
+
+  reduceGrads(_unit: number): Promise<void> {
+    return Promise.resolve();
+  }
+
+  async finishGrads(): Promise<void> {
+    if (this.comm) await this.comm.allReduceSum(this.grads.ptr, this.layout.size, "f32");
+  }
+
+  zeroGrads(): void {
+    this.device.memset(this.grads.ptr, 0, this.grads.bytes);
+  }
+
+  gradNorm(): Promise<number> {
+    const d = this.device;
+    d.memset(this.#scalar.ptr, 0, 4);
+    op.sumSquares(d, this.#scalar.ptr, this.grads.ptr, this.layout.size);
+    return Promise.resolve(Math.sqrt(d.download(new Float32Array(1), this.#scalar.ptr)[0]));
+  }
+
+  adamwStep(args: op.AdamWArgs): void {
+    for (const e of this.layout.entries) {
+      op.adamw(
+        this.device,
+        this.master.at(e.offset),
+        this.grads.at(e.offset),
+        this.m.at(e.offset),
+        this.v.at(e.offset),
+        e.numel,
+        { ...args, weightDecay: e.decay ? args.weightDecay : 0 },
+        this.weights === this.master ? null : this.weights.at(e.offset),
+        this.dtype,
+      );
+    }
+  }
+
+  setParam(name: string, values: Float32Array): void {
+    const e = this.layout.get(name);
+    checkSize(e, values);
+    this.device.upload(this.master.at(e.offset), values);
+  }
+
+  getParam(name: string): Promise<Float32Array> {
+    const e = this.layout.get(name);
+    return Promise.resolve(
+      this.device.download(new Float32Array(e.numel), this.master.at(e.offset)),
+    );
+  }
+
+  /** The gradient of one parameter (tests). */
+  getGrad(name: string): Float32Array {
+    const e = this.layout.get(name);
+    return this.device.download(new Float32Array(e.numel), this.grads.at(e.offset));
+  }
+
+  syncWeights(): void {
+    if (this.weights === this.master) return;
+    op.convert(
+      this.device,
+      this.weights.ptr,
+      this.dtype,
+      this.master.ptr,
+      DType.f32,
+      this.layout.size,
+    );
+  }
+}
+
+function checkSize(e: ParamEntry, values: Float32Array): void {
+  if (values.length !== e.numel) {
+    throw new Error(
+      `${e.name}: expected ${e.numel} values (shape ${e.shape}), got ${values.length}`,
+    );
+  }
+}
+
+/**
+ * ZeRO-3 over the ranks of `comm`. Collectives run on the compute stream (ordered with the
+ * kernels, no host waits); the all-gather of a layer is issued when the layer is reached.
+ */
+export class ShardedParams implements ParamStore {
+  readonly W: number;
+  readonly rank: number;
+  /** Element offset of each unit's shard inside the shard buffers. */
+  readonly shardOffset: number[] = [];
+  readonly shardSize: number;
+  readonly master: Slot;
+  readonly copy: Slot; // this rank's shard in the compute dtype (the master itself in fp32)
+  readonly grads: Slot;
+  readonly m: Slot;
+  readonly v: Slot;
+  readonly #scalar: Slot;
+  readonly #rsOut: Slot;
+  /** Gathered compute weights: [embedding, head, layer A, layer B]. */
+  readonly #bufs: Slot[];
+  /** fp32 unit gradients: [embedding, head, layer]. */
+  readonly #gradBufs: Slot[];
+  /** Which unit each gathered buffer holds (-1: none or stale). */
+  readonly #resident: number[] = [-1, -1, -1, -1];
+  readonly #gatherF32: Slot; // fp32 unit buffer for getParam
+  #gatheredF32 = -1;
+
+  constructor(
+    readonly device: Device,
+    readonly layout: ParamLayout,
+    readonly dtype: DType,
+    plan: MemoryPlan,
+    readonly comm: Communicator,
+  ) {
+    this.W = comm.size;
+    this.rank = comm.rank;
+    if (layout.unitAlign % (64 * this.W) !== 0) {
+      throw new Error(`the parameter layout must align units to 64 x ${this.W} elements`);
+    }
+    let off = 0;
+    for (const u of layout.units) {
+      this.shardOffset.push(off);
+      off += u.size / this.W;
+    }
+    this.shardSize = off;
+    const f32 = DType.f32, L = layout.cfg.numLayers;
+    this.master = plan.reserve("fp32 master weights (shard)", "master", off, f32);
+    this.copy = dtype === f32
+      ? this.master
+      : plan.reserve("bf16 weights (shard)", "copy", off, dtype);
+    this.grads = plan.reserve("gradients (shard)", "grads", off, f32);
+    this.m = plan.reserve("AdamW moments (shard)", "m", off, f32);
+    this.v = plan.reserve("AdamW moments (shard)", "v", off, f32);
+    this.#scalar = plan.reserve("gradients (shard)", "norm", 64, f32);
+    const units = layout.units;
+    const layerMax = Math.max(...units.slice(1, L + 1).map((u) => u.size), 64);
+    const head = units[L + 1].size, emb = units[0].size;
+    const g = "gathered layers";
+    this.#bufs = [
+      plan.reserve(g, "embedding", emb, dtype),
+      plan.reserve(g, "head", head, dtype),
+      plan.reserve(g, "layerA", layerMax, dtype),
+      plan.reserve(g, "layerB", layerMax, dtype),
+    ];
+    const gg = "unit gradients";
+    this.#gradBufs = [
+      plan.reserve(gg, "embedding", emb, f32),
+      plan.reserve(gg, "head", head, f32),
+      plan.reserve(gg, "layer", layerMax, f32),
+    ];
+    this.#rsOut = plan.reserve(
+      gg,
+      "reduce-scatter",
+      Math.max(...units.map((u) => u.size)) / this.W,
+      f32,
+    );
+    this.#gatherF32 = plan.reserve(gg, "gather fp32", Math.max(...units.map((u) => u.size)), f32);
+  }
+
+  get state(): OptimizerState {
+    return { master: this.master, m: this.m, v: this.v };
+  }
+
+  initialize(): void {
+    for (const s of [this.master, this.m, this.v, this.grads]) {
+      this.device.memset(s.ptr, 0, s.bytes);
+    }
+  }
+
+  #bufIndex(unit: number): number {
+    const L = this.layout.cfg.numLayers;
+    return unit === 0 ? 0 : unit === L + 1 ? 1 : 2 + ((unit - 1) % 2);
+  }
+
+  #gradIndex(unit: number): number {
+    const L = this.layout.cfg.numLayers;
+    return unit === 0 ? 0 : unit === L + 1 ? 1 : 2;
+  }
+
+  weight(e: ParamEntry): DevicePtr {
+    const b = this.#bufIndex(e.unit);
+    if (this.#resident[b] !== e.unit) {
+      throw new Error(`internal: unit ${e.unit} used before gather`);
+    }
+    return this.#bufs[b].at(e.offset - this.layout.units[e.unit].start);
+  }
+
+  grad(e: ParamEntry): DevicePtr {
+    return this.#gradBufs[this.#gradIndex(e.unit)].at(e.offset - this.layout.units[e.unit].start);
+  }
+
+  async gather(unit: number): Promise<void> {
+    const b = this.#bufIndex(unit);
+    if (this.#resident[b] === unit) return;
+    const u = this.layout.units[unit];
+    const bytes = DTYPE_BYTES[this.dtype];
+    await this.comm.allGather(
+      this.copy.ptr + BigInt(this.shardOffset[unit] * bytes),
+      this.#bufs[b].ptr,
+      u.size / this.W,
+      this.dtype === DType.bf16 ? "bf16" : "f32",
+    );
+    this.#resident[b] = unit;
+  }
+
+  beginGrads(unit: number): void {
+    const g = this.#gradBufs[this.#gradIndex(unit)];
+    this.device.memset(g.ptr, 0, this.layout.units[unit].size * 4);
+  }
+
+  async reduceGrads(unit: number): Promise<void> {
+    const n = this.layout.units[unit].size / this.W;
+    await this.comm.reduceScatterSum(
+      this.#gradBufs[this.#gradIndex(unit)].ptr,
+      this.#rsOut.ptr,
+      n,
+      "f32",
+    );
+    // Accumulate over micro-batches: the shard gradient is zeroed once per step.
+    axpyF32(this.device, this.grads.at(this.shardOffset[unit]), this.#rsOut.ptr, 1, n);
+  }
+
+  finishGrads(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  zeroGrads(): void {
+    this.device.memset(this.grads.ptr, 0, this.grads.bytes);
+  }
+
+  async gradNorm(): Promise<number> {
+    const d = this.device;
+    d.memset(this.#scalar.ptr, 0, 4);
+    op.sumSquares(d, this.#scalar.ptr, this.grads.ptr, this.shardSize);
+    await this.comm.allReduceSum(this.#scalar.ptr, 1, "f32");
+    return Math.sqrt(d.download(new Float32Array(1), this.#scalar.ptr)[0]);
+  }
+
+  /** The part of entry e inside this rank's shard: [from, to) element offsets of the flat layout. */
+  #owned(e: ParamEntry): { from: number; to: number; shardAt: number } | null {
+    const u = this.layout.units[e.unit], per = u.size / this.W;
+    const lo = u.start + this.rank * per, hi = lo + per;
+    const from = Math.max(e.offset, lo), to = Math.min(e.offset + e.numel, hi);
+    if (from >= to) return null;
+    return { from, to, shardAt: this.shardOffset[e.unit] + (from - lo) };
+  }
+
+  adamwStep(args: op.AdamWArgs): void {
+    for (const e of this.layout.entries) {
+      const own = this.#owned(e);
+      if (!own) continue;
+      op.adamw(
+        this.device,
+        this.master.at(own.shardAt),
+        this.grads.at(own.shardAt),
+        this.m.at(own.shardAt),
+        this.v.at(own.shardAt),
+        own.to - own.from,
+        { ...args, weightDecay: e.decay ? args.weightDecay : 0 },
+        this.copy === this.master ? null : this.copy.at(own.shardAt),
+        this.dtype,
+      );
+    }
+    this.#resident.fill(-1); // every gathered unit is stale now
+    this.#gatheredF32 = -1;
+  }
+
+  setParam(name: string, values: Float32Array): void {
+    const e = this.layout.get(name);
+    checkSize(e, values);
+    const own = this.#owned(e);
+    if (own) {
+      this.device.upload(
+        this.master.at(own.shardAt),
+        values.subarray(own.from - e.offset, own.to - e.offset),
+      );
+    }
+    this.#resident.fill(-1);
+    this.#gatheredF32 = -1;
+  }
+
+  async getParam(name: string): Promise<Float32Array> {
+    const e = this.layout.get(name);
+    if (this.#gatheredF32 !== e.unit) {
+      const u = this.layout.units[e.unit];
+      await this.comm.allGather(
+        this.master.at(this.shardOffset[e.unit]),
+        this.#gatherF32.ptr,
+        u.size / this.W,
+        "f32",
+      );
+      this.#gatheredF32 = e.unit;
+    }
+    const at = this.#gatherF32.at(e.offset - this.layout.units[e.unit].start);
+    return this.device.download(new Float32Array(e.numel), at);
+  }
+
+  syncWeights(): void {
+    if (this.copy !== this.master) {
+      op.convert(
+        this.device,
+        this.copy.ptr,
+        this.dtype,
+        this.master.ptr,
+        DType.f32,
+        this.shardSize,
+      );
+    }
+    this.#resident.fill(-1);
+  }
+}
