@@ -167,6 +167,11 @@ export function registerBench(program: Command, argv: string[]): void {
     .option("--model-max-length <n>", "tokens per sequence (over all sp ranks)", "32768")
     .option("--nproc-per-node <n>", "ranks", "1")
     .option("--max-steps <n>", "steps (the first is warm-up and not counted)", "4")
+    .option(
+      "--fsdp <mode>",
+      "parameter sharding over the ranks: full_shard or no_shard",
+      "full_shard",
+    )
     .option("--peak-tflops <x>", "peak bf16 TFLOP/s per GPU for MFU (H100 SXM dense: 989)", "989")
     .option("--output-dir <dir>", "logs and results", "outputs/bench-train")
     .action(async (o: Record<string, string>) => {
