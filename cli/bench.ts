@@ -201,6 +201,8 @@ export function registerBench(program: Command, argv: string[]): void {
         String(nproc),
         "--learning-rate",
         "1e-5",
+        "--fsdp",
+        String(o.fsdp),
       ];
       const { main } = await import("./main.ts");
       const code = await main(trainArgs);

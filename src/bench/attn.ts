@@ -74,9 +74,13 @@ async function time(
   fn: () => Promise<void>,
 ): Promise<number> {
   const times: number[] = [];
+  const trace = Deno.env.get("DISTFLASH_TRACE") === "1";
   for (let i = 0; i < warmup + reps; i++) {
+    if (trace) console.error(`[rank ${comm?.rank ?? 0}] rep ${i}: synchronize`);
     d.synchronize();
+    if (trace) console.error(`[rank ${comm?.rank ?? 0}] rep ${i}: barrier`);
     if (comm) await comm.barrier();
+    if (trace) console.error(`[rank ${comm?.rank ?? 0}] rep ${i}: run`);
     const t0 = performance.now();
     await fn();
     d.synchronize();

@@ -187,7 +187,10 @@ export async function train(
     const ctx = await initDistributed({ backend: device.backend, device });
     world = ctx.world;
     const group = Array.from({ length: sp }, (_, i) => dpIdx * sp + i);
-    const spComm = sp === worldSize ? world : await world.subgroup(group);
+    // DistAttn gets a communicator of its own even when sp spans the world: its exchanges run on
+    // its communication stream, and NCCL requires one stream order per communicator, while the
+    // parameter store's collectives run on the compute stream over `world`.
+    const spComm = await world.subgroup(group);
     if (sp > 1) {
       attention = new DistAttention(device, cfg, S, dtype, spComm, {
         balanced: o.distattnBalanced,
