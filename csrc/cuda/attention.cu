@@ -17,9 +17,13 @@
  *
  * Head dims: the kernels are templated on a padded head dim HDP in {32, 64, 128, 256}; hd = 64 and
  * hd = 128 run exactly, any other even hd <= 256 runs in the next larger instantiation with the extra
- * columns zero-filled (they add nothing to dot products and are never written). */
+ * columns zero-filled (they add nothing to dot products and are never written).
+ *
+ * bf16 with hd 64 or 128 (16-byte aligned tensors, positive scale) runs the tensor-core kernels of
+ * flash_attention.cu instead; these kernels remain the path for fp32 and for the other head dims. */
 #include <math.h>
 
+#include "flash_attention.cuh"
 #include "kernel_utils.cuh"
 
 #define ATT_THREADS 128
@@ -509,6 +513,13 @@ df_status df_attention_forward(void *out, float *lse, const void *q, const void 
   DF_CHECK(check_elems(fn, "k", k, k_n, es));
   DF_CHECK(check_elems(fn, "v", v, k_n, es));
   cudaStream_t s = df_stream(stream);
+  if (dtype == DF_BF16) {
+    bool handled = false;
+    DF_CHECK(flash_attention_forward(&handled, (__nv_bfloat16 *)out, lse, (const __nv_bfloat16 *)q,
+                                     (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, tq, tk, (int)nh, (int)nkv,
+                                     (int)hd, q_pos0, k_pos0, scale, s));
+    if (handled) return DF_OK;
+  }
   DF_DISPATCH_DTYPE(dtype, return dispatch_forward<T>((T *)out, lse, (const T *)q, (const T *)k, (const T *)v, tq, tk,
                                                        (int)nh, (int)nkv, (int)hd, q_pos0, k_pos0, scale, s));
   return DF_OK;
@@ -532,6 +543,14 @@ df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dou
   DF_CHECK(check_elems(fn, "out", out, q_n, es));
   DF_CHECK(check_elems(fn, "lse", lse, nh * tq, sizeof(float)));
   cudaStream_t s = df_stream(stream);
+  if (dtype == DF_BF16) {
+    bool handled = false;
+    DF_CHECK(flash_attention_backward(&handled, dq, dk, dv, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)q,
+                                      (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v,
+                                      (const __nv_bfloat16 *)out, lse, tq, tk, (int)nh, (int)nkv, (int)hd, q_pos0,
+                                      k_pos0, scale, s));
+    if (handled) return DF_OK;
+  }
   DF_DISPATCH_DTYPE(dtype, return dispatch_backward<T>(dq, dk, dv, (const T *)dout, (const T *)q, (const T *)k,
                                                         (const T *)v, (const T *)out, lse, tq, tk, (int)nh, (int)nkv,
                                                         (int)hd, q_pos0, k_pos0, scale, s));
