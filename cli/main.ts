@@ -10,6 +10,7 @@ import { registerInfo } from "./info.ts";
 import { registerDemo } from "./demo.ts";
 import { registerTrain } from "./train.ts";
 import { registerBench } from "./bench.ts";
+import { registerPlan } from "./plan.ts";
 import { normalizeFlags } from "../src/train/options.ts";
 
 export function buildProgram(argv: string[] = []): Command {
@@ -25,6 +26,7 @@ export function buildProgram(argv: string[] = []): Command {
   registerDemo(program);
   registerTrain(program, argv);
   registerBench(program, argv);
+  registerPlan(program);
   return program;
 }
 

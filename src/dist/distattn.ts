@@ -64,8 +64,8 @@ export class DistAttention implements Attention {
   readonly #recvDq: Slot;
   readonly #recvDk: Slot;
   readonly #recvDv: Slot;
-  readonly #commStream: Stream;
-  readonly #events: Event[];
+  #commStream: Stream = 0n;
+  #events: Event[] = [];
   readonly #qElems: number;
   readonly #kvElems: number;
   readonly #lseElems: number;
@@ -79,6 +79,8 @@ export class DistAttention implements Attention {
     readonly comm: Communicator,
     readonly opts: DistAttnOptions = { balanced: true, overlap: true },
     readonly computeStream: Stream = 0n,
+    /** false: only reserve the buffers in `plan` (memory planning); call allocate() later. */
+    allocateNow = true,
   ) {
     this.rank = comm.rank;
     this.P = comm.size;
@@ -122,6 +124,12 @@ export class DistAttention implements Attention {
     this.#recvDq = p.reserve(kind, "recvDq", this.#qElems, f32);
     this.#recvDk = p.reserve(kind, "recvDk", this.#kvElems, f32);
     this.#recvDv = p.reserve(kind, "recvDv", this.#kvElems, f32);
+    if (allocateNow) this.allocate();
+  }
+
+  /** Allocates the buffers, the communication stream and the events. */
+  allocate(): void {
+    const device = this.device;
     this.plan.allocate(device);
     this.#commStream = device.backend === "cuda" ? device.createStream() : 0n;
     this.#events = Array.from({ length: 8 }, () => device.createEvent());

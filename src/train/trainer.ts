@@ -25,31 +25,44 @@ import {
 import { lrMultiplier, warmupStepsFor } from "./lr.ts";
 import { resolveTrainOptions, type TrainOptions } from "./options.ts";
 import { Progress } from "./progress.ts";
+import { formatPlan } from "./plan.ts";
 import { initDistributed } from "../dist/env.ts";
 import { DistAttention } from "../dist/distattn.ts";
 import type { Communicator } from "../dist/comm.ts";
 
 /** One line of metrics.jsonl. */
 export interface StepMetrics {
+  /** Optimizer steps done, counting this one. */
   step: number;
+  /** Epochs done, fractional (step / steps per epoch). */
   epoch: number;
   /** Mean loss over the step's labelled tokens, before the step's update. */
   loss: number;
+  /** Learning rate of the step's update, after the schedule. */
   lr: number;
+  /** Global gradient norm of the step, before clipping. */
   grad_norm: number;
+  /** Training tokens per second since the previous logged step (one data-parallel group's). */
   tokens_per_s: number;
   /** Device memory held by the memory plan, bytes. */
   memory_bytes: number;
+  /** Seconds since this run's training loop started (a resumed run restarts the clock). */
   elapsed_s: number;
 }
 
+/** What `train` returns once the final model is saved. */
 export interface TrainResult {
+  /** Total optimizer steps of the run (including those before a resume). */
   steps: number;
+  /** Loss of the last step run in this call (NaN when none ran). */
   finalLoss: number;
+  /** Every logged step's metrics, including the history of a resumed checkpoint. */
   metrics: StepMetrics[];
+  /** Where the final model, checkpoints and metrics.jsonl were written. */
   outputDir: string;
 }
 
+/** Optional callbacks of `train`. */
 export interface TrainHooks {
   /** Called with every logged step (after it is written to metrics.jsonl). */
   onLog?: (m: StepMetrics) => void;
@@ -195,7 +208,7 @@ export async function train(
       attention = new DistAttention(device, cfg, S, dtype, spComm, {
         balanced: o.distattnBalanced,
         overlap: o.distattnOverlap,
-      });
+      }, 0n, false); // allocated after the memory check below
     }
     log(
       `ranks: ${worldSize} = dp ${dp} x sp ${sp}, ${
@@ -229,14 +242,13 @@ export async function train(
       formatBytes(totals.reduce((a, t) => a + t.bytes, 0)),
   );
   const free = device.memInfo().free;
-  if (model.plan.totalBytes > free) {
-    throw new Error(
-      `the run needs ${formatBytes(model.plan.totalBytes)} but the device has ${
-        formatBytes(free)
-      } free; ` +
-        `lower --model-max-length or --per-device-train-batch-size`,
-    );
+  const needed = model.plan.totalBytes + (attention?.plan.totalBytes ?? 0);
+  if (needed > free) {
+    // The planner's report names the options that would make the run fit.
+    const { text } = formatPlan(cfg, o, worldSize, free, "free on this device");
+    throw new Error(`the run does not fit in this device's memory\n${text}`);
   }
+  attention?.allocate();
   model.allocate();
   const stats = device.alloc(64);
 

@@ -1,0 +1,65 @@
+/**
+ * `distflash plan`: the per-GPU memory of a training run by kind, the total against the GPU's
+ * memory, and the longest --model-max-length that fits; takes the same flags as `train`.
+ */
+import type { Command } from "commander";
+import { flagName, resolveTrainOptions, TRAIN_SPECS } from "../src/train/options.ts";
+import { formatPlan } from "../src/train/plan.ts";
+import { resolveModel } from "../src/model/hf.ts";
+import { Device } from "../src/runtime/device.ts";
+
+/** Free memory of GPU 0 when one is present. */
+function gpuFreeBytes(): number | null {
+  try {
+    const device = Device.open("cuda");
+    try {
+      if (device.deviceCount() === 0) return null;
+      device.setDevice(0);
+      return device.memInfo().free;
+    } finally {
+      device.close();
+    }
+  } catch {
+    return null;
+  }
+}
+
+export function registerPlan(program: Command): void {
+  const cmd = program
+    .command("plan")
+    .description(
+      "per-GPU memory of a training run and the longest sequence that fits (train's flags)",
+    )
+    .option(
+      "--gpu-memory <GiB>",
+      "memory per GPU to plan for (default: GPU 0's free memory, else 80)",
+    );
+  for (const spec of TRAIN_SPECS) {
+    const flag = flagName(spec.key);
+    cmd.option(spec.kind === "bool" ? `${flag} [bool]` : `${flag} <value>`, spec.help);
+  }
+  cmd.action(async (raw: Record<string, unknown>) => {
+    const { gpuMemory, ...rest } = raw;
+    // Planning needs no data: a placeholder keeps the data-path check quiet.
+    if (!rest.dataPath && !rest.synthetic) rest.synthetic = true;
+    const { options } = resolveTrainOptions(rest);
+    const cfg = (await resolveModel(options.model)).config;
+    let budget: number, source: string;
+    if (gpuMemory !== undefined) {
+      const gib = Number(gpuMemory);
+      if (!(gib > 0)) {
+        throw new Error(`--gpu-memory: expected a positive number of GiB, got ${gpuMemory}`);
+      }
+      budget = gib * 2 ** 30;
+      source = "--gpu-memory";
+    } else {
+      const free = gpuFreeBytes();
+      budget = free ?? 80 * 2 ** 30;
+      source = free ? "free on GPU 0" : "assumed 80 GiB: no GPU here, --gpu-memory sets it";
+    }
+    const world = options.nprocPerNode * options.nnodes;
+    const { text, fits } = formatPlan(cfg, options, world, budget, source);
+    console.log(text);
+    if (!fits) Deno.exit(3);
+  });
+}

@@ -1,0 +1,151 @@
+/**
+ * The memory planner behind `distflash plan` and the check `train` makes before it starts: the
+ * per-GPU bytes of every kind of tensor a run allocates, computed from the same memory plan the
+ * model and DistAttn reserve (nothing is allocated), plus the libraries' workspaces, and the
+ * longest --model-max-length that fits.
+ */
+import type { Device } from "../runtime/device.ts";
+import { DType } from "../runtime/ops.ts";
+import { formatBytes } from "../runtime/memory.ts";
+import type { LlamaConfig } from "../model/config.ts";
+import { LlamaModel } from "../model/llama.ts";
+import { DistAttention } from "../dist/distattn.ts";
+import type { Communicator } from "../dist/comm.ts";
+import type { TrainOptions } from "./options.ts";
+
+/** What one GPU holds for a run. */
+export interface MemoryEstimate {
+  kinds: { kind: string; bytes: number }[];
+  totalBytes: number;
+  world: number;
+  sp: number;
+  fullShard: boolean;
+}
+
+/**
+ * Workspaces the plan does not see: the CUDA context, cuBLASLt's workspace (32 MiB per stream),
+ * NCCL's buffers, the flash-attention scratch. 1.5 GiB is an allowance, not a measurement; the
+ * GPU test that compares predictions with measured peaks has not been run yet.
+ */
+export const WORKSPACE_ALLOWANCE_BYTES = 1.5 * 2 ** 30;
+
+/** A stand-in for the device and communicator: planning only reserves, it never calls them. */
+const PLAN_ONLY_DEVICE = { backend: "cuda" } as unknown as Device;
+
+function fakeComm(size: number): Communicator {
+  return { rank: 0, size } as unknown as Communicator;
+}
+
+/** Per-GPU memory of a run with these options on `world` ranks (no allocation happens). */
+export function estimateMemory(
+  cfg: LlamaConfig,
+  o: TrainOptions,
+  world: number,
+  seqLen = o.modelMaxLength,
+): MemoryEstimate {
+  const sp = o.spSize || world;
+  const fullShard = o.fsdp.split(/\s+/).includes("full_shard") && world > 1;
+  const dtype = o.bf16 ? DType.bf16 : DType.f32;
+  const S = Math.ceil(seqLen / sp);
+  let attention: DistAttention | undefined;
+  if (sp > 1) {
+    attention = new DistAttention(
+      PLAN_ONLY_DEVICE,
+      cfg,
+      S,
+      dtype,
+      fakeComm(sp),
+      {
+        balanced: o.distattnBalanced,
+        overlap: o.distattnOverlap,
+      },
+      0n,
+      false,
+    );
+  }
+  const model = new LlamaModel(PLAN_ONLY_DEVICE, cfg, {
+    dtype,
+    batch: o.perDeviceTrainBatchSize,
+    seqLen: S,
+    vocabChunk: o.vocabChunk,
+    checkpointBoundary: o.checkpointBoundary,
+    comm: world > 1 ? fakeComm(world) : null,
+    fullShard,
+  }, attention);
+  const kinds = [...model.plan.totals(), ...(attention?.plan.totals() ?? [])];
+  kinds.push({ kind: "library workspaces (allowance)", bytes: WORKSPACE_ALLOWANCE_BYTES });
+  return { kinds, totalBytes: kinds.reduce((a, k) => a + k.bytes, 0), world, sp, fullShard };
+}
+
+/**
+ * The longest sequence (a multiple of `step`, at most `limit`) whose estimate fits in
+ * `budgetBytes`, or 0 when even `step` tokens do not fit. Memory grows monotonically with length,
+ * so a binary search over multiples of `step` finds it.
+ */
+export function longestFitting(
+  cfg: LlamaConfig,
+  o: TrainOptions,
+  world: number,
+  budgetBytes: number,
+  step = 1024,
+  limit = 16 * 2 ** 20,
+): number {
+  const sp = o.spSize || world;
+  const unit = Math.max(step, sp);
+  const fits = (n: number) => estimateMemory(cfg, o, world, n * unit).totalBytes <= budgetBytes;
+  if (!fits(1)) return 0;
+  let lo = 1, hi = 2;
+  while (hi * unit <= limit && fits(hi)) {
+    lo = hi;
+    hi *= 2;
+  }
+  hi = Math.min(hi, Math.floor(limit / unit) + 1);
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (fits(mid)) lo = mid;
+    else hi = mid;
+  }
+  return lo * unit;
+}
+
+/** The report `distflash plan` prints (and `train` when a run does not fit). */
+export function formatPlan(
+  cfg: LlamaConfig,
+  o: TrainOptions,
+  world: number,
+  budgetBytes: number,
+  budgetSource: string,
+): { text: string; fits: boolean } {
+  const e = estimateMemory(cfg, o, world);
+  const lines = [
+    `memory per GPU for ${o.model}, ${o.perDeviceTrainBatchSize} x ${o.modelMaxLength} tokens, ` +
+    `${world} rank(s) (sp ${e.sp}), ${e.fullShard ? "full_shard" : "no_shard"}, ` +
+    `${o.bf16 ? "bf16" : "fp32"}:`,
+  ];
+  for (const k of e.kinds) {
+    lines.push(`  ${k.kind.padEnd(38)} ${formatBytes(k.bytes).padStart(10)}`);
+  }
+  const fits = e.totalBytes <= budgetBytes;
+  lines.push(
+    `  ${"total".padEnd(38)} ${formatBytes(e.totalBytes).padStart(10)} of ${
+      formatBytes(budgetBytes)
+    } (${budgetSource}): ${fits ? "fits" : "does NOT fit"}`,
+  );
+  const longest = longestFitting(cfg, o, world, budgetBytes);
+  lines.push(
+    longest > 0
+      ? `longest --model-max-length that fits with these options: ${longest}`
+      : "not even 1024 tokens fit with these options",
+  );
+  if (!fits) {
+    const hints: string[] = [];
+    if (!e.fullShard && world > 1) {
+      hints.push("--fsdp full_shard (shards weights and optimizer state)");
+    }
+    if (world === 1) hints.push("more GPUs (--nproc-per-node) with --fsdp full_shard");
+    if (o.perDeviceTrainBatchSize > 1) hints.push("a smaller --per-device-train-batch-size");
+    if (longest > 0) hints.push(`--model-max-length ${longest} or less`);
+    lines.push(`to make it fit: ${hints.join("; ") || "a larger GPU"}`);
+  }
+  return { text: lines.join("\n"), fits };
+}

@@ -1,0 +1,80 @@
+/** The memory planner: consistent totals, the longest fitting length, and the CLI report. */
+import { assert, assertEquals, assertLess } from "./assert.ts";
+import { runCli } from "./_util.ts";
+import { estimateMemory, longestFitting } from "../src/train/plan.ts";
+import { resolveTrainOptions } from "../src/train/options.ts";
+import { presetConfig } from "../src/model/config.ts";
+import { LlamaModel } from "../src/model/llama.ts";
+import { Device } from "../src/runtime/device.ts";
+import { DType } from "../src/runtime/ops.ts";
+
+const cfg = presetConfig("llama-2-7b");
+const opts = (extra: Record<string, unknown>) =>
+  resolveTrainOptions({ model: "llama-2-7b", synthetic: true, bf16: true, ...extra }).options;
+
+Deno.test("plan: the estimate is the plan a real model allocates", () => {
+  const small = presetConfig("debug-small");
+  const o =
+    resolveTrainOptions({ model: "debug-small", synthetic: true, modelMaxLength: 128 }).options;
+  const device = Device.open("cpu");
+  const model = new LlamaModel(device, small, { dtype: DType.f32, batch: 1, seqLen: 128 });
+  model.allocate();
+  const live = device.liveAllocations().bytes;
+  model.free();
+  const e = estimateMemory(small, o, 1);
+  const planned = e.kinds.filter((k) => !k.kind.includes("allowance")).reduce(
+    (a, k) => a + k.bytes,
+    0,
+  );
+  assertEquals(planned, model.plan.totalBytes);
+  assert(live >= planned, "the allocation holds the plan");
+});
+
+Deno.test("plan: full_shard divides the parameter state by the ranks", () => {
+  const shard = estimateMemory(cfg, opts({ fsdp: "full_shard", nprocPerNode: 2 }), 2);
+  const whole = estimateMemory(cfg, opts({ nprocPerNode: 2 }), 2);
+  const moments = (e: typeof shard) => e.kinds.find((k) => k.kind.startsWith("AdamW"))!.bytes;
+  const ratio = moments(shard) / moments(whole);
+  assertLess(Math.abs(ratio - 0.5), 0.01, "AdamW moments halve over 2 ranks");
+  // 7B AdamW moments: 2 x 4 bytes x 6.74e9 parameters = 50.2 GiB replicated.
+  assertLess(Math.abs(moments(whole) / 2 ** 30 - 50.2), 0.2);
+});
+
+Deno.test("plan: the longest fitting length is the boundary of the budget", () => {
+  const o = opts({ fsdp: "full_shard", nprocPerNode: 2 });
+  const budget = 80 * 2 ** 30;
+  const longest = longestFitting(cfg, o, 2, budget);
+  assert(longest > 0);
+  assert(estimateMemory(cfg, o, 2, longest).totalBytes <= budget);
+  assert(estimateMemory(cfg, o, 2, longest + 1024).totalBytes > budget);
+});
+
+Deno.test("plan: the CLI reports the kinds, and exits 3 naming the fixes when it cannot fit", async () => {
+  const ok = await runCli([
+    "plan",
+    "--model",
+    "debug-small",
+    "--model-max-length",
+    "1024",
+    "--gpu-memory",
+    "8",
+  ]);
+  assertEquals(ok.code, 0, ok.stderr);
+  assert(ok.stdout.includes("AdamW moments") && ok.stdout.includes("fits"), ok.stdout);
+  const no = await runCli([
+    "plan",
+    "--model",
+    "llama-2-7b",
+    "--bf16",
+    "--model-max-length",
+    "65536",
+    "--nproc-per-node",
+    "2",
+    "--gpu-memory",
+    "80",
+  ]);
+  assertEquals(no.code, 3, no.stderr);
+  assert(no.stdout.includes("does NOT fit") && no.stdout.includes("--fsdp full_shard"), no.stdout);
+  const bad = await runCli(["plan", "--model", "debug-small", "--gpu-memory", "lots"]);
+  assert(bad.code !== 0 && bad.stderr.includes("--gpu-memory"), bad.stderr);
+});
