@@ -77,12 +77,12 @@ function compare(
   }
 }
 
-Deno.test("dist train: sp = 2, 3, 4, dp 2 x sp 2 and full_shard give the one-rank loss curve", async () => {
+Deno.test("dist train: sp = 2, 3, 4, 8, dp 2 x sp 2 and full_shard give the one-rank loss curve", async () => {
   const root = await Deno.makeTempDir();
   await runRanks(1, ["--per-device-train-batch-size", "2"], join(root, "p1"));
   await runRanks(1, ["--per-device-train-batch-size", "4"], join(root, "p1b4"));
   const one = await metrics(join(root, "p1")), oneB4 = await metrics(join(root, "p1b4"));
-  for (const sp of [2, 3, 4]) {
+  for (const sp of [2, 3, 4, 8]) {
     await runRanks(sp, ["--per-device-train-batch-size", "2"], join(root, `sp${sp}`));
     compare(one, await metrics(join(root, `sp${sp}`)), `sp=${sp}`);
   }

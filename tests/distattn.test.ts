@@ -104,7 +104,7 @@ async function check(P: number, nkv: number, balanced: boolean, overlap: boolean
   return errors;
 }
 
-for (const P of [1, 2, 3, 4, 5]) {
+for (const P of [1, 2, 3, 4, 5, 8]) {
   for (const nkv of [4, 2]) {
     for (const [balanced, overlap] of [[true, true], [false, true], [true, false]]) {
       const name = `distattn P=${P} ${nkv === 4 ? "MHA" : "GQA"} ${

@@ -424,8 +424,8 @@ function commOp(op: "send" | "recv", peer: number, x: Transfer, step: number): R
 
 /** Cost model for {@link simulate}. Times are in any one unit (say, milliseconds). */
 export interface SimulateOptions {
-  /** Time to compute one block pair. */
-  blockTime: number;
+  /** Time to compute one block pair: a constant, or per task (a diagonal block costs half). */
+  blockTime: number | ((task: Task) => number);
   /** Time of one transfer: a constant, or per transfer (payloads differ in size: kv is K and V). */
   transferTime: number | ((x: Transfer) => number);
   /**
@@ -475,9 +475,12 @@ export function simulate(steps: Step[], P: number, opts: SimulateOptions): numbe
   let prevEnd = new Array<number>(P).fill(0);
   let inputs = steps.length > 0 ? run(steps[0].fetch, prevEnd).arrived : prevEnd;
   steps.forEach((step, s) => {
-    const busy = new Set(step.tasks.map((t) => t.worker));
+    const taskOf = new Map(step.tasks.map((t) => [t.worker, t]));
+    const busy = new Set(taskOf.keys());
+    const cost = (r: number) =>
+      typeof blockTime === "number" ? blockTime : blockTime(taskOf.get(r)!);
     const start = prevEnd.map((t, r) => busy.has(r) ? Math.max(t, inputs[r]) : t);
-    const end = start.map((t, r) => busy.has(r) ? t + blockTime : t);
+    const end = start.map((t, r) => busy.has(r) ? t + cost(r) : t);
     for (let r = 0; r < P; r++) finish[r] = Math.max(finish[r], end[r]);
     // Overlap: the next fetch goes out as this step starts computing.
     const next = s + 1 < steps.length ? steps[s + 1].fetch : [];
