@@ -37,14 +37,23 @@
  * @module
  */
 export { type StepMetrics, train, type TrainHooks, type TrainResult } from "./src/train/trainer.ts";
-export { OptionError, TRAIN_DEFAULTS, type TrainOptions } from "./src/train/options.ts";
 export {
+  type DeviceChoice,
+  type LrSchedulerType,
+  OptionError,
+  type SaveStrategy,
+  TRAIN_DEFAULTS,
+  type TrainOptions,
+} from "./src/train/options.ts";
+export {
+  type HfConfigOptions,
   type LlamaConfig,
   paramCount,
   parseHfConfig,
   presetConfig,
   PRESETS,
   readHfConfig,
+  type RopeScaling,
   toHfConfig,
 } from "./src/model/config.ts";
 export {
@@ -57,6 +66,13 @@ export {
   type Stream,
 } from "./src/runtime/device.ts";
 export { axpyF32, castBf16ToF32, castF32ToBf16 } from "./src/runtime/ops_basic.ts";
-export { formatInfo, gatherInfo, type Info, openBackend, VERSION } from "./src/runtime/info.ts";
+export {
+  type BackendInfo,
+  formatInfo,
+  gatherInfo,
+  type Info,
+  openBackend,
+  VERSION,
+} from "./src/runtime/info.ts";
 export { DistflashError } from "./ffi/unwrap.ts";
 export { LibraryNotFoundError } from "./ffi/loader.ts";

@@ -257,6 +257,11 @@ export const DISTFLASH_SYMBOLS = {
   },
 } as const satisfies Deno.ForeignLibraryInterface;
 
+/**
+ * The native library's symbols as Deno's FFI types them.
+ *
+ * @internal Raw FFI bindings, not re-exported from mod.ts.
+ */
 export type DistflashSymbols = Deno.DynamicLibrary<typeof DISTFLASH_SYMBOLS>["symbols"];
 
 /** Byte layout of df_device_props (csrc/include/distflash.h). */

@@ -20,10 +20,12 @@ import { homedir, tmpdir } from "node:os";
 import { DISTFLASH_SYMBOLS } from "./distflash.ts";
 import { NCCL_SYMBOLS } from "./nccl.ts";
 
+/** A native backend: libdistflash_cpu.so or libdistflash_cuda.so. */
 export type BackendName = "cpu" | "cuda";
 
 /** A native library that could not be opened, with every path tried and why. */
 export class LibraryNotFoundError extends Error {
+  /** Creates the error for `library`, listing each path tried and the loader's reason. */
   constructor(readonly library: string, readonly tried: { path: string; reason: string }[]) {
     super(
       `cannot load ${library}; tried:\n` +

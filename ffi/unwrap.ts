@@ -15,6 +15,7 @@ const STATUS_NAMES = Object.fromEntries(Object.entries(DfStatus).map(([k, v]) =>
 
 /** A failure reported by the native library, carrying its C-side message. */
 export class DistflashError extends Error {
+  /** Creates the error for native function `fn`, its df_status `status` and C-side `detail`. */
   constructor(readonly fn: string, readonly status: number, readonly detail: string) {
     super(`${fn} failed (${STATUS_NAMES[status] ?? `status ${status}`}): ${detail}`);
     this.name = "DistflashError";

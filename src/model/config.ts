@@ -5,7 +5,9 @@
  * @module
  */
 
-/** RoPE frequency scaling (null: none). */
+/**
+ * RoPE frequency scaling (null: none).
+ */
 export type RopeScaling =
   | null
   | {
@@ -19,19 +21,37 @@ export type RopeScaling =
 
 /** A Llama (2 / 3 / 3.1 / TinyLlama) decoder-only model. */
 export interface LlamaConfig {
+  /** Vocabulary size: rows of the embedding and of the LM head (`vocab_size`). */
   vocabSize: number;
+  /** Model width (`hidden_size`). */
   hiddenSize: number;
+  /** Width of the SwiGLU MLP (`intermediate_size`). */
   intermediateSize: number;
+  /** Decoder layers (`num_hidden_layers`). */
   numLayers: number;
+  /** Query heads (`num_attention_heads`). */
   numHeads: number;
+  /** Key/value heads (`num_key_value_heads`); fewer than numHeads is grouped-query attention. */
   numKvHeads: number;
+  /** Width of one attention head (`head_dim`; default hiddenSize / numHeads). Even. */
   headDim: number;
+  /** Epsilon of RMSNorm (`rms_norm_eps`). */
   rmsNormEps: number;
+  /** RoPE base frequency (`rope_theta`). */
   ropeTheta: number;
+  /**
+   * RoPE frequency scaling (`rope_scaling` / `rope_parameters`): null for none, `{ type: "linear",
+   * factor }`, or `{ type: "llama3", factor, lowFreqFactor, highFreqFactor,
+   * originalMaxPositionEmbeddings }`.
+   */
   ropeScaling: RopeScaling;
+  /** The context length the model was trained for (`max_position_embeddings`). */
   maxPositionEmbeddings: number;
+  /** Whether the LM head shares the embedding's weights (`tie_word_embeddings`). */
   tieWordEmbeddings: boolean;
+  /** Beginning-of-sequence token id (`bos_token_id`), when given. */
   bosTokenId?: number;
+  /** End-of-sequence token id or ids (`eos_token_id`), when given. */
   eosTokenId?: number | number[];
 }
 
@@ -261,7 +281,9 @@ export async function readHfConfig(path: string): Promise<LlamaConfig> {
   return parseHfConfig(json, file);
 }
 
-/** Options for {@link toHfConfig}. */
+/**
+ * Options for {@link toHfConfig}.
+ */
 export interface HfConfigOptions {
   /** The dtype the weights are stored in (torch spelling); default "bfloat16". */
   dtype?: "bfloat16" | "float16" | "float32";
@@ -270,7 +292,8 @@ export interface HfConfigOptions {
 /**
  * A classic transformers `config.json` object for `cfg` (rope_theta + rope_scaling), loadable by
  * transformers 4.43+ (llama3 rope) and 5 (which converts it to rope_parameters itself). Writes
- * both `torch_dtype` (transformers 4) and `dtype` (transformers 5).
+ * both `torch_dtype` (transformers 4) and `dtype` (transformers 5), from `opts.dtype` (the dtype
+ * the weights are stored in: "bfloat16" (default), "float16" or "float32").
  */
 export function toHfConfig(cfg: LlamaConfig, opts: HfConfigOptions = {}): Record<string, unknown> {
   validateConfig(cfg);

@@ -4,25 +4,47 @@ import { formatNcclVersion } from "../../ffi/nccl.ts";
 import { Device, type DeviceProps } from "./device.ts";
 import denoJson from "../../deno.json" with { type: "json" };
 
+/** distflash's version (from deno.json). */
 export const VERSION: string = denoJson.version;
 
+/**
+ * Whether one backend's native library opened, and where from or why not.
+ */
 export interface BackendInfo {
+  /** Whether the library could be opened. */
   available: boolean;
+  /** The path it was opened from. */
   libraryPath?: string;
+  /** Its build description (compiler, flags, architectures, git commit). */
   buildInfo?: string;
+  /** Why it could not be opened. */
   error?: string;
 }
 
+/** The installation as {@link gatherInfo} finds it (what `distflash info` prints). */
 export interface Info {
+  /** distflash's version. */
   version: string;
+  /** The backend training would use: "cuda" when a GPU is usable, else "cpu". */
   backend: BackendName;
+  /** Operating system and architecture, "os-arch". */
   platform: string;
+  /** Deno's version. */
   deno: string;
+  /** Properties of every CUDA GPU found (empty without one). */
   gpus: DeviceProps[];
+  /** Why no GPU is listed, when none is. */
   noGpuReason?: string;
+  /** CUDA driver version, "major.minor", when a GPU is found. */
   cudaDriverVersion?: string;
+  /** CUDA runtime version, "major.minor", when a GPU is found. */
   cudaRuntimeVersion?: string;
+  /** Whether libnccl opened, its version and path, or why not. */
   nccl: { available: boolean; version?: string; path?: string; error?: string };
+  /**
+   * Per backend: `available` (the library opened), with `libraryPath` and `buildInfo` when it
+   * did, or `error` when it did not.
+   */
   backends: Record<BackendName, BackendInfo>;
 }
 
@@ -49,6 +71,7 @@ export function openBackend(choice: "auto" | BackendName): Device {
   return Device.open("cpu");
 }
 
+/** Probes both backends, the GPUs and NCCL; never throws for a missing library or GPU. */
 export function gatherInfo(): Info {
   const info: Info = {
     version: VERSION,
@@ -105,6 +128,7 @@ export function gatherInfo(): Info {
 
 const GiB = 1024 ** 3;
 
+/** The human-readable report of `distflash info`. */
 export function formatInfo(info: Info): string {
   const lines = [`distflash ${info.version} (deno ${info.deno}, ${info.platform})`];
   lines.push(`backend in use: ${info.backend}`);

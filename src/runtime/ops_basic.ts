@@ -1,23 +1,25 @@
 /** Typed wrappers of the first ops (csrc/{cpu,cuda}/ops_basic). Sizes are element counts. */
 import type { Device, DevicePtr, Stream } from "./device.ts";
 
+/** out = bf16(input): converts `n` fp32 values to bf16 (uint16 bit patterns). */
 export function castF32ToBf16(
   d: Device,
   out: DevicePtr,
   input: DevicePtr,
   n: number,
   s: Stream = 0n,
-) {
+): void {
   d.check(d.sym.df_cast_f32_to_bf16(out, input, BigInt(n), s), "df_cast_f32_to_bf16");
 }
 
+/** out = fp32(input): converts `n` bf16 values (uint16 bit patterns) to fp32. */
 export function castBf16ToF32(
   d: Device,
   out: DevicePtr,
   input: DevicePtr,
   n: number,
   s: Stream = 0n,
-) {
+): void {
   d.check(d.sym.df_cast_bf16_to_f32(out, input, BigInt(n), s), "df_cast_bf16_to_f32");
 }
 
@@ -29,6 +31,6 @@ export function axpyF32(
   a: number,
   n: number,
   s: Stream = 0n,
-) {
+): void {
   d.check(d.sym.df_axpy_f32(y, x, a, BigInt(n), s), "df_axpy_f32");
 }

@@ -4,8 +4,18 @@
  * an error naming the flag.
  */
 
+/**
+ * Learning-rate schedule, with the semantics of transformers' get_scheduler.
+ */
 export type LrSchedulerType = "linear" | "cosine" | "constant" | "constant_with_warmup";
+/**
+ * When checkpoints are saved: every saveSteps steps, at the end of every epoch, or only the final
+ * model.
+ */
 export type SaveStrategy = "steps" | "epoch" | "no";
+/**
+ * The backend to train on; "auto" picks CUDA when a GPU is usable, else the CPU.
+ */
 export type DeviceChoice = "auto" | "cuda" | "cpu";
 
 /** Everything `train` takes. Names are the camelCase of Hugging Face TrainingArguments. */
@@ -18,25 +28,42 @@ export interface TrainOptions {
   synthetic: boolean;
   /** The text field of JSON/JSONL/Parquet records. */
   textField: string;
+  /** Where checkpoints, metrics.jsonl and the final model are written. */
   outputDir: string;
+  /** Passes over the data (may be fractional); used when maxSteps is not > 0. */
   numTrainEpochs: number;
   /** Optimizer steps to run; overrides numTrainEpochs when > 0. */
   maxSteps: number;
+  /** Sequences per micro-batch; the sequence-parallel ranks of a group share them. */
   perDeviceTrainBatchSize: number;
+  /** Micro-batches per optimizer step. */
   gradientAccumulationSteps: number;
+  /** Peak learning rate (the schedule scales it). */
   learningRate: number;
+  /** AdamW decoupled weight decay. */
   weightDecay: number;
+  /** Fraction of the total steps spent warming up (rounded up to whole steps). */
   warmupRatio: number;
   /** Warmup steps; overrides warmupRatio when > 0. */
   warmupSteps: number;
+  /**
+   * Learning-rate schedule, as transformers' get_scheduler: "linear", "cosine", "constant" or
+   * "constant_with_warmup".
+   */
   lrSchedulerType: LrSchedulerType;
+  /** AdamW beta1. */
   adamBeta1: number;
+  /** AdamW beta2. */
   adamBeta2: number;
+  /** AdamW epsilon. */
   adamEpsilon: number;
   /** Global gradient-norm clipping threshold; 0 disables clipping. */
   maxGradNorm: number;
+  /** Log metrics (and append to metrics.jsonl) every this many steps. */
   loggingSteps: number;
+  /** When to save checkpoints: "steps" (every saveSteps), "epoch", or "no" (final model only). */
   saveStrategy: SaveStrategy;
+  /** Save a checkpoint every this many steps when saveStrategy is "steps". */
   saveSteps: number;
   /** Keep at most this many checkpoints (0: keep all). */
   saveTotalLimit: number;
@@ -44,7 +71,9 @@ export interface TrainOptions {
   modelMaxLength: number;
   /** bf16 weights and activations (fp32 master weights and optimizer state). */
   bf16: boolean;
+  /** Where to train: "auto" (CUDA when a GPU is usable, else the CPU), "cuda" or "cpu". */
   device: DeviceChoice;
+  /** Random seed of the initialisation and the data order. */
   seed: number;
   /** A checkpoint folder to resume from, or "last" for the newest in outputDir. */
   resumeFromCheckpoint?: string;
@@ -56,8 +85,11 @@ export interface TrainOptions {
   nprocPerNode: number;
   /** Nodes in the job, this node's index, and the rendezvous address (torchrun's meanings). */
   nnodes: number;
+  /** This node's index, below nnodes. */
   nodeRank: number;
+  /** Host of the rendezvous store (rank 0's node). */
   masterAddr: string;
+  /** Port of the rendezvous store (0: pick a free one). */
   masterPort: number;
   /** Ranks sharing one sequence (DistAttn); 0 means the whole world. dp = world / sp. */
   spSize: number;
@@ -71,8 +103,11 @@ export interface TrainOptions {
   vocabChunk: number;
   /** Flags of the Hugging Face trainer that have no effect here (reported once). */
   tf32?: string;
+  /** Hugging Face trainer flag; accepted and reported as having no effect. */
   lazyPreprocess?: string;
+  /** Hugging Face trainer flag; accepted and reported as having no effect. */
   evaluationStrategy?: string;
+  /** Hugging Face trainer flag; no effect (every layer is a unit). */
   fsdpTransformerLayerClsToWrap?: string;
 }
 
@@ -91,6 +126,7 @@ interface Spec {
   noEffect?: boolean;
 }
 
+/** The value of every option except `model` when it is not given. */
 export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   synthetic: false,
   textField: "text",
@@ -228,6 +264,7 @@ export function normalizeFlags(argv: string[]): string[] {
 
 /** A flag value that is wrong, with the flag's name in the message. */
 export class OptionError extends Error {
+  /** Creates the error; `message` says what is wrong and names the flag. */
   constructor(message: string) {
     super(message);
     this.name = "OptionError";

@@ -205,10 +205,19 @@ export async function train(
     // parameter store's collectives run on the compute stream over `world`.
     const spComm = await world.subgroup(group);
     if (sp > 1) {
-      attention = new DistAttention(device, cfg, S, dtype, spComm, {
-        balanced: o.distattnBalanced,
-        overlap: o.distattnOverlap,
-      }, 0n, false); // allocated after the memory check below
+      attention = new DistAttention(
+        device,
+        cfg,
+        S,
+        dtype,
+        spComm,
+        {
+          balanced: o.distattnBalanced,
+          overlap: o.distattnOverlap,
+        },
+        0n,
+        false,
+      ); // allocated after the memory check below
     }
     log(
       `ranks: ${worldSize} = dp ${dp} x sp ${sp}, ${
