@@ -13,6 +13,7 @@
  * --sweep times every tile variant of the kernels (DISTFLASH_FLASH_FWD / _BWD) at those sizes after
  * checking each against the fp32 kernel on a small problem.
  */
+import { fillRandom } from "../src/bench/attn.ts";
 import { Device } from "../src/runtime/device.ts";
 import * as op from "../src/runtime/ops.ts";
 import { DType } from "../src/runtime/ops.ts";
@@ -53,27 +54,6 @@ console.log(`device: ${props.name}, ${props.multiprocessors} SMs; ${d.buildInfo}
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const causalFlops = (S: number, D: number) => 2 * H * S * S * D;
 
-/** Random bf16 in [-1, 1) written on the device through fp32 staging (mulberry32). */
-function fillRandom(ptr: bigint, n: number, seed: number): void {
-  const chunk = 1 << 22;
-  const tmp = d.alloc(chunk * 4);
-  const host = new Float32Array(chunk);
-  let a = seed >>> 0;
-  for (let i = 0; i < n; i += chunk) {
-    const m = Math.min(chunk, n - i);
-    for (let j = 0; j < m; j++) {
-      a = (a + 0x6d2b79f5) >>> 0;
-      let t = Math.imul(a ^ (a >>> 15), a | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      host[j] = (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
-    }
-    d.upload(tmp.ptr, host.subarray(0, m));
-    op.convert(d, ptr + BigInt(i * 2), DType.bf16, tmp.ptr, DType.f32, m);
-  }
-  d.synchronize();
-  tmp.free();
-}
-
 const ev0 = d.createEvent(), ev1 = d.createEvent();
 function timeMs(fn: () => void, before?: () => void): number {
   const times: number[] = [];
@@ -104,10 +84,10 @@ const buf = {
   dv: d.alloc(nMax * 4),
 };
 const t0 = performance.now();
-fillRandom(buf.q.ptr, nMax, 1);
-fillRandom(buf.k.ptr, nMax, 2);
-fillRandom(buf.v.ptr, nMax, 3);
-fillRandom(buf.dout.ptr, nMax, 4);
+fillRandom(d, buf.q.ptr, nMax, 1);
+fillRandom(d, buf.k.ptr, nMax, 2);
+fillRandom(d, buf.v.ptr, nMax, 3);
+fillRandom(d, buf.dout.ptr, nMax, 4);
 console.log(`random inputs: ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
 function shape(S: number, D: number, dtype: DType = DType.bf16): op.AttentionShape {

@@ -45,8 +45,8 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)];
 }
 
-/** Random bf16 values in [-1, 1), written on the device (through fp32 staging in chunks). */
-function fillRandom(d: Device, ptr: bigint, n: number, seed: number): void {
+/** Random bf16 values in [-1, 1) (mulberry32), written on the device through fp32 staging. */
+export function fillRandom(d: Device, ptr: bigint, n: number, seed: number): void {
   const chunk = 1 << 20;
   const tmp = d.alloc(chunk * 4);
   let a = seed >>> 0;
