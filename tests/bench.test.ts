@@ -1,0 +1,78 @@
+/** The benchmark commands run end to end on CPU ranks (their numbers mean nothing there). */
+import { assert, assertEquals } from "./assert.ts";
+import { runCli } from "./_util.ts";
+
+Deno.test("bench attn: one rank and DistAttn over 3 CPU ranks print a row per variant", async () => {
+  const out = await Deno.makeTempDir();
+  const one = await runCli([
+    "bench",
+    "attn",
+    "--seq",
+    "64",
+    "--heads",
+    "2",
+    "--head-dim",
+    "16",
+    "--device",
+    "cpu",
+    "--no-baseline",
+    "--reps",
+    "1",
+    "--warmup",
+    "0",
+    "--output-dir",
+    out,
+  ]);
+  assertEquals(one.code, 0, one.stderr);
+  assert(/^64\s+1\s+single/m.test(one.stdout), one.stdout);
+  const three = await runCli([
+    "bench",
+    "attn",
+    "--nproc-per-node",
+    "3",
+    "--seq",
+    "96",
+    "--heads",
+    "2",
+    "--head-dim",
+    "16",
+    "--device",
+    "cpu",
+    "--no-baseline",
+    "--reps",
+    "1",
+    "--warmup",
+    "0",
+    "--output-dir",
+    out,
+  ]);
+  assertEquals(three.code, 0, three.stderr);
+  for (const variant of ["balanced", "unbalanced", "no-overlap"]) {
+    assert(new RegExp(`^96\\s+3\\s+${variant}`, "m").test(three.stdout), three.stdout);
+  }
+  const bad = await runCli(["bench", "attn", "--variants", "zigzag"]);
+  assert(bad.code !== 0 && bad.stderr.includes("--variants"), bad.stderr);
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("bench train: tokens/s and MFU of a small run over 2 CPU ranks with full_shard", async () => {
+  const out = await Deno.makeTempDir();
+  const r = await runCli([
+    "bench",
+    "train",
+    "--model",
+    "debug-tiny",
+    "--model-max-length",
+    "32",
+    "--nproc-per-node",
+    "2",
+    "--max-steps",
+    "2",
+    "--output-dir",
+    out,
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  assert(/bench train: debug-tiny .* tokens\/s, MFU/.test(r.stdout), r.stdout);
+  assert(r.stderr.includes("full_shard (ZeRO-3)"), r.stderr);
+  await Deno.remove(out, { recursive: true });
+});
