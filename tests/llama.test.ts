@@ -124,24 +124,33 @@ Deno.test(`llama ${TEST_BACKEND}: a saved checkpoint reloads to the same logits`
   }
 });
 
-Deno.test(`llama ${TEST_BACKEND}: the classic layer checkpoint boundary gives the same gradients`, async () => {
+Deno.test(`llama ${TEST_BACKEND}: the classic layer checkpoint boundary and MLP tiling give the same gradients`, async () => {
   const dir = `${fixtures}mha`;
   const cfg = await readHfConfig(dir);
   const ref = await reference("mha");
   const count = ref.labels.filter((l) => l >= 0).length;
   const grads: Float32Array[] = [];
-  for (const checkpointBoundary of ["attention", "layer"] as const) {
+  const variants = [
+    { checkpointBoundary: "attention" as const },
+    { checkpointBoundary: "layer" as const },
+    { mlpTile: 24 }, // 64 tokens in tiles of 24, 24 and 16
+  ];
+  let logits: Float32Array | null = null;
+  for (const variant of variants) {
     const model = new LlamaModel(testDevice(), cfg, {
       dtype: DType.f32,
       batch: 2,
       seqLen: 32,
-      checkpointBoundary,
+      ...variant,
     });
     model.allocate();
     try {
       await loadWeights(model, dir);
       model.setBatch(ref.ids, ref.labels);
       await model.forward();
+      const now = model.fullLogits();
+      if (logits) assertLess(relError(now, logits), 1e-6, `logits ${JSON.stringify(variant)}`);
+      logits ??= now;
       model.lossSum();
       model.zeroGrads();
       await model.backward(1 / count);
@@ -153,6 +162,7 @@ Deno.test(`llama ${TEST_BACKEND}: the classic layer checkpoint boundary gives th
     }
   }
   assertLess(relError(grads[1], grads[0]), 1e-6, "layer vs attention boundary");
+  assertLess(relError(grads[2], grads[0]), 1e-6, "MLP in tiles vs whole");
   assertLess(
     relError(
       grads[0].subarray(0, 1000),

@@ -98,6 +98,11 @@ export interface ModelOptions {
    * classic checkpoint at the layer input; backward recomputes the attention forward too.
    */
   checkpointBoundary?: "attention" | "layer";
+  /**
+   * Tokens per MLP tile (default 4096): the MLP's [tokens, intermediate] intermediates exist for
+   * one tile at a time, in forward and backward, so their memory does not grow with the sequence.
+   */
+  mlpTile?: number;
   /** Ranks that hold parameters together: gradients are all-reduced over them (or sharded). */
   comm?: Communicator | null;
   /** ZeRO-3 over `comm`: shard parameters, gradients and AdamW state (FSDP full_shard). */
@@ -125,6 +130,7 @@ export class LlamaModel {
   readonly plan = new MemoryPlan();
   readonly tokens: number;
   readonly vocabChunk: number;
+  readonly mlpTile: number;
   attention: Attention;
 
   /** Parameters, gradients and AdamW state (replicated or sharded). */
@@ -177,6 +183,7 @@ export class LlamaModel {
     this.layout = new ParamLayout(cfg, 64 * (shardOver?.size ?? 1));
     this.tokens = batch * seqLen;
     this.vocabChunk = Math.min(opts.vocabChunk ?? 8192, cfg.vocabSize);
+    this.mlpTile = Math.max(1, Math.min(opts.mlpTile ?? 4096, batch * seqLen));
     const T = this.tokens, H = cfg.hiddenSize, I = cfg.intermediateSize;
     const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
     const p = this.plan, f32 = DType.f32;
@@ -212,16 +219,16 @@ export class LlamaModel {
       xMid: p.reserve(layer, "xMid", T * H, dtype),
       ln2: p.reserve(layer, "ln2", T * H, dtype),
       rstd2: p.reserve(layer, "rstd2", T, f32),
-      gate: p.reserve(layer, "gate", T * I, dtype),
-      up: p.reserve(layer, "up", T * I, dtype),
-      h: p.reserve(layer, "h", T * I, dtype),
+      gate: p.reserve(layer, "gate", this.mlpTile * I, dtype),
+      up: p.reserve(layer, "up", this.mlpTile * I, dtype),
+      h: p.reserve(layer, "h", this.mlpTile * I, dtype),
       tmp: p.reserve(layer, "tmp", T * H, dtype),
     };
     const back = "backward scratch";
     this.dres = p.reserve(back, "dres", T * H, dtype);
-    this.dh = p.reserve(back, "dh", T * I, dtype);
-    this.dgate = p.reserve(back, "dgate", T * I, dtype);
-    this.dup = p.reserve(back, "dup", T * I, dtype);
+    this.dh = p.reserve(back, "dh", this.mlpTile * I, dtype);
+    this.dgate = p.reserve(back, "dgate", this.mlpTile * I, dtype);
+    this.dup = p.reserve(back, "dup", this.mlpTile * I, dtype);
     this.dlnF32 = p.reserve(back, "dlnF32", T * H, f32);
     this.dln = p.reserve(back, "dln", T * H, dtype);
     this.dO = p.reserve(back, "dO", T * qDim, dtype);
@@ -386,11 +393,14 @@ export class LlamaModel {
     op.rope(d, s.k.ptr, this.pos.ptr, this.invFreq.ptr, T, c.numKvHeads, c.headDim, false, dt);
   }
 
-  /** Everything of layer l after attention: O-proj, residual, ln2, MLP, residual into xs[l+1]. */
-  #postAttention(l: number): void {
+  /**
+   * Everything of layer l after attention: O-proj, residual, ln2, and (unless `mlp` is false, as
+   * in backward's recomputation) the MLP tile by tile with its residual into xs[l+1].
+   */
+  #postAttention(l: number, mlp = true): void {
     const d = this.device, c = this.cfg, s = this.s, dt = this.dtype, T = this.tokens;
     const H = c.hiddenSize, I = c.intermediateSize, qDim = c.numHeads * c.headDim;
-    const L = this.layout;
+    const L = this.layout, bytes = DTYPE_BYTES[dt];
     op.linear(
       d,
       s.tmp.ptr,
@@ -413,11 +423,31 @@ export class LlamaModel {
       c.rmsNormEps,
       dt,
     );
-    op.linear(d, s.gate.ptr, s.ln2.ptr, this.#w(L.layer(l, "mlp.gate_proj.weight")), T, H, I, dt);
-    op.linear(d, s.up.ptr, s.ln2.ptr, this.#w(L.layer(l, "mlp.up_proj.weight")), T, H, I, dt);
-    op.swigluForward(d, s.h.ptr, s.gate.ptr, s.up.ptr, T * I, dt);
-    op.linear(d, s.tmp.ptr, s.h.ptr, this.#w(L.layer(l, "mlp.down_proj.weight")), T, I, H, dt);
+    if (!mlp) return;
+    for (let t0 = 0; t0 < T; t0 += this.mlpTile) {
+      const n = Math.min(this.mlpTile, T - t0), row = BigInt(t0 * H * bytes);
+      this.#mlpTileForward(l, s.ln2.ptr + row, n);
+      op.linear(
+        d,
+        s.tmp.ptr + row,
+        s.h.ptr,
+        this.#w(L.layer(l, "mlp.down_proj.weight")),
+        n,
+        I,
+        H,
+        dt,
+      );
+    }
     op.add(d, this.xs[l + 1].ptr, s.xMid.ptr, s.tmp.ptr, T * H, dt);
+  }
+
+  /** gate, up and h = silu(gate) * up of `n` tokens whose ln2 rows start at `ln2`. */
+  #mlpTileForward(l: number, ln2: DevicePtr, n: number): void {
+    const d = this.device, s = this.s, dt = this.dtype, L = this.layout;
+    const H = this.cfg.hiddenSize, I = this.cfg.intermediateSize;
+    op.linear(d, s.gate.ptr, ln2, this.#w(L.layer(l, "mlp.gate_proj.weight")), n, H, I, dt);
+    op.linear(d, s.up.ptr, ln2, this.#w(L.layer(l, "mlp.up_proj.weight")), n, H, I, dt);
+    op.swigluForward(d, s.h.ptr, s.gate.ptr, s.up.ptr, n * I, dt);
   }
 
   /** Attention of every sequence of the micro-batch. */
@@ -616,43 +646,52 @@ export class LlamaModel {
     // classic layer boundary, the attention itself).
     this.#preAttention(l);
     if (this.opts.checkpointBoundary === "layer") await this.#attend(l);
-    this.#postAttention(l);
+    this.#postAttention(l, false);
 
-    // MLP: out = down(swiglu(gate(ln2), up(ln2))), added to the residual.
-    op.linearBackward(
-      d,
-      this.dh.ptr,
-      this.#g(P("mlp.down_proj.weight")),
-      this.dres.ptr,
-      s.h.ptr,
-      this.#w(P("mlp.down_proj.weight")),
-      T,
-      I,
-      H,
-      dt,
-    );
-    op.swigluBackward(
-      d,
-      this.dgate.ptr,
-      this.dup.ptr,
-      this.dh.ptr,
-      s.gate.ptr,
-      s.up.ptr,
-      T * I,
-      dt,
-    );
-    this.#twoInputLinearBackward(
-      this.dgate,
-      P("mlp.gate_proj.weight"),
-      this.dup,
-      P("mlp.up_proj.weight"),
-      null,
-      null,
-      s.ln2,
-      I,
-      I,
-      0,
-    );
+    // MLP: out = down(swiglu(gate(ln2), up(ln2))), added to the residual; tile by tile, each
+    // tile's intermediates recomputed from ln2.
+    const bytes = DTYPE_BYTES[dt];
+    for (let t0 = 0; t0 < T; t0 += this.mlpTile) {
+      const n = Math.min(this.mlpTile, T - t0), row = BigInt(t0 * H * bytes);
+      this.#mlpTileForward(l, s.ln2.ptr + row, n);
+      op.linearBackward(
+        d,
+        this.dh.ptr,
+        this.#g(P("mlp.down_proj.weight")),
+        this.dres.ptr + row,
+        s.h.ptr,
+        this.#w(P("mlp.down_proj.weight")),
+        n,
+        I,
+        H,
+        dt,
+      );
+      op.swigluBackward(
+        d,
+        this.dgate.ptr,
+        this.dup.ptr,
+        this.dh.ptr,
+        s.gate.ptr,
+        s.up.ptr,
+        n * I,
+        dt,
+      );
+      this.#twoInputLinearBackward(
+        this.dgate,
+        P("mlp.gate_proj.weight"),
+        this.dup,
+        P("mlp.up_proj.weight"),
+        null,
+        null,
+        s.ln2,
+        I,
+        I,
+        0,
+        t0,
+        n,
+      );
+    }
+    op.convert(d, this.dln.ptr, dt, this.dlnF32.ptr, DType.f32, T * H);
     op.rmsnormBackward(
       d,
       this.dres.ptr,
@@ -682,7 +721,7 @@ export class LlamaModel {
     d.memset(this.dqF32.ptr, 0, this.dqF32.bytes);
     d.memset(this.dkF32.ptr, 0, this.dkF32.bytes);
     d.memset(this.dvF32.ptr, 0, this.dvF32.bytes);
-    const S = this.opts.seqLen, bytes = DTYPE_BYTES[dt];
+    const S = this.opts.seqLen;
     const qStride = S * qDim, kvStride = S * kvDim, lseStride = c.numHeads * S;
     for (let b = 0; b < this.opts.batch; b++) {
       await this.attention.backward(
@@ -737,6 +776,7 @@ export class LlamaModel {
       kvDim,
       kvDim,
     );
+    op.convert(d, this.dln.ptr, dt, this.dlnF32.ptr, DType.f32, T * H);
     op.rmsnormBackward(
       d,
       this.dres.ptr,
@@ -752,8 +792,9 @@ export class LlamaModel {
   }
 
   /**
-   * Backward of up to three linears reading the same input x [T,H]: weight gradients, and
-   * dln = sum of dy_i W_i accumulated in fp32, then stored in dtype.
+   * Backward of up to three linears reading the same input x [T,H], for the `n` token rows from
+   * `row0` (the dy buffers hold exactly those rows): weight gradients, and rows of
+   * dlnF32 = sum of dy_i W_i accumulated in fp32 (the caller converts it to dtype).
    */
   #twoInputLinearBackward(
     dy1: Slot,
@@ -766,15 +807,17 @@ export class LlamaModel {
     out1: number,
     out2: number,
     out3: number,
+    row0 = 0,
+    n = this.tokens,
   ): void {
-    const d = this.device, dt = this.dtype, T = this.tokens, H = this.cfg.hiddenSize;
+    const d = this.device, dt = this.dtype, H = this.cfg.hiddenSize;
     const parts: [Slot, ParamEntry, number][] = [[dy1, w1, out1], [dy2, w2, out2]];
     if (dy3 && w3) parts.push([dy3, w3, out3]);
     parts.forEach(([dy, w, outF], i) => {
       op.gemm(d, {
         transA: false,
         transB: false,
-        m: T,
+        m: n,
         n: H,
         k: outF,
         a: dy.ptr,
@@ -782,7 +825,7 @@ export class LlamaModel {
         b: this.#w(w),
         ldb: H,
         beta: i === 0 ? 0 : 1,
-        c: this.dlnF32.ptr,
+        c: this.dlnF32.at(row0 * H),
         ldc: H,
         abType: dt,
         cType: DType.f32,
@@ -792,10 +835,10 @@ export class LlamaModel {
         transB: false,
         m: outF,
         n: H,
-        k: T,
+        k: n,
         a: dy.ptr,
         lda: outF,
-        b: x.ptr,
+        b: x.at(row0 * H),
         ldb: H,
         beta: 1,
         c: this.#g(w),
@@ -804,7 +847,6 @@ export class LlamaModel {
         cType: DType.f32,
       });
     });
-    op.convert(d, this.dln.ptr, dt, this.dlnF32.ptr, DType.f32, T * H);
   }
 
   /** Full-vocabulary logits [tokens, V] in fp32 after forward() (for tests and evaluation). */

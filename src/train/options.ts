@@ -101,6 +101,8 @@ export interface TrainOptions {
   checkpointBoundary: "attention" | "layer";
   /** Vocabulary rows per LM-head chunk. */
   vocabChunk: number;
+  /** Tokens per MLP tile: the MLP's [tokens, intermediate] scratch holds one tile. */
+  mlpTile: number;
   /** Flags of the Hugging Face trainer that have no effect here (reported once). */
   tf32?: string;
   /** Hugging Face trainer flag; accepted and reported as having no effect. */
@@ -164,6 +166,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   distattnOverlap: true,
   checkpointBoundary: "attention",
   vocabChunk: 8192,
+  mlpTile: 4096,
 };
 
 export const TRAIN_SPECS: readonly Spec[] = [
@@ -236,6 +239,7 @@ export const TRAIN_SPECS: readonly Spec[] = [
     choices: ["attention", "layer"],
   },
   { key: "vocabChunk", kind: "int", help: "vocabulary rows per LM-head chunk", min: 1 },
+  { key: "mlpTile", kind: "int", help: "tokens per MLP tile (bounds the MLP's scratch)", min: 1 },
   { key: "tf32", kind: "string", help: "HF trainer flag; no effect", noEffect: true },
   { key: "lazyPreprocess", kind: "string", help: "HF trainer flag; no effect", noEffect: true },
   { key: "evaluationStrategy", kind: "string", help: "HF trainer flag; no effect", noEffect: true },

@@ -68,6 +68,7 @@ export function estimateMemory(
     batch: o.perDeviceTrainBatchSize,
     seqLen: S,
     vocabChunk: o.vocabChunk,
+    mlpTile: o.mlpTile,
     checkpointBoundary: o.checkpointBoundary,
     comm: world > 1 ? fakeComm(world) : null,
     fullShard,

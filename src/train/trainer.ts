@@ -232,6 +232,7 @@ export async function train(
     batch: B,
     seqLen: S,
     vocabChunk: o.vocabChunk,
+    mlpTile: o.mlpTile,
     checkpointBoundary: o.checkpointBoundary,
     comm: world,
     fullShard,
