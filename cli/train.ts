@@ -10,7 +10,7 @@ import {
   TRAIN_DEFAULTS,
   TRAIN_SPECS,
 } from "../src/train/options.ts";
-import { train } from "../src/train/trainer.ts";
+import { train, TrainingInterrupted } from "../src/train/trainer.ts";
 import { isLaunchedRank, launch } from "../src/dist/launcher.ts";
 import { COMM_FAILURE_EXIT_CODE, CommError } from "../src/dist/comm.ts";
 
@@ -49,6 +49,10 @@ export function registerTrain(program: Command, argv: string[]): void {
     try {
       await train(raw);
     } catch (error) {
+      if (error instanceof TrainingInterrupted) {
+        console.error(`distflash: ${error.message}`);
+        Deno.exit(130);
+      }
       if (error instanceof CommError) {
         console.error(`distflash: ${error.message}`);
         Deno.exit(COMM_FAILURE_EXIT_CODE); // tells the launcher this rank only noticed a peer's failure

@@ -198,3 +198,61 @@ Deno.test("train: 2 micro-batches of 1 equal 1 micro-batch of 2", async () => {
   await Deno.remove(a, { recursive: true });
   await Deno.remove(b, { recursive: true });
 });
+
+Deno.test("train: Ctrl-C finishes the step, saves a checkpoint, exits 130, and the run resumes", async () => {
+  const out = await Deno.makeTempDir();
+  const main = new URL("../cli/main.ts", import.meta.url).pathname;
+  const args = [
+    "run",
+    "-A",
+    main,
+    "train",
+    "--model",
+    "debug-tiny",
+    "--synthetic",
+    "--model-max-length",
+    "16",
+    "--max-steps",
+    "100000",
+    "--logging-steps",
+    "1",
+    "--device",
+    "cpu",
+    "--save-strategy",
+    "no",
+    "--output-dir",
+    out,
+  ];
+  const child = new Deno.Command(Deno.execPath(), {
+    args,
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  for (let i = 0; i < 300; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    const text = await Deno.readTextFile(join(out, "metrics.jsonl")).catch(() => "");
+    if (text.includes('"step":3')) break;
+  }
+  child.kill("SIGINT");
+  const status = await child.output();
+  const stderr = new TextDecoder().decode(status.stderr);
+  assertEquals(status.code, 130, stderr);
+  const match = /resume with --resume-from-checkpoint (\S+)/.exec(stderr);
+  assert(match, stderr);
+  const state = JSON.parse(await Deno.readTextFile(join(match[1], "trainer_state.json")));
+  assert(state.global_step >= 3, `saved at step ${state.global_step}`);
+  const resumed = await train({
+    model: "debug-tiny",
+    synthetic: true,
+    modelMaxLength: 16,
+    maxSteps: state.global_step + 2,
+    loggingSteps: 1,
+    device: "cpu",
+    saveStrategy: "no",
+    outputDir: out,
+    resumeFromCheckpoint: match[1],
+  }, quiet);
+  assertEquals(resumed.steps, state.global_step + 2);
+  await Deno.remove(out, { recursive: true });
+});

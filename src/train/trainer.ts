@@ -63,6 +63,17 @@ export interface TrainResult {
 }
 
 /** Optional callbacks of `train`. */
+/** Thrown when a run was stopped by Ctrl-C after saving a checkpoint of the last finished step. */
+export class TrainingInterrupted extends Error {
+  /** @param checkpoint the folder holding the checkpoint to resume from */
+  constructor(readonly checkpoint: string, readonly step: number) {
+    super(
+      `stopped by Ctrl-C after step ${step}; resume with --resume-from-checkpoint ${checkpoint}`,
+    );
+    this.name = "TrainingInterrupted";
+  }
+}
+
 export interface TrainHooks {
   /** Called with every logged step (after it is written to metrics.jsonl). */
   onLog?: (m: StepMetrics) => void;
@@ -260,6 +271,7 @@ export async function train(
   }
   attention?.allocate();
   model.allocate();
+  let removeInterrupt = () => {};
   const stats = device.alloc(64);
 
   try {
@@ -306,6 +318,19 @@ export async function train(
         };
         await Deno.writeTextFile(join(dir, "trainer_state.json"), JSON.stringify(state, null, 2));
       }
+    };
+
+    // Ctrl-C on a one-process run: finish the step, save a checkpoint, stop (a second Ctrl-C
+    // quits at once). Multi-rank runs are stopped by their launcher instead.
+    let interrupted = false;
+    const onInterrupt = () => {
+      if (interrupted) Deno.exit(130);
+      interrupted = true;
+      log("\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again quits at once)");
+    };
+    if (worldSize === 1) Deno.addSignalListener("SIGINT", onInterrupt);
+    removeInterrupt = () => {
+      if (worldSize === 1) Deno.removeSignalListener("SIGINT", onInterrupt);
     };
 
     const progress = new Progress(totalSteps, startStep, log);
@@ -404,6 +429,12 @@ export async function train(
         await save(join(o.outputDir, `checkpoint-${done}`), done, true);
         if (isMain) await pruneCheckpoints(o.outputDir, o.saveTotalLimit);
       }
+      if (interrupted && done < totalSteps) {
+        progress.finish();
+        const dir = join(o.outputDir, `checkpoint-${done}`);
+        if (!dueSave) await save(dir, done, true);
+        throw new TrainingInterrupted(dir, done);
+      }
     }
     progress.finish();
     if (o.saveStrategy !== "no") {
@@ -418,6 +449,7 @@ export async function train(
     world = null;
     throw error;
   } finally {
+    removeInterrupt();
     stats.free();
     model.free();
     attention?.free();
