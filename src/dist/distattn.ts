@@ -104,26 +104,36 @@ export class DistAttention implements Attention {
     this.#qElems = T * cfg.numHeads * cfg.headDim;
     this.#kvElems = T * cfg.numKvHeads * cfg.headDim;
     this.#lseElems = cfg.numHeads * T;
+    // Only what the schedules move is allocated (a one-element placeholder otherwise, so a wrong
+    // use is a range error, not silent corruption): with P = 2 no queries or partial outputs
+    // travel, and the query-side slots are the largest buffers here.
+    const moved = new Set(
+      [...this.#fwd, ...this.#bwd].flatMap((st) => [...st.fetch, ...st.results]).map((t) =>
+        t.payload
+      ),
+    );
+    const n = (payload: string, elems: number) => (moved.has(payload as never) ? elems : 1);
+    const [qN, kvN, lseN] = [this.#qElems, this.#kvElems, this.#lseElems];
     this.#slots = [0, 1].map((i) => ({
-      q: p.reserve(kind, `q${i}`, this.#qElems, dtype),
-      dout: p.reserve(kind, `dout${i}`, this.#qElems, dtype),
-      out: p.reserve(kind, `out${i}`, this.#qElems, dtype),
-      lse: p.reserve(kind, `lse${i}`, this.#lseElems, f32),
-      k: p.reserve(kind, `k${i}`, this.#kvElems, dtype),
-      v: p.reserve(kind, `v${i}`, this.#kvElems, dtype),
+      q: p.reserve(kind, `q${i}`, n("q", qN), dtype),
+      dout: p.reserve(kind, `dout${i}`, n("q", qN), dtype),
+      out: p.reserve(kind, `out${i}`, n("q", qN), dtype),
+      lse: p.reserve(kind, `lse${i}`, n("q", lseN), f32),
+      k: p.reserve(kind, `k${i}`, n("kv", kvN), dtype),
+      v: p.reserve(kind, `v${i}`, n("kv", kvN), dtype),
     }));
-    this.#partOut = p.reserve(kind, "partOut", this.#qElems, dtype);
-    this.#partLse = p.reserve(kind, "partLse", this.#lseElems, f32);
-    this.#recvOut = p.reserve(kind, "recvOut", this.#qElems, dtype);
-    this.#recvLse = p.reserve(kind, "recvLse", this.#lseElems, f32);
-    this.#outAcc = p.reserve(kind, "outAcc", this.#qElems, f32);
-    this.#lseAcc = p.reserve(kind, "lseAcc", this.#lseElems, f32);
-    this.#dqPart = p.reserve(kind, "dqPart", this.#qElems, f32);
-    this.#dkPart = p.reserve(kind, "dkPart", this.#kvElems, f32);
-    this.#dvPart = p.reserve(kind, "dvPart", this.#kvElems, f32);
-    this.#recvDq = p.reserve(kind, "recvDq", this.#qElems, f32);
-    this.#recvDk = p.reserve(kind, "recvDk", this.#kvElems, f32);
-    this.#recvDv = p.reserve(kind, "recvDv", this.#kvElems, f32);
+    this.#partOut = p.reserve(kind, "partOut", qN, dtype);
+    this.#partLse = p.reserve(kind, "partLse", lseN, f32);
+    this.#recvOut = p.reserve(kind, "recvOut", n("out", qN), dtype);
+    this.#recvLse = p.reserve(kind, "recvLse", n("out", lseN), f32);
+    this.#outAcc = p.reserve(kind, "outAcc", qN, f32);
+    this.#lseAcc = p.reserve(kind, "lseAcc", lseN, f32);
+    this.#dqPart = p.reserve(kind, "dqPart", n("dq", qN), f32);
+    this.#dkPart = p.reserve(kind, "dkPart", n("dkv", kvN), f32);
+    this.#dvPart = p.reserve(kind, "dvPart", n("dkv", kvN), f32);
+    this.#recvDq = p.reserve(kind, "recvDq", n("dq", qN), f32);
+    this.#recvDk = p.reserve(kind, "recvDk", n("dkv", kvN), f32);
+    this.#recvDv = p.reserve(kind, "recvDv", n("dkv", kvN), f32);
     if (allocateNow) this.allocate();
   }
 
