@@ -303,6 +303,7 @@ export class DistAttention implements Attention {
     }
     op.convert(d, out, this.dtype, this.#outAcc.ptr, DType.f32, this.#qElems, s0);
     d.copy(lse, this.#lseAcc.ptr, this.#lseElems * 4, s0);
+    this.#computeWaitsComm(); // the caller may reuse q, k, v once this returns
   }
 
   async backward(
@@ -401,5 +402,6 @@ export class DistAttention implements Attention {
       }
       if (!this.opts.overlap && s + 1 < steps.length) await fetch(s + 1);
     }
+    this.#computeWaitsComm(); // the caller may overwrite q, k, v, dout once this returns
   }
 }

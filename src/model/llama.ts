@@ -89,7 +89,7 @@ export interface ModelOptions {
   batch: number;
   /** Tokens per sequence on this device. */
   seqLen: number;
-  /** Vocabulary rows per LM-head chunk (bounds the fp32 logits scratch). Default 8192. */
+  /** Vocabulary rows per LM-head chunk (bounds the fp32 logits scratch). Default 4096. */
   vocabChunk?: number;
   /**
    * Where backward's recomputation starts. "attention" (default, DistFlashAttention's
@@ -182,7 +182,7 @@ export class LlamaModel {
     const shardOver = opts.fullShard && opts.comm ? opts.comm : null;
     this.layout = new ParamLayout(cfg, 64 * (shardOver?.size ?? 1));
     this.tokens = batch * seqLen;
-    this.vocabChunk = Math.min(opts.vocabChunk ?? 8192, cfg.vocabSize);
+    this.vocabChunk = Math.min(opts.vocabChunk ?? 4096, cfg.vocabSize);
     this.mlpTile = Math.max(1, Math.min(opts.mlpTile ?? 4096, batch * seqLen));
     const T = this.tokens, H = cfg.hiddenSize, I = cfg.intermediateSize;
     const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
@@ -235,9 +235,11 @@ export class LlamaModel {
     this.dqF32 = p.reserve(back, "dqF32", T * qDim, f32);
     this.dkF32 = p.reserve(back, "dkF32", T * kvDim, f32);
     this.dvF32 = p.reserve(back, "dvF32", T * kvDim, f32);
-    this.dq = dtype === f32 ? this.dqF32 : p.reserve(back, "dq", T * qDim, dtype);
-    this.dk = dtype === f32 ? this.dkF32 : p.reserve(back, "dk", T * kvDim, dtype);
-    this.dv = dtype === f32 ? this.dvF32 : p.reserve(back, "dv", T * kvDim, dtype);
+    // In bf16 the rounded dq, dk, dv take the place of q, k, v, which attention's backward was
+    // the last to read (DistAttn makes the compute stream wait for its transfers before returning).
+    this.dq = dtype === f32 ? this.dqF32 : this.s.q;
+    this.dk = dtype === f32 ? this.dkF32 : this.s.k;
+    this.dv = dtype === f32 ? this.dvF32 : this.s.v;
 
     const head = "LM head and loss";
     this.xf = p.reserve(head, "xf", T * H, dtype);

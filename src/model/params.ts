@@ -9,7 +9,8 @@
  *   nothing and `finishGrads` all-reduces the gradients once per step.
  * - ShardedParams (`full_shard`, ZeRO-3): each unit's flat parameters are split evenly over the
  *   ranks. A rank keeps only its shard of the fp32 master weights, gradients and AdamW moments,
- *   plus a compute-dtype copy of that shard. A unit's full compute weights are all-gathered just
+ *   and nothing else of the parameters. A unit's compute weights are converted from the fp32 shard
+ *   into a small staging buffer and all-gathered just
  *   before use into one of a few unit buffers, and its gradients are reduce-scattered into the
  *   shards right after its backward. Memory per rank: 16 bytes per parameter / world, plus
  *   the unit buffers.
@@ -272,7 +273,8 @@ export class ShardedParams implements ParamStore {
   readonly shardOffset: number[] = [];
   readonly shardSize: number;
   readonly master: Slot;
-  readonly copy: Slot; // this rank's shard in the compute dtype (the master itself in fp32)
+  /** One unit's shard in the compute dtype, converted just before its all-gather (bf16 only). */
+  readonly #staging: Slot | null;
   readonly grads: Slot;
   readonly m: Slot;
   readonly v: Slot;
@@ -307,9 +309,10 @@ export class ShardedParams implements ParamStore {
     this.shardSize = off;
     const f32 = DType.f32, L = layout.cfg.numLayers;
     this.master = plan.reserve("fp32 master weights (shard)", "master", off, f32);
-    this.copy = dtype === f32
-      ? this.master
-      : plan.reserve("bf16 weights (shard)", "copy", off, dtype);
+    const maxUnit = Math.max(...layout.units.map((u) => u.size));
+    this.#staging = dtype === f32
+      ? null
+      : plan.reserve("gathered layers", "staging", maxUnit / this.W, dtype);
     this.grads = plan.reserve("gradients (shard)", "grads", off, f32);
     this.m = plan.reserve("AdamW moments (shard)", "m", off, f32);
     this.v = plan.reserve("AdamW moments (shard)", "v", off, f32);
@@ -374,12 +377,17 @@ export class ShardedParams implements ParamStore {
   async gather(unit: number): Promise<void> {
     const b = this.#bufIndex(unit);
     if (this.#resident[b] === unit) return;
-    const u = this.layout.units[unit];
-    const bytes = DTYPE_BYTES[this.dtype];
+    const n = this.layout.units[unit].size / this.W;
+    let send = this.master.at(this.shardOffset[unit]);
+    if (this.#staging) {
+      // bf16: round this rank's fp32 shard of the unit right before sending it (no resident copy).
+      op.convert(this.device, this.#staging.ptr, this.dtype, send, DType.f32, n);
+      send = this.#staging.ptr;
+    }
     await this.comm.allGather(
-      this.copy.ptr + BigInt(this.shardOffset[unit] * bytes),
+      send,
       this.#bufs[b].ptr,
-      u.size / this.W,
+      n,
       this.dtype === DType.bf16 ? "bf16" : "f32",
     );
     this.#resident[b] = unit;
@@ -439,7 +447,7 @@ export class ShardedParams implements ParamStore {
         this.v.at(own.shardAt),
         own.to - own.from,
         { ...args, weightDecay: e.decay ? args.weightDecay : 0 },
-        this.copy === this.master ? null : this.copy.at(own.shardAt),
+        null, // compute weights are converted from the master when gathered
         this.dtype,
       );
     }
@@ -478,16 +486,6 @@ export class ShardedParams implements ParamStore {
   }
 
   syncWeights(): void {
-    if (this.copy !== this.master) {
-      op.convert(
-        this.device,
-        this.copy.ptr,
-        this.dtype,
-        this.master.ptr,
-        DType.f32,
-        this.shardSize,
-      );
-    }
-    this.#resident.fill(-1);
+    this.#resident.fill(-1); // the next gather converts from the new master values
   }
 }

@@ -165,7 +165,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   distattnBalanced: true,
   distattnOverlap: true,
   checkpointBoundary: "attention",
-  vocabChunk: 8192,
+  vocabChunk: 4096,
   mlpTile: 4096,
 };
 
