@@ -17,7 +17,7 @@ import { fillRandom } from "../src/bench/attn.ts";
 import { Device } from "../src/runtime/device.ts";
 import * as op from "../src/runtime/ops.ts";
 import { DType } from "../src/runtime/ops.ts";
-import { bf16BitsToF32 } from "../src/runtime/bf16.ts";
+import { bf16BitsToF32 } from "../src/io/dtype.ts";
 
 const args = Deno.args;
 function flag(name: string, fallback: string): string {

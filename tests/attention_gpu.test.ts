@@ -22,7 +22,7 @@ import { randn, relError, TEST_BACKEND, testDevice } from "./_util.ts";
 import type { DeviceBuffer, DevicePtr } from "../src/runtime/device.ts";
 import * as ops from "../src/runtime/ops.ts";
 import { DType } from "../src/runtime/ops.ts";
-import { bf16BitsToF32 } from "../src/runtime/bf16.ts";
+import { bf16BitsToF32 } from "../src/io/dtype.ts";
 
 const GPU = TEST_BACKEND === "cuda";
 const { f32: F32, bf16: BF16 } = DType;

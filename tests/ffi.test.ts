@@ -3,7 +3,7 @@ import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { TEST_BACKEND, testDevice } from "./_util.ts";
 import { axpyF32, castBf16ToF32, castF32ToBf16 } from "../src/runtime/ops_basic.ts";
 import { DistflashError } from "../ffi/unwrap.ts";
-import { f32ToBf16Bits } from "../src/runtime/bf16.ts";
+import { f32ToBf16Bits } from "../src/io/dtype.ts";
 
 Deno.test(`${TEST_BACKEND}: library identifies itself`, () => {
   const d = testDevice();

@@ -37,7 +37,7 @@ import {
 import type { DeviceBuffer, DevicePtr } from "../src/runtime/device.ts";
 import * as ops from "../src/runtime/ops.ts";
 import { DType, DTYPE_BYTES } from "../src/runtime/ops.ts";
-import { bf16BitsToF32, f32ToBf16Bits } from "../src/runtime/bf16.ts";
+import { bf16BitsToF32, f32ToBf16Bits } from "../src/io/dtype.ts";
 import { DfStatus, DistflashError } from "../ffi/unwrap.ts";
 
 const d = testDevice();

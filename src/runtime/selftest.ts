@@ -1,7 +1,7 @@
 /** A quick end-to-end check of a backend: allocate, copy, run the first ops, compare on the host. */
 import type { Device } from "./device.ts";
 import { axpyF32, castBf16ToF32, castF32ToBf16 } from "./ops_basic.ts";
-import { bf16BitsToF32, f32ToBf16Bits } from "./bf16.ts";
+import { bf16BitsToF32, f32ToBf16Bits } from "../io/dtype.ts";
 
 export interface SelfTestResult {
   backend: string;
