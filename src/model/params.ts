@@ -129,6 +129,8 @@ export interface ParamStore {
   finishGrads(): Promise<void>;
   zeroGrads(): void;
   gradNorm(): Promise<number>;
+  /** The gradient norm of each unit (diagnostics: DISTFLASH_DEBUG_GRADS=1 logs them). */
+  unitGradNorms(): Promise<number[]>;
   adamwStep(args: op.AdamWArgs): void;
   /** Writes one parameter's fp32 values (each rank keeps what it owns). */
   setParam(name: string, values: Float32Array): void;
@@ -162,7 +164,7 @@ export class ReplicatedParams implements ParamStore {
     this.grads = plan.reserve("gradients", "grads", P, f32);
     this.m = plan.reserve("AdamW moments", "m", P, f32);
     this.v = plan.reserve("AdamW moments", "v", P, f32);
-    this.#scalar = plan.reserve("gradients", "norm", 64, f32);
+    this.#scalar = plan.reserve("gradients", "norms", layout.units.length, f32);
   }
 
   get state(): OptimizerState {
@@ -204,6 +206,14 @@ export class ReplicatedParams implements ParamStore {
     d.memset(this.#scalar.ptr, 0, 4);
     op.sumSquares(d, this.#scalar.ptr, this.grads.ptr, this.layout.size);
     return Promise.resolve(Math.sqrt(d.download(new Float32Array(1), this.#scalar.ptr)[0]));
+  }
+
+  unitGradNorms(): Promise<number[]> {
+    const d = this.device, units = this.layout.units;
+    d.memset(this.#scalar.ptr, 0, units.length * 4);
+    units.forEach((u, i) => op.sumSquares(d, this.#scalar.at(i), this.grads.at(u.start), u.size));
+    const sums = d.download(new Float32Array(units.length), this.#scalar.ptr);
+    return Promise.resolve(Array.from(sums, Math.sqrt));
   }
 
   adamwStep(args: op.AdamWArgs): void {
@@ -316,7 +326,7 @@ export class ShardedParams implements ParamStore {
     this.grads = plan.reserve("gradients (shard)", "grads", off, f32);
     this.m = plan.reserve("AdamW moments (shard)", "m", off, f32);
     this.v = plan.reserve("AdamW moments (shard)", "v", off, f32);
-    this.#scalar = plan.reserve("gradients (shard)", "norm", 64, f32);
+    this.#scalar = plan.reserve("gradients (shard)", "norms", layout.units.length, f32);
     const units = layout.units;
     const layerMax = Math.max(...units.slice(1, L + 1).map((u) => u.size), 64);
     const head = units[L + 1].size, emb = units[0].size;
@@ -424,6 +434,16 @@ export class ShardedParams implements ParamStore {
     op.sumSquares(d, this.#scalar.ptr, this.grads.ptr, this.shardSize);
     await this.comm.allReduceSum(this.#scalar.ptr, 1, "f32");
     return Math.sqrt(d.download(new Float32Array(1), this.#scalar.ptr)[0]);
+  }
+
+  async unitGradNorms(): Promise<number[]> {
+    const d = this.device, units = this.layout.units;
+    d.memset(this.#scalar.ptr, 0, units.length * 4);
+    units.forEach((u, i) =>
+      op.sumSquares(d, this.#scalar.at(i), this.grads.at(this.shardOffset[i]), u.size / this.W)
+    );
+    await this.comm.allReduceSum(this.#scalar.ptr, units.length, "f32");
+    return Array.from(d.download(new Float32Array(units.length), this.#scalar.ptr), Math.sqrt);
   }
 
   /** The part of entry e inside this rank's shard: [from, to) element offsets of the flat layout. */

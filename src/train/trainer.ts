@@ -334,6 +334,8 @@ export async function train(
     };
 
     const progress = new Progress(totalSteps, startStep, log);
+    // Per-unit gradient norms each step (embedding, layers, head), for diagnosing divergence.
+    const debugGrads = Deno.env.get("DISTFLASH_DEBUG_GRADS") === "1";
     let order: Uint32Array | null = null, orderEpoch = -1;
     const tokensPerStep = windowsPerStep * L;
     let windowStart = performance.now(), windowTokens = 0, lastLoss = NaN;
@@ -383,6 +385,12 @@ export async function train(
         );
       }
       const gradNorm = await model.gradNorm();
+      if (debugGrads) {
+        const norms = await model.params.unitGradNorms();
+        log(
+          `step ${step + 1} unit gradient norms: ${norms.map((n) => n.toExponential(2)).join(" ")}`,
+        );
+      }
       const clip = o.maxGradNorm > 0 ? Math.min(1, o.maxGradNorm / (gradNorm + 1e-6)) : 1;
       const lr = o.learningRate * lrMultiplier(o.lrSchedulerType, step, totalSteps, warmup);
       model.adamwStep({
