@@ -18,7 +18,7 @@
 import type { Device, DevicePtr } from "../runtime/device.ts";
 import type { MemoryPlan, Slot } from "../runtime/memory.ts";
 import * as op from "../runtime/ops.ts";
-import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
+import { DType } from "../runtime/ops.ts";
 import { axpyF32 } from "../runtime/ops_basic.ts";
 import type { Communicator } from "../dist/comm.ts";
 import { type LlamaConfig, parameterShapes } from "./config.ts";

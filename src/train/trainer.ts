@@ -62,7 +62,6 @@ export interface TrainResult {
   outputDir: string;
 }
 
-/** Optional callbacks of `train`. */
 /** Thrown when a run was stopped by Ctrl-C after saving a checkpoint of the last finished step. */
 export class TrainingInterrupted extends Error {
   /** @param checkpoint the folder holding the checkpoint to resume from */
@@ -74,6 +73,7 @@ export class TrainingInterrupted extends Error {
   }
 }
 
+/** Optional callbacks of `train`. */
 export interface TrainHooks {
   /** Called with every logged step (after it is written to metrics.jsonl). */
   onLog?: (m: StepMetrics) => void;
