@@ -36,7 +36,13 @@
  * ```
  * @module
  */
-export { type StepMetrics, train, type TrainHooks, type TrainResult } from "./src/train/trainer.ts";
+export {
+  type StepMetrics,
+  train,
+  type TrainHooks,
+  TrainingInterrupted,
+  type TrainResult,
+} from "./src/train/trainer.ts";
 export {
   type DeviceChoice,
   type LrSchedulerType,
