@@ -64,7 +64,11 @@ export interface TrainResult {
 
 /** Thrown when a run was stopped by Ctrl-C after saving a checkpoint of the last finished step. */
 export class TrainingInterrupted extends Error {
-  /** @param checkpoint the folder holding the checkpoint to resume from */
+  /**
+   * Records where the run stopped.
+   * @param checkpoint the folder holding the checkpoint to resume from
+   * @param step the last finished (and saved) optimizer step
+   */
   constructor(readonly checkpoint: string, readonly step: number) {
     super(
       `stopped by Ctrl-C after step ${step}; resume with --resume-from-checkpoint ${checkpoint}`,
