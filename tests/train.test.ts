@@ -256,3 +256,51 @@ Deno.test("train: Ctrl-C finishes the step, saves a checkpoint, exits 130, and t
   assertEquals(resumed.steps, state.global_step + 2);
   await Deno.remove(out, { recursive: true });
 });
+
+Deno.test("train: --offload-optimizer gives the same run, saves and resumes it exactly", async () => {
+  const base = {
+    model: "debug-tiny",
+    synthetic: true,
+    modelMaxLength: 16,
+    perDeviceTrainBatchSize: 2,
+    maxSteps: 6,
+    learningRate: 1e-2,
+    loggingSteps: 1,
+    device: "cpu",
+    saveSteps: 3,
+    weightDecay: 0.1,
+  };
+  for (const bf16 of [false, true]) {
+    const a = await Deno.makeTempDir(), b = await Deno.makeTempDir();
+    await train({ ...base, bf16, outputDir: a }, quiet);
+    await train({ ...base, bf16, outputDir: b, offloadOptimizer: true }, quiet);
+    const [ma, mb] = [await metrics(a), await metrics(b)];
+    for (let i = 0; i < ma.length; i++) {
+      assertLess(
+        Math.abs(ma[i].loss - mb[i].loss),
+        1e-5 * ma[i].loss,
+        `bf16=${bf16} step ${i + 1} loss`,
+      );
+      assertLess(
+        Math.abs(ma[i].grad_norm - mb[i].grad_norm),
+        1e-4 * ma[i].grad_norm,
+        `bf16=${bf16} step ${i + 1} grad_norm`,
+      );
+    }
+    // Resume the offloaded run from its step-3 checkpoint: steps 4-6 repeat exactly.
+    await train({
+      ...base,
+      bf16,
+      outputDir: b,
+      offloadOptimizer: true,
+      resumeFromCheckpoint: join(b, "checkpoint-3"),
+    }, quiet);
+    const resumed = (await metrics(b)).slice(mb.length);
+    assertEquals(resumed.map((m) => m.step), [4, 5, 6]);
+    for (let i = 0; i < 3; i++) {
+      assertLess(Math.abs(resumed[i].loss - mb[3 + i].loss), 1e-6, `resumed step ${4 + i}`);
+    }
+    await Deno.remove(a, { recursive: true });
+    await Deno.remove(b, { recursive: true });
+  }
+});

@@ -164,35 +164,30 @@ export async function saveModel(
  */
 export async function saveOptimizer(model: LlamaModel, path: string): Promise<void> {
   const { writeSafetensors } = await import("../io/safetensors.ts");
-  const state = model.params.state;
-  const fetch = (slot: typeof state.master) => () =>
-    model.device.download(new Float32Array(slot.numel), slot.ptr);
-  await writeSafetensors(path, [
-    { name: "master", dtype: "F32", shape: [state.master.numel], data: fetch(state.master) },
-    { name: "adam_m", dtype: "F32", shape: [state.m.numel], data: fetch(state.m) },
-    { name: "adam_v", dtype: "F32", shape: [state.v.numel], data: fetch(state.v) },
-  ]);
+  await writeSafetensors(
+    path,
+    model.params.state.map((t) => ({
+      name: t.name,
+      dtype: "F32" as const,
+      shape: [t.numel],
+      data: t.read,
+    })),
+  );
 }
 
 /** Restores what saveOptimizer wrote (same model, world size and sharding). */
 export async function loadOptimizer(model: LlamaModel, path: string): Promise<void> {
   const file = await openSafetensors(path);
   try {
-    const state = model.params.state;
-    for (
-      const [name, slot] of [["master", state.master], ["adam_m", state.m], [
-        "adam_v",
-        state.v,
-      ]] as const
-    ) {
-      const info = file.info(name);
-      if (info.shape[0] !== slot.numel) {
+    for (const t of model.params.state) {
+      const info = file.info(t.name);
+      if (info.shape[0] !== t.numel) {
         throw new Error(
-          `${path}: ${name} holds ${info.shape[0]} values, this run needs ${slot.numel} ` +
+          `${path}: ${t.name} holds ${info.shape[0]} values, this run needs ${t.numel} ` +
             "(resume with the same model, number of ranks and --fsdp setting)",
         );
       }
-      model.device.upload(slot.ptr, await file.readFloat32(name));
+      t.write(await file.readFloat32(t.name));
     }
   } finally {
     file.close();

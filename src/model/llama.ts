@@ -21,6 +21,7 @@ import {
   ShardedParams,
 } from "./params.ts";
 import type { Communicator } from "../dist/comm.ts";
+import { SelfComm } from "../dist/self_comm.ts";
 
 export { type ParamEntry, ParamLayout };
 
@@ -107,6 +108,12 @@ export interface ModelOptions {
   comm?: Communicator | null;
   /** ZeRO-3 over `comm`: shard parameters, gradients and AdamW state (FSDP full_shard). */
   fullShard?: boolean;
+  /**
+   * Keep the fp32 master weights and AdamW moments (of this rank's shard) in host memory and
+   * update them there with the CPU backend's AdamW; the device keeps the gradients and the
+   * compute-dtype weights. Implies sharding over `comm` (a world of one without it).
+   */
+  offloadOptimizer?: boolean;
 }
 
 /** The per-layer intermediates recomputed in backward (one shared set). */
@@ -179,7 +186,12 @@ export class LlamaModel {
     attention?: Attention,
   ) {
     const { dtype, batch, seqLen } = opts;
-    const shardOver = opts.fullShard && opts.comm ? opts.comm : null;
+    // Offloading shards over all ranks (a world of one on a single device).
+    const shardOver = opts.offloadOptimizer
+      ? (opts.comm ?? new SelfComm(device))
+      : opts.fullShard && opts.comm
+      ? opts.comm
+      : null;
     this.layout = new ParamLayout(cfg, 64 * (shardOver?.size ?? 1));
     this.tokens = batch * seqLen;
     this.vocabChunk = Math.min(opts.vocabChunk ?? 4096, cfg.vocabSize);
@@ -188,7 +200,7 @@ export class LlamaModel {
     const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
     const p = this.plan, f32 = DType.f32;
     this.params = shardOver
-      ? new ShardedParams(device, this.layout, dtype, p, shardOver)
+      ? new ShardedParams(device, this.layout, dtype, p, shardOver, opts.offloadOptimizer ?? false)
       : new ReplicatedParams(device, this.layout, dtype, p, opts.comm ?? null);
 
     const saved = "saved activations";
@@ -277,6 +289,7 @@ export class LlamaModel {
 
   free(): void {
     this.plan.free();
+    this.params.release();
   }
 
   get dtype(): DType {

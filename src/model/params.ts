@@ -21,6 +21,7 @@ import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
 import { axpyF32 } from "../runtime/ops_basic.ts";
 import type { Communicator } from "../dist/comm.ts";
+import { HostState } from "./host_state.ts";
 import { type LlamaConfig, parameterShapes } from "./config.ts";
 
 /** One parameter inside the flat parameter buffers. */
@@ -106,11 +107,21 @@ export class ParamLayout {
   }
 }
 
-/** The state tensors a rank saves for resuming (its whole state, or its shard). */
-export interface OptimizerState {
-  master: Slot;
-  m: Slot;
-  v: Slot;
+/** One tensor of the state a rank saves for resuming (its whole state, or its shard). */
+export interface StateTensor {
+  name: "master" | "adam_m" | "adam_v";
+  numel: number;
+  read(): Float32Array;
+  write(values: Float32Array): void;
+}
+
+function deviceState(device: Device, master: Slot, m: Slot, v: Slot): StateTensor[] {
+  return ([["master", master], ["adam_m", m], ["adam_v", v]] as const).map(([name, slot]) => ({
+    name,
+    numel: slot.numel,
+    read: () => device.download(new Float32Array(slot.numel), slot.ptr),
+    write: (values: Float32Array) => device.upload(slot.ptr, values),
+  }));
 }
 
 export interface ParamStore {
@@ -138,8 +149,10 @@ export interface ParamStore {
   getParam(name: string): Promise<Float32Array>;
   /** Refreshes compute copies from the master. */
   syncWeights(): void;
-  readonly state: OptimizerState;
-  /** Memory kinds this store added to the plan. */
+  /** The optimizer state of this rank, for checkpoints. */
+  readonly state: StateTensor[];
+  /** Frees what the store holds outside the memory plan (host memory). */
+  release(): void;
 }
 
 /** Everything on every rank; gradients all-reduced once per step when `comm` is given. */
@@ -167,13 +180,15 @@ export class ReplicatedParams implements ParamStore {
     this.#scalar = plan.reserve("gradients", "norms", layout.units.length, f32);
   }
 
-  get state(): OptimizerState {
-    return { master: this.master, m: this.m, v: this.v };
+  get state(): StateTensor[] {
+    return deviceState(this.device, this.master, this.m, this.v);
   }
 
   initialize(): void {
     for (const s of [this.master, this.m, this.v]) this.device.memset(s.ptr, 0, s.bytes);
   }
+
+  release(): void {}
 
   weight(e: ParamEntry): DevicePtr {
     return this.weights.at(e.offset);
@@ -282,12 +297,15 @@ export class ShardedParams implements ParamStore {
   /** Element offset of each unit's shard inside the shard buffers. */
   readonly shardOffset: number[] = [];
   readonly shardSize: number;
-  readonly master: Slot;
+  /** fp32 master and AdamW moments of the shard on the device (null when offloaded). */
+  readonly #dev: { master: Slot; m: Slot; v: Slot } | null;
   /** One unit's shard in the compute dtype, converted just before its all-gather (bf16 only). */
   readonly #staging: Slot | null;
+  /** Offloaded: the shard's compute-dtype weights on the device, uploaded after each update. */
+  readonly #copy: Slot | null;
+  /** Offloaded: master, moments and a gradient copy in host memory. */
+  #host: HostState | null = null;
   readonly grads: Slot;
-  readonly m: Slot;
-  readonly v: Slot;
   readonly #scalar: Slot;
   readonly #rsOut: Slot;
   /** Gathered compute weights: [embedding, head, layer A, layer B]. */
@@ -305,6 +323,8 @@ export class ShardedParams implements ParamStore {
     readonly dtype: DType,
     plan: MemoryPlan,
     readonly comm: Communicator,
+    /** --offload-optimizer: fp32 master and AdamW moments live in host memory. */
+    readonly offload = false,
   ) {
     this.W = comm.size;
     this.rank = comm.rank;
@@ -318,14 +338,23 @@ export class ShardedParams implements ParamStore {
     }
     this.shardSize = off;
     const f32 = DType.f32, L = layout.cfg.numLayers;
-    this.master = plan.reserve("fp32 master weights (shard)", "master", off, f32);
     const maxUnit = Math.max(...layout.units.map((u) => u.size));
-    this.#staging = dtype === f32
-      ? null
-      : plan.reserve("gathered layers", "staging", maxUnit / this.W, dtype);
+    if (offload) {
+      this.#dev = null;
+      this.#staging = null;
+      this.#copy = plan.reserve("compute weights (shard)", "copy", off, dtype);
+    } else {
+      this.#dev = {
+        master: plan.reserve("fp32 master weights (shard)", "master", off, f32),
+        m: plan.reserve("AdamW moments (shard)", "m", off, f32),
+        v: plan.reserve("AdamW moments (shard)", "v", off, f32),
+      };
+      this.#copy = null;
+      this.#staging = dtype === f32
+        ? null
+        : plan.reserve("gathered layers", "staging", maxUnit / this.W, dtype);
+    }
     this.grads = plan.reserve("gradients (shard)", "grads", off, f32);
-    this.m = plan.reserve("AdamW moments (shard)", "m", off, f32);
-    this.v = plan.reserve("AdamW moments (shard)", "v", off, f32);
     this.#scalar = plan.reserve("gradients (shard)", "norms", layout.units.length, f32);
     const units = layout.units;
     const layerMax = Math.max(...units.slice(1, L + 1).map((u) => u.size), 64);
@@ -352,14 +381,33 @@ export class ShardedParams implements ParamStore {
     this.#gatherF32 = plan.reserve(gg, "gather fp32", Math.max(...units.map((u) => u.size)), f32);
   }
 
-  get state(): OptimizerState {
-    return { master: this.master, m: this.m, v: this.v };
+  get state(): StateTensor[] {
+    if (this.#dev) return deviceState(this.device, this.#dev.master, this.#dev.m, this.#dev.v);
+    const host = this.#host!;
+    return ([["master", "master"], ["adam_m", "m"], ["adam_v", "v"]] as const).map((
+      [name, key],
+    ) => ({
+      name,
+      numel: this.shardSize,
+      read: () => host.f32(key).slice(),
+      write: (values: Float32Array) => host.f32(key).set(values),
+    }));
   }
 
   initialize(): void {
-    for (const s of [this.master, this.m, this.v, this.grads]) {
-      this.device.memset(s.ptr, 0, s.bytes);
+    this.device.memset(this.grads.ptr, 0, this.grads.bytes);
+    if (this.#dev) {
+      for (const s of [this.#dev.master, this.#dev.m, this.#dev.v]) {
+        this.device.memset(s.ptr, 0, s.bytes);
+      }
+    } else {
+      this.#host = new HostState(this.device, this.shardSize, this.dtype);
     }
+  }
+
+  release(): void {
+    this.#host?.free();
+    this.#host = null;
   }
 
   #bufIndex(unit: number): number {
@@ -388,7 +436,9 @@ export class ShardedParams implements ParamStore {
     const b = this.#bufIndex(unit);
     if (this.#resident[b] === unit) return;
     const n = this.layout.units[unit].size / this.W;
-    let send = this.master.at(this.shardOffset[unit]);
+    let send = this.#copy
+      ? this.#copy.at(this.shardOffset[unit])
+      : this.#dev!.master.at(this.shardOffset[unit]);
     if (this.#staging) {
       // bf16: round this rank's fp32 shard of the unit right before sending it (no resident copy).
       op.convert(this.device, this.#staging.ptr, this.dtype, send, DType.f32, n);
@@ -456,21 +506,31 @@ export class ShardedParams implements ParamStore {
   }
 
   adamwStep(args: op.AdamWArgs): void {
+    const host = this.#host;
+    if (host) this.device.download(host.f32("grads"), this.grads.ptr); // waits for the device
     for (const e of this.layout.entries) {
       const own = this.#owned(e);
       if (!own) continue;
+      const n = own.to - own.from;
+      const piece = { ...args, weightDecay: e.decay ? args.weightDecay : 0 };
+      if (host) {
+        host.adamw(own.shardAt, n, piece);
+        continue;
+      }
+      const dev = this.#dev!;
       op.adamw(
         this.device,
-        this.master.at(own.shardAt),
+        dev.master.at(own.shardAt),
         this.grads.at(own.shardAt),
-        this.m.at(own.shardAt),
-        this.v.at(own.shardAt),
-        own.to - own.from,
-        { ...args, weightDecay: e.decay ? args.weightDecay : 0 },
+        dev.m.at(own.shardAt),
+        dev.v.at(own.shardAt),
+        n,
+        piece,
         null, // compute weights are converted from the master when gathered
         this.dtype,
       );
     }
+    if (host) this.device.upload(this.#copy!.ptr, host.computeView());
     this.#resident.fill(-1); // every gathered unit is stale now
     this.#gatheredF32 = -1;
   }
@@ -480,10 +540,9 @@ export class ShardedParams implements ParamStore {
     checkSize(e, values);
     const own = this.#owned(e);
     if (own) {
-      this.device.upload(
-        this.master.at(own.shardAt),
-        values.subarray(own.from - e.offset, own.to - e.offset),
-      );
+      const piece = values.subarray(own.from - e.offset, own.to - e.offset);
+      if (this.#host) this.#host.f32("master").set(piece, own.shardAt);
+      else this.device.upload(this.#dev!.master.at(own.shardAt), piece);
     }
     this.#resident.fill(-1);
     this.#gatheredF32 = -1;
@@ -492,13 +551,15 @@ export class ShardedParams implements ParamStore {
   async getParam(name: string): Promise<Float32Array> {
     const e = this.layout.get(name);
     if (this.#gatheredF32 !== e.unit) {
-      const u = this.layout.units[e.unit];
-      await this.comm.allGather(
-        this.master.at(this.shardOffset[e.unit]),
-        this.#gatherF32.ptr,
-        u.size / this.W,
-        "f32",
-      );
+      const per = this.layout.units[e.unit].size / this.W;
+      let send = this.#dev?.master.at(this.shardOffset[e.unit]);
+      if (this.#host) {
+        // Stage this rank's host shard in its own segment of the buffer: an in-place all-gather.
+        const offset = this.shardOffset[e.unit];
+        send = this.#gatherF32.at(this.rank * per);
+        this.device.upload(send, this.#host.f32("master").subarray(offset, offset + per));
+      }
+      await this.comm.allGather(send!, this.#gatherF32.ptr, per, "f32");
       this.#gatheredF32 = e.unit;
     }
     const at = this.#gatherF32.at(e.offset - this.layout.units[e.unit].start);
@@ -506,6 +567,10 @@ export class ShardedParams implements ParamStore {
   }
 
   syncWeights(): void {
+    if (this.#host) {
+      this.#host.refreshCopy();
+      this.device.upload(this.#copy!.ptr, this.#host.computeView());
+    }
     this.#resident.fill(-1); // the next gather converts from the new master values
   }
 }

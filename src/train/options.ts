@@ -103,6 +103,8 @@ export interface TrainOptions {
   vocabChunk: number;
   /** Tokens per MLP tile: the MLP's [tokens, intermediate] scratch holds one tile. */
   mlpTile: number;
+  /** fp32 master weights and AdamW moments in host memory, updated on the CPU (implies full_shard). */
+  offloadOptimizer: boolean;
   /** Flags of the Hugging Face trainer that have no effect here (reported once). */
   tf32?: string;
   /** Hugging Face trainer flag; accepted and reported as having no effect. */
@@ -167,6 +169,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   checkpointBoundary: "attention",
   vocabChunk: 4096,
   mlpTile: 4096,
+  offloadOptimizer: false,
 };
 
 export const TRAIN_SPECS: readonly Spec[] = [
@@ -240,6 +243,11 @@ export const TRAIN_SPECS: readonly Spec[] = [
   },
   { key: "vocabChunk", kind: "int", help: "vocabulary rows per LM-head chunk", min: 1 },
   { key: "mlpTile", kind: "int", help: "tokens per MLP tile (bounds the MLP's scratch)", min: 1 },
+  {
+    key: "offloadOptimizer",
+    kind: "bool",
+    help: "fp32 master weights and AdamW state in host memory, updated on the CPU",
+  },
   { key: "tf32", kind: "string", help: "HF trainer flag; no effect", noEffect: true },
   { key: "lazyPreprocess", kind: "string", help: "HF trainer flag; no effect", noEffect: true },
   { key: "evaluationStrategy", kind: "string", help: "HF trainer flag; no effect", noEffect: true },

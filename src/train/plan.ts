@@ -44,7 +44,7 @@ export function estimateMemory(
   seqLen = o.modelMaxLength,
 ): MemoryEstimate {
   const sp = o.spSize || world;
-  const fullShard = o.fsdp.split(/\s+/).includes("full_shard") && world > 1;
+  const fullShard = (o.fsdp.split(/\s+/).includes("full_shard") || o.offloadOptimizer) && world > 1;
   const dtype = o.bf16 ? DType.bf16 : DType.f32;
   const S = Math.ceil(seqLen / sp);
   let attention: DistAttention | undefined;
@@ -69,6 +69,7 @@ export function estimateMemory(
     seqLen: S,
     vocabChunk: o.vocabChunk,
     mlpTile: o.mlpTile,
+    offloadOptimizer: o.offloadOptimizer,
     checkpointBoundary: o.checkpointBoundary,
     comm: world > 1 ? fakeComm(world) : null,
     fullShard,

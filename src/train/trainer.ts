@@ -141,7 +141,9 @@ export async function train(
   const log = hooks.log ?? ((line: string) => isMain && console.error(line));
   for (const flag of noEffect) log(`note: ${flag} is accepted for compatibility and has no effect`);
   if (o.fsdp && worldSize === 1) log(`note: --fsdp "${o.fsdp}" has no effect on a single device`);
-  const fullShard = o.fsdp.split(/\s+/).includes("full_shard") && worldSize > 1;
+  // Offloading the optimizer shards it over all ranks, as full_shard does.
+  const fullShard = (o.fsdp.split(/\s+/).includes("full_shard") || o.offloadOptimizer) &&
+    worldSize > 1;
 
   // Everything that can be checked without a device comes first.
   const source = await resolveModel(o.model);
@@ -236,7 +238,7 @@ export async function train(
     }
     log(
       `ranks: ${worldSize} = dp ${dp} x sp ${sp}, ${
-        o.fsdp.includes("full_shard") ? "full_shard (ZeRO-3)" : "no_shard"
+        fullShard ? "full_shard (ZeRO-3)" : "no_shard"
       }; DistAttn ${o.distattnBalanced ? "balanced" : "unbalanced"}, ${
         o.distattnOverlap ? "overlapped" : "not overlapped"
       }; ${S} tokens per rank`,
@@ -248,6 +250,7 @@ export async function train(
     seqLen: S,
     vocabChunk: o.vocabChunk,
     mlpTile: o.mlpTile,
+    offloadOptimizer: o.offloadOptimizer,
     checkpointBoundary: o.checkpointBoundary,
     comm: world,
     fullShard,
