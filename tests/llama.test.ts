@@ -124,7 +124,7 @@ Deno.test(`llama ${TEST_BACKEND}: a saved checkpoint reloads to the same logits`
   }
 });
 
-Deno.test(`llama ${TEST_BACKEND}: the classic layer checkpoint boundary and MLP tiling give the same gradients`, async () => {
+Deno.test(`llama ${TEST_BACKEND}: checkpoint boundary, MLP tiling and offloaded checkpoints give the same gradients`, async () => {
   const dir = `${fixtures}mha`;
   const cfg = await readHfConfig(dir);
   const ref = await reference("mha");
@@ -134,6 +134,8 @@ Deno.test(`llama ${TEST_BACKEND}: the classic layer checkpoint boundary and MLP 
     { checkpointBoundary: "attention" as const },
     { checkpointBoundary: "layer" as const },
     { mlpTile: 24 }, // 64 tokens in tiles of 24, 24 and 16
+    { offloadCheckpoints: true },
+    { offloadCheckpoints: true, checkpointBoundary: "layer" as const },
   ];
   let logits: Float32Array | null = null;
   for (const variant of variants) {
@@ -163,6 +165,8 @@ Deno.test(`llama ${TEST_BACKEND}: the classic layer checkpoint boundary and MLP 
   }
   assertLess(relError(grads[1], grads[0]), 1e-6, "layer vs attention boundary");
   assertLess(relError(grads[2], grads[0]), 1e-6, "MLP in tiles vs whole");
+  assertLess(relError(grads[3], grads[0]), 1e-6, "checkpoints offloaded to the host");
+  assertLess(relError(grads[4], grads[0]), 1e-6, "offloaded, with the layer boundary");
   assertLess(
     relError(
       grads[0].subarray(0, 1000),

@@ -82,3 +82,36 @@ export class HostState {
     if (this.#ownsCpu) this.cpu.close();
   }
 }
+
+/** Named byte buffers in host memory (the CPU library's allocations), viewed without copies. */
+export class HostArena {
+  readonly #cpu: Device;
+  readonly #ownsCpu: boolean;
+  readonly #buffers = new Map<string, { buffer: DeviceBuffer; view: Uint8Array }>();
+
+  constructor(device: Device) {
+    this.#ownsCpu = device.backend !== "cpu";
+    this.#cpu = this.#ownsCpu ? Device.open("cpu") : device;
+  }
+
+  add(name: string, bytes: number): void {
+    const buffer = this.#cpu.alloc(bytes);
+    const raw = Deno.UnsafePointerView.getArrayBuffer(
+      Deno.UnsafePointer.create(buffer.ptr)!,
+      bytes,
+    );
+    this.#buffers.set(name, { buffer, view: new Uint8Array(raw) });
+  }
+
+  view(name: string): Uint8Array {
+    const entry = this.#buffers.get(name);
+    if (!entry) throw new Error(`no host buffer ${name}`);
+    return entry.view;
+  }
+
+  free(): void {
+    for (const { buffer } of this.#buffers.values()) buffer.free();
+    this.#buffers.clear();
+    if (this.#ownsCpu) this.#cpu.close();
+  }
+}

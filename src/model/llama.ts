@@ -22,6 +22,7 @@ import {
 } from "./params.ts";
 import type { Communicator } from "../dist/comm.ts";
 import { SelfComm } from "../dist/self_comm.ts";
+import { HostArena } from "./host_state.ts";
 
 export { type ParamEntry, ParamLayout };
 
@@ -114,6 +115,12 @@ export interface ModelOptions {
    * compute-dtype weights. Implies sharding over `comm` (a world of one without it).
    */
   offloadOptimizer?: boolean;
+  /**
+   * Keep each layer's saved tensors (its input, and its attention output and LSE) in host memory:
+   * copied out after the layer's forward and back before its backward. The device then holds two
+   * layer inputs and one attention output whatever the depth.
+   */
+  offloadCheckpoints?: boolean;
 }
 
 /** The per-layer intermediates recomputed in backward (one shared set). */
@@ -139,6 +146,9 @@ export class LlamaModel {
   readonly vocabChunk: number;
   readonly mlpTile: number;
   attention: Attention;
+  /** Sizes of the per-layer host copies when checkpoints are offloaded. */
+  readonly #hostCheckpoints: { layers: number; x: number; o: number; lse: number } | null;
+  #host: HostArena | null = null;
 
   /** Parameters, gradients and AdamW state (replicated or sharded). */
   readonly params: ParamStore;
@@ -207,9 +217,17 @@ export class LlamaModel {
     this.xs = [];
     this.attnOut = [];
     this.attnLse = [];
-    for (let l = 0; l <= cfg.numLayers; l++) this.xs.push(p.reserve(saved, `x${l}`, T * H, dtype));
-    // With the classic layer boundary one buffer serves every layer (recomputed in backward).
-    const perLayer = (opts.checkpointBoundary ?? "attention") === "attention";
+    const offload = opts.offloadCheckpoints ?? false;
+    // Offloaded: layer inputs alternate between two device buffers (layer l reads one and writes
+    // the other); host memory keeps every layer's copy.
+    const ring = offload
+      ? [p.reserve(saved, "x even", T * H, dtype), p.reserve(saved, "x odd", T * H, dtype)]
+      : [];
+    for (let l = 0; l <= cfg.numLayers; l++) {
+      this.xs.push(offload ? ring[l % 2] : p.reserve(saved, `x${l}`, T * H, dtype));
+    }
+    // With the classic layer boundary (or offloading) one buffer serves every layer.
+    const perLayer = (opts.checkpointBoundary ?? "attention") === "attention" && !offload;
     for (let l = 0; l < cfg.numLayers; l++) {
       if (!perLayer && l > 0) {
         this.attnOut.push(this.attnOut[0]);
@@ -220,6 +238,14 @@ export class LlamaModel {
       this.attnOut.push(p.reserve(kind, `o${l}`, T * qDim, dtype));
       this.attnLse.push(p.reserve(kind, `lse${l}`, batch * cfg.numHeads * seqLen, f32));
     }
+    this.#hostCheckpoints = offload
+      ? {
+        layers: cfg.numLayers,
+        x: this.xs[0].bytes,
+        o: this.attnOut[0].bytes,
+        lse: this.attnLse[0].bytes,
+      }
+      : null;
 
     const layer = "layer scratch";
     this.s = {
@@ -281,6 +307,15 @@ export class LlamaModel {
   allocate(): void {
     this.plan.allocate(this.device);
     this.params.initialize();
+    const h = this.#hostCheckpoints;
+    if (h) {
+      this.#host = new HostArena(this.device);
+      for (let l = 0; l < h.layers; l++) {
+        this.#host.add(`x${l}`, h.x);
+        this.#host.add(`o${l}`, h.o);
+        this.#host.add(`lse${l}`, h.lse);
+      }
+    }
     this.device.upload(
       this.invFreq.ptr,
       Float32Array.from(ropeInvFreq(this.cfg, { float32: true })),
@@ -290,6 +325,8 @@ export class LlamaModel {
   free(): void {
     this.plan.free();
     this.params.release();
+    this.#host?.free();
+    this.#host = null;
   }
 
   get dtype(): DType {
@@ -493,6 +530,12 @@ export class LlamaModel {
       this.#preAttention(l);
       await this.#attend(l);
       this.#postAttention(l);
+      if (this.#host) {
+        // Layer l's saved tensors go to the host before layer l+1 overwrites its input buffer.
+        this.device.download(this.#host.view(`x${l}`), this.xs[l].ptr);
+        this.device.download(this.#host.view(`o${l}`), this.attnOut[l].ptr);
+        this.device.download(this.#host.view(`lse${l}`), this.attnLse[l].ptr);
+      }
     }
     await this.params.gather(c.numLayers + 1);
     op.rmsnormForward(
@@ -642,6 +685,13 @@ export class LlamaModel {
     for (let l = c.numLayers - 1; l >= 0; l--) {
       await this.params.gather(l + 1);
       this.params.beginGrads(l + 1);
+      if (this.#host) {
+        this.device.upload(this.xs[l].ptr, this.#host.view(`x${l}`));
+        if (this.opts.checkpointBoundary !== "layer") {
+          this.device.upload(this.attnOut[l].ptr, this.#host.view(`o${l}`));
+          this.device.upload(this.attnLse[l].ptr, this.#host.view(`lse${l}`));
+        }
+      }
       await this.#layerBackward(l);
       await this.params.reduceGrads(l + 1);
     }

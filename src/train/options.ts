@@ -105,6 +105,8 @@ export interface TrainOptions {
   mlpTile: number;
   /** fp32 master weights and AdamW moments in host memory, updated on the CPU (implies full_shard). */
   offloadOptimizer: boolean;
+  /** Each layer's saved tensors in host memory between its forward and its backward. */
+  offloadCheckpoints: boolean;
   /** Flags of the Hugging Face trainer that have no effect here (reported once). */
   tf32?: string;
   /** Hugging Face trainer flag; accepted and reported as having no effect. */
@@ -170,6 +172,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   vocabChunk: 4096,
   mlpTile: 4096,
   offloadOptimizer: false,
+  offloadCheckpoints: false,
 };
 
 export const TRAIN_SPECS: readonly Spec[] = [
@@ -247,6 +250,11 @@ export const TRAIN_SPECS: readonly Spec[] = [
     key: "offloadOptimizer",
     kind: "bool",
     help: "fp32 master weights and AdamW state in host memory, updated on the CPU",
+  },
+  {
+    key: "offloadCheckpoints",
+    kind: "bool",
+    help: "each layer's saved activations in host memory between forward and backward",
   },
   { key: "tf32", kind: "string", help: "HF trainer flag; no effect", noEffect: true },
   { key: "lazyPreprocess", kind: "string", help: "HF trainer flag; no effect", noEffect: true },

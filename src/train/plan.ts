@@ -70,6 +70,7 @@ export function estimateMemory(
     vocabChunk: o.vocabChunk,
     mlpTile: o.mlpTile,
     offloadOptimizer: o.offloadOptimizer,
+    offloadCheckpoints: o.offloadCheckpoints,
     checkpointBoundary: o.checkpointBoundary,
     comm: world > 1 ? fakeComm(world) : null,
     fullShard,

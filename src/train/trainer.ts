@@ -251,6 +251,7 @@ export async function train(
     vocabChunk: o.vocabChunk,
     mlpTile: o.mlpTile,
     offloadOptimizer: o.offloadOptimizer,
+    offloadCheckpoints: o.offloadCheckpoints,
     checkpointBoundary: o.checkpointBoundary,
     comm: world,
     fullShard,
