@@ -174,6 +174,7 @@ export function registerBench(program: Command, argv: string[]): void {
     )
     .option("--peak-tflops <x>", "peak bf16 TFLOP/s per GPU for MFU (H100 SXM dense: 989)", "989")
     .option("--output-dir <dir>", "logs and results", "outputs/bench-train")
+    .option("--no-baseline", "skip the HF transformers + FSDP2 + context-parallel baseline")
     .action(async (o: Record<string, string>) => {
       const nproc = positiveInt("--nproc-per-node", o.nprocPerNode);
       const L = positiveInt("--model-max-length", o.modelMaxLength);
@@ -226,5 +227,21 @@ export function registerBench(program: Command, argv: string[]): void {
             (flopsPerToken / 1e9).toFixed(1)
           } GFLOP per token, peak ${o.peakTflops} TFLOP/s per GPU)`,
       );
+      const baselineModels = ["llama-2-7b", "tinyllama-1.1b"];
+      const wantBaseline = (o as Record<string, unknown>).baseline !== false;
+      if (wantBaseline && baselineModels.includes(o.model)) {
+        console.log("\nHF transformers + FSDP2 + context parallel, same GPUs:");
+        console.log(
+          await runBaseline([
+            "-m",
+            "torch.distributed.run",
+            `--nproc-per-node=${nproc}`,
+            join(benchDir, "hf_fsdp_cp_train.py"),
+            `--model=${o.model}`,
+            `--seq=${L}`,
+            `--steps=${steps}`,
+          ]),
+        );
+      }
     });
 }
