@@ -78,8 +78,8 @@ export function registerBench(program: Command, argv: string[]): void {
     .option("--warmup <n>", "untimed repetitions first", "2")
     .option(
       "--variants <list>",
-      "DistAttn variants: balanced,unbalanced,no-overlap",
-      "balanced,unbalanced,no-overlap",
+      "DistAttn variants: balanced,unbalanced,no-overlap,zigzag",
+      "balanced,unbalanced,no-overlap,zigzag",
     )
     .option("--device <choice>", "auto, cuda or cpu", "auto")
     .option("--output-dir <dir>", "logs and results", "outputs/bench")
@@ -92,8 +92,10 @@ export function registerBench(program: Command, argv: string[]): void {
       const headDim = positiveInt("--head-dim", String(o.headDim));
       const variants = String(o.variants).split(",") as AttnVariant[];
       for (const v of variants) {
-        if (!["balanced", "unbalanced", "no-overlap"].includes(v)) {
-          throw new Error(`--variants: ${v} is not one of balanced, unbalanced, no-overlap`);
+        if (!["balanced", "unbalanced", "no-overlap", "zigzag"].includes(v)) {
+          throw new Error(
+            `--variants: ${v} is not one of balanced, unbalanced, no-overlap, zigzag`,
+          );
         }
       }
       if (!["auto", "cuda", "cpu"].includes(String(o.device))) {

@@ -76,5 +76,18 @@ for (const T of values.seq.split(",").map(Number)) {
         }%)`,
       );
     }
+    // Zigzag ring (src/dist/zigzag.ts): every step costs each rank S^2/2 of causal work (two
+    // (S/2)^2 sub-blocks), overlapped with passing K/V on; backward also returns dK/dV partials.
+    const h = S / 2, kvBytes = 2 * S * KV * D * 2;
+    const fwdStep = Math.max((2 * 2 * 2 * H * h * h * D) / fwdRate, kvBytes / link);
+    const bwdStep = Math.max((2 * 5 * 2 * H * h * h * D) / bwdRate, (3 * kvBytes) / link);
+    const total = P * (fwdStep + bwdStep), flops = (3.5 * 2 * H * T * T * D) / P;
+    console.log(
+      `${String(T).padEnd(8)} ${String(P).padEnd(3)} ${"zigzag ring".padEnd(20)} ${
+        (1e3 * total).toFixed(1).padStart(10)
+      } ${(flops / total / 1e12).toFixed(0).padStart(16)}  (${
+        ((100 * flops) / total / single).toFixed(0)
+      }%)`,
+    );
   }
 }

@@ -77,7 +77,7 @@ function compare(
   }
 }
 
-Deno.test("dist train: sp = 2, 3, 4, 8, dp 2 x sp 2 and full_shard give the one-rank loss curve", async () => {
+Deno.test("dist train: sp = 2, 3, 4, 8, zigzag, dp 2 x sp 2 and full_shard give the one-rank loss curve", async () => {
   const root = await Deno.makeTempDir();
   await runRanks(1, ["--per-device-train-batch-size", "2"], join(root, "p1"));
   await runRanks(1, ["--per-device-train-batch-size", "4"], join(root, "p1b4"));

@@ -11,6 +11,7 @@ import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
 import type { Communicator } from "../dist/comm.ts";
 import { DistAttention } from "../dist/distattn.ts";
+import { ZigzagAttention } from "../dist/zigzag.ts";
 import type { LlamaConfig } from "../model/config.ts";
 
 export interface AttnBenchOptions {
@@ -23,7 +24,7 @@ export interface AttnBenchOptions {
   variants: AttnVariant[];
 }
 
-export type AttnVariant = "balanced" | "unbalanced" | "no-overlap";
+export type AttnVariant = "balanced" | "unbalanced" | "no-overlap" | "zigzag";
 
 export interface AttnBenchRow {
   seq: number;
@@ -113,7 +114,7 @@ export async function benchAttention(
       const variants: (AttnVariant | "single")[] = P === 1 ? ["single"] : o.variants;
       for (const variant of variants) {
         let fwd: () => Promise<void>, bwd: () => Promise<void>;
-        let dist: DistAttention | null = null;
+        let dist: DistAttention | ZigzagAttention | null = null;
         if (variant === "single") {
           const shape = {
             tq: S,
@@ -146,10 +147,12 @@ export async function benchAttention(
             );
         } else {
           const cfg = { numHeads: H, numKvHeads: KV, headDim: D } as LlamaConfig;
-          dist = new DistAttention(d, cfg, S, DType.bf16, comm!, {
-            balanced: variant !== "unbalanced",
-            overlap: variant !== "no-overlap",
-          });
+          dist = variant === "zigzag"
+            ? new ZigzagAttention(d, cfg, S, DType.bf16, comm!)
+            : new DistAttention(d, cfg, S, DType.bf16, comm!, {
+              balanced: variant !== "unbalanced",
+              overlap: variant !== "no-overlap",
+            });
           const a = dist;
           fwd = () => a.forward(out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr);
           bwd = () =>

@@ -97,6 +97,11 @@ export interface TrainOptions {
   distattnBalanced: boolean;
   /** Overlap DistAttn's communication with compute (off: for comparison). */
   distattnOverlap: boolean;
+  /**
+   * How a sequence is split over its sp ranks: "contiguous" (the paper's slices, with its
+   * load-balanced schedule) or "zigzag" (chunks r and 2P-1-r on a ring: balanced for any P).
+   */
+  distattnLayout: "contiguous" | "zigzag";
   /** "attention" (rematerialisation-aware, default) or "layer" (classic, for comparison). */
   checkpointBoundary: "attention" | "layer";
   /** Vocabulary rows per LM-head chunk. */
@@ -168,6 +173,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   spSize: 0,
   distattnBalanced: true,
   distattnOverlap: true,
+  distattnLayout: "contiguous",
   checkpointBoundary: "attention",
   vocabChunk: 4096,
   mlpTile: 4096,
@@ -238,6 +244,12 @@ export const TRAIN_SPECS: readonly Spec[] = [
   { key: "spSize", kind: "int", help: "ranks per sequence (0: all ranks)", min: 0 },
   { key: "distattnBalanced", kind: "bool", help: "load-balanced DistAttn schedule" },
   { key: "distattnOverlap", kind: "bool", help: "overlap DistAttn communication with compute" },
+  {
+    key: "distattnLayout",
+    kind: "choice",
+    help: "sequence split: the paper's contiguous slices, or zigzag chunks on a ring",
+    choices: ["contiguous", "zigzag"],
+  },
   {
     key: "checkpointBoundary",
     kind: "choice",

@@ -10,6 +10,7 @@ import { formatBytes } from "../runtime/memory.ts";
 import type { LlamaConfig } from "../model/config.ts";
 import { LlamaModel } from "../model/llama.ts";
 import { DistAttention } from "../dist/distattn.ts";
+import { ZigzagAttention } from "../dist/zigzag.ts";
 import type { Communicator } from "../dist/comm.ts";
 import type { TrainOptions } from "./options.ts";
 
@@ -47,21 +48,25 @@ export function estimateMemory(
   const fullShard = (o.fsdp.split(/\s+/).includes("full_shard") || o.offloadOptimizer) && world > 1;
   const dtype = o.bf16 ? DType.bf16 : DType.f32;
   const S = Math.ceil(seqLen / sp);
-  let attention: DistAttention | undefined;
+  let attention: DistAttention | ZigzagAttention | undefined;
   if (sp > 1) {
-    attention = new DistAttention(
-      PLAN_ONLY_DEVICE,
-      cfg,
-      S,
-      dtype,
-      fakeComm(sp),
-      {
-        balanced: o.distattnBalanced,
-        overlap: o.distattnOverlap,
-      },
-      0n,
-      false,
-    );
+    // A zigzag slice must split into two equal chunks; round the planned length up to it.
+    const slice = o.distattnLayout === "zigzag" ? 2 * Math.ceil(S / 2) : S;
+    attention = o.distattnLayout === "zigzag"
+      ? new ZigzagAttention(PLAN_ONLY_DEVICE, cfg, slice, dtype, fakeComm(sp), 0n, false)
+      : new DistAttention(
+        PLAN_ONLY_DEVICE,
+        cfg,
+        S,
+        dtype,
+        fakeComm(sp),
+        {
+          balanced: o.distattnBalanced,
+          overlap: o.distattnOverlap,
+        },
+        0n,
+        false,
+      );
   }
   const model = new LlamaModel(PLAN_ONLY_DEVICE, cfg, {
     dtype,

@@ -28,6 +28,7 @@ import { Progress } from "./progress.ts";
 import { formatPlan } from "./plan.ts";
 import { initDistributed } from "../dist/env.ts";
 import { DistAttention } from "../dist/distattn.ts";
+import { ZigzagAttention, zigzagChunks } from "../dist/zigzag.ts";
 import type { Communicator } from "../dist/comm.ts";
 
 /** One line of metrics.jsonl. */
@@ -133,8 +134,12 @@ export async function train(
   if (worldSize % sp !== 0) {
     throw new Error(`--sp-size ${sp} must divide the number of ranks (${worldSize})`);
   }
-  if (o.modelMaxLength % sp !== 0) {
-    throw new Error(`--model-max-length ${o.modelMaxLength} must be a multiple of --sp-size ${sp}`);
+  const parts = o.distattnLayout === "zigzag" ? 2 * sp : sp;
+  if (o.modelMaxLength % parts !== 0) {
+    throw new Error(
+      `--model-max-length ${o.modelMaxLength} must be a multiple of ${parts} ` +
+        `(${o.distattnLayout === "zigzag" ? "2 x " : ""}--sp-size ${sp})`,
+    );
   }
   const dp = worldSize / sp, spIdx = envRank % sp, dpIdx = Math.floor(envRank / sp);
   const isMain = envRank === 0;
@@ -211,7 +216,7 @@ export async function train(
   // The device, the ranks and the memory plan.
   const device = openBackend(o.device);
   const dtype = o.bf16 ? DType.bf16 : DType.f32;
-  let world: Communicator | null = null, attention: DistAttention | undefined;
+  let world: Communicator | null = null, attention: DistAttention | ZigzagAttention | undefined;
   const S = L / sp; // tokens of a sequence on this rank
   if (worldSize > 1) {
     const ctx = await initDistributed({ backend: device.backend, device });
@@ -222,26 +227,32 @@ export async function train(
     // parameter store's collectives run on the compute stream over `world`.
     const spComm = await world.subgroup(group);
     if (sp > 1) {
-      attention = new DistAttention(
-        device,
-        cfg,
-        S,
-        dtype,
-        spComm,
-        {
-          balanced: o.distattnBalanced,
-          overlap: o.distattnOverlap,
-        },
-        0n,
-        false,
-      ); // allocated after the memory check below
+      // Both are allocated after the memory check below.
+      attention = o.distattnLayout === "zigzag"
+        ? new ZigzagAttention(device, cfg, S, dtype, spComm, 0n, false)
+        : new DistAttention(
+          device,
+          cfg,
+          S,
+          dtype,
+          spComm,
+          {
+            balanced: o.distattnBalanced,
+            overlap: o.distattnOverlap,
+          },
+          0n,
+          false,
+        );
     }
+    const how = o.distattnLayout === "zigzag"
+      ? "zigzag ring"
+      : `DistAttn ${o.distattnBalanced ? "balanced" : "unbalanced"}, ${
+        o.distattnOverlap ? "overlapped" : "not overlapped"
+      }`;
     log(
       `ranks: ${worldSize} = dp ${dp} x sp ${sp}, ${
         fullShard ? "full_shard (ZeRO-3)" : "no_shard"
-      }; DistAttn ${o.distattnBalanced ? "balanced" : "unbalanced"}, ${
-        o.distattnOverlap ? "overlapped" : "not overlapped"
-      }; ${S} tokens per rank`,
+      }; ${how}; ${S} tokens per rank`,
     );
   }
   const model = new LlamaModel(device, cfg, {
@@ -366,6 +377,7 @@ export async function train(
           L,
           sp,
           spIdx,
+          o.distattnLayout,
         );
         for (const label of batch.labels) if (label >= 0) labelled++;
         micro.push(batch);
@@ -481,15 +493,23 @@ function sliceForRank(
   L: number,
   sp: number,
   spIdx: number,
+  layout: "contiguous" | "zigzag",
 ): { inputs: Int32Array; labels: Int32Array; positions: Int32Array } {
   const S = L / sp;
+  // contiguous: tokens [spIdx*S, (spIdx+1)*S); zigzag: chunks spIdx and 2sp-1-spIdx of S/2.
+  const pieces: [number, number][] = layout === "zigzag"
+    ? zigzagChunks(spIdx, sp).map((c) => [c * (S / 2), S / 2])
+    : [[spIdx * S, S]];
   const inputs = new Int32Array(B * S), labels = new Int32Array(B * S);
   const positions = new Int32Array(B * S);
   for (let b = 0; b < B; b++) {
-    const from = b * L + spIdx * S;
-    inputs.set(batch.inputs.subarray(from, from + S), b * S);
-    labels.set(batch.labels.subarray(from, from + S), b * S);
-    for (let t = 0; t < S; t++) positions[b * S + t] = spIdx * S + t;
+    let at = b * S;
+    for (const [start, n] of pieces) {
+      inputs.set(batch.inputs.subarray(b * L + start, b * L + start + n), at);
+      labels.set(batch.labels.subarray(b * L + start, b * L + start + n), at);
+      for (let t = 0; t < n; t++) positions[at + t] = start + t;
+      at += n;
+    }
   }
   return { inputs, labels, positions };
 }

@@ -1,0 +1,256 @@
+/**
+ * Zigzag sequence parallelism: the sequence is cut into 2P chunks and rank r holds chunks r and
+ * 2P-1-r (an early and a late one), so every rank has the same causal work at every step, for
+ * any P, P = 2 included (where the contiguous layout of the paper leaves rank 0 a third of rank
+ * 1's work). K/V travel around a ring; partial outputs merge by log-sum-exp in fp32; in backward
+ * each step's dK/dV partials go straight back to the owner of the keys.
+ *
+ * The rank's tokens are laid out [chunk r; chunk 2P-1-r] (h = S/2 rows each); its LSE buffer
+ * holds [chunk][head][h] (only this class reads it).
+ */
+import type { Device, DevicePtr, Event, Stream } from "../runtime/device.ts";
+import { MemoryPlan, type Slot } from "../runtime/memory.ts";
+import * as op from "../runtime/ops.ts";
+import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
+import { axpyF32 } from "../runtime/ops_basic.ts";
+import type { LlamaConfig } from "../model/config.ts";
+import type { Attention } from "../model/llama.ts";
+import type { Communicator, P2P } from "./comm.ts";
+
+/** The global chunk indices rank `r` of `P` holds, in local order. */
+export function zigzagChunks(r: number, P: number): [number, number] {
+  return [r, 2 * P - 1 - r];
+}
+
+export class ZigzagAttention implements Attention {
+  readonly plan = new MemoryPlan();
+  readonly rank: number;
+  readonly P: number;
+  /** Tokens per chunk (half the rank's slice). */
+  readonly h: number;
+  readonly #kv: { k: Slot; v: Slot }[]; // two received K/V sets (double buffer)
+  readonly #partOut: Slot;
+  readonly #partLse: Slot;
+  readonly #outAcc: Slot;
+  readonly #lseAcc: Slot;
+  readonly #dkPart: Slot;
+  readonly #dvPart: Slot;
+  readonly #recvDk: Slot;
+  readonly #recvDv: Slot;
+  readonly #rowQ: number; // elements per row of q (nh * hd)
+  readonly #rowKv: number;
+  #commStream: Stream = 0n;
+  #events: Event[] = [];
+
+  constructor(
+    readonly device: Device,
+    readonly cfg: LlamaConfig,
+    /** Tokens of this rank (two chunks). */
+    readonly sliceLen: number,
+    readonly dtype: DType,
+    readonly comm: Communicator,
+    readonly computeStream: Stream = 0n,
+    allocateNow = true,
+  ) {
+    if (sliceLen % 2 !== 0) throw new Error(`zigzag needs an even slice, got ${sliceLen} tokens`);
+    this.rank = comm.rank;
+    this.P = comm.size;
+    this.h = sliceLen / 2;
+    this.#rowQ = cfg.numHeads * cfg.headDim;
+    this.#rowKv = cfg.numKvHeads * cfg.headDim;
+    const p = this.plan, f32 = DType.f32, kind = "attention and communication buffers";
+    const S = sliceLen, ring = this.P > 1;
+    this.#kv = [0, 1].map((i) => ({
+      k: p.reserve(kind, `k${i}`, ring ? S * this.#rowKv : 1, dtype),
+      v: p.reserve(kind, `v${i}`, ring ? S * this.#rowKv : 1, dtype),
+    }));
+    this.#partOut = p.reserve(kind, "partOut", this.h * this.#rowQ, dtype);
+    this.#partLse = p.reserve(kind, "partLse", cfg.numHeads * this.h, f32);
+    this.#outAcc = p.reserve(kind, "outAcc", S * this.#rowQ, f32);
+    this.#lseAcc = p.reserve(kind, "lseAcc", cfg.numHeads * S, f32);
+    this.#dkPart = p.reserve(kind, "dkPart", ring ? S * this.#rowKv : 1, f32);
+    this.#dvPart = p.reserve(kind, "dvPart", ring ? S * this.#rowKv : 1, f32);
+    this.#recvDk = p.reserve(kind, "recvDk", ring ? S * this.#rowKv : 1, f32);
+    this.#recvDv = p.reserve(kind, "recvDv", ring ? S * this.#rowKv : 1, f32);
+    if (allocateNow) this.allocate();
+  }
+
+  /** Allocates the buffers, the communication stream and the events. */
+  allocate(): void {
+    this.plan.allocate(this.device);
+    this.#commStream = this.device.backend === "cuda" ? this.device.createStream() : 0n;
+    this.#events = [this.device.createEvent(), this.device.createEvent()];
+  }
+
+  free(): void {
+    this.plan.free();
+    for (const e of this.#events) this.device.destroyEvent(e);
+    if (this.#commStream !== 0n) this.device.destroyStream(this.#commStream);
+  }
+
+  #computeWaitsComm(): void {
+    if (this.#commStream === 0n) return;
+    this.device.recordEvent(this.#events[0], this.#commStream);
+    this.device.waitEvent(this.computeStream, this.#events[0]);
+  }
+
+  #commWaitsCompute(): void {
+    if (this.#commStream === 0n) return;
+    this.device.recordEvent(this.#events[1], this.computeStream);
+    this.device.waitEvent(this.#commStream, this.#events[1]);
+  }
+
+  /** Shape of the sub-block (local query chunk qc, source rank src's key chunk kc), or null if masked. */
+  #pair(qc: number, src: number, kc: number): op.AttentionShape | null {
+    const cq = zigzagChunks(this.rank, this.P)[qc], ck = zigzagChunks(src, this.P)[kc];
+    if (ck > cq) return null; // keys entirely after the queries
+    return {
+      tq: this.h,
+      tk: this.h,
+      nh: this.cfg.numHeads,
+      nkv: this.cfg.numKvHeads,
+      hd: this.cfg.headDim,
+      qPos0: cq * this.h,
+      kPos0: ck * this.h,
+      scale: 1 / Math.sqrt(this.cfg.headDim),
+      dtype: this.dtype,
+    };
+  }
+
+  /** The ring step's K/V exchange: pass what was used at step t on to r+1, receive into a slot. */
+  #ringOps(t: number, k: DevicePtr, v: DevicePtr): P2P[] {
+    const P = this.P, r = this.rank, bytes = this.sliceLen * this.#rowKv * DTYPE_BYTES[this.dtype];
+    const slot = this.#kv[(t + 1) % 2];
+    return [
+      { kind: "send", peer: (r + 1) % P, ptr: k, bytes },
+      { kind: "send", peer: (r + 1) % P, ptr: v, bytes },
+      { kind: "recv", peer: (r - 1 + P) % P, ptr: slot.k.ptr, bytes },
+      { kind: "recv", peer: (r - 1 + P) % P, ptr: slot.v.ptr, bytes },
+    ];
+  }
+
+  #rows(ptr: DevicePtr, row0: number, rowElems: number, dtype: DType): DevicePtr {
+    return ptr + BigInt(row0 * rowElems * DTYPE_BYTES[dtype]);
+  }
+
+  async forward(out: DevicePtr, lse: DevicePtr, q: DevicePtr, k: DevicePtr, v: DevicePtr) {
+    const d = this.device, s0 = this.computeStream, P = this.P, r = this.rank, h = this.h;
+    const nh = this.cfg.numHeads;
+    d.memset(this.#outAcc.ptr, 0, this.#outAcc.bytes, s0);
+    d.upload(this.#lseAcc.ptr, new Float32Array(nh * this.sliceLen).fill(-Infinity), s0);
+    let kCur = k, vCur = v;
+    for (let t = 0; t < P; t++) {
+      const src = (r - t + P) % P;
+      if (t + 1 < P) {
+        this.#commWaitsCompute(); // the receiving slot was last read at step t-1
+        await this.comm.exchange(this.#ringOps(t, kCur, vCur), this.#commStream);
+      }
+      for (let qc = 0; qc < 2; qc++) {
+        for (let kc = 0; kc < 2; kc++) {
+          const shape = this.#pair(qc, src, kc);
+          if (!shape) continue;
+          op.attentionForward(
+            d,
+            this.#partOut.ptr,
+            this.#partLse.ptr,
+            this.#rows(q, qc * h, this.#rowQ, this.dtype),
+            this.#rows(kCur, kc * h, this.#rowKv, this.dtype),
+            this.#rows(vCur, kc * h, this.#rowKv, this.dtype),
+            shape,
+            s0,
+          );
+          op.attentionMerge(
+            d,
+            this.#rows(this.#outAcc.ptr, qc * h, this.#rowQ, DType.f32),
+            this.#lseAcc.at(qc * nh * h),
+            this.#partOut.ptr,
+            this.#partLse.ptr,
+            h,
+            nh,
+            this.cfg.headDim,
+            this.dtype,
+            s0,
+          );
+        }
+      }
+      if (t + 1 < P) {
+        this.#computeWaitsComm(); // the next K/V has arrived
+        const slot = this.#kv[(t + 1) % 2];
+        kCur = slot.k.ptr;
+        vCur = slot.v.ptr;
+      }
+    }
+    op.convert(d, out, this.dtype, this.#outAcc.ptr, DType.f32, this.sliceLen * this.#rowQ, s0);
+    d.copy(lse, this.#lseAcc.ptr, this.#lseAcc.bytes, s0);
+  }
+
+  async backward(
+    dq: DevicePtr,
+    dk: DevicePtr,
+    dv: DevicePtr,
+    dout: DevicePtr,
+    q: DevicePtr,
+    k: DevicePtr,
+    v: DevicePtr,
+    out: DevicePtr,
+    lse: DevicePtr,
+  ) {
+    const d = this.device, s0 = this.computeStream, P = this.P, r = this.rank, h = this.h;
+    const nh = this.cfg.numHeads, kvBytes = this.sliceLen * this.#rowKv * 4;
+    let kCur = k, vCur = v;
+    for (let t = 0; t < P; t++) {
+      const src = (r - t + P) % P;
+      if (t + 1 < P) {
+        this.#commWaitsCompute();
+        await this.comm.exchange(this.#ringOps(t, kCur, vCur), this.#commStream);
+      }
+      // dK/dV of our own keys go straight into the accumulators; others' into partials.
+      const own = t === 0;
+      const dkT = own ? dk : this.#dkPart.ptr, dvT = own ? dv : this.#dvPart.ptr;
+      if (!own) {
+        d.memset(this.#dkPart.ptr, 0, kvBytes, s0);
+        d.memset(this.#dvPart.ptr, 0, kvBytes, s0);
+      }
+      for (let qc = 0; qc < 2; qc++) {
+        for (let kc = 0; kc < 2; kc++) {
+          const shape = this.#pair(qc, src, kc);
+          if (!shape) continue;
+          op.attentionBackward(
+            d,
+            this.#rows(dq, qc * h, this.#rowQ, DType.f32),
+            this.#rows(dkT, kc * h, this.#rowKv, DType.f32),
+            this.#rows(dvT, kc * h, this.#rowKv, DType.f32),
+            this.#rows(dout, qc * h, this.#rowQ, this.dtype),
+            this.#rows(q, qc * h, this.#rowQ, this.dtype),
+            this.#rows(kCur, kc * h, this.#rowKv, this.dtype),
+            this.#rows(vCur, kc * h, this.#rowKv, this.dtype),
+            this.#rows(out, qc * h, this.#rowQ, this.dtype),
+            lse + BigInt(qc * nh * h * 4),
+            shape,
+            s0,
+          );
+        }
+      }
+      if (!own) {
+        // Partials for src's keys go back to src; ours come from the rank t places ahead.
+        this.#commWaitsCompute();
+        await this.comm.exchange([
+          { kind: "send", peer: src, ptr: this.#dkPart.ptr, bytes: kvBytes },
+          { kind: "send", peer: src, ptr: this.#dvPart.ptr, bytes: kvBytes },
+          { kind: "recv", peer: (r + t) % P, ptr: this.#recvDk.ptr, bytes: kvBytes },
+          { kind: "recv", peer: (r + t) % P, ptr: this.#recvDv.ptr, bytes: kvBytes },
+        ], this.#commStream);
+        this.#computeWaitsComm();
+        axpyF32(d, dk, this.#recvDk.ptr, 1, this.sliceLen * this.#rowKv, s0);
+        axpyF32(d, dv, this.#recvDv.ptr, 1, this.sliceLen * this.#rowKv, s0);
+      }
+      if (t + 1 < P) {
+        this.#computeWaitsComm();
+        const slot = this.#kv[(t + 1) % 2];
+        kCur = slot.k.ptr;
+        vCur = slot.v.ptr;
+      }
+    }
+    this.#computeWaitsComm(); // the caller may overwrite q, k, v, dout once this returns
+  }
+}
