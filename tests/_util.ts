@@ -2,6 +2,7 @@
 import { Device } from "../src/runtime/device.ts";
 import type { BackendName } from "../ffi/loader.ts";
 import { fileURLToPath } from "node:url";
+import { attentionBackward, attentionForward, DType } from "../src/runtime/ops.ts";
 
 /** `deno task test` runs on the CPU backend; `deno task test:gpu` sets DISTFLASH_TEST_BACKEND=cuda. */
 export const TEST_BACKEND: BackendName = Deno.env.get("DISTFLASH_TEST_BACKEND") === "cuda"
@@ -64,4 +65,67 @@ export async function runCli(
   }).output();
   const dec = new TextDecoder();
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/** Output, LSE and gradients of one attention over a whole sequence: the reference of the
+ * sequence-parallel tests (the fp32 kernel itself is checked against float64 in ops.test.ts). */
+export interface AttentionResult {
+  o: Float32Array;
+  lse: Float32Array;
+  dq: Float32Array;
+  dk: Float32Array;
+  dv: Float32Array;
+}
+
+export function singleRankAttention(
+  d: Device,
+  x: { q: Float32Array; k: Float32Array; v: Float32Array; dout: Float32Array },
+  nh: number,
+  nkv: number,
+  hd: number,
+): AttentionResult {
+  const T = x.q.length / (nh * hd);
+  const up = (a: Float32Array) => {
+    const b = d.alloc(a.length * 4);
+    d.upload(b.ptr, a);
+    return b;
+  };
+  const [Q, K, V, DO] = [x.q, x.k, x.v, x.dout].map(up);
+  const O = d.alloc(x.q.length * 4), L = d.alloc(nh * T * 4);
+  const dQ = d.alloc(x.q.length * 4), dK = d.alloc(x.k.length * 4), dV = d.alloc(x.v.length * 4);
+  for (const b of [dQ, dK, dV]) d.memset(b.ptr, 0, b.bytes);
+  const shape = {
+    tq: T,
+    tk: T,
+    nh,
+    nkv,
+    hd,
+    qPos0: 0,
+    kPos0: 0,
+    scale: 1 / Math.sqrt(hd),
+    dtype: DType.f32,
+  };
+  attentionForward(d, O.ptr, L.ptr, Q.ptr, K.ptr, V.ptr, shape);
+  attentionBackward(d, dQ.ptr, dK.ptr, dV.ptr, DO.ptr, Q.ptr, K.ptr, V.ptr, O.ptr, L.ptr, shape);
+  const result = {
+    o: d.download(new Float32Array(x.q.length), O.ptr),
+    lse: d.download(new Float32Array(nh * T), L.ptr),
+    dq: d.download(new Float32Array(x.q.length), dQ.ptr),
+    dk: d.download(new Float32Array(x.k.length), dK.ptr),
+    dv: d.download(new Float32Array(x.v.length), dV.ptr),
+  };
+  for (const b of [Q, K, V, DO, O, L, dQ, dK, dV]) b.free();
+  return result;
+}
+
+/** ||got - want|| / ||want|| for every tensor of an attention result. */
+export function attentionErrors(
+  got: AttentionResult,
+  want: AttentionResult,
+): Record<string, number> {
+  return Object.fromEntries(
+    (Object.keys(want) as (keyof AttentionResult)[]).map((
+      key,
+    ) => [key, relError(got[key], want[key])]),
+  );
 }

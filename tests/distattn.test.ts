@@ -5,11 +5,10 @@
  * 1e-5 relative error is the bound (the issue's), and it must not grow with P.
  */
 import { assertLess } from "./assert.ts";
-import { randn, relError, testDevice } from "./_util.ts";
+import { attentionErrors, randn, singleRankAttention, testDevice } from "./_util.ts";
 import { DistAttention } from "../src/dist/distattn.ts";
 import { LocalGroup } from "../src/dist/local_comm.ts";
 import { presetConfig } from "../src/model/config.ts";
-import * as op from "../src/runtime/ops.ts";
 import { DType } from "../src/runtime/ops.ts";
 import type { Device } from "../src/runtime/device.ts";
 
@@ -27,22 +26,7 @@ async function check(P: number, nkv: number, balanced: boolean, overlap: boolean
     k = randn(T * nkv * hd, 2 + P),
     v = randn(T * nkv * hd, 3 + P);
   const dout = randn(T * nh * hd, 4 + P);
-  // Reference: one attention over the whole sequence.
-  const bufs = [q, k, v, dout].map((x) => upload(d, x));
-  const [Q, K, V, DO] = bufs;
-  const O = d.alloc(q.length * 4), L = d.alloc(nh * T * 4);
-  const dQ = d.alloc(q.length * 4), dK = d.alloc(k.length * 4), dV = d.alloc(v.length * 4);
-  for (const b of [dQ, dK, dV]) d.memset(b.ptr, 0, b.bytes);
-  const shape = { tq: T, tk: T, nh, nkv, hd, qPos0: 0, kPos0: 0, scale: 0.25, dtype: DType.f32 };
-  op.attentionForward(d, O.ptr, L.ptr, Q.ptr, K.ptr, V.ptr, shape);
-  op.attentionBackward(d, dQ.ptr, dK.ptr, dV.ptr, DO.ptr, Q.ptr, K.ptr, V.ptr, O.ptr, L.ptr, shape);
-  const want = {
-    o: d.download(new Float32Array(q.length), O.ptr),
-    lse: d.download(new Float32Array(nh * T), L.ptr),
-    dq: d.download(new Float32Array(q.length), dQ.ptr),
-    dk: d.download(new Float32Array(k.length), dK.ptr),
-    dv: d.download(new Float32Array(v.length), dV.ptr),
-  };
+  const want = singleRankAttention(d, { q, k, v, dout }, nh, nkv, hd);
   // P ranks, each with its slice.
   const group = new LocalGroup(d, P);
   const qs = S * nh * hd, kvs = S * nkv * hd;
@@ -97,11 +81,7 @@ async function check(P: number, nkv: number, balanced: boolean, overlap: boolean
     x.attn.free();
     for (const b of [...x.mine, x.o, x.lse, ...x.grads]) b.free();
   }
-  for (const b of [...bufs, O, L, dQ, dK, dV]) b.free();
-  const errors = Object.fromEntries(
-    (Object.keys(want) as (keyof typeof want)[]).map((key) => [key, relError(got[key], want[key])]),
-  );
-  return errors;
+  return attentionErrors(got, want);
 }
 
 for (const P of [1, 2, 3, 4, 5, 8]) {

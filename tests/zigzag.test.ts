@@ -3,11 +3,10 @@
  * r and 2P-1-r; forward (O, LSE) and backward (dQ, dK, dV), MHA and GQA, fp32 (1e-5, as DistAttn).
  */
 import { assertLess } from "./assert.ts";
-import { randn, relError, testDevice } from "./_util.ts";
+import { attentionErrors, randn, singleRankAttention, testDevice } from "./_util.ts";
 import { ZigzagAttention, zigzagChunks } from "../src/dist/zigzag.ts";
 import { LocalGroup } from "../src/dist/local_comm.ts";
 import { presetConfig } from "../src/model/config.ts";
-import * as op from "../src/runtime/ops.ts";
 import { DType } from "../src/runtime/ops.ts";
 import type { Device } from "../src/runtime/device.ts";
 
@@ -24,21 +23,7 @@ async function check(P: number, nkv: number) {
   const rq = nh * hd, rkv = nkv * hd;
   const q = randn(T * rq, 11 + P), k = randn(T * rkv, 12 + P), v = randn(T * rkv, 13 + P);
   const dout = randn(T * rq, 14 + P);
-  const bufs = [q, k, v, dout].map((x) => upload(d, x));
-  const [Q, K, V, DO] = bufs;
-  const O = d.alloc(q.length * 4), L = d.alloc(nh * T * 4);
-  const dQ = d.alloc(q.length * 4), dK = d.alloc(k.length * 4), dV = d.alloc(v.length * 4);
-  for (const b of [dQ, dK, dV]) d.memset(b.ptr, 0, b.bytes);
-  const shape = { tq: T, tk: T, nh, nkv, hd, qPos0: 0, kPos0: 0, scale: 0.25, dtype: DType.f32 };
-  op.attentionForward(d, O.ptr, L.ptr, Q.ptr, K.ptr, V.ptr, shape);
-  op.attentionBackward(d, dQ.ptr, dK.ptr, dV.ptr, DO.ptr, Q.ptr, K.ptr, V.ptr, O.ptr, L.ptr, shape);
-  const want = {
-    o: d.download(new Float32Array(q.length), O.ptr),
-    lse: d.download(new Float32Array(nh * T), L.ptr),
-    dq: d.download(new Float32Array(q.length), dQ.ptr),
-    dk: d.download(new Float32Array(k.length), dK.ptr),
-    dv: d.download(new Float32Array(v.length), dV.ptr),
-  };
+  const want = singleRankAttention(d, { q, k, v, dout }, nh, nkv, hd);
   // A rank's rows: chunk r then chunk 2P-1-r.
   const take = (x: Float32Array, row: number, r: number) => {
     const [a, b] = zigzagChunks(r, P);
@@ -105,10 +90,7 @@ async function check(P: number, nkv: number) {
     x.attn.free();
     for (const b of [...x.mine, x.o, x.lse, ...x.grads]) b.free();
   }
-  for (const b of [...bufs, O, L, dQ, dK, dV]) b.free();
-  return Object.fromEntries(
-    (Object.keys(want) as (keyof typeof want)[]).map((key) => [key, relError(got[key], want[key])]),
-  );
+  return attentionErrors(got, want);
 }
 
 for (const P of [1, 2, 3, 4]) {

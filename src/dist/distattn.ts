@@ -16,7 +16,7 @@
  * the compute stream; events order the two, double buffers keep them apart. With the CPU host
  * transport the exchange completes before returning, so the same code simply runs in sequence.
  */
-import type { Device, DevicePtr, Event, Stream } from "../runtime/device.ts";
+import type { Device, DevicePtr, Stream } from "../runtime/device.ts";
 import { MemoryPlan, type Slot } from "../runtime/memory.ts";
 import * as op from "../runtime/ops.ts";
 import { axpyF32 } from "../runtime/ops_basic.ts";
@@ -24,6 +24,7 @@ import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
 import type { LlamaConfig } from "../model/config.ts";
 import type { Attention } from "../model/llama.ts";
 import type { Communicator, P2P } from "./comm.ts";
+import { CommStreams } from "./streams.ts";
 import { backwardSchedule, forwardSchedule, type Step, type Transfer } from "./schedule.ts";
 
 export interface DistAttnOptions {
@@ -64,8 +65,7 @@ export class DistAttention implements Attention {
   readonly #recvDq: Slot;
   readonly #recvDk: Slot;
   readonly #recvDv: Slot;
-  #commStream: Stream = 0n;
-  #events: Event[] = [];
+  readonly #streams: CommStreams;
   readonly #qElems: number;
   readonly #kvElems: number;
   readonly #lseElems: number;
@@ -83,6 +83,7 @@ export class DistAttention implements Attention {
     allocateNow = true,
   ) {
     this.rank = comm.rank;
+    this.#streams = new CommStreams(device, computeStream);
     this.P = comm.size;
     this.shape = {
       tq: sliceLen,
@@ -141,14 +142,12 @@ export class DistAttention implements Attention {
   allocate(): void {
     const device = this.device;
     this.plan.allocate(device);
-    this.#commStream = device.backend === "cuda" ? device.createStream() : 0n;
-    this.#events = Array.from({ length: 8 }, () => device.createEvent());
+    this.#streams.allocate();
   }
 
   free(): void {
     this.plan.free();
-    for (const e of this.#events) this.device.destroyEvent(e);
-    if (this.#commStream !== 0n) this.device.destroyStream(this.#commStream);
+    this.#streams.free();
   }
 
   #blockShape(q: number, kv: number): op.AttentionShape {
@@ -157,19 +156,6 @@ export class DistAttention implements Attention {
 
   #bytes(elems: number, dtype: DType = this.dtype): number {
     return elems * DTYPE_BYTES[dtype];
-  }
-
-  /** compute stream waits for everything issued so far on the comm stream (and vice versa). */
-  #computeWaitsComm(): void {
-    if (this.#commStream === 0n) return;
-    this.device.recordEvent(this.#events[0], this.#commStream);
-    this.device.waitEvent(this.computeStream, this.#events[0]);
-  }
-
-  #commWaitsCompute(): void {
-    if (this.#commStream === 0n) return;
-    this.device.recordEvent(this.#events[1], this.computeStream);
-    this.device.waitEvent(this.#commStream, this.#events[1]);
   }
 
   /** The P2P ops of this rank for a step's input transfers, received into `slot`. */
@@ -215,12 +201,12 @@ export class DistAttention implements Attention {
     const fetch = (s: number) =>
       this.comm.exchange(
         this.#fetchOps(steps[s].fetch, this.#slots[s % 2], mine, false),
-        this.#commStream,
+        this.#streams.comm,
       );
     await fetch(0);
     for (let s = 0; s < steps.length; s++) {
       const slot = this.#slots[s % 2];
-      this.#computeWaitsComm();
+      this.#streams.computeWaitsComm();
       // Prefetch the next step's inputs while this one computes (its slot was last read at s-1,
       // whose compute the comm stream has already waited for).
       if (this.opts.overlap && s + 1 < steps.length) await fetch(s + 1);
@@ -281,10 +267,10 @@ export class DistAttention implements Attention {
           });
         }
       }
-      this.#commWaitsCompute();
-      await this.comm.exchange(ops, this.#commStream);
+      this.#streams.commWaitsCompute();
+      await this.comm.exchange(ops, this.#streams.comm);
       if (receives) {
-        this.#computeWaitsComm();
+        this.#streams.computeWaitsComm();
         op.attentionMerge(
           d,
           this.#outAcc.ptr,
@@ -297,13 +283,13 @@ export class DistAttention implements Attention {
           this.dtype,
           s0,
         );
-        this.#commWaitsCompute(); // the receive buffers are reused next step
+        this.#streams.commWaitsCompute(); // the receive buffers are reused next step
       }
       if (!this.opts.overlap && s + 1 < steps.length) await fetch(s + 1);
     }
     op.convert(d, out, this.dtype, this.#outAcc.ptr, DType.f32, this.#qElems, s0);
     d.copy(lse, this.#lseAcc.ptr, this.#lseElems * 4, s0);
-    this.#computeWaitsComm(); // the caller may reuse q, k, v once this returns
+    this.#streams.computeWaitsComm(); // the caller may reuse q, k, v once this returns
   }
 
   async backward(
@@ -322,12 +308,12 @@ export class DistAttention implements Attention {
     const fetch = (s: number) =>
       this.comm.exchange(
         this.#fetchOps(steps[s].fetch, this.#slots[s % 2], mine, true),
-        this.#commStream,
+        this.#streams.comm,
       );
     await fetch(0);
     for (let s = 0; s < steps.length; s++) {
       const slot = this.#slots[s % 2];
-      this.#computeWaitsComm();
+      this.#streams.computeWaitsComm();
       if (this.opts.overlap && s + 1 < steps.length) await fetch(s + 1);
       const task = steps[s].tasks.find((t) => t.worker === r);
       const ops: P2P[] = [];
@@ -389,19 +375,19 @@ export class DistAttention implements Attention {
           recvDkv ||= recv;
         }
       }
-      this.#commWaitsCompute();
-      await this.comm.exchange(ops, this.#commStream);
+      this.#streams.commWaitsCompute();
+      await this.comm.exchange(ops, this.#streams.comm);
       if (recvDq || recvDkv) {
-        this.#computeWaitsComm();
+        this.#streams.computeWaitsComm();
         if (recvDq) axpyF32(d, dq, this.#recvDq.ptr, 1, this.#qElems, s0);
         if (recvDkv) {
           axpyF32(d, dk, this.#recvDk.ptr, 1, this.#kvElems, s0);
           axpyF32(d, dv, this.#recvDv.ptr, 1, this.#kvElems, s0);
         }
-        this.#commWaitsCompute();
+        this.#streams.commWaitsCompute();
       }
       if (!this.opts.overlap && s + 1 < steps.length) await fetch(s + 1);
     }
-    this.#computeWaitsComm(); // the caller may overwrite q, k, v, dout once this returns
+    this.#streams.computeWaitsComm(); // the caller may overwrite q, k, v, dout once this returns
   }
 }

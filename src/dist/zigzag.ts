@@ -8,7 +8,7 @@
  * The rank's tokens are laid out [chunk r; chunk 2P-1-r] (h = S/2 rows each); its LSE buffer
  * holds [chunk][head][h] (only this class reads it).
  */
-import type { Device, DevicePtr, Event, Stream } from "../runtime/device.ts";
+import type { Device, DevicePtr, Stream } from "../runtime/device.ts";
 import { MemoryPlan, type Slot } from "../runtime/memory.ts";
 import * as op from "../runtime/ops.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
@@ -16,6 +16,7 @@ import { axpyF32 } from "../runtime/ops_basic.ts";
 import type { LlamaConfig } from "../model/config.ts";
 import type { Attention } from "../model/llama.ts";
 import type { Communicator, P2P } from "./comm.ts";
+import { CommStreams } from "./streams.ts";
 
 /** The global chunk indices rank `r` of `P` holds, in local order. */
 export function zigzagChunks(r: number, P: number): [number, number] {
@@ -39,8 +40,7 @@ export class ZigzagAttention implements Attention {
   readonly #recvDv: Slot;
   readonly #rowQ: number; // elements per row of q (nh * hd)
   readonly #rowKv: number;
-  #commStream: Stream = 0n;
-  #events: Event[] = [];
+  readonly #streams: CommStreams;
 
   constructor(
     readonly device: Device,
@@ -54,6 +54,7 @@ export class ZigzagAttention implements Attention {
   ) {
     if (sliceLen % 2 !== 0) throw new Error(`zigzag needs an even slice, got ${sliceLen} tokens`);
     this.rank = comm.rank;
+    this.#streams = new CommStreams(device, computeStream);
     this.P = comm.size;
     this.h = sliceLen / 2;
     this.#rowQ = cfg.numHeads * cfg.headDim;
@@ -78,26 +79,12 @@ export class ZigzagAttention implements Attention {
   /** Allocates the buffers, the communication stream and the events. */
   allocate(): void {
     this.plan.allocate(this.device);
-    this.#commStream = this.device.backend === "cuda" ? this.device.createStream() : 0n;
-    this.#events = [this.device.createEvent(), this.device.createEvent()];
+    this.#streams.allocate();
   }
 
   free(): void {
     this.plan.free();
-    for (const e of this.#events) this.device.destroyEvent(e);
-    if (this.#commStream !== 0n) this.device.destroyStream(this.#commStream);
-  }
-
-  #computeWaitsComm(): void {
-    if (this.#commStream === 0n) return;
-    this.device.recordEvent(this.#events[0], this.#commStream);
-    this.device.waitEvent(this.computeStream, this.#events[0]);
-  }
-
-  #commWaitsCompute(): void {
-    if (this.#commStream === 0n) return;
-    this.device.recordEvent(this.#events[1], this.computeStream);
-    this.device.waitEvent(this.#commStream, this.#events[1]);
+    this.#streams.free();
   }
 
   /** Shape of the sub-block (local query chunk qc, source rank src's key chunk kc), or null if masked. */
@@ -142,8 +129,8 @@ export class ZigzagAttention implements Attention {
     for (let t = 0; t < P; t++) {
       const src = (r - t + P) % P;
       if (t + 1 < P) {
-        this.#commWaitsCompute(); // the receiving slot was last read at step t-1
-        await this.comm.exchange(this.#ringOps(t, kCur, vCur), this.#commStream);
+        this.#streams.commWaitsCompute(); // the receiving slot was last read at step t-1
+        await this.comm.exchange(this.#ringOps(t, kCur, vCur), this.#streams.comm);
       }
       for (let qc = 0; qc < 2; qc++) {
         for (let kc = 0; kc < 2; kc++) {
@@ -174,7 +161,7 @@ export class ZigzagAttention implements Attention {
         }
       }
       if (t + 1 < P) {
-        this.#computeWaitsComm(); // the next K/V has arrived
+        this.#streams.computeWaitsComm(); // the next K/V has arrived
         const slot = this.#kv[(t + 1) % 2];
         kCur = slot.k.ptr;
         vCur = slot.v.ptr;
@@ -201,8 +188,8 @@ export class ZigzagAttention implements Attention {
     for (let t = 0; t < P; t++) {
       const src = (r - t + P) % P;
       if (t + 1 < P) {
-        this.#commWaitsCompute();
-        await this.comm.exchange(this.#ringOps(t, kCur, vCur), this.#commStream);
+        this.#streams.commWaitsCompute();
+        await this.comm.exchange(this.#ringOps(t, kCur, vCur), this.#streams.comm);
       }
       // dK/dV of our own keys go straight into the accumulators; others' into partials.
       const own = t === 0;
@@ -233,24 +220,24 @@ export class ZigzagAttention implements Attention {
       }
       if (!own) {
         // Partials for src's keys go back to src; ours come from the rank t places ahead.
-        this.#commWaitsCompute();
+        this.#streams.commWaitsCompute();
         await this.comm.exchange([
           { kind: "send", peer: src, ptr: this.#dkPart.ptr, bytes: kvBytes },
           { kind: "send", peer: src, ptr: this.#dvPart.ptr, bytes: kvBytes },
           { kind: "recv", peer: (r + t) % P, ptr: this.#recvDk.ptr, bytes: kvBytes },
           { kind: "recv", peer: (r + t) % P, ptr: this.#recvDv.ptr, bytes: kvBytes },
-        ], this.#commStream);
-        this.#computeWaitsComm();
+        ], this.#streams.comm);
+        this.#streams.computeWaitsComm();
         axpyF32(d, dk, this.#recvDk.ptr, 1, this.sliceLen * this.#rowKv, s0);
         axpyF32(d, dv, this.#recvDv.ptr, 1, this.sliceLen * this.#rowKv, s0);
       }
       if (t + 1 < P) {
-        this.#computeWaitsComm();
+        this.#streams.computeWaitsComm();
         const slot = this.#kv[(t + 1) % 2];
         kCur = slot.k.ptr;
         vCur = slot.v.ptr;
       }
     }
-    this.#computeWaitsComm(); // the caller may overwrite q, k, v, dout once this returns
+    this.#streams.computeWaitsComm(); // the caller may overwrite q, k, v, dout once this returns
   }
 }
