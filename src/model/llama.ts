@@ -101,8 +101,9 @@ export interface ModelOptions {
    */
   checkpointBoundary?: "attention" | "layer";
   /**
-   * Tokens per MLP tile (default 4096): the MLP's [tokens, intermediate] intermediates exist for
-   * one tile at a time, in forward and backward, so their memory does not grow with the sequence.
+   * Tokens per tile of the MLP and the LM head (default 4096): their [tokens, intermediate] and
+   * [tokens, vocabulary chunk] intermediates exist for one tile at a time, in forward and
+   * backward, so their memory does not grow with the sequence.
    */
   mlpTile?: number;
   /** Ranks that hold parameters together: gradients are all-reduced over them (or sharded). */
@@ -282,10 +283,11 @@ export class LlamaModel {
     const head = "LM head and loss";
     this.xf = p.reserve(head, "xf", T * H, dtype);
     this.rstdF = p.reserve(head, "rstdF", T, f32);
-    this.logits = p.reserve(head, "logits", T * this.vocabChunk, f32);
+    // Logits exist for one (token tile, vocabulary chunk) at a time.
+    this.logits = p.reserve(head, "logits", this.mlpTile * this.vocabChunk, f32);
     this.dlogits = dtype === f32
       ? this.logits
-      : p.reserve(head, "dlogits", T * this.vocabChunk, dtype);
+      : p.reserve(head, "dlogits", this.mlpTile * this.vocabChunk, dtype);
     this.ceM = p.reserve(head, "ceM", T, f32);
     this.ceS = p.reserve(head, "ceS", T, f32);
     this.ceTarget = p.reserve(head, "ceTarget", T, f32);
@@ -331,6 +333,13 @@ export class LlamaModel {
 
   get dtype(): DType {
     return this.opts.dtype;
+  }
+
+  /** Host memory this model allocates outside the plan (offloaded optimizer and checkpoints). */
+  get hostBytes(): number {
+    const h = this.#hostCheckpoints;
+    const checkpoints = h ? h.layers * (h.x + h.o + h.lse) : 0;
+    return checkpoints + this.params.hostBytes;
   }
 
   /** Writes one parameter's fp32 values into the master weights. */
@@ -551,19 +560,18 @@ export class LlamaModel {
     );
   }
 
-  /** LM-head logits of vocabulary rows [v0, v0+vc) into the fp32 chunk buffer. */
-  #logitsChunk(v0: number, vc: number): void {
-    const H = this.cfg.hiddenSize, head = this.layout.lmHead;
-    const w = this.#w(head) + BigInt(v0 * H * DTYPE_BYTES[this.dtype]);
+  /** Logits of tokens [t0, t0+n) against vocabulary rows [v0, v0+vc), into the fp32 buffer. */
+  #logitsTile(t0: number, n: number, v0: number, vc: number): void {
+    const H = this.cfg.hiddenSize, head = this.layout.lmHead, bytes = DTYPE_BYTES[this.dtype];
     op.gemm(this.device, {
       transA: false,
       transB: true,
-      m: this.tokens,
+      m: n,
       n: vc,
       k: H,
-      a: this.xf.ptr,
+      a: this.xf.ptr + BigInt(t0 * H * bytes),
       lda: H,
-      b: w,
+      b: this.#w(head) + BigInt(v0 * H * bytes),
       ldb: H,
       c: this.logits.ptr,
       ldc: vc,
@@ -572,31 +580,38 @@ export class LlamaModel {
     });
   }
 
+  /** Calls fn(t0, n, v0, vc) for every (token tile, vocabulary chunk) of the LM head. */
+  #headTiles(fn: (t0: number, n: number, v0: number, vc: number) => void): void {
+    const T = this.tokens, V = this.cfg.vocabSize, C = this.vocabChunk, tile = this.mlpTile;
+    for (let v0 = 0; v0 < V; v0 += C) {
+      for (let t0 = 0; t0 < T; t0 += tile) fn(t0, Math.min(tile, T - t0), v0, Math.min(C, V - v0));
+    }
+  }
+
   /**
    * Cross-entropy of the current micro-batch, chunked over the vocabulary. Returns the sum of
    * per-token losses (ignored labels count 0); the per-token losses stay in ceLoss, their
    * log-sum-exp in ceLse.
    */
   lossSum(): number {
-    const d = this.device, T = this.tokens, V = this.cfg.vocabSize, C = this.vocabChunk;
+    const d = this.device, T = this.tokens;
     d.upload(this.ceM.ptr, new Float32Array(T).fill(-Infinity));
     d.memset(this.ceS.ptr, 0, T * 4);
     d.memset(this.ceTarget.ptr, 0, T * 4);
-    for (let v0 = 0; v0 < V; v0 += C) {
-      const vc = Math.min(C, V - v0);
-      this.#logitsChunk(v0, vc);
+    this.#headTiles((t0, n, v0, vc) => {
+      this.#logitsTile(t0, n, v0, vc);
       op.ceChunkForward(
         d,
-        this.ceM.ptr,
-        this.ceS.ptr,
-        this.ceTarget.ptr,
+        this.ceM.at(t0),
+        this.ceS.at(t0),
+        this.ceTarget.at(t0),
         this.logits.ptr,
-        this.labels.ptr,
-        T,
+        this.labels.at(t0),
+        n,
         vc,
         v0,
       );
-    }
+    });
     op.ceFinalize(
       d,
       this.ceLoss.ptr,
@@ -618,23 +633,31 @@ export class LlamaModel {
    */
   async backward(lossScale: number): Promise<void> {
     const d = this.device, c = this.cfg, dt = this.dtype, T = this.tokens, H = c.hiddenSize;
-    const V = c.vocabSize, C = this.vocabChunk, L = this.layout;
-    // LM head, chunk by chunk: dlogits = scale (softmax - onehot); dxf += dlogits W; dW += dlogits^T xf.
+    const V = c.vocabSize, L = this.layout;
+    // LM head, tile by chunk: dlogits = scale (softmax - onehot); dxf += dlogits W; dW += dlogits^T xf.
     this.params.beginGrads(0);
     this.params.beginGrads(c.numLayers + 1);
     d.memset(this.dxfF32.ptr, 0, T * H * 4);
     const head = L.lmHead;
-    for (let v0 = 0; v0 < V; v0 += C) {
-      const vc = Math.min(C, V - v0);
-      this.#logitsChunk(v0, vc);
-      op.ceChunkBackward(d, this.logits.ptr, this.ceLse.ptr, this.labels.ptr, T, vc, v0, lossScale);
+    this.#headTiles((t0, n, v0, vc) => {
+      this.#logitsTile(t0, n, v0, vc);
+      op.ceChunkBackward(
+        d,
+        this.logits.ptr,
+        this.ceLse.at(t0),
+        this.labels.at(t0),
+        n,
+        vc,
+        v0,
+        lossScale,
+      );
       if (this.dlogits !== this.logits) {
-        op.convert(d, this.dlogits.ptr, dt, this.logits.ptr, DType.f32, T * vc);
+        op.convert(d, this.dlogits.ptr, dt, this.logits.ptr, DType.f32, n * vc);
       }
       op.gemm(d, {
         transA: false,
         transB: false,
-        m: T,
+        m: n,
         n: H,
         k: vc,
         a: this.dlogits.ptr,
@@ -642,7 +665,7 @@ export class LlamaModel {
         b: this.#w(head) + BigInt(v0 * H * DTYPE_BYTES[dt]),
         ldb: H,
         beta: 1,
-        c: this.dxfF32.ptr,
+        c: this.dxfF32.at(t0 * H),
         ldc: H,
         abType: dt,
         cType: DType.f32,
@@ -652,10 +675,10 @@ export class LlamaModel {
         transB: false,
         m: vc,
         n: H,
-        k: T,
+        k: n,
         a: this.dlogits.ptr,
         lda: vc,
-        b: this.xf.ptr,
+        b: this.xf.ptr + BigInt(t0 * H * DTYPE_BYTES[dt]),
         ldb: H,
         beta: 1,
         c: this.#g(head) + BigInt(v0 * H * 4),
@@ -663,7 +686,7 @@ export class LlamaModel {
         abType: dt,
         cType: DType.f32,
       });
-    }
+    });
     // Final norm: dres = d(x_L).
     op.convert(d, this.dln.ptr, dt, this.dxfF32.ptr, DType.f32, T * H);
     d.memset(this.dres.ptr, 0, this.dres.bytes);
@@ -916,15 +939,14 @@ export class LlamaModel {
 
   /** Full-vocabulary logits [tokens, V] in fp32 after forward() (for tests and evaluation). */
   fullLogits(): Float32Array {
-    const T = this.tokens, V = this.cfg.vocabSize, C = this.vocabChunk;
+    const T = this.tokens, V = this.cfg.vocabSize;
     const out = new Float32Array(T * V);
-    const chunk = new Float32Array(T * C);
-    for (let v0 = 0; v0 < V; v0 += C) {
-      const vc = Math.min(C, V - v0);
-      this.#logitsChunk(v0, vc);
-      this.device.download(chunk.subarray(0, T * vc), this.logits.ptr);
-      for (let t = 0; t < T; t++) out.set(chunk.subarray(t * vc, (t + 1) * vc), t * V + v0);
-    }
+    const tile = new Float32Array(this.mlpTile * this.vocabChunk);
+    this.#headTiles((t0, n, v0, vc) => {
+      this.#logitsTile(t0, n, v0, vc);
+      this.device.download(tile.subarray(0, n * vc), this.logits.ptr);
+      for (let t = 0; t < n; t++) out.set(tile.subarray(t * vc, (t + 1) * vc), (t0 + t) * V + v0);
+    });
     return out;
   }
 

@@ -153,6 +153,8 @@ export interface ParamStore {
   readonly state: StateTensor[];
   /** Frees what the store holds outside the memory plan (host memory). */
   release(): void;
+  /** Bytes of host memory the store allocates (offloaded optimizer state). */
+  readonly hostBytes: number;
 }
 
 /** Everything on every rank; gradients all-reduced once per step when `comm` is given. */
@@ -189,6 +191,10 @@ export class ReplicatedParams implements ParamStore {
   }
 
   release(): void {}
+
+  get hostBytes(): number {
+    return 0;
+  }
 
   weight(e: ParamEntry): DevicePtr {
     return this.weights.at(e.offset);
@@ -408,6 +414,11 @@ export class ShardedParams implements ParamStore {
   release(): void {
     this.#host?.free();
     this.#host = null;
+  }
+
+  get hostBytes(): number {
+    // master, m, v and the gradient copy in fp32, and the bf16 copy when computing in bf16
+    return this.offload ? this.shardSize * (16 + (this.dtype === DType.bf16 ? 2 : 0)) : 0;
   }
 
   #bufIndex(unit: number): number {

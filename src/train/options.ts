@@ -106,7 +106,7 @@ export interface TrainOptions {
   checkpointBoundary: "attention" | "layer";
   /** Vocabulary rows per LM-head chunk. */
   vocabChunk: number;
-  /** Tokens per MLP tile: the MLP's [tokens, intermediate] scratch holds one tile. */
+  /** Tokens per tile of the MLP and the LM head: their scratch holds one tile. */
   mlpTile: number;
   /** fp32 master weights and AdamW moments in host memory, updated on the CPU (implies full_shard). */
   offloadOptimizer: boolean;
@@ -257,7 +257,12 @@ export const TRAIN_SPECS: readonly Spec[] = [
     choices: ["attention", "layer"],
   },
   { key: "vocabChunk", kind: "int", help: "vocabulary rows per LM-head chunk", min: 1 },
-  { key: "mlpTile", kind: "int", help: "tokens per MLP tile (bounds the MLP's scratch)", min: 1 },
+  {
+    key: "mlpTile",
+    kind: "int",
+    help: "tokens per tile of the MLP and the LM head (bounds their scratch)",
+    min: 1,
+  },
   {
     key: "offloadOptimizer",
     kind: "bool",

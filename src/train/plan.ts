@@ -18,6 +18,8 @@ import type { TrainOptions } from "./options.ts";
 export interface MemoryEstimate {
   kinds: { kind: string; bytes: number }[];
   totalBytes: number;
+  /** Host memory per rank for the offloaded optimizer state and checkpoints. */
+  hostBytes: number;
   world: number;
   sp: number;
   fullShard: boolean;
@@ -82,7 +84,14 @@ export function estimateMemory(
   }, attention);
   const kinds = [...model.plan.totals(), ...(attention?.plan.totals() ?? [])];
   kinds.push({ kind: "library workspaces (allowance)", bytes: WORKSPACE_ALLOWANCE_BYTES });
-  return { kinds, totalBytes: kinds.reduce((a, k) => a + k.bytes, 0), world, sp, fullShard };
+  return {
+    kinds,
+    totalBytes: kinds.reduce((a, k) => a + k.bytes, 0),
+    hostBytes: model.hostBytes,
+    world,
+    sp,
+    fullShard,
+  };
 }
 
 /**
@@ -139,6 +148,9 @@ export function formatPlan(
       formatBytes(budgetBytes)
     } (${budgetSource}): ${fits ? "fits" : "does NOT fit"}`,
   );
+  if (e.hostBytes > 0) {
+    lines.push(`host memory per rank for offloaded state: ${formatBytes(e.hostBytes)}`);
+  }
   const longest = longestFitting(cfg, o, world, budgetBytes);
   lines.push(
     longest > 0
