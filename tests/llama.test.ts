@@ -153,7 +153,8 @@ Deno.test(`llama ${TEST_BACKEND}: checkpoint boundary, MLP tiling and offloaded 
       const now = model.fullLogits();
       if (logits) assertLess(relError(now, logits), 1e-6, `logits ${JSON.stringify(variant)}`);
       logits ??= now;
-      model.lossSum();
+      const loss = model.lossSum() / count;
+      assertLess(Math.abs(loss - ref.loss) / ref.loss, 1e-5, `loss ${JSON.stringify(variant)}`);
       model.zeroGrads();
       await model.backward(1 / count);
       grads.push(
