@@ -43,7 +43,7 @@ export interface StepMetrics {
   lr: number;
   /** Global gradient norm of the step, before clipping. */
   grad_norm: number;
-  /** Training tokens per second since the previous logged step (one data-parallel group's). */
+  /** Training tokens per second since the previous logged step, over all data-parallel groups. */
   tokens_per_s: number;
   /** Device memory held by the memory plan, bytes. */
   memory_bytes: number;
@@ -356,7 +356,7 @@ export async function train(
     // Per-unit gradient norms each step (embedding, layers, head), for diagnosing divergence.
     const debugGrads = Deno.env.get("DISTFLASH_DEBUG_GRADS") === "1";
     let order: Uint32Array | null = null, orderEpoch = -1;
-    const tokensPerStep = windowsPerStep * L;
+    const tokensPerStep = windowsPerStep * L * dp; // all data-parallel groups together
     let windowStart = performance.now(), windowTokens = 0, lastLoss = NaN;
     const t0 = performance.now();
 
