@@ -17,7 +17,7 @@ step() { # name timeout command...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 step info 60 deno run -A cli/main.ts info
 cat "$OUT/info.log"
-step test_gpu 400 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/ffi.test.ts tests/ops.test.ts tests/llama.test.ts tests/distattn.test.ts
+step test_gpu 400 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/ffi.test.ts tests/ops.test.ts tests/attention_gpu.test.ts tests/llama.test.ts tests/distattn.test.ts tests/zigzag.test.ts
 grep -E "FAILED|passed|worst" "$OUT/test_gpu.log" | head -40
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
   step checkpoint 120 bash -c 'deno run -A scripts/save_fixture_checkpoint.ts /tmp/ckpt && python3 tests/reference/make_fixtures.py check-checkpoint /tmp/ckpt tests/fixtures/gqa/reference.safetensors'

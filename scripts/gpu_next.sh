@@ -25,6 +25,6 @@ step p2fs 120 deno run -A cli/main.ts $T --output-dir /tmp/p2fs --nproc-per-node
 unset DISTFLASH_DEBUG_GRADS
 step bench_attn2 240 deno run -A cli/main.ts bench attn --nproc-per-node 2 --seq ${SEQ2:-32768,65536} --device cuda
 step nccl_comm 120 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/dist_comm.test.ts
-step test_gpu 300 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/ffi.test.ts tests/ops.test.ts tests/attention_gpu.test.ts tests/llama.test.ts tests/distattn.test.ts
+step test_gpu 300 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/ffi.test.ts tests/ops.test.ts tests/attention_gpu.test.ts tests/llama.test.ts tests/distattn.test.ts tests/zigzag.test.ts
 step bench_7b 400 deno run -A cli/main.ts bench train --model llama-2-7b --model-max-length ${TRAINSEQ:-32768} --nproc-per-node 2 --max-steps 3
 echo "== summary =="; printf '%s\n' "${results[@]}"
