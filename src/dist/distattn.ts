@@ -105,15 +105,15 @@ export class DistAttention implements Attention {
     this.#qElems = T * cfg.numHeads * cfg.headDim;
     this.#kvElems = T * cfg.numKvHeads * cfg.headDim;
     this.#lseElems = cfg.numHeads * T;
-    // Only what the schedules move is allocated (a one-element placeholder otherwise, so a wrong
-    // use is a range error, not silent corruption): with P = 2 no queries or partial outputs
-    // travel, and the query-side slots are the largest buffers here.
-    const moved = new Set(
-      [...this.#fwd, ...this.#bwd].flatMap((st) => [...st.fetch, ...st.results]).map((t) =>
-        t.payload
-      ),
-    );
-    const n = (payload: string, elems: number) => (moved.has(payload as never) ? elems : 1);
+    // Only what this rank's part of the schedules moves is allocated (a one-element placeholder
+    // otherwise, so a wrong use is a range error, not silent corruption): with P = 2 no queries
+    // or partial outputs travel, rank 0 only receives dK/dV partials and rank 1 only sends them.
+    // What this rank sends and receives over both schedules.
+    const transfers = [...this.#fwd, ...this.#bwd].flatMap((st) => [...st.fetch, ...st.results]);
+    const sends = new Set(transfers.filter((t) => t.from === this.rank).map((t) => t.payload));
+    const recvs = new Set(transfers.filter((t) => t.to === this.rank).map((t) => t.payload));
+    const ifSent = (payload: string, elems: number) => (sends.has(payload as never) ? elems : 1);
+    const n = (payload: string, elems: number) => (recvs.has(payload as never) ? elems : 1);
     const [qN, kvN, lseN] = [this.#qElems, this.#kvElems, this.#lseElems];
     this.#slots = [0, 1].map((i) => ({
       q: p.reserve(kind, `q${i}`, n("q", qN), dtype),
@@ -129,9 +129,9 @@ export class DistAttention implements Attention {
     this.#recvLse = p.reserve(kind, "recvLse", n("out", lseN), f32);
     this.#outAcc = p.reserve(kind, "outAcc", qN, f32);
     this.#lseAcc = p.reserve(kind, "lseAcc", lseN, f32);
-    this.#dqPart = p.reserve(kind, "dqPart", n("dq", qN), f32);
-    this.#dkPart = p.reserve(kind, "dkPart", n("dkv", kvN), f32);
-    this.#dvPart = p.reserve(kind, "dvPart", n("dkv", kvN), f32);
+    this.#dqPart = p.reserve(kind, "dqPart", ifSent("dq", qN), f32);
+    this.#dkPart = p.reserve(kind, "dkPart", ifSent("dkv", kvN), f32);
+    this.#dvPart = p.reserve(kind, "dvPart", ifSent("dkv", kvN), f32);
     this.#recvDq = p.reserve(kind, "recvDq", n("dq", qN), f32);
     this.#recvDk = p.reserve(kind, "recvDk", n("dkv", kvN), f32);
     this.#recvDv = p.reserve(kind, "recvDv", n("dkv", kvN), f32);

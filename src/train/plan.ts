@@ -35,8 +35,8 @@ export const WORKSPACE_ALLOWANCE_BYTES = 1.5 * 2 ** 30;
 /** A stand-in for the device and communicator: planning only reserves, it never calls them. */
 const PLAN_ONLY_DEVICE = { backend: "cuda" } as unknown as Device;
 
-function fakeComm(size: number): Communicator {
-  return { rank: 0, size } as unknown as Communicator;
+function fakeComm(size: number, rank = 0): Communicator {
+  return { rank, size } as unknown as Communicator;
 }
 
 /** Per-GPU memory of a run with these options on `world` ranks (no allocation happens). */
@@ -50,25 +50,31 @@ export function estimateMemory(
   const fullShard = (o.fsdp.split(/\s+/).includes("full_shard") || o.offloadOptimizer) && world > 1;
   const dtype = o.bf16 ? DType.bf16 : DType.f32;
   const S = Math.ceil(seqLen / sp);
+  // DistAttn's buffers differ by rank (who sends and who receives partials): plan for the largest.
   let attention: DistAttention | ZigzagAttention | undefined;
   if (sp > 1) {
     // A zigzag slice must split into two equal chunks; round the planned length up to it.
     const slice = o.distattnLayout === "zigzag" ? 2 * Math.ceil(S / 2) : S;
-    attention = o.distattnLayout === "zigzag"
-      ? new ZigzagAttention(PLAN_ONLY_DEVICE, cfg, slice, dtype, fakeComm(sp), 0n, false)
-      : new DistAttention(
-        PLAN_ONLY_DEVICE,
-        cfg,
-        S,
-        dtype,
-        fakeComm(sp),
-        {
-          balanced: o.distattnBalanced,
-          overlap: o.distattnOverlap,
-        },
-        0n,
-        false,
-      );
+    for (let rank = 0; rank < sp; rank++) {
+      const candidate = o.distattnLayout === "zigzag"
+        ? new ZigzagAttention(PLAN_ONLY_DEVICE, cfg, slice, dtype, fakeComm(sp, rank), 0n, false)
+        : new DistAttention(
+          PLAN_ONLY_DEVICE,
+          cfg,
+          S,
+          dtype,
+          fakeComm(sp, rank),
+          {
+            balanced: o.distattnBalanced,
+            overlap: o.distattnOverlap,
+          },
+          0n,
+          false,
+        );
+      if (!attention || candidate.plan.totalBytes > attention.plan.totalBytes) {
+        attention = candidate;
+      }
+    }
   }
   const model = new LlamaModel(PLAN_ONLY_DEVICE, cfg, {
     dtype,
