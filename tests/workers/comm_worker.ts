@@ -328,12 +328,16 @@ try {
     await world.allReduceSum(ptr, 16, "f32");
     throw new Mismatch("the all-reduce completed although rank 1 left");
   } else if (mode === "fail-stuck") {
+    // Ignore SIGTERM before anyone can fail: after the barrier rank 1 exits at once, and the
+    // launcher's SIGTERM must not find a rank that has not installed its listener yet.
+    if (Deno.args.includes("--ignore-term") && rank !== 1) {
+      Deno.addSignalListener("SIGTERM", () => {});
+    }
     await world.barrier();
     if (rank === 1) {
       console.error("rank 1: failing on purpose (fail-stuck)");
       Deno.exit(3);
     }
-    if (Deno.args.includes("--ignore-term")) Deno.addSignalListener("SIGTERM", () => {});
     console.log(`rank ${rank}: busy elsewhere`);
     await sleep(60_000);
   } else {
