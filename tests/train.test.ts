@@ -304,3 +304,38 @@ Deno.test("train: --offload-optimizer gives the same run, saves and resumes it e
     await Deno.remove(b, { recursive: true });
   }
 });
+
+Deno.test("train: --save-strategy epoch saves at epoch ends, and --resume-from-checkpoint last finds the newest", async () => {
+  const dir = await Deno.makeTempDir();
+  const L = 8;
+  // 5 windows of 9 tokens, batch 2: 2 steps per epoch (the 5th window is left over each epoch).
+  await writeNpy(
+    join(dir, "data.npy"),
+    Int32Array.from({ length: 5 * (L + 1) }, (_, i) => (i * 7) % 256),
+  );
+  const base = {
+    model: "debug-tiny",
+    dataPath: join(dir, "data.npy"),
+    modelMaxLength: L,
+    perDeviceTrainBatchSize: 2,
+    numTrainEpochs: 2,
+    loggingSteps: 1,
+    device: "cpu",
+    saveStrategy: "epoch",
+    outputDir: join(dir, "out"),
+  };
+  const result = await train(base, quiet);
+  assertEquals(result.steps, 4);
+  const saved = [...Deno.readDirSync(join(dir, "out"))].map((e) => e.name).filter((n) =>
+    n.startsWith("checkpoint-")
+  ).sort();
+  assertEquals(saved, ["checkpoint-2", "checkpoint-4"]);
+  // "last" resumes from checkpoint-4; a third epoch adds steps 5 and 6.
+  const again = await train({ ...base, resumeFromCheckpoint: "last", numTrainEpochs: 3 }, quiet);
+  assertEquals(again.steps, 6);
+  const state = JSON.parse(
+    await Deno.readTextFile(join(dir, "out", "checkpoint-6", "trainer_state.json")),
+  );
+  assertEquals(state.global_step, 6);
+  await Deno.remove(dir, { recursive: true });
+});
