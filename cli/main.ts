@@ -11,6 +11,7 @@ import { registerDemo } from "./demo.ts";
 import { registerTrain } from "./train.ts";
 import { registerBench } from "./bench.ts";
 import { registerPlan } from "./plan.ts";
+import { registerTokenize } from "./tokenize.ts";
 import { normalizeFlags } from "../src/train/options.ts";
 
 export function buildProgram(argv: string[] = []): Command {
@@ -27,6 +28,7 @@ export function buildProgram(argv: string[] = []): Command {
   registerTrain(program, argv);
   registerBench(program, argv);
   registerPlan(program);
+  registerTokenize(program);
   return program;
 }
 
