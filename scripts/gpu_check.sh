@@ -21,6 +21,7 @@ step test_gpu 400 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/ffi.test.ts
 grep -E "FAILED|passed|worst" "$OUT/test_gpu.log" | head -40
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
   step checkpoint 120 bash -c 'deno run -A scripts/save_fixture_checkpoint.ts /tmp/ckpt && python3 tests/reference/make_fixtures.py check-checkpoint /tmp/ckpt tests/fixtures/gqa/reference.safetensors'
+  step trained_checkpoint 120 deno run -A scripts/check_trained_checkpoint.ts
   step train200 300 deno run -A cli/main.ts train --model debug-small --data-path examples/corpus/tiny.jsonl --max-steps 200 --per-device-train-batch-size 8 --model-max-length 256 --learning-rate 2e-3 --warmup-steps 10 --lr-scheduler-type cosine --logging-steps 20 --bf16 --device cuda --save-strategy no --output-dir /tmp/train200
   cp /tmp/train200/metrics.jsonl "$OUT/train200_metrics.jsonl" 2>/dev/null
 fi
