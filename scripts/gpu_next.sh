@@ -22,6 +22,21 @@ export DISTFLASH_DEBUG_GRADS=1
 step p1 120 deno run -A cli/main.ts $T --output-dir /tmp/p1
 step p2 120 deno run -A cli/main.ts $T --output-dir /tmp/p2 --nproc-per-node 2
 step p2fs 120 deno run -A cli/main.ts $T --output-dir /tmp/p2fs --nproc-per-node 2 --fsdp full_shard
+# Bisect the full_shard divergence: without bf16, without DistAttn (dp 2, sp 1), with zigzag.
+step p2fs_fp32 120 deno run -A cli/main.ts ${T/--bf16 /} --output-dir /tmp/p2fs_fp32 --nproc-per-node 2 --fsdp full_shard
+step p2fs_dp 120 deno run -A cli/main.ts $T --output-dir /tmp/p2fs_dp --nproc-per-node 2 --fsdp full_shard --sp-size 1
+step p2fs_zz 120 deno run -A cli/main.ts $T --output-dir /tmp/p2fs_zz --nproc-per-node 2 --fsdp full_shard --distattn-layout zigzag
+for r in p1 p2 p2fs p2fs_fp32 p2fs_dp p2fs_zz; do
+  [ -f /tmp/$r/metrics.jsonl ] && cp /tmp/$r/metrics.jsonl "$OUT/${r}_metrics.jsonl"
+done
+python3 - <<'PY' | tee "$OUT/grad_norms.txt"
+import json, os
+for r in ["p1", "p2", "p2fs", "p2fs_fp32", "p2fs_dp", "p2fs_zz"]:
+    f = f"/tmp/{r}/metrics.jsonl"
+    if os.path.exists(f):
+        m = [json.loads(l) for l in open(f)]
+        print(r.ljust(10), " ".join(f"{x['grad_norm']:.2g}" for x in m[::3]), "| loss", f"{m[-1]['loss']:.3f}")
+PY
 unset DISTFLASH_DEBUG_GRADS
 step bench_attn2 240 deno run -A cli/main.ts bench attn --nproc-per-node 2 --seq ${SEQ2:-32768,65536} --device cuda
 step nccl_comm 120 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/dist_comm.test.ts
