@@ -12,10 +12,13 @@ results=()
 step() {
   local name=$1 limit=$2; shift 2
   local start=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  mkdir -p /tmp/logs
+  timeout "$limit" "$@" >"/tmp/logs/$name.log" 2>&1
   local rc=$?
   results+=("$name rc=$rc $((SECONDS - start))s")
-  grep -v '^Download' "$OUT/$name.log" | tail -8
+  # One combined log comes back ($OUT returns at most 8 files).
+  { echo "===== $name (rc=$rc)"; grep -v '^Download' "/tmp/logs/$name.log"; } >>"$OUT/all.log"
+  grep -v '^Download' "/tmp/logs/$name.log" | tail -8
 }
 T="train --model debug-small --data-path examples/corpus/tiny.jsonl --max-steps 30 --per-device-train-batch-size 4 --model-max-length 512 --learning-rate 2e-3 --warmup-steps 3 --logging-steps 1 --bf16 --device cuda --save-strategy no"
 export DISTFLASH_DEBUG_GRADS=1
@@ -27,7 +30,7 @@ step p2fs_fp32 120 deno run -A cli/main.ts ${T/--bf16 /} --output-dir /tmp/p2fs_
 step p2fs_dp 120 deno run -A cli/main.ts $T --output-dir /tmp/p2fs_dp --nproc-per-node 2 --fsdp full_shard --sp-size 1
 step p2fs_zz 120 deno run -A cli/main.ts $T --output-dir /tmp/p2fs_zz --nproc-per-node 2 --fsdp full_shard --distattn-layout zigzag
 for r in p1 p2 p2fs p2fs_fp32 p2fs_dp p2fs_zz; do
-  [ -f /tmp/$r/metrics.jsonl ] && cp /tmp/$r/metrics.jsonl "$OUT/${r}_metrics.jsonl"
+  [ -f /tmp/$r/metrics.jsonl ] && { echo "== $r"; cat /tmp/$r/metrics.jsonl; } >>"$OUT/metrics.txt"
 done
 python3 - <<'PY' | tee "$OUT/grad_norms.txt"
 import json, os
