@@ -425,6 +425,15 @@ export async function train(
       });
       device.synchronize();
       lastLoss = loss;
+      if (step === startStep && device.backend === "cuda") {
+        // The plan against what the device really lost: the check of the memory planner.
+        const used = free - device.memInfo().free;
+        log(
+          `device memory in use after the first step: ${formatBytes(used)} (plan ${
+            formatBytes(needed)
+          } + library workspaces)`,
+        );
+      }
       windowTokens += tokensPerStep;
       const done = step + 1;
 
