@@ -379,3 +379,14 @@ Deno.test("tokenize: the .npy it writes trains exactly as the text it came from"
   assert(bad.code !== 0 && bad.stderr.includes("--output"), bad.stderr);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test({
+  name: "train: --device cuda without a GPU fails before reading any data",
+  ignore: Deno.env.get("DISTFLASH_TEST_BACKEND") === "cuda", // a GPU is present there
+  fn: async () => {
+    const error = await assertRejects(() =>
+      train({ model: "debug-tiny", dataPath: "/no/such/file.jsonl", device: "cuda" }, quiet)
+    );
+    assert(error.message.includes("--device cuda"), error.message);
+  },
+});

@@ -150,6 +150,8 @@ export async function train(
   const fullShard = (o.fsdp.split(/\s+/).includes("full_shard") || o.offloadOptimizer) &&
     worldSize > 1;
 
+  // An explicit --device cuda without a usable GPU fails at once, before any data is read.
+  if (o.device === "cuda") openBackend("cuda").close();
   // Everything that can be checked without a device comes first.
   const source = await resolveModel(o.model);
   const cfg = source.config;
