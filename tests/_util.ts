@@ -3,6 +3,7 @@ import { Device } from "../src/runtime/device.ts";
 import type { BackendName } from "../ffi/loader.ts";
 import { fileURLToPath } from "node:url";
 import { attentionBackward, attentionForward, DType } from "../src/runtime/ops.ts";
+import type { Attention } from "../src/model/llama.ts";
 
 /** `deno task test` runs on the CPU backend; `deno task test:gpu` sets DISTFLASH_TEST_BACKEND=cuda. */
 export const TEST_BACKEND: BackendName = Deno.env.get("DISTFLASH_TEST_BACKEND") === "cuda"
@@ -128,4 +129,59 @@ export function attentionErrors(
       key,
     ) => [key, relError(got[key], want[key])]),
   );
+}
+
+/** One rank's inputs for runSequenceParallel. */
+export interface RankInputs {
+  attn: Attention & { free(): void };
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  dout: Float32Array;
+  /** Floats of this rank's LSE buffer. */
+  lseLen: number;
+}
+
+/**
+ * Forward then backward of every rank's attention concurrently (in-process ranks), returning each
+ * rank's O, LSE, dQ, dK, dV in its own layout; frees the attentions and buffers.
+ */
+export async function runSequenceParallel(
+  d: Device,
+  ranks: RankInputs[],
+): Promise<AttentionResult[]> {
+  const up = (a: Float32Array) => {
+    const b = d.alloc(a.length * 4);
+    d.upload(b.ptr, a);
+    return b;
+  };
+  const state = ranks.map((x) => {
+    const inputs = [x.q, x.k, x.v, x.dout].map(up);
+    const o = d.alloc(x.q.length * 4), lse = d.alloc(x.lseLen * 4);
+    const grads = [d.alloc(x.q.length * 4), d.alloc(x.k.length * 4), d.alloc(x.v.length * 4)];
+    for (const g of grads) d.memset(g.ptr, 0, g.bytes);
+    return { x, inputs, o, lse, grads };
+  });
+  await Promise.all(
+    state.map(({ x, inputs: [q, k, v], o, lse }) =>
+      x.attn.forward(o.ptr, lse.ptr, q.ptr, k.ptr, v.ptr)
+    ),
+  );
+  await Promise.all(
+    state.map(({ x, inputs: [q, k, v, dout], o, lse, grads: [dq, dk, dv] }) =>
+      x.attn.backward(dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr)
+    ),
+  );
+  return state.map(({ x, inputs, o, lse, grads }) => {
+    const result = {
+      o: d.download(new Float32Array(x.q.length), o.ptr),
+      lse: d.download(new Float32Array(x.lseLen), lse.ptr),
+      dq: d.download(new Float32Array(x.q.length), grads[0].ptr),
+      dk: d.download(new Float32Array(x.k.length), grads[1].ptr),
+      dv: d.download(new Float32Array(x.v.length), grads[2].ptr),
+    };
+    x.attn.free();
+    for (const b of [...inputs, o, lse, ...grads]) b.free();
+    return result;
+  });
 }

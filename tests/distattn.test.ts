@@ -5,18 +5,17 @@
  * 1e-5 relative error is the bound (the issue's), and it must not grow with P.
  */
 import { assertLess } from "./assert.ts";
-import { attentionErrors, randn, singleRankAttention, testDevice } from "./_util.ts";
+import {
+  attentionErrors,
+  randn,
+  runSequenceParallel,
+  singleRankAttention,
+  testDevice,
+} from "./_util.ts";
 import { DistAttention } from "../src/dist/distattn.ts";
 import { LocalGroup } from "../src/dist/local_comm.ts";
 import { presetConfig } from "../src/model/config.ts";
 import { DType } from "../src/runtime/ops.ts";
-import type { Device } from "../src/runtime/device.ts";
-
-function upload(d: Device, data: Float32Array) {
-  const buf = d.alloc(data.length * 4);
-  d.upload(buf.ptr, data);
-  return buf;
-}
 
 async function check(P: number, nkv: number, balanced: boolean, overlap: boolean) {
   const d = testDevice();
@@ -37,50 +36,27 @@ async function check(P: number, nkv: number, balanced: boolean, overlap: boolean
     dk: new Float32Array(k.length),
     dv: new Float32Array(v.length),
   };
-  const ranks = group.members().map((comm) => {
-    const r = comm.rank;
-    const attn = new DistAttention(d, cfg, S, DType.f32, comm, { balanced, overlap });
-    const mine = [
-      q.subarray(r * qs, (r + 1) * qs),
-      k.subarray(r * kvs, (r + 1) * kvs),
-      v.subarray(r * kvs, (r + 1) * kvs),
-      dout.subarray(r * qs, (r + 1) * qs),
-    ].map((x) => upload(d, x));
-    const o = d.alloc(qs * 4), lse = d.alloc(nh * S * 4);
-    const grads = [d.alloc(qs * 4), d.alloc(kvs * 4), d.alloc(kvs * 4)];
-    for (const g of grads) d.memset(g.ptr, 0, g.bytes);
-    return { r, attn, mine, o, lse, grads };
+  const results = await runSequenceParallel(
+    d,
+    group.members().map((comm) => {
+      const r = comm.rank;
+      return {
+        attn: new DistAttention(d, cfg, S, DType.f32, comm, { balanced, overlap }),
+        q: q.slice(r * qs, (r + 1) * qs),
+        k: k.slice(r * kvs, (r + 1) * kvs),
+        v: v.slice(r * kvs, (r + 1) * kvs),
+        dout: dout.slice(r * qs, (r + 1) * qs),
+        lseLen: nh * S,
+      };
+    }),
+  );
+  results.forEach((x, r) => {
+    got.o.set(x.o, r * qs);
+    for (let h = 0; h < nh; h++) got.lse.set(x.lse.subarray(h * S, (h + 1) * S), h * T + r * S);
+    got.dq.set(x.dq, r * qs);
+    got.dk.set(x.dk, r * kvs);
+    got.dv.set(x.dv, r * kvs);
   });
-  await Promise.all(
-    ranks.map((x) =>
-      x.attn.forward(x.o.ptr, x.lse.ptr, x.mine[0].ptr, x.mine[1].ptr, x.mine[2].ptr)
-    ),
-  );
-  await Promise.all(
-    ranks.map((x) =>
-      x.attn.backward(
-        x.grads[0].ptr,
-        x.grads[1].ptr,
-        x.grads[2].ptr,
-        x.mine[3].ptr,
-        x.mine[0].ptr,
-        x.mine[1].ptr,
-        x.mine[2].ptr,
-        x.o.ptr,
-        x.lse.ptr,
-      )
-    ),
-  );
-  for (const x of ranks) {
-    got.o.set(d.download(new Float32Array(qs), x.o.ptr), x.r * qs);
-    const lse = d.download(new Float32Array(nh * S), x.lse.ptr);
-    for (let h = 0; h < nh; h++) got.lse.set(lse.subarray(h * S, (h + 1) * S), h * T + x.r * S);
-    got.dq.set(d.download(new Float32Array(qs), x.grads[0].ptr), x.r * qs);
-    got.dk.set(d.download(new Float32Array(kvs), x.grads[1].ptr), x.r * kvs);
-    got.dv.set(d.download(new Float32Array(kvs), x.grads[2].ptr), x.r * kvs);
-    x.attn.free();
-    for (const b of [...x.mine, x.o, x.lse, ...x.grads]) b.free();
-  }
   return attentionErrors(got, want);
 }
 

@@ -3,18 +3,17 @@
  * r and 2P-1-r; forward (O, LSE) and backward (dQ, dK, dV), MHA and GQA, fp32 (1e-5, as DistAttn).
  */
 import { assertLess } from "./assert.ts";
-import { attentionErrors, randn, singleRankAttention, testDevice } from "./_util.ts";
+import {
+  attentionErrors,
+  randn,
+  runSequenceParallel,
+  singleRankAttention,
+  testDevice,
+} from "./_util.ts";
 import { ZigzagAttention, zigzagChunks } from "../src/dist/zigzag.ts";
 import { LocalGroup } from "../src/dist/local_comm.ts";
 import { presetConfig } from "../src/model/config.ts";
 import { DType } from "../src/runtime/ops.ts";
-import type { Device } from "../src/runtime/device.ts";
-
-function upload(d: Device, data: Float32Array) {
-  const buf = d.alloc(data.length * 4);
-  d.upload(buf.ptr, data);
-  return buf;
-}
 
 async function check(P: number, nkv: number) {
   const d = testDevice();
@@ -45,51 +44,32 @@ async function check(P: number, nkv: number) {
     dv: new Float32Array(v.length),
   };
   const group = new LocalGroup(d, P);
-  const ranks = group.members().map((comm) => {
-    const r = comm.rank;
-    const attn = new ZigzagAttention(d, cfg, 2 * h, DType.f32, comm);
-    const mine = [take(q, rq, r), take(k, rkv, r), take(v, rkv, r), take(dout, rq, r)].map((x) =>
-      upload(d, x)
-    );
-    const o = d.alloc(2 * h * rq * 4), lse = d.alloc(nh * 2 * h * 4);
-    const grads = [d.alloc(2 * h * rq * 4), d.alloc(2 * h * rkv * 4), d.alloc(2 * h * rkv * 4)];
-    for (const g of grads) d.memset(g.ptr, 0, g.bytes);
-    return { r, attn, mine, o, lse, grads };
-  });
-  await Promise.all(
-    ranks.map((x) =>
-      x.attn.forward(x.o.ptr, x.lse.ptr, x.mine[0].ptr, x.mine[1].ptr, x.mine[2].ptr)
-    ),
+  const results = await runSequenceParallel(
+    d,
+    group.members().map((comm) => {
+      const r = comm.rank;
+      return {
+        attn: new ZigzagAttention(d, cfg, 2 * h, DType.f32, comm),
+        q: take(q, rq, r),
+        k: take(k, rkv, r),
+        v: take(v, rkv, r),
+        dout: take(dout, rq, r),
+        lseLen: nh * 2 * h,
+      };
+    }),
   );
-  await Promise.all(
-    ranks.map((x) =>
-      x.attn.backward(
-        x.grads[0].ptr,
-        x.grads[1].ptr,
-        x.grads[2].ptr,
-        x.mine[3].ptr,
-        x.mine[0].ptr,
-        x.mine[1].ptr,
-        x.mine[2].ptr,
-        x.o.ptr,
-        x.lse.ptr,
-      )
-    ),
-  );
-  for (const x of ranks) {
-    put(got.o, d.download(new Float32Array(2 * h * rq), x.o.ptr), rq, x.r);
-    put(got.dq, d.download(new Float32Array(2 * h * rq), x.grads[0].ptr), rq, x.r);
-    put(got.dk, d.download(new Float32Array(2 * h * rkv), x.grads[1].ptr), rkv, x.r);
-    put(got.dv, d.download(new Float32Array(2 * h * rkv), x.grads[2].ptr), rkv, x.r);
-    const lse = d.download(new Float32Array(nh * 2 * h), x.lse.ptr); // [chunk][head][h]
-    zigzagChunks(x.r, P).forEach((c, i) => {
+  results.forEach((x, r) => {
+    put(got.o, x.o, rq, r);
+    put(got.dq, x.dq, rq, r);
+    put(got.dk, x.dk, rkv, r);
+    put(got.dv, x.dv, rkv, r);
+    // LSE per rank is [chunk][head][h].
+    zigzagChunks(r, P).forEach((c, i) => {
       for (let hh = 0; hh < nh; hh++) {
-        got.lse.set(lse.subarray((i * nh + hh) * h, (i * nh + hh + 1) * h), hh * T + c * h);
+        got.lse.set(x.lse.subarray((i * nh + hh) * h, (i * nh + hh + 1) * h), hh * T + c * h);
       }
     });
-    x.attn.free();
-    for (const b of [...x.mine, x.o, x.lse, ...x.grads]) b.free();
-  }
+  });
   return attentionErrors(got, want);
 }
 
