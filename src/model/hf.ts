@@ -6,7 +6,7 @@
  */
 import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { bf16ToF32, f32ToBf16 } from "../io/dtype.ts";
+import { f32ToBf16 } from "../io/dtype.ts";
 import { openSafetensors, type TensorToWrite, writeShardedSafetensors } from "../io/safetensors.ts";
 import {
   isPreset,
@@ -194,5 +194,3 @@ export async function loadOptimizer(model: LlamaModel, path: string): Promise<vo
   }
   model.syncWeights();
 }
-
-export { bf16ToF32 };
