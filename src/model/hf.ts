@@ -7,7 +7,12 @@
 import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { f32ToBf16 } from "../io/dtype.ts";
-import { openSafetensors, type TensorToWrite, writeShardedSafetensors } from "../io/safetensors.ts";
+import {
+  openSafetensors,
+  type TensorToWrite,
+  writeSafetensors,
+  writeShardedSafetensors,
+} from "../io/safetensors.ts";
 import {
   isPreset,
   type LlamaConfig,
@@ -163,7 +168,6 @@ export async function saveModel(
  * replicated, the rank's shard when sharded: then every rank writes its own file).
  */
 export async function saveOptimizer(model: LlamaModel, path: string): Promise<void> {
-  const { writeSafetensors } = await import("../io/safetensors.ts");
   await writeSafetensors(
     path,
     model.params.state.map((t) => ({
