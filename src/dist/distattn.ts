@@ -203,6 +203,8 @@ export class DistAttention implements Attention {
         this.#fetchOps(steps[s].fetch, this.#slots[s % 2], mine, false),
         this.#streams.comm,
       );
+    // The first sends read what the caller has just computed on the compute stream.
+    this.#streams.commWaitsCompute();
     await fetch(0);
     for (let s = 0; s < steps.length; s++) {
       const slot = this.#slots[s % 2];
@@ -310,6 +312,8 @@ export class DistAttention implements Attention {
         this.#fetchOps(steps[s].fetch, this.#slots[s % 2], mine, true),
         this.#streams.comm,
       );
+    // The first sends read what the caller has just computed on the compute stream.
+    this.#streams.commWaitsCompute();
     await fetch(0);
     for (let s = 0; s < steps.length; s++) {
       const slot = this.#slots[s % 2];

@@ -403,6 +403,61 @@ export class StoreServer {
   }
 }
 
+/** A running store server: in this thread (StoreServer) or in its own (ThreadedStoreServer). */
+export interface StoreHost {
+  readonly port: number;
+  close(lingerMs?: number): Promise<void>;
+  abort(): void;
+}
+
+/**
+ * The store served from a Web Worker. The hosting rank's JavaScript thread blocks in device calls
+ * (a stream synchronisation waiting for a collective); a store on that thread would then stop
+ * answering the other ranks, which may need it to reach that collective: a deadlock. PyTorch's
+ * TCPStore runs its server on a background thread for the same reason.
+ */
+export class ThreadedStoreServer implements StoreHost {
+  #closed?: Promise<void>;
+  private constructor(readonly port: number, readonly worker: Worker) {}
+
+  static start(hostname: string, port: number): Promise<ThreadedStoreServer> {
+    const worker = new Worker(new URL("./store_worker.ts", import.meta.url).href, {
+      type: "module",
+    });
+    return new Promise((resolve, reject) => {
+      worker.onerror = (event) => {
+        event.preventDefault();
+        worker.terminate();
+        reject(new RendezvousError(`the rendezvous store thread failed: ${event.message}`));
+      };
+      worker.onmessage = (event: MessageEvent) => {
+        if (event.data.error) {
+          worker.terminate();
+          reject(new RendezvousError(event.data.error));
+        } else resolve(new ThreadedStoreServer(event.data.port, worker));
+      };
+      worker.postMessage({ op: "listen", hostname, port });
+    });
+  }
+
+  close(lingerMs = 30_000): Promise<void> {
+    this.#closed ??= new Promise<void>((resolve) => {
+      this.worker.onmessage = () => resolve();
+      this.worker.onerror = (event) => {
+        event.preventDefault();
+        resolve();
+      };
+      this.worker.postMessage({ op: "close", lingerMs });
+    }).finally(() => this.worker.terminate());
+    return this.#closed;
+  }
+
+  /** Ends the thread at once (its connections close with it). */
+  abort(): void {
+    this.worker.terminate();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Client
 
@@ -435,7 +490,7 @@ export class TcpStore {
   readonly address: string;
   readonly timeoutMs: number;
   /** The store server, on the rank hosting it (closed together with this client). */
-  server?: StoreServer;
+  server?: StoreHost;
   readonly #conn: Deno.TcpConn;
   readonly #writer: Writer;
   readonly #pending = new Map<number, Pending>();
@@ -464,14 +519,17 @@ export class TcpStore {
   }
 
   /**
-   * Opens the store for a job: rank 0 hosts the server (on all interfaces, or on loopback when
-   * `host` is a loopback address) and every rank, rank 0 included, connects to it.
+   * Opens the store for a job: rank 0 hosts the server on its own thread (on all interfaces, or
+   * on loopback when `host` is a loopback address) and every rank, rank 0 included, connects.
    */
   static async open(options: StoreOptions): Promise<TcpStore> {
-    let server: StoreServer | undefined;
+    let server: StoreHost | undefined;
     let port = options.port;
     if (options.rank === 0) {
-      server = StoreServer.listen(isLoopback(options.host) ? "127.0.0.1" : "0.0.0.0", port);
+      server = await ThreadedStoreServer.start(
+        isLoopback(options.host) ? "127.0.0.1" : "0.0.0.0",
+        port,
+      );
       port = server.port;
     }
     try {

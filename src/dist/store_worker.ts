@@ -1,0 +1,22 @@
+/**
+ * The rendezvous store's own thread (see ThreadedStoreServer in rendezvous.ts). Messages in:
+ * {op: "listen", hostname, port} and {op: "close", lingerMs}; out: {port} or {error}, {closed}.
+ */
+/// <reference lib="deno.worker" />
+import { StoreServer } from "./rendezvous.ts";
+
+let server: StoreServer | undefined;
+self.onmessage = async (event: MessageEvent) => {
+  const msg = event.data;
+  if (msg.op === "listen") {
+    try {
+      server = StoreServer.listen(msg.hostname, msg.port);
+      self.postMessage({ port: server.port });
+    } catch (error) {
+      self.postMessage({ error: (error as Error).message });
+    }
+  } else if (msg.op === "close") {
+    await server?.close(msg.lingerMs);
+    self.postMessage({ closed: true });
+  }
+};
