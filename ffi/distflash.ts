@@ -81,6 +81,12 @@ export const DISTFLASH_SYMBOLS = {
   df_cast_bf16_to_f32: { parameters: [dptr, dptr, "u64", stream], result: status },
   // df_status df_axpy_f32(float *y, const float *x, float a, uint64_t n, void *stream)
   df_axpy_f32: { parameters: [dptr, dptr, "f32", "u64", stream], result: status },
+  // df_status df_fill_normal_f32(float *out, uint64_t n, uint64_t seed, uint64_t index0,
+  //                              float mean, float std, void *stream)
+  df_fill_normal_f32: {
+    parameters: [dptr, "u64", "u64", "u64", "f32", "f32", stream],
+    result: status,
+  },
 
   // ---- Llama ops (see csrc/include/distflash.h for semantics) ----
   // df_status df_gemm(int32_t trans_a, int32_t trans_b, int64_t m, int64_t n, int64_t k,

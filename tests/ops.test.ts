@@ -39,6 +39,8 @@ import * as ops from "../src/runtime/ops.ts";
 import { DType, DTYPE_BYTES } from "../src/runtime/ops.ts";
 import { bf16BitsToF32, f32ToBf16Bits } from "../src/io/dtype.ts";
 import { DfStatus, DistflashError } from "../ffi/unwrap.ts";
+import { fillNormal } from "../src/runtime/ops_basic.ts";
+import { Device } from "../src/runtime/device.ts";
 
 const d = testDevice();
 const CPU = TEST_BACKEND === "cpu";
@@ -918,4 +920,48 @@ Deno.test({
       console.log(`${name.padEnd(48)} ${e.toExponential(2)}`);
     }
   },
+});
+
+Deno.test(`${TEST_BACKEND}: fillNormal draws N(mean, std); a slice is the same whoever draws it`, () => {
+  withScope((s) => {
+    // Moments of n = 2^20 draws. The sample mean of N(0, 1) has standard error 1/sqrt(n) ≈ 1e-3,
+    // the sample variance sqrt(2/n) ≈ 1.4e-3, the fraction within one sigma (p = 0.6827)
+    // sqrt(p(1-p)/n) ≈ 4.5e-4: the bounds are five standard errors.
+    const n = 1 << 20, std = 0.02;
+    const out = s.alloc(4 * n).ptr;
+    fillNormal(d, out, n, 42n, 0, 3, std);
+    const x = s.get(out, n);
+    let sum = 0, sq = 0, within = 0;
+    for (const v of x) {
+      const z = (v - 3) / std;
+      sum += z, sq += z * z, within += Math.abs(z) < 1 ? 1 : 0;
+    }
+    assertLess(Math.abs(sum / n), 5e-3, "mean");
+    assertLess(Math.abs(sq / n - 1), 7e-3, "variance");
+    assertLess(Math.abs(within / n - 0.6827), 2.3e-3, "mass within one sigma");
+    // Elements [700, 1000) drawn on their own equal the same elements of the whole tensor.
+    const tail = s.alloc(4 * 300).ptr;
+    fillNormal(d, tail, 300, 42n, 700, 3, std);
+    assertEquals(Array.from(s.get(tail, 300)), Array.from(x.subarray(700, 1000)));
+    // Another seed gives other values; std 0 gives the mean exactly.
+    fillNormal(d, tail, 300, 43n, 700, 3, std);
+    assert(s.get(tail, 300).some((v, i) => v !== x[700 + i]), "the seed changes the draws");
+    fillNormal(d, tail, 300, 43n, 0, 1, 0);
+    assert(s.get(tail, 300).every((v) => v === 1), "std 0 gives the mean");
+    if (!CPU) {
+      // Both backends hash the same integers; only the fp32 log/cos/sqrt may differ by an ulp or so.
+      const cpu = Device.open("cpu");
+      const buf = cpu.alloc(4 * n);
+      try {
+        fillNormal(cpu, buf.ptr, n, 42n, 0, 3, std);
+        const ref = cpu.download(new Float32Array(n), buf.ptr);
+        let worst = 0;
+        for (let i = 0; i < n; i++) worst = Math.max(worst, Math.abs(ref[i] - x[i]));
+        assertLess(worst, 1e-4 * std, "CUDA and CPU draws agree"); // a wrong hash would differ by ~std
+      } finally {
+        buf.free();
+        cpu.close();
+      }
+    }
+  });
 });

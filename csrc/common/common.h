@@ -47,6 +47,20 @@ static inline float df_bf16_bits_to_f32(uint16_t b) {
   return v.f;
 }
 
+#ifdef __CUDACC__
+#define DF_HOST_DEVICE __host__ __device__
+#else
+#define DF_HOST_DEVICE
+#endif
+
+/* splitmix64 finaliser: element i of a random tensor is a pure function of (seed, i), so any rank
+ * can draw any slice of a parameter and both backends draw the same uniforms. */
+static inline DF_HOST_DEVICE uint64_t df_mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -87,6 +87,10 @@ DF_API df_status df_cast_f32_to_bf16(uint16_t *out, const float *in, uint64_t n,
 DF_API df_status df_cast_bf16_to_f32(float *out, const uint16_t *in, uint64_t n, void *stream);
 /* y = a * x + y, fp32 */
 DF_API df_status df_axpy_f32(float *y, const float *x, float a, uint64_t n, void *stream);
+/* out[i] = mean + std * N(0,1), the normal drawn from (seed, index0 + i) alone (Box-Muller on two
+ * 32-bit uniforms of one splitmix64 hash), so a slice of a tensor is the same whichever rank draws it */
+DF_API df_status df_fill_normal_f32(float *out, uint64_t n, uint64_t seed, uint64_t index0, float mean,
+                                    float std, void *stream);
 
 
 /* ==== Llama ops ====

@@ -72,39 +72,17 @@ export async function loadWeights(model: LlamaModel, dir: string): Promise<void>
   model.syncWeights();
 }
 
-/** Normal(0, std) matrices (transformers' initializer_range, 0.02) and unit norm weights. */
+/**
+ * Normal(0, std) matrices (transformers' initializer_range, 0.02) and unit norm weights, drawn on
+ * the device: each rank draws only the part it owns, and the values do not depend on the sharding
+ * (parameter k uses the stream (seed, k), element i of it the i-th draw).
+ */
 export function initRandom(model: LlamaModel, seed: number, std = 0.02): void {
-  let state = BigInt.asUintN(64, BigInt(seed) * 0x9e3779b97f4a7c15n + 1n);
-  // xorshift64* over 64-bit state, two uniforms per Box-Muller pair.
-  const next = (): number => {
-    state ^= state >> 12n;
-    state ^= BigInt.asUintN(64, state << 25n);
-    state ^= state >> 27n;
-    const r = BigInt.asUintN(64, state * 0x2545f4914f6cdd1dn);
-    return (Number(r >> 11n) + 0.5) / 2 ** 53;
-  };
-  for (const e of model.layout.entries) {
-    const values = new Float32Array(e.numel);
-    if (e.shape.length === 1) values.fill(1);
-    else {
-      // BigInt arithmetic is slow; draw 32-bit seeds from it and run a fast float generator.
-      let a = Math.floor(next() * 2 ** 32) >>> 0;
-      const uniform = () => {
-        a = (a + 0x6d2b79f5) >>> 0;
-        let t = a;
-        t = Math.imul(t ^ (t >>> 15), t | 1);
-        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-        return (((t ^ (t >>> 14)) >>> 0) + 0.5) / 4294967296;
-      };
-      for (let i = 0; i < e.numel; i += 2) {
-        const r = std * Math.sqrt(-2 * Math.log(uniform()));
-        const theta = 2 * Math.PI * uniform();
-        values[i] = r * Math.cos(theta);
-        if (i + 1 < e.numel) values[i + 1] = r * Math.sin(theta);
-      }
-    }
-    model.setParam(e.name, values);
-  }
+  model.layout.entries.forEach((e, k) => {
+    const stream = (BigInt(seed) << 20n) + BigInt(k);
+    if (e.shape.length === 1) model.params.initNormal(e.name, stream, 1, 0);
+    else model.params.initNormal(e.name, stream, 0, std);
+  });
   model.syncWeights();
 }
 

@@ -19,7 +19,7 @@ import type { Device, DevicePtr } from "../runtime/device.ts";
 import type { MemoryPlan, Slot } from "../runtime/memory.ts";
 import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
-import { axpyF32 } from "../runtime/ops_basic.ts";
+import { axpyF32, fillNormal } from "../runtime/ops_basic.ts";
 import type { Communicator } from "../dist/comm.ts";
 import { HostState } from "./host_state.ts";
 import { type LlamaConfig, parameterShapes } from "./config.ts";
@@ -145,6 +145,11 @@ export interface ParamStore {
   adamwStep(args: op.AdamWArgs): void;
   /** Writes one parameter's fp32 values (each rank keeps what it owns). */
   setParam(name: string, values: Float32Array): void;
+  /**
+   * Fills the part of a parameter this rank owns with mean + std * N(0, 1), element i drawn from
+   * (seed, i) alone: the values do not depend on the sharding (see fillNormal).
+   */
+  initNormal(name: string, seed: bigint, mean: number, std: number): void;
   /** One parameter's fp32 master values; a collective in the sharded store (all ranks call). */
   getParam(name: string): Promise<Float32Array>;
   /** Refreshes compute copies from the master. */
@@ -257,6 +262,11 @@ export class ReplicatedParams implements ParamStore {
     const e = this.layout.get(name);
     checkSize(e, values);
     this.device.upload(this.master.at(e.offset), values);
+  }
+
+  initNormal(name: string, seed: bigint, mean: number, std: number): void {
+    const e = this.layout.get(name);
+    fillNormal(this.device, this.master.at(e.offset), e.numel, seed, 0, mean, std);
   }
 
   getParam(name: string): Promise<Float32Array> {
@@ -554,6 +564,20 @@ export class ShardedParams implements ParamStore {
       const piece = values.subarray(own.from - e.offset, own.to - e.offset);
       if (this.#host) this.#host.f32("master").set(piece, own.shardAt);
       else this.device.upload(this.#dev!.master.at(own.shardAt), piece);
+    }
+    this.#resident.fill(-1);
+    this.#gatheredF32 = -1;
+  }
+
+  initNormal(name: string, seed: bigint, mean: number, std: number): void {
+    const e = this.layout.get(name);
+    const own = this.#owned(e);
+    if (own) {
+      const n = own.to - own.from, first = own.from - e.offset;
+      if (this.#host) {
+        const host = this.#host;
+        fillNormal(host.cpu, host.ptr("master", own.shardAt), n, seed, first, mean, std);
+      } else fillNormal(this.device, this.#dev!.master.at(own.shardAt), n, seed, first, mean, std);
     }
     this.#resident.fill(-1);
     this.#gatheredF32 = -1;

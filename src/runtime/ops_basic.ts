@@ -34,3 +34,31 @@ export function axpyF32(
 ): void {
   d.check(d.sym.df_axpy_f32(y, x, a, BigInt(n), s), "df_axpy_f32");
 }
+
+/**
+ * out[i] = mean + std * N(0, 1), element i drawn from (seed, index0 + i) alone: a rank that owns a
+ * slice of a parameter draws exactly the values a single rank would draw there.
+ */
+export function fillNormal(
+  d: Device,
+  out: DevicePtr,
+  n: number,
+  seed: bigint,
+  index0: number,
+  mean: number,
+  std: number,
+  s: Stream = 0n,
+): void {
+  d.check(
+    d.sym.df_fill_normal_f32(
+      out,
+      BigInt(n),
+      BigInt.asUintN(64, seed),
+      BigInt(index0),
+      mean,
+      std,
+      s,
+    ),
+    "df_fill_normal_f32",
+  );
+}
