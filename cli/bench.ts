@@ -198,6 +198,8 @@ export function registerBench(program: Command, argv: string[]): void {
         "1",
         "--save-strategy",
         "no",
+        "--save-final-model",
+        "false",
         "--output-dir",
         o.outputDir,
         "--nproc-per-node",

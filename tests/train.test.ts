@@ -10,6 +10,7 @@ import { initRandom } from "../src/model/hf.ts";
 import { Device } from "../src/runtime/device.ts";
 import { DType } from "../src/runtime/ops.ts";
 import { join } from "node:path";
+import { existsSync } from "node:fs";
 
 const quiet = { log: () => {} };
 
@@ -187,9 +188,17 @@ Deno.test("train: 2 micro-batches of 1 equal 1 micro-batch of 2", async () => {
   };
   await train({ ...base, outputDir: a, perDeviceTrainBatchSize: 2 }, quiet);
   await train(
-    { ...base, outputDir: b, perDeviceTrainBatchSize: 1, gradientAccumulationSteps: 2 },
+    {
+      ...base,
+      outputDir: b,
+      perDeviceTrainBatchSize: 1,
+      gradientAccumulationSteps: 2,
+      saveFinalModel: false,
+    },
     quiet,
   );
+  assert(existsSync(join(a, "model.safetensors")), "the final model is saved by default");
+  assert(!existsSync(join(b, "model.safetensors")), "--save-final-model false writes no model");
   const [ma, mb] = [await metrics(a), await metrics(b)];
   for (let i = 0; i < 2; i++) {
     assertLess(Math.abs(ma[i].loss - mb[i].loss), 1e-5, "loss");

@@ -67,6 +67,8 @@ export interface TrainOptions {
   saveSteps: number;
   /** Keep at most this many checkpoints (0: keep all). */
   saveTotalLimit: number;
+  /** Write the final model (and trainer state) to outputDir when training ends. */
+  saveFinalModel: boolean;
   /** Tokens per training sequence. */
   modelMaxLength: number;
   /** bf16 weights and activations (fp32 master weights and optimizer state). */
@@ -159,6 +161,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   saveStrategy: "steps",
   saveSteps: 500,
   saveTotalLimit: 0,
+  saveFinalModel: true,
   modelMaxLength: 2048,
   bf16: false,
   device: "auto",
@@ -214,6 +217,11 @@ export const TRAIN_SPECS: readonly Spec[] = [
   },
   { key: "saveSteps", kind: "int", help: "save every N steps", min: 1 },
   { key: "saveTotalLimit", kind: "int", help: "keep at most N checkpoints (0: all)", min: 0 },
+  {
+    key: "saveFinalModel",
+    kind: "bool",
+    help: "write the final model to --output-dir at the end (false: throughput runs)",
+  },
   { key: "modelMaxLength", kind: "int", help: "tokens per training sequence", min: 2 },
   { key: "bf16", kind: "bool", help: "bf16 compute (fp32 master weights)" },
   {

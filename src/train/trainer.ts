@@ -481,8 +481,10 @@ export async function train(
       await save(join(o.outputDir, `checkpoint-${totalSteps}`), totalSteps, true);
       if (isMain) await pruneCheckpoints(o.outputDir, o.saveTotalLimit);
     }
-    await save(o.outputDir, totalSteps, false);
-    log(`saved the final model to ${o.outputDir}`);
+    if (o.saveFinalModel) {
+      await save(o.outputDir, totalSteps, false);
+      log(`saved the final model to ${o.outputDir}`);
+    }
     return { steps: totalSteps, finalLoss: lastLoss, metrics: history, outputDir: o.outputDir };
   } catch (error) {
     world?.abort(); // peers learn at once instead of waiting for a timeout
