@@ -174,6 +174,11 @@ export function registerBench(program: Command, argv: string[]): void {
       "parameter sharding over the ranks: full_shard or no_shard",
       "full_shard",
     )
+    .option(
+      "--distattn-layout <layout>",
+      "sequence split: contiguous (DistAttn) or zigzag (ring)",
+      "contiguous",
+    )
     .option("--peak-tflops <x>", "peak bf16 TFLOP/s per GPU for MFU (H100 SXM dense: 989)", "989")
     .option("--output-dir <dir>", "logs and results", "outputs/bench-train")
     .option("--no-baseline", "skip the HF transformers + FSDP2 + context-parallel baseline")
@@ -208,6 +213,8 @@ export function registerBench(program: Command, argv: string[]): void {
         "1e-5",
         "--fsdp",
         String(o.fsdp),
+        "--distattn-layout",
+        String(o.distattnLayout),
       ];
       const { main } = await import("./main.ts");
       const code = await main(trainArgs);

@@ -533,9 +533,11 @@ export class LlamaModel {
     const d = this.device, c = this.cfg, dt = this.dtype, T = this.tokens, H = c.hiddenSize;
     const emb = this.layout.get("model.embed_tokens.weight");
     await this.params.gather(0);
+    await this.params.prefetch(1);
     op.embeddingForward(d, this.xs[0].ptr, this.#w(emb), this.ids.ptr, T, c.vocabSize, H, dt);
     for (let l = 0; l < c.numLayers; l++) {
       await this.params.gather(l + 1);
+      await this.params.prefetch(l + 2); // the next layer, or the final norm and LM head
       this.#preAttention(l);
       await this.#attend(l);
       this.#postAttention(l);
@@ -707,6 +709,7 @@ export class LlamaModel {
     await this.params.reduceGrads(c.numLayers + 1);
     for (let l = c.numLayers - 1; l >= 0; l--) {
       await this.params.gather(l + 1);
+      if (l > 0) await this.params.prefetch(l);
       this.params.beginGrads(l + 1);
       if (this.#host) {
         this.device.upload(this.xs[l].ptr, this.#host.view(`x${l}`));

@@ -15,7 +15,7 @@
  *   shards right after its backward. Memory per rank: 16 bytes per parameter / world, plus
  *   the unit buffers.
  */
-import type { Device, DevicePtr } from "../runtime/device.ts";
+import type { Device, DevicePtr, Event, Stream } from "../runtime/device.ts";
 import type { MemoryPlan, Slot } from "../runtime/memory.ts";
 import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
@@ -134,6 +134,11 @@ export interface ParamStore {
   /** fp32 gradient accumulator of `e` (valid between beginGrads and reduceGrads of its unit). */
   grad(e: ParamEntry): DevicePtr;
   gather(unit: number): Promise<void>;
+  /**
+   * Starts gathering `unit` so that it overlaps the compute issued before gather(unit) (sharded
+   * stores; a no-op elsewhere). Every rank must prefetch and gather in the same order.
+   */
+  prefetch(unit: number): Promise<void>;
   beginGrads(unit: number): void;
   reduceGrads(unit: number): Promise<void>;
   /** After the last micro-batch of a step: every rank holds its reduced gradients. */
@@ -210,6 +215,10 @@ export class ReplicatedParams implements ParamStore {
   }
 
   gather(_unit: number): Promise<void> {
+    return Promise.resolve();
+  }
+
+  prefetch(_unit: number): Promise<void> {
     return Promise.resolve();
   }
 
@@ -304,8 +313,11 @@ function checkSize(e: ParamEntry, values: Float32Array): void {
 }
 
 /**
- * ZeRO-3 over the ranks of `comm`. Collectives run on the compute stream (ordered with the
- * kernels, no host waits); the all-gather of a layer is issued when the layer is reached.
+ * ZeRO-3 over the ranks of `comm`. On CUDA the collectives run on a stream of their own, ordered
+ * with the compute stream by events: a layer's all-gather is issued a layer ahead (prefetch) into
+ * the other of two layer buffers, and a layer's gradient reduce-scatter runs while the next layer's
+ * backward computes into the other of two gradient buffers. On the CPU backend everything is
+ * synchronous and the same calls simply run in order.
  */
 export class ShardedParams implements ParamStore {
   readonly W: number;
@@ -326,10 +338,20 @@ export class ShardedParams implements ParamStore {
   readonly #rsOut: Slot;
   /** Gathered compute weights: [embedding, head, layer A, layer B]. */
   readonly #bufs: Slot[];
-  /** fp32 unit gradients: [embedding, head, layer]. */
+  /** fp32 unit gradients: [embedding, head, layer A, layer B]. */
   readonly #gradBufs: Slot[];
   /** Which unit each gathered buffer holds (-1: none or stale). */
   readonly #resident: number[] = [-1, -1, -1, -1];
+  /** Which unit is being gathered into each buffer on the collective stream (-1: none). */
+  readonly #pending: number[] = [-1, -1, -1, -1];
+  /** Collective stream (0n: none, CPU backend) and its events (see #async). */
+  #stream: Stream = 0n;
+  #computeMark: Event = 0n;
+  #commMark: Event = 0n;
+  /** Per weight buffer: its gather has landed. Per gradient buffer: its reduce-scatter read it. */
+  #gathered: Event[] = [];
+  #reduced: Event[] = [];
+  readonly #gradBusy: boolean[] = [false, false, false, false];
   readonly #gatherF32: Slot; // fp32 unit buffer for getParam
   #gatheredF32 = -1;
 
@@ -386,7 +408,8 @@ export class ShardedParams implements ParamStore {
     this.#gradBufs = [
       plan.reserve(gg, "embedding", emb, f32),
       plan.reserve(gg, "head", head, f32),
-      plan.reserve(gg, "layer", layerMax, f32),
+      plan.reserve(gg, "layerA", layerMax, f32),
+      plan.reserve(gg, "layerB", layerMax, f32),
     ];
     this.#rsOut = plan.reserve(
       gg,
@@ -411,6 +434,14 @@ export class ShardedParams implements ParamStore {
   }
 
   initialize(): void {
+    const d = this.device;
+    if (d.backend === "cuda") {
+      this.#stream = d.createStream();
+      this.#computeMark = d.createEvent();
+      this.#commMark = d.createEvent();
+      this.#gathered = this.#bufs.map(() => d.createEvent());
+      this.#reduced = this.#gradBufs.map(() => d.createEvent());
+    }
     this.device.memset(this.grads.ptr, 0, this.grads.bytes);
     if (this.#dev) {
       for (const s of [this.#dev.master, this.#dev.m, this.#dev.v]) {
@@ -424,6 +455,27 @@ export class ShardedParams implements ParamStore {
   release(): void {
     this.#host?.free();
     this.#host = null;
+    const d = this.device;
+    for (const e of [this.#computeMark, this.#commMark, ...this.#gathered, ...this.#reduced]) {
+      if (e !== 0n) d.destroyEvent(e);
+    }
+    this.#gathered = [];
+    this.#reduced = [];
+    this.#computeMark = this.#commMark = 0n;
+    if (this.#stream !== 0n) d.destroyStream(this.#stream);
+    this.#stream = 0n;
+  }
+
+  /** True when collectives run on their own stream (CUDA). */
+  get #async(): boolean {
+    return this.#stream !== 0n;
+  }
+
+  /** Later collectives wait for everything issued so far on the compute stream. */
+  #commAfterCompute(): void {
+    if (!this.#async) return;
+    this.device.recordEvent(this.#computeMark, 0n);
+    this.device.waitEvent(this.#stream, this.#computeMark);
   }
 
   get hostBytes(): number {
@@ -437,8 +489,7 @@ export class ShardedParams implements ParamStore {
   }
 
   #gradIndex(unit: number): number {
-    const L = this.layout.cfg.numLayers;
-    return unit === 0 ? 0 : unit === L + 1 ? 1 : 2;
+    return this.#bufIndex(unit);
   }
 
   weight(e: ParamEntry): DevicePtr {
@@ -456,42 +507,62 @@ export class ShardedParams implements ParamStore {
   async gather(unit: number): Promise<void> {
     const b = this.#bufIndex(unit);
     if (this.#resident[b] === unit) return;
-    const n = this.layout.units[unit].size / this.W;
+    if (this.#pending[b] !== unit) await this.prefetch(unit);
+    if (this.#async) this.device.waitEvent(0n, this.#gathered[b]);
+    this.#pending[b] = -1;
+    this.#resident[b] = unit;
+  }
+
+  async prefetch(unit: number): Promise<void> {
+    const b = this.#bufIndex(unit);
+    if (this.#resident[b] === unit || this.#pending[b] === unit) return;
+    // The buffer's previous unit was last read by compute already issued.
+    this.#commAfterCompute();
+    this.#resident[b] = -1;
+    const n = this.layout.units[unit].size / this.W, s = this.#stream;
     let send = this.#copy
       ? this.#copy.at(this.shardOffset[unit])
       : this.#dev!.master.at(this.shardOffset[unit]);
     if (this.#staging) {
       // bf16: round this rank's fp32 shard of the unit right before sending it (no resident copy).
-      op.convert(this.device, this.#staging.ptr, this.dtype, send, DType.f32, n);
+      op.convert(this.device, this.#staging.ptr, this.dtype, send, DType.f32, n, s);
       send = this.#staging.ptr;
     }
-    await this.comm.allGather(
-      send,
-      this.#bufs[b].ptr,
-      n,
-      this.dtype === DType.bf16 ? "bf16" : "f32",
-    );
-    this.#resident[b] = unit;
+    const dtype = this.dtype === DType.bf16 ? "bf16" : "f32";
+    await this.comm.allGather(send, this.#bufs[b].ptr, n, dtype, s);
+    if (this.#async) this.device.recordEvent(this.#gathered[b], s);
+    this.#pending[b] = unit;
   }
 
   beginGrads(unit: number): void {
-    const g = this.#gradBufs[this.#gradIndex(unit)];
-    this.device.memset(g.ptr, 0, this.layout.units[unit].size * 4);
+    const g = this.#gradIndex(unit);
+    if (this.#gradBusy[g]) {
+      // The buffer's previous reduce-scatter must have read it before it is zeroed.
+      this.device.waitEvent(0n, this.#reduced[g]);
+      this.#gradBusy[g] = false;
+    }
+    this.device.memset(this.#gradBufs[g].ptr, 0, this.layout.units[unit].size * 4);
   }
 
   async reduceGrads(unit: number): Promise<void> {
-    const n = this.layout.units[unit].size / this.W;
-    await this.comm.reduceScatterSum(
-      this.#gradBufs[this.#gradIndex(unit)].ptr,
-      this.#rsOut.ptr,
-      n,
-      "f32",
-    );
+    const g = this.#gradIndex(unit), n = this.layout.units[unit].size / this.W, s = this.#stream;
+    this.#commAfterCompute();
+    await this.comm.reduceScatterSum(this.#gradBufs[g].ptr, this.#rsOut.ptr, n, "f32", s);
     // Accumulate over micro-batches: the shard gradient is zeroed once per step.
-    axpyF32(this.device, this.grads.at(this.shardOffset[unit]), this.#rsOut.ptr, 1, n);
+    axpyF32(this.device, this.grads.at(this.shardOffset[unit]), this.#rsOut.ptr, 1, n, s);
+    if (this.#async) {
+      this.device.recordEvent(this.#reduced[g], s);
+      this.#gradBusy[g] = true;
+    }
   }
 
   finishGrads(): Promise<void> {
+    // Every reduce-scatter (and gather) issued so far lands before the norm and the update.
+    if (this.#async) {
+      this.device.recordEvent(this.#commMark, this.#stream);
+      this.device.waitEvent(0n, this.#commMark);
+      this.#gradBusy.fill(false);
+    }
     return Promise.resolve();
   }
 
@@ -553,6 +624,7 @@ export class ShardedParams implements ParamStore {
     }
     if (host) this.device.upload(this.#copy!.ptr, host.computeView());
     this.#resident.fill(-1); // every gathered unit is stale now
+    this.#pending.fill(-1);
     this.#gatheredF32 = -1;
   }
 
@@ -566,6 +638,7 @@ export class ShardedParams implements ParamStore {
       else this.device.upload(this.#dev!.master.at(own.shardAt), piece);
     }
     this.#resident.fill(-1);
+    this.#pending.fill(-1);
     this.#gatheredF32 = -1;
   }
 
@@ -580,6 +653,7 @@ export class ShardedParams implements ParamStore {
       } else fillNormal(this.device, this.#dev!.master.at(own.shardAt), n, seed, first, mean, std);
     }
     this.#resident.fill(-1);
+    this.#pending.fill(-1);
     this.#gatheredF32 = -1;
   }
 
@@ -607,5 +681,6 @@ export class ShardedParams implements ParamStore {
       this.device.upload(this.#copy!.ptr, this.#host.computeView());
     }
     this.#resident.fill(-1); // the next gather converts from the new master values
+    this.#pending.fill(-1);
   }
 }
