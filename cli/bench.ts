@@ -176,8 +176,8 @@ export function registerBench(program: Command, argv: string[]): void {
     )
     .option(
       "--distattn-layout <layout>",
-      "sequence split: contiguous (DistAttn) or zigzag (ring)",
-      "contiguous",
+      "sequence split: zigzag (ring) or contiguous (DistAttn)",
+      "zigzag",
     )
     .option("--peak-tflops <x>", "peak bf16 TFLOP/s per GPU for MFU (H100 SXM dense: 989)", "989")
     .option("--output-dir <dir>", "logs and results", "outputs/bench-train")

@@ -176,7 +176,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   spSize: 0,
   distattnBalanced: true,
   distattnOverlap: true,
-  distattnLayout: "contiguous",
+  distattnLayout: "zigzag",
   checkpointBoundary: "attention",
   vocabChunk: 4096,
   mlpTile: 4096,
@@ -255,7 +255,7 @@ export const TRAIN_SPECS: readonly Spec[] = [
   {
     key: "distattnLayout",
     kind: "choice",
-    help: "sequence split: the paper's contiguous slices, or zigzag chunks on a ring",
+    help: "sequence split: zigzag chunks on a ring, or the paper's contiguous slices (DistAttn)",
     choices: ["contiguous", "zigzag"],
   },
   {
@@ -326,8 +326,8 @@ function parseBool(flag: string, v: unknown): boolean {
 
 /**
  * Fills defaults and checks every option; strings from the command line are converted. Throws an
- * OptionError naming the flag and the allowed values. Returns the options and the names of the
- * accepted flags that have no effect.
+ * OptionError naming the flag and the allowed values. Returns the options and a note for each
+ * accepted flag that has no effect.
  */
 export function resolveTrainOptions(
   input: Partial<Record<keyof TrainOptions, unknown>>,
@@ -380,7 +380,7 @@ export function resolveTrainOptions(
         }
         break;
     }
-    if (spec.noEffect) noEffect.push(flag);
+    if (spec.noEffect) noEffect.push(`${flag} is accepted for compatibility and has no effect`);
     out[spec.key] = value;
   }
   const options = out as unknown as TrainOptions;
@@ -398,6 +398,14 @@ export function resolveTrainOptions(
       throw new OptionError(
         `--fsdp: unknown word ${JSON.stringify(w)} (use ${fsdpWords.join(", ")})`,
       );
+    }
+  }
+  if (options.distattnLayout === "zigzag") {
+    // The schedule flags belong to the contiguous layout's DistAttn; the ring needs neither.
+    for (const key of ["distattnBalanced", "distattnOverlap"] as const) {
+      if (input[key] !== undefined && input[key] !== null) {
+        noEffect.push(`${flagName(key)} applies to --distattn-layout contiguous: no effect here`);
+      }
     }
   }
   if (options.nodeRank >= options.nnodes) {

@@ -138,13 +138,15 @@ export async function train(
   if (o.modelMaxLength % parts !== 0) {
     throw new Error(
       `--model-max-length ${o.modelMaxLength} must be a multiple of ${parts} ` +
-        `(${o.distattnLayout === "zigzag" ? "2 x " : ""}--sp-size ${sp})`,
+        (o.distattnLayout === "zigzag"
+          ? `(2 x --sp-size ${sp}: the zigzag layout; --distattn-layout contiguous needs ${sp})`
+          : `(--sp-size ${sp})`),
     );
   }
   const dp = worldSize / sp, spIdx = envRank % sp, dpIdx = Math.floor(envRank / sp);
   const isMain = envRank === 0;
   const log = hooks.log ?? ((line: string) => isMain && console.error(line));
-  for (const flag of noEffect) log(`note: ${flag} is accepted for compatibility and has no effect`);
+  for (const note of noEffect) log(`note: ${note}`);
   if (o.fsdp && worldSize === 1) log(`note: --fsdp "${o.fsdp}" has no effect on a single device`);
   // Offloading the optimizer shards it over all ranks, as full_shard does.
   const fullShard = (o.fsdp.split(/\s+/).includes("full_shard") || o.offloadOptimizer) &&
