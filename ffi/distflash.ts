@@ -53,6 +53,10 @@ export const DISTFLASH_SYMBOLS = {
   df_memcpy_d2d: { parameters: [dptr, dptr, "u64", stream], result: status },
   // df_status df_memset(void *ptr, int32_t value, uint64_t bytes, void *stream)
   df_memset: { parameters: [dptr, "i32", "u64", stream], result: status },
+  // df_status df_host_register(void *host, uint64_t bytes)
+  df_host_register: { parameters: [dptr, "u64"], result: status },
+  // df_status df_host_unregister(void *host)
+  df_host_unregister: { parameters: [dptr], result: status },
   // df_status df_live_allocations(uint64_t *count, uint64_t *bytes)
   df_live_allocations: { parameters: ["buffer", "buffer"], result: status },
 

@@ -75,6 +75,16 @@ Deno.test("plan: the CLI reports the kinds, and exits 3 naming the fixes when it
   ]);
   assertEquals(no.code, 3, no.stderr);
   assert(no.stdout.includes("does NOT fit") && no.stdout.includes("--fsdp full_shard"), no.stdout);
+  // Sharded but still too long: the hint names the memory-saving option that makes this run fit,
+  // and that option's own plan fits.
+  const args = ["plan", "--model", "llama-2-7b", "--bf16", "--model-max-length", "65536"];
+  const sharded = [...args, "--nproc-per-node", "2", "--fsdp", "full_shard", "--gpu-memory", "79"];
+  const longer = await runCli(sharded);
+  assertEquals(longer.code, 3, longer.stderr);
+  const hint = longer.stdout.split("\n").find((l) => l.startsWith("to make it fit:")) ?? "";
+  assert(hint.includes("--checkpoint-boundary layer"), longer.stdout);
+  const fixed = await runCli([...sharded, "--checkpoint-boundary", "layer"]);
+  assertEquals(fixed.code, 0, fixed.stdout);
   const bad = await runCli(["plan", "--model", "debug-small", "--gpu-memory", "lots"]);
   assert(bad.code !== 0 && bad.stderr.includes("--gpu-memory"), bad.stderr);
 });

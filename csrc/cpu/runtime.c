@@ -133,6 +133,17 @@ df_status df_memset(void *ptr, int32_t value, uint64_t bytes, void *stream) {
   return DF_OK;
 }
 
+df_status df_host_register(void *host, uint64_t bytes) {
+  (void)host;
+  (void)bytes;
+  return DF_OK; /* host memory is already where the CPU backend computes */
+}
+
+df_status df_host_unregister(void *host) {
+  (void)host;
+  return DF_OK;
+}
+
 df_status df_stream_create(void **stream) {
   if (!stream) return df_fail(DF_ERR_INVALID, "df_stream_create: null output");
   cpu_stream *s = (cpu_stream *)malloc(sizeof *s);

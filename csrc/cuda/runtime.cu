@@ -161,6 +161,18 @@ df_status df_memset(void *ptr, int32_t value, uint64_t bytes, void *stream) {
   return DF_OK;
 }
 
+df_status df_host_register(void *host, uint64_t bytes) {
+  if (!host || bytes == 0) return df_fail(DF_ERR_INVALID, "df_host_register: null pointer or zero bytes");
+  DF_CUDA(cudaHostRegister(host, bytes, cudaHostRegisterDefault));
+  return DF_OK;
+}
+
+df_status df_host_unregister(void *host) {
+  if (!host) return df_fail(DF_ERR_INVALID, "df_host_unregister: null pointer");
+  DF_CUDA(cudaHostUnregister(host));
+  return DF_OK;
+}
+
 df_status df_stream_create(void **stream) {
   if (!stream) return df_fail(DF_ERR_INVALID, "df_stream_create: null output");
   cudaStream_t s;

@@ -69,6 +69,10 @@ DF_API df_status df_memcpy_h2d(void *dst, const void *src, uint64_t bytes, void 
 DF_API df_status df_memcpy_d2h(void *dst, const void *src, uint64_t bytes, void *stream);
 DF_API df_status df_memcpy_d2d(void *dst, const void *src, uint64_t bytes, void *stream);
 DF_API df_status df_memset(void *ptr, int32_t value, uint64_t bytes, void *stream);
+/* Page-locks host memory (another library's allocation) so copies to and from it run at full PCIe
+ * speed and asynchronously; the CPU backend accepts and ignores both calls. */
+DF_API df_status df_host_register(void *host, uint64_t bytes);
+DF_API df_status df_host_unregister(void *host);
 DF_API df_status df_live_allocations(uint64_t *count, uint64_t *bytes);
 
 /* ---- streams and events ---- */

@@ -18,7 +18,10 @@ export class HostState {
   readonly views = new Map<HostTensor, Float32Array | Uint16Array>();
 
   /** `n` fp32 values each (and `n` values of the compute dtype for the copy when bf16). */
+  readonly #device: Device;
+
   constructor(device: Device, readonly n: number, readonly dtype: DType) {
+    this.#device = device;
     this.#ownsCpu = device.backend !== "cpu";
     this.cpu = this.#ownsCpu ? Device.open("cpu") : device;
     const tensors: HostTensor[] = ["master", "m", "v", "grads"];
@@ -27,6 +30,8 @@ export class HostState {
       const bytes = n * (name === "copy" ? 2 : 4);
       const buffer = this.cpu.alloc(bytes);
       this.#buffers.set(name, buffer);
+      // Page-locked: the gradients come down and the weights go up at full PCIe speed.
+      device.pinHost(buffer.ptr, bytes);
       const raw = Deno.UnsafePointerView.getArrayBuffer(
         Deno.UnsafePointer.create(buffer.ptr)!,
         bytes,
@@ -76,7 +81,10 @@ export class HostState {
   }
 
   free(): void {
-    for (const buffer of this.#buffers.values()) buffer.free();
+    for (const buffer of this.#buffers.values()) {
+      this.#device.unpinHost(buffer.ptr);
+      buffer.free();
+    }
     this.#buffers.clear();
     this.views.clear();
     if (this.#ownsCpu) this.cpu.close();
@@ -89,13 +97,14 @@ export class HostArena {
   readonly #ownsCpu: boolean;
   readonly #buffers = new Map<string, { buffer: DeviceBuffer; view: Uint8Array }>();
 
-  constructor(device: Device) {
+  constructor(readonly device: Device) {
     this.#ownsCpu = device.backend !== "cpu";
     this.#cpu = this.#ownsCpu ? Device.open("cpu") : device;
   }
 
   add(name: string, bytes: number): void {
     const buffer = this.#cpu.alloc(bytes);
+    this.device.pinHost(buffer.ptr, bytes); // page-locked for fast copies
     const raw = Deno.UnsafePointerView.getArrayBuffer(
       Deno.UnsafePointer.create(buffer.ptr)!,
       bytes,
@@ -110,7 +119,10 @@ export class HostArena {
   }
 
   free(): void {
-    for (const { buffer } of this.#buffers.values()) buffer.free();
+    for (const { buffer } of this.#buffers.values()) {
+      this.device.unpinHost(buffer.ptr);
+      buffer.free();
+    }
     this.#buffers.clear();
     if (this.#ownsCpu) this.#cpu.close();
   }

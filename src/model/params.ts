@@ -679,6 +679,8 @@ export class ShardedParams implements ParamStore {
     if (this.#host) {
       this.#host.refreshCopy();
       this.device.upload(this.#copy!.ptr, this.#host.computeView());
+      // From pinned memory the copy is asynchronous: the host copy must not change under it.
+      this.device.syncStream(0n);
     }
     this.#resident.fill(-1); // the next gather converts from the new master values
     this.#pending.fill(-1);

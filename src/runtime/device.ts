@@ -220,6 +220,19 @@ export class Device {
     this.check(this.sym.df_memset(ptr, value, BigInt(bytes), stream), "df_memset");
   }
 
+  /**
+   * Page-locks host memory at `host` (an address from another library, e.g. a CPU-backend
+   * allocation) for fast asynchronous copies; undo with unpinHost before freeing it. No-op on cpu.
+   */
+  pinHost(host: bigint, bytes: number): void {
+    this.check(this.sym.df_host_register(host, BigInt(bytes)), "df_host_register");
+  }
+
+  /** Undoes pinHost. */
+  unpinHost(host: bigint): void {
+    this.check(this.sym.df_host_unregister(host), "df_host_unregister");
+  }
+
   /** Creates a stream (destroy it with destroyStream). */
   createStream(): Stream {
     const out = new BigUint64Array(1);

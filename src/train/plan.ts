@@ -170,6 +170,27 @@ export function formatPlan(
     }
     if (world === 1) hints.push("more GPUs (--nproc-per-node) with --fsdp full_shard");
     if (o.perDeviceTrainBatchSize > 1) hints.push("a smaller --per-device-train-batch-size");
+    // Memory-saving options that make this very run fit, cheapest in speed first.
+    const alternatives: [Partial<TrainOptions>, string][] = [
+      [
+        { checkpointBoundary: "layer" },
+        "--checkpoint-boundary layer (backward recomputes attention)",
+      ],
+      [{ offloadCheckpoints: true }, "--offload-checkpoints"],
+      [{ offloadOptimizer: true }, "--offload-optimizer"],
+      [
+        { offloadOptimizer: true, offloadCheckpoints: true },
+        "--offload-optimizer --offload-checkpoints",
+      ],
+    ];
+    for (const [change, flags] of alternatives) {
+      const changed = Object.entries(change).some(([k, v]) => o[k as keyof TrainOptions] !== v);
+      if (!changed) continue;
+      if (estimateMemory(cfg, { ...o, ...change }, world).totalBytes <= budgetBytes) {
+        hints.push(flags);
+        break; // the first that fits: the others cost more speed
+      }
+    }
     if (longest > 0) hints.push(`--model-max-length ${longest} or less`);
     lines.push(`to make it fit: ${hints.join("; ") || "a larger GPU"}`);
   }
