@@ -49,6 +49,8 @@ export const DISTFLASH_SYMBOLS = {
   df_memcpy_h2d: { parameters: [dptr, "buffer", "u64", stream], result: status },
   // df_status df_memcpy_d2h(void *dst, const void *src, uint64_t bytes, void *stream)
   df_memcpy_d2h: { parameters: ["buffer", dptr, "u64", stream], result: status },
+  // df_status df_memcpy_d2h_async(void *dst, const void *src, uint64_t bytes, void *stream)
+  df_memcpy_d2h_async: { parameters: ["buffer", dptr, "u64", stream], result: status },
   // df_status df_memcpy_d2d(void *dst, const void *src, uint64_t bytes, void *stream)
   df_memcpy_d2d: { parameters: [dptr, dptr, "u64", stream], result: status },
   // df_status df_memset(void *ptr, int32_t value, uint64_t bytes, void *stream)

@@ -110,6 +110,10 @@ df_status df_memcpy_h2d(void *dst, const void *src, uint64_t bytes, void *stream
   return DF_OK;
 }
 
+df_status df_memcpy_d2h_async(void *dst, const void *src, uint64_t bytes, void *stream) {
+  return df_memcpy_d2h(dst, src, bytes, stream); /* the CPU backend's copies are synchronous */
+}
+
 df_status df_memcpy_d2h(void *dst, const void *src, uint64_t bytes, void *stream) {
   DF_CHECK(check_stream("df_memcpy_d2h", stream));
   DF_CHECK(df_check_range("df_memcpy_d2h", "src", src, bytes));

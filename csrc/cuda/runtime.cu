@@ -132,6 +132,13 @@ df_status df_free_host(void *ptr) {
   return DF_OK;
 }
 
+df_status df_memcpy_d2h_async(void *dst, const void *src, uint64_t bytes, void *stream) {
+  DF_CHECK(df_check_range("df_memcpy_d2h_async", "src", src, bytes));
+  if (bytes && !dst) return df_fail(DF_ERR_INVALID, "df_memcpy_d2h_async: argument 'dst' is a null pointer");
+  DF_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, df_stream(stream)));
+  return DF_OK;
+}
+
 df_status df_memcpy_h2d(void *dst, const void *src, uint64_t bytes, void *stream) {
   DF_CHECK(df_check_range("df_memcpy_h2d", "dst", dst, bytes));
   if (bytes && !src) return df_fail(DF_ERR_INVALID, "df_memcpy_h2d: argument 'src' is a null pointer");

@@ -67,6 +67,9 @@ DF_API df_status df_malloc_host(void **ptr, uint64_t bytes); /* pinned on CUDA *
 DF_API df_status df_free_host(void *ptr);
 DF_API df_status df_memcpy_h2d(void *dst, const void *src, uint64_t bytes, void *stream);
 DF_API df_status df_memcpy_d2h(void *dst, const void *src, uint64_t bytes, void *stream);
+/* Like df_memcpy_d2h but returns once queued: dst must be page-locked (df_host_register) and stay
+ * untouched until the stream has passed the copy. */
+DF_API df_status df_memcpy_d2h_async(void *dst, const void *src, uint64_t bytes, void *stream);
 DF_API df_status df_memcpy_d2d(void *dst, const void *src, uint64_t bytes, void *stream);
 DF_API df_status df_memset(void *ptr, int32_t value, uint64_t bytes, void *stream);
 /* Page-locks host memory (another library's allocation) so copies to and from it run at full PCIe

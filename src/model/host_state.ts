@@ -4,7 +4,13 @@
  * are allocations of the CPU library (so its ops accept them) viewed from TypeScript without
  * copies, and device transfers go straight between them and GPU memory.
  */
-import { Device, type DeviceBuffer } from "../runtime/device.ts";
+import {
+  Device,
+  type DeviceBuffer,
+  type DevicePtr,
+  type Event,
+  type Stream,
+} from "../runtime/device.ts";
 import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
 
@@ -125,5 +131,103 @@ export class HostArena {
     }
     this.#buffers.clear();
     if (this.#ownsCpu) this.#cpu.close();
+  }
+}
+
+/**
+ * --offload-checkpoints: each layer's saved tensors go to page-locked host memory during the
+ * forward and come back a layer ahead of the layer's backward, on a copy stream of their own so
+ * the transfers overlap compute. The device keeps two slots of each tensor (layer parity); events
+ * say when a slot's copy has left or arrived. On the CPU backend the copies happen on the spot and
+ * every wait is a no-op.
+ */
+export class CheckpointOffload {
+  readonly host: HostArena;
+  #stream: Stream = 0n;
+  #mark: Event = 0n;
+  /** Per parity: the device slot has been copied out (forward). */
+  #saved: Event[] = [];
+  #savedPending = [false, false];
+  /** The next layer's tensors have arrived (backward). */
+  #loaded: Event = 0n;
+  #loadedPending = false;
+
+  constructor(
+    readonly device: Device,
+    readonly layers: number,
+    /** Bytes per layer of each saved tensor (o and lse are absent when backward recomputes them). */
+    readonly bytes: { x: number; o?: number; lse?: number },
+  ) {
+    this.host = new HostArena(device);
+    try {
+      for (let l = 0; l < layers; l++) {
+        for (const [name, n] of Object.entries(bytes)) if (n) this.host.add(`${name}${l}`, n);
+      }
+      if (device.backend === "cuda") {
+        this.#stream = device.createStream();
+        this.#mark = device.createEvent();
+        this.#saved = [device.createEvent(), device.createEvent()];
+        this.#loaded = device.createEvent();
+      }
+    } catch (error) {
+      this.free();
+      throw error;
+    }
+  }
+
+  /** Later copies wait for everything issued so far on the compute stream. */
+  #afterCompute(): void {
+    if (this.#stream === 0n) return;
+    this.device.recordEvent(this.#mark, 0n);
+    this.device.waitEvent(this.#stream, this.#mark);
+  }
+
+  /** Forward, after layer l: its saved tensors (slots of parity l % 2) go to the host. */
+  save(l: number, slots: Partial<Record<"x" | "o" | "lse", DevicePtr>>): void {
+    this.#afterCompute();
+    for (const [name, ptr] of Object.entries(slots)) {
+      if (ptr !== undefined) {
+        this.device.downloadAsync(this.host.view(`${name}${l}`), ptr, this.#stream);
+      }
+    }
+    if (this.#stream === 0n) return;
+    this.device.recordEvent(this.#saved[l % 2], this.#stream);
+    this.#savedPending[l % 2] = true;
+  }
+
+  /** Compute about to overwrite the slots of `parity` waits until their copy has left. */
+  beforeOverwrite(parity: number): void {
+    if (!this.#savedPending[parity]) return;
+    this.device.waitEvent(0n, this.#saved[parity]);
+    this.#savedPending[parity] = false;
+  }
+
+  /** Backward, during layer l + 1: layer l's tensors come back into their slots. */
+  load(l: number, slots: Partial<Record<"x" | "o" | "lse", DevicePtr>>): void {
+    this.#afterCompute(); // the slots were last read by compute already issued
+    for (const [name, ptr] of Object.entries(slots)) {
+      if (ptr !== undefined) this.device.upload(ptr, this.host.view(`${name}${l}`), this.#stream);
+    }
+    if (this.#stream === 0n) return;
+    this.device.recordEvent(this.#loaded, this.#stream);
+    this.#loadedPending = true;
+  }
+
+  /** Compute about to read the tensors of the last load waits for them. */
+  awaitLoaded(): void {
+    if (!this.#loadedPending) return;
+    this.device.waitEvent(0n, this.#loaded);
+    this.#loadedPending = false;
+  }
+
+  free(): void {
+    // Copies may still be in flight into or out of the host buffers.
+    if (this.#stream !== 0n) this.device.syncStream(this.#stream);
+    this.host.free();
+    for (const e of [this.#mark, ...this.#saved, this.#loaded]) {
+      if (e !== 0n) this.device.destroyEvent(e);
+    }
+    if (this.#stream !== 0n) this.device.destroyStream(this.#stream);
+    this.#stream = 0n;
   }
 }

@@ -22,7 +22,7 @@ import {
 } from "./params.ts";
 import type { Communicator } from "../dist/comm.ts";
 import { SelfComm } from "../dist/self_comm.ts";
-import { HostArena } from "./host_state.ts";
+import { CheckpointOffload } from "./host_state.ts";
 
 export { type ParamEntry, ParamLayout };
 
@@ -148,8 +148,8 @@ export class LlamaModel {
   readonly mlpTile: number;
   attention: Attention;
   /** Sizes of the per-layer host copies when checkpoints are offloaded. */
-  readonly #hostCheckpoints: { layers: number; x: number; o: number; lse: number } | null;
-  #host: HostArena | null = null;
+  readonly #hostCheckpoints: { x: number; o?: number; lse?: number } | null;
+  #host: CheckpointOffload | null = null;
 
   /** Parameters, gradients and AdamW state (replicated or sharded). */
   readonly params: ParamStore;
@@ -227,26 +227,26 @@ export class LlamaModel {
     for (let l = 0; l <= cfg.numLayers; l++) {
       this.xs.push(offload ? ring[l % 2] : p.reserve(saved, `x${l}`, T * H, dtype));
     }
-    // With the classic layer boundary (or offloading) one buffer serves every layer.
-    const perLayer = (opts.checkpointBoundary ?? "attention") === "attention" && !offload;
+    // Attention outputs are saved per layer at the attention boundary (offloaded: two slots, by
+    // layer parity, like the inputs); with the classic layer boundary one buffer serves every
+    // layer, as backward recomputes them.
+    const saveAttention = (opts.checkpointBoundary ?? "attention") === "attention";
+    const slots = saveAttention ? (offload ? 2 : cfg.numLayers) : 1;
     for (let l = 0; l < cfg.numLayers; l++) {
-      if (!perLayer && l > 0) {
-        this.attnOut.push(this.attnOut[0]);
-        this.attnLse.push(this.attnLse[0]);
+      if (l >= slots) {
+        this.attnOut.push(this.attnOut[l % slots]);
+        this.attnLse.push(this.attnLse[l % slots]);
         continue;
       }
-      const kind = perLayer ? saved : "layer scratch";
+      const kind = saveAttention ? saved : "layer scratch";
       this.attnOut.push(p.reserve(kind, `o${l}`, T * qDim, dtype));
       this.attnLse.push(p.reserve(kind, `lse${l}`, batch * cfg.numHeads * seqLen, f32));
     }
-    this.#hostCheckpoints = offload
-      ? {
-        layers: cfg.numLayers,
-        x: this.xs[0].bytes,
-        o: this.attnOut[0].bytes,
-        lse: this.attnLse[0].bytes,
-      }
-      : null;
+    this.#hostCheckpoints = !offload
+      ? null
+      : saveAttention
+      ? { x: this.xs[0].bytes, o: this.attnOut[0].bytes, lse: this.attnLse[0].bytes }
+      : { x: this.xs[0].bytes };
 
     const layer = "layer scratch";
     this.s = {
@@ -310,14 +310,7 @@ export class LlamaModel {
     this.plan.allocate(this.device);
     this.params.initialize();
     const h = this.#hostCheckpoints;
-    if (h) {
-      this.#host = new HostArena(this.device);
-      for (let l = 0; l < h.layers; l++) {
-        this.#host.add(`x${l}`, h.x);
-        this.#host.add(`o${l}`, h.o);
-        this.#host.add(`lse${l}`, h.lse);
-      }
-    }
+    if (h) this.#host = new CheckpointOffload(this.device, this.cfg.numLayers, h);
     this.device.upload(
       this.invFreq.ptr,
       Float32Array.from(ropeInvFreq(this.cfg, { float32: true })),
@@ -338,7 +331,7 @@ export class LlamaModel {
   /** Host memory this model allocates outside the plan (offloaded optimizer and checkpoints). */
   get hostBytes(): number {
     const h = this.#hostCheckpoints;
-    const checkpoints = h ? h.layers * (h.x + h.o + h.lse) : 0;
+    const checkpoints = h ? this.cfg.numLayers * (h.x + (h.o ?? 0) + (h.lse ?? 0)) : 0;
     return checkpoints + this.params.hostBytes;
   }
 
@@ -539,14 +532,11 @@ export class LlamaModel {
       await this.params.gather(l + 1);
       await this.params.prefetch(l + 2); // the next layer, or the final norm and LM head
       this.#preAttention(l);
+      this.#host?.beforeOverwrite(l % 2); // attention output slot: layer l-2's copy has left
       await this.#attend(l);
+      this.#host?.beforeOverwrite((l + 1) % 2); // input slot of layer l+1: layer l-1's has left
       this.#postAttention(l);
-      if (this.#host) {
-        // Layer l's saved tensors go to the host before layer l+1 overwrites its input buffer.
-        this.device.download(this.#host.view(`x${l}`), this.xs[l].ptr);
-        this.device.download(this.#host.view(`o${l}`), this.attnOut[l].ptr);
-        this.device.download(this.#host.view(`lse${l}`), this.attnLse[l].ptr);
-      }
+      this.#host?.save(l, this.#savedSlots(l));
     }
     await this.params.gather(c.numLayers + 1);
     op.rmsnormForward(
@@ -712,11 +702,10 @@ export class LlamaModel {
       if (l > 0) await this.params.prefetch(l);
       this.params.beginGrads(l + 1);
       if (this.#host) {
-        this.device.upload(this.xs[l].ptr, this.#host.view(`x${l}`));
-        if (this.opts.checkpointBoundary !== "layer") {
-          this.device.upload(this.attnOut[l].ptr, this.#host.view(`o${l}`));
-          this.device.upload(this.attnLse[l].ptr, this.#host.view(`lse${l}`));
-        }
+        // Layer l's tensors were loaded during layer l+1 (the top layer's never left the device);
+        // layer l-1's come back while layer l computes (their slots held layer l+1's).
+        this.#host.awaitLoaded();
+        if (l > 0) this.#host.load(l - 1, this.#savedSlots(l - 1));
       }
       await this.#layerBackward(l);
       await this.params.reduceGrads(l + 1);
@@ -724,6 +713,12 @@ export class LlamaModel {
     const emb = L.get("model.embed_tokens.weight");
     op.embeddingBackward(d, this.#g(emb), this.dres.ptr, this.ids.ptr, T, V, H, dt);
     await this.params.reduceGrads(0);
+  }
+
+  /** The device slots of layer l's saved tensors that --offload-checkpoints moves to the host. */
+  #savedSlots(l: number): Partial<Record<"x" | "o" | "lse", DevicePtr>> {
+    if (!this.#hostCheckpoints?.o) return { x: this.xs[l].ptr };
+    return { x: this.xs[l].ptr, o: this.attnOut[l].ptr, lse: this.attnLse[l].ptr };
   }
 
   /** dres holds d(xs[l+1]) on entry and d(xs[l]) on exit. */

@@ -210,6 +210,19 @@ export class Device {
     return dst;
   }
 
+  /**
+   * Queues a copy of device memory at `src` into `dst` on `stream` and returns at once: `dst` must
+   * be page-locked (pinHost) and left alone until the stream has passed the copy (on the cpu
+   * backend the copy is done on return).
+   */
+  downloadAsync(dst: HostArray, src: DevicePtr, stream: Stream = 0n): void {
+    const bytes = new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength);
+    this.check(
+      this.sym.df_memcpy_d2h_async(bytes, src, BigInt(dst.byteLength), stream),
+      "df_memcpy_d2h_async",
+    );
+  }
+
   /** Copies `bytes` bytes of device memory from `src` to `dst`, on `stream`. */
   copy(dst: DevicePtr, src: DevicePtr, bytes: number, stream: Stream = 0n): void {
     this.check(this.sym.df_memcpy_d2d(dst, src, BigInt(bytes), stream), "df_memcpy_d2d");
