@@ -9,7 +9,7 @@ Context parallel makes position ids non-monotonic, so transformers builds a mask
 no kernel; a plain causal attention is registered through AttentionInterface (and no mask through
 AttentionMaskInterface), as the performance issue notes.
 
-Not yet run on GPUs (written without one); run:
+Ran on 2 H100s (BENCHMARKS.md: 32K and 64K train, 128K runs out of memory at the optimizer step):
   python3 -m torch.distributed.run --nproc-per-node=2 bench/hf_fsdp_cp_train.py --seq 32768
 """
 import argparse
