@@ -4,7 +4,7 @@
  */
 import type { Command } from "commander";
 import { flagName, resolveTrainOptions, TRAIN_SPECS } from "../src/train/options.ts";
-import { formatPlan } from "../src/train/plan.ts";
+import { formatPlan, hostAvailableBytes, type HostBudget } from "../src/train/plan.ts";
 import { resolveModel } from "../src/model/hf.ts";
 import { Device } from "../src/runtime/device.ts";
 
@@ -33,13 +33,17 @@ export function registerPlan(program: Command): void {
     .option(
       "--gpu-memory <GiB>",
       "memory per GPU to plan for (default: GPU 0's free memory, else 80)",
+    )
+    .option(
+      "--host-memory <GiB>",
+      "host memory of a node for offloaded state (default: what this host has available)",
     );
   for (const spec of TRAIN_SPECS) {
     const flag = flagName(spec.key);
     cmd.option(spec.kind === "bool" ? `${flag} [bool]` : `${flag} <value>`, spec.help);
   }
   cmd.action(async (raw: Record<string, unknown>) => {
-    const { gpuMemory, ...rest } = raw;
+    const { gpuMemory, hostMemory, ...rest } = raw;
     // Planning needs no data: a placeholder keeps the data-path check quiet.
     if (!rest.dataPath && !rest.synthetic) rest.synthetic = true;
     const { options } = resolveTrainOptions(rest);
@@ -57,8 +61,16 @@ export function registerPlan(program: Command): void {
       budget = free ?? 80 * 2 ** 30;
       source = free ? "free on GPU 0" : "assumed 80 GiB: no GPU here, --gpu-memory sets it";
     }
+    let host: HostBudget = { bytes: hostAvailableBytes(), source: "available on this host" };
+    if (hostMemory !== undefined) {
+      const gib = Number(hostMemory);
+      if (!(gib > 0)) {
+        throw new Error(`--host-memory: expected a positive number of GiB, got ${hostMemory}`);
+      }
+      host = { bytes: gib * 2 ** 30, source: "--host-memory" };
+    }
     const world = options.nprocPerNode * options.nnodes;
-    const { text, fits } = formatPlan(cfg, options, world, budget, source);
+    const { text, fits } = formatPlan(cfg, options, world, budget, source, host);
     console.log(text);
     if (!fits) Deno.exit(3);
   });

@@ -157,6 +157,23 @@ Deno.test("launcher: rank environment and command", () => {
   assertEquals(env.TORCH_SYMM_MEM_DISABLE_MULTICAST, "1");
   assertEquals(env.NVSHMEM_DISABLE_NVLS, "1");
   assertEquals(env.FOO, "bar");
+  const cores = navigator.hardwareConcurrency;
+  if (Deno.env.get("OMP_NUM_THREADS") === undefined) {
+    assertEquals(
+      env.OMP_NUM_THREADS,
+      String(Math.max(1, Math.floor(cores / 4))),
+      "a share of cores",
+    );
+  }
+  const mine = rankEnv({
+    nprocPerNode: 4,
+    nnodes: 1,
+    nodeRank: 0,
+    masterAddr: "127.0.0.1",
+    masterPort: 1,
+    env: { OMP_NUM_THREADS: "3" },
+  }, 0);
+  assertEquals(mine.OMP_NUM_THREADS, "3", "the caller's OMP_NUM_THREADS wins");
   // The ranks' view of it round-trips.
   const parsed = parseRankEnv(env);
   assertEquals([parsed.rank, parsed.worldSize, parsed.localRank, parsed.nodeRank], [6, 8, 2, 1]);

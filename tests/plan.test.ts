@@ -87,4 +87,18 @@ Deno.test("plan: the CLI reports the kinds, and exits 3 naming the fixes when it
   assertEquals(fixed.code, 0, fixed.stdout);
   const bad = await runCli(["plan", "--model", "debug-small", "--gpu-memory", "lots"]);
   assert(bad.code !== 0 && bad.stderr.includes("--gpu-memory"), bad.stderr);
+  // Offloaded state is planned against the node's host memory: 2 ranks x 56.5 GiB (7B: 3.37e9
+  // parameters per rank x 18 bytes of master, moments, gradients and bf16 copy) > 100 GiB.
+  const offload = [...sharded.slice(0, -2), "--gpu-memory", "79", "--offload-optimizer"];
+  const small = await runCli([...offload, "--host-memory", "100"]);
+  assertEquals(small.code, 3, small.stdout);
+  assert(
+    /for the 2 rank\(s\) of a node, of 100\.0 GiB \(--host-memory\): does NOT fit/.test(
+      small.stdout,
+    ),
+    small.stdout,
+  );
+  assertEquals((await runCli([...offload, "--host-memory", "140"])).code, 0);
+  const badHost = await runCli([...offload, "--host-memory", "-1"]);
+  assert(badHost.code !== 0 && badHost.stderr.includes("--host-memory"), badHost.stderr);
 });

@@ -6,7 +6,8 @@
  *   `deno compile` binary, `<binary> <args>`.
  * - Environment of each rank: the launcher's own, then `env`, then RANK, WORLD_SIZE, LOCAL_RANK,
  *   LOCAL_WORLD_SIZE, GROUP_RANK/NODE_RANK, MASTER_ADDR, MASTER_PORT, DISTFLASH_LAUNCHED=1 (so
- *   the rank does not launch again) and DISTFLASH_LAUNCHER_PID; NCCL_NVLS_ENABLE=0,
+ *   the rank does not launch again) and DISTFLASH_LAUNCHER_PID; OMP_NUM_THREADS, unless set, is
+ *   the node's cores divided by the local ranks; NCCL_NVLS_ENABLE=0,
  *   TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and NVSHMEM_DISABLE_NVLS=1 are always set (NVLink
  *   multicast stays off).
  * - Output: every rank's stdout and stderr go to `<outputDir>/logs/rank<R>.log`; rank 0's are
@@ -137,7 +138,12 @@ export function rankEnv(
   localRank: number,
 ): Record<string, string> {
   const rank = options.nodeRank * options.nprocPerNode + localRank;
+  // Each rank's OpenMP pool (the host AdamW of --offload-optimizer, the CPU backend) gets its share
+  // of this node's cores instead of all of them; an OMP_NUM_THREADS the user set wins.
+  const ompThreads = options.env?.OMP_NUM_THREADS ?? Deno.env.get("OMP_NUM_THREADS") ??
+    String(Math.max(1, Math.floor(navigator.hardwareConcurrency / options.nprocPerNode)));
   return {
+    OMP_NUM_THREADS: ompThreads,
     ...options.env,
     RANK: String(rank),
     WORLD_SIZE: String(options.nnodes * options.nprocPerNode),

@@ -13,6 +13,7 @@ import { DistAttention } from "../dist/distattn.ts";
 import { ZigzagAttention } from "../dist/zigzag.ts";
 import type { Communicator } from "../dist/comm.ts";
 import type { TrainOptions } from "./options.ts";
+import { freemem } from "node:os";
 
 /** What one GPU holds for a run. */
 export interface MemoryEstimate {
@@ -131,6 +132,24 @@ export function longestFitting(
   return lo * unit;
 }
 
+/**
+ * Host memory the offloaded state may use: MemAvailable of /proc/meminfo (what can be allocated
+ * without swapping), else the free memory Node.js reports.
+ */
+export function hostAvailableBytes(): number {
+  try {
+    const m = /^MemAvailable:\s+(\d+) kB/m.exec(Deno.readTextFileSync("/proc/meminfo"));
+    if (m) return Number(m[1]) * 1024;
+  } catch { /* not Linux */ }
+  return freemem();
+}
+
+/** Host memory to plan the offloaded state of this node's ranks against. */
+export interface HostBudget {
+  bytes: number;
+  source: string;
+}
+
 /** The report `distflash plan` prints (and `train` when a run does not fit). */
 export function formatPlan(
   cfg: LlamaConfig,
@@ -138,6 +157,7 @@ export function formatPlan(
   world: number,
   budgetBytes: number,
   budgetSource: string,
+  host: HostBudget = { bytes: hostAvailableBytes(), source: "available on this host" },
 ): { text: string; fits: boolean } {
   const e = estimateMemory(cfg, o, world);
   const lines = [
@@ -148,22 +168,36 @@ export function formatPlan(
   for (const k of e.kinds) {
     lines.push(`  ${k.kind.padEnd(38)} ${formatBytes(k.bytes).padStart(10)}`);
   }
-  const fits = e.totalBytes <= budgetBytes;
+  const gpuFits = e.totalBytes <= budgetBytes;
   lines.push(
     `  ${"total".padEnd(38)} ${formatBytes(e.totalBytes).padStart(10)} of ${
       formatBytes(budgetBytes)
-    } (${budgetSource}): ${fits ? "fits" : "does NOT fit"}`,
+    } (${budgetSource}): ${gpuFits ? "fits" : "does NOT fit"}`,
   );
+  // Every rank of a node offloads into the same host memory.
+  const nodeHostBytes = e.hostBytes * o.nprocPerNode;
+  const hostFits = nodeHostBytes <= host.bytes;
   if (e.hostBytes > 0) {
-    lines.push(`host memory per rank for offloaded state: ${formatBytes(e.hostBytes)}`);
+    lines.push(
+      `host memory for offloaded state: ${formatBytes(e.hostBytes)} per rank, ` +
+        `${formatBytes(nodeHostBytes)} for the ${o.nprocPerNode} rank(s) of a node, of ` +
+        `${formatBytes(host.bytes)} (${host.source}): ${hostFits ? "fits" : "does NOT fit"}`,
+    );
   }
+  const fits = gpuFits && hostFits;
   const longest = longestFitting(cfg, o, world, budgetBytes);
   lines.push(
     longest > 0
       ? `longest --model-max-length that fits with these options: ${longest}`
       : "not even 1024 tokens fit with these options",
   );
-  if (!fits) {
+  if (!hostFits) {
+    lines.push(
+      "to fit the host: a shorter --model-max-length, fewer ranks per node, or without " +
+        (o.offloadCheckpoints ? "--offload-checkpoints" : "--offload-optimizer"),
+    );
+  }
+  if (!gpuFits) {
     const hints: string[] = [];
     if (!e.fullShard && world > 1) {
       hints.push("--fsdp full_shard (shards weights and optimizer state)");

@@ -25,7 +25,7 @@ import {
 import { lrMultiplier, warmupStepsFor } from "./lr.ts";
 import { resolveTrainOptions, type TrainOptions } from "./options.ts";
 import { Progress } from "./progress.ts";
-import { formatPlan } from "./plan.ts";
+import { formatPlan, hostAvailableBytes } from "./plan.ts";
 import { initDistributed } from "../dist/env.ts";
 import { DistAttention } from "../dist/distattn.ts";
 import { ZigzagAttention, zigzagChunks } from "../dist/zigzag.ts";
@@ -228,8 +228,8 @@ export async function train(
     world = ctx.world;
     const group = Array.from({ length: sp }, (_, i) => dpIdx * sp + i);
     // DistAttn gets a communicator of its own even when sp spans the world: its exchanges run on
-    // its communication stream, and NCCL requires one stream order per communicator, while the
-    // parameter store's collectives run on the compute stream over `world`.
+    // its communication stream, concurrently with the parameter store's collectives over `world`
+    // (on the store's stream); one communicator serves one stream at a time here.
     const spComm = await world.subgroup(group);
     if (sp > 1) {
       // Both are allocated after the memory check below.
@@ -288,10 +288,13 @@ export async function train(
   );
   const free = device.memInfo().free;
   const needed = model.plan.totalBytes + (attention?.plan.totalBytes ?? 0);
-  if (needed > free) {
+  const hostNeeded = model.hostBytes * o.nprocPerNode, hostFree = hostAvailableBytes();
+  if (needed > free || hostNeeded > hostFree) {
     // The planner's report names the options that would make the run fit.
-    const { text } = formatPlan(cfg, o, worldSize, free, "free on this device");
-    throw new Error(`the run does not fit in this device's memory\n${text}`);
+    const host = { bytes: hostFree, source: "available on this host" };
+    const { text } = formatPlan(cfg, o, worldSize, free, "free on this device", host);
+    const where = needed > free ? "this device's memory" : "this host's memory";
+    throw new Error(`the run does not fit in ${where}\n${text}`);
   }
   attention?.allocate();
   model.allocate();
@@ -399,10 +402,11 @@ export async function train(
         lossSum += model.lossSum();
         await model.backward(1 / labelled);
       }
+      // The parameter store's collectives (its own stream, on `world`) land before this one.
+      await model.params.finishGrads();
       if (world) {
         lossSum = await allReduceNumber(world, stats, device, lossSum);
       }
-      await model.params.finishGrads();
       const loss = lossSum / labelled;
       if (!Number.isFinite(loss)) {
         throw new Error(
