@@ -267,6 +267,31 @@ export const DISTFLASH_SYMBOLS = {
     ],
     result: status,
   },
+  // The same df_adamw, run on a thread of Deno's pool (returns a Promise of the status): the
+  // offloaded optimizer's host update overlaps the next step's GPU work.
+  df_adamw_async: {
+    name: "df_adamw",
+    parameters: [
+      dptr,
+      dptr,
+      dptr,
+      dptr,
+      "i64",
+      "f32",
+      "f32",
+      "f32",
+      "f32",
+      "f32",
+      "f32",
+      "f32",
+      "f32",
+      dptr,
+      "i32",
+      stream,
+    ],
+    result: status,
+    nonblocking: true,
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /**

@@ -88,7 +88,7 @@ function compare(
   }
 }
 
-Deno.test("dist train: sp = 2, 3, 4 (zigzag), contiguous sp = 2, 8, dp 2 x sp 2 give the one-rank loss curve", async () => {
+Deno.test("dist train: sp = 2, 3, 4 (zigzag), contiguous sp = 2, 8, offloaded optimizer, dp 2 x sp 2 give the one-rank loss curve", async () => {
   const root = await Deno.makeTempDir();
   await runRanks(1, ["--per-device-train-batch-size", "2"], join(root, "p1"));
   await runRanks(1, ["--per-device-train-batch-size", "4"], join(root, "p1b4"));
@@ -103,6 +103,13 @@ Deno.test("dist train: sp = 2, 3, 4 (zigzag), contiguous sp = 2, 8, dp 2 x sp 2 
     await runRanks(sp, ["--per-device-train-batch-size", "2", ...contiguous], join(root, `c${sp}`));
     compare(one, await metrics(join(root, `c${sp}`)), `sp=${sp} contiguous`);
   }
+  // The optimizer offloaded (sharded over both ranks, updated on host threads unit by unit).
+  await runRanks(
+    2,
+    ["--per-device-train-batch-size", "2", "--offload-optimizer"],
+    join(root, "off"),
+  );
+  compare(one, await metrics(join(root, "off")), "sp=2, --offload-optimizer");
   await runRanks(4, ["--per-device-train-batch-size", "2", "--sp-size", "2"], join(root, "dp2sp2"));
   compare(oneB4, await metrics(join(root, "dp2sp2")), "dp2 x sp2");
   await runRanks(3, [

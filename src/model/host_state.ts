@@ -75,6 +75,22 @@ export class HostState {
     );
   }
 
+  /** adamw on a worker thread (see op.adamwAsync); the views must be left alone until it resolves. */
+  adamwAsync(at: number, n: number, args: op.AdamWArgs): Promise<void> {
+    const copy = this.dtype === DType.bf16 ? this.ptr("copy", at) : null;
+    return op.adamwAsync(
+      this.cpu,
+      this.ptr("master", at),
+      this.ptr("grads", at),
+      this.ptr("m", at),
+      this.ptr("v", at),
+      n,
+      args,
+      copy,
+      this.dtype,
+    );
+  }
+
   /** copy = master in the compute dtype (bf16), on the host. */
   refreshCopy(): void {
     if (this.dtype !== DType.bf16) return;

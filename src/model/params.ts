@@ -159,6 +159,8 @@ export interface ParamStore {
   getParam(name: string): Promise<Float32Array>;
   /** Refreshes compute copies from the master. */
   syncWeights(): void;
+  /** Resolves once every update of the last adamwStep has landed (before reading the state). */
+  settle(): Promise<void>;
   /** The optimizer state of this rank, for checkpoints. */
   readonly state: StateTensor[];
   /** Frees what the store holds outside the memory plan (host memory). */
@@ -291,6 +293,10 @@ export class ReplicatedParams implements ParamStore {
     return this.device.download(new Float32Array(e.numel), this.grads.at(e.offset));
   }
 
+  settle(): Promise<void> {
+    return Promise.resolve();
+  }
+
   syncWeights(): void {
     if (this.weights === this.master) return;
     op.convert(
@@ -351,6 +357,9 @@ export class ShardedParams implements ParamStore {
   /** Per weight buffer: its gather has landed. Per gradient buffer: its reduce-scatter read it. */
   #gathered: Event[] = [];
   #reduced: Event[] = [];
+  /** Offloaded: per unit, its host AdamW and the upload of its new weights (null: done). */
+  readonly #updates: (Promise<void> | null)[];
+  #inFlight = 0;
   readonly #gradBusy: boolean[] = [false, false, false, false];
   readonly #gatherF32: Slot; // fp32 unit buffer for getParam
   #gatheredF32 = -1;
@@ -375,6 +384,7 @@ export class ShardedParams implements ParamStore {
       off += u.size / this.W;
     }
     this.shardSize = off;
+    this.#updates = layout.units.map(() => null);
     const f32 = DType.f32, L = layout.cfg.numLayers;
     const maxUnit = Math.max(...layout.units.map((u) => u.size));
     if (offload) {
@@ -453,6 +463,8 @@ export class ShardedParams implements ParamStore {
   }
 
   release(): void {
+    // A host thread may still be writing into the host buffers: settle() first.
+    this.#assertSettled();
     this.#host?.free();
     this.#host = null;
     const d = this.device;
@@ -516,6 +528,7 @@ export class ShardedParams implements ParamStore {
   async prefetch(unit: number): Promise<void> {
     const b = this.#bufIndex(unit);
     if (this.#resident[b] === unit || this.#pending[b] === unit) return;
+    await this.#updates[unit]; // offloaded: the unit's new weights are on their way up
     // The buffer's previous unit was last read by compute already issued.
     this.#commAfterCompute();
     this.#resident[b] = -1;
@@ -599,16 +612,16 @@ export class ShardedParams implements ParamStore {
 
   adamwStep(args: op.AdamWArgs): void {
     const host = this.#host;
-    if (host) this.device.download(host.f32("grads"), this.grads.ptr); // waits for the device
-    for (const e of this.layout.entries) {
+    if (host) {
+      this.#assertSettled();
+      this.device.download(host.f32("grads"), this.grads.ptr); // waits for the device
+      this.#updateOnHost(host, args);
+    }
+    for (const e of host ? [] : this.layout.entries) {
       const own = this.#owned(e);
       if (!own) continue;
       const n = own.to - own.from;
       const piece = { ...args, weightDecay: e.decay ? args.weightDecay : 0 };
-      if (host) {
-        host.adamw(own.shardAt, n, piece);
-        continue;
-      }
       const dev = this.#dev!;
       op.adamw(
         this.device,
@@ -622,13 +635,63 @@ export class ShardedParams implements ParamStore {
         this.dtype,
       );
     }
-    if (host) this.device.upload(this.#copy!.ptr, host.computeView());
     this.#resident.fill(-1); // every gathered unit is stale now
     this.#pending.fill(-1);
     this.#gatheredF32 = -1;
   }
 
+  /**
+   * The offloaded update: unit by unit in forward order on a host thread, each unit's new compute
+   * weights uploaded as soon as they exist. The next forward gathers unit u once its update has
+   * landed (prefetch awaits it), so the host AdamW of later units overlaps the GPU work of earlier
+   * ones. The arithmetic is the same as the synchronous update's, entry by entry.
+   */
+  #updateOnHost(host: HostState, args: op.AdamWArgs): void {
+    let previous: Promise<void> = Promise.resolve();
+    this.layout.units.forEach((unit, u) => {
+      const pieces = this.layout.entries.filter((e) => e.unit === u).flatMap((e) => {
+        const own = this.#owned(e);
+        if (!own) return [];
+        const piece = { ...args, weightDecay: e.decay ? args.weightDecay : 0 };
+        return [{ at: own.shardAt, n: own.to - own.from, piece }];
+      });
+      const update = previous.then(async () => {
+        for (const p of pieces) await host.adamwAsync(p.at, p.n, p.piece);
+        const at = this.shardOffset[u], count = unit.size / this.W;
+        // On the collective stream, ahead of the gather that reads it.
+        this.device.upload(
+          this.#copy!.at(at),
+          host.computeView().subarray(at, at + count),
+          this.#stream,
+        );
+      });
+      this.#inFlight++;
+      const landed = () => {
+        this.#inFlight--;
+      };
+      update.then(landed, landed); // a failure surfaces where the unit is awaited
+      this.#updates[u] = update;
+      previous = update;
+    });
+  }
+
+  #assertSettled(): void {
+    if (this.#inFlight > 0) {
+      throw new Error("internal: the offloaded optimizer's last update has not landed yet");
+    }
+  }
+
+  async settle(): Promise<void> {
+    const pending = this.#updates.filter((p) => p !== null);
+    this.#updates.fill(null);
+    // Every thread has finished with the host buffers once all have settled, failed or not.
+    const results = await Promise.allSettled(pending);
+    const failed = results.find((r) => r.status === "rejected");
+    if (failed) throw (failed as PromiseRejectedResult).reason;
+  }
+
   setParam(name: string, values: Float32Array): void {
+    this.#assertSettled();
     const e = this.layout.get(name);
     checkSize(e, values);
     const own = this.#owned(e);
@@ -643,6 +706,7 @@ export class ShardedParams implements ParamStore {
   }
 
   initNormal(name: string, seed: bigint, mean: number, std: number): void {
+    this.#assertSettled();
     const e = this.layout.get(name);
     const own = this.#owned(e);
     if (own) {
@@ -658,6 +722,7 @@ export class ShardedParams implements ParamStore {
   }
 
   async getParam(name: string): Promise<Float32Array> {
+    await this.settle();
     const e = this.layout.get(name);
     if (this.#gatheredF32 !== e.unit) {
       const per = this.layout.units[e.unit].size / this.W;
@@ -677,6 +742,7 @@ export class ShardedParams implements ParamStore {
 
   syncWeights(): void {
     if (this.#host) {
+      this.#assertSettled();
       this.#host.refreshCopy();
       this.device.upload(this.#copy!.ptr, this.#host.computeView());
       // From pinned memory the copy is asynchronous: the host copy must not change under it.

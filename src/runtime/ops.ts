@@ -4,6 +4,7 @@
  * status check, so the TypeScript cost per op is a few hundred nanoseconds.
  */
 import type { Device, DevicePtr, Stream } from "./device.ts";
+import { unwrap } from "../../ffi/unwrap.ts";
 
 /** Storage types of activations and weights (df_dtype). */
 export const DType = { f32: 0, bf16: 1 } as const;
@@ -452,6 +453,42 @@ export interface AdamWArgs {
   step: number;
   /** Multiplies the gradient first (gradient clipping). */
   gradScale: number;
+}
+
+/**
+ * adamw on a worker thread (host memory, CPU backend): resolves when done. The C message of a
+ * failure stays on that thread, so the error carries the status only.
+ */
+export async function adamwAsync(
+  d: Device,
+  param: DevicePtr,
+  grad: DevicePtr,
+  m: DevicePtr,
+  v: DevicePtr,
+  n: number,
+  a: AdamWArgs,
+  copy: DevicePtr | null,
+  copyType: DType,
+): Promise<void> {
+  const status = await d.sym.df_adamw_async(
+    param,
+    grad,
+    m,
+    v,
+    B(n),
+    a.lr,
+    a.beta1,
+    a.beta2,
+    a.eps,
+    a.weightDecay,
+    1 - a.beta1 ** a.step,
+    1 - a.beta2 ** a.step,
+    a.gradScale,
+    copy ?? 0n,
+    copyType,
+    0n,
+  );
+  unwrap(status, "df_adamw (host thread)", () => "");
 }
 
 export function adamw(

@@ -330,6 +330,7 @@ export async function train(
     // Replicated: rank 0 writes everything. Sharded: every rank takes part in gathering the
     // weights (rank 0 writes them) and writes its own optimizer shard.
     const save = async (dir: string, step: number, withOptimizer: boolean) => {
+      await model.params.settle(); // the offloaded optimizer's last update has landed
       if (!isMain && !fullShard) return;
       await saveModel(model, dir, { dtype: saveDtype, tokenizerFrom: source.dir, writer: isMain });
       if (withOptimizer) {
@@ -499,6 +500,7 @@ export async function train(
   } finally {
     removeInterrupt();
     stats.free();
+    await model.params.settle().catch(() => {}); // no host thread may outlive the buffers
     model.free();
     attention?.free();
     await world?.close();
