@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The 2-GPU checks still owed by the second session's CPU-verified changes (run this first next
+# time): the overlapped --offload-checkpoints copies (pinned memory, copy stream) and the host-thread
+# --offload-optimizer update, against runs without them (debug-small, bf16, 30 steps), then
+# Llama-2-7B on real text (the bundled corpus, byte tokenizer) at 64K with --offload-optimizer and
+# at 128K with both offloads, 3 steps each: memory plan vs in use, tokens/s, falling loss.
+# Logs under $OUT/all.log; a short table last.
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/logs
+export NO_COLOR=1 DISTFLASH_BUILD_CUDA=0
+results=()
+step() {
+  local name=$1 limit=$2; shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" >"/tmp/logs/$name.log" 2>&1
+  local rc=$?
+  results+=("$name rc=$rc $((SECONDS - start))s")
+  { echo "===== $name (rc=$rc)"; grep -v '^Download' "/tmp/logs/$name.log"; } >>"$OUT/all.log"
+  grep -v '^Download' "/tmp/logs/$name.log" | grep -E "memory|step [0-9]+/|rror|FAILED|passed" | tail -6
+}
+step test_gpu 120 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/ops.test.ts tests/llama.test.ts
+T="train --model debug-small --data-path examples/corpus/tiny.jsonl --max-steps 30 --per-device-train-batch-size 4 --model-max-length 512 --learning-rate 2e-3 --warmup-steps 3 --logging-steps 1 --bf16 --device cuda --save-strategy no --save-final-model false"
+step p1 60 deno run -A cli/main.ts $T --output-dir /tmp/v_p1
+step p1_offck 60 deno run -A cli/main.ts $T --output-dir /tmp/v_p1_offck --offload-checkpoints
+step p2_offopt 90 deno run -A cli/main.ts $T --output-dir /tmp/v_p2_offopt --nproc-per-node 2 --offload-optimizer
+step p2_both 90 deno run -A cli/main.ts $T --output-dir /tmp/v_p2_both --nproc-per-node 2 --offload-optimizer --offload-checkpoints
+python3 - <<'PY' | tee -a "$OUT/all.log"
+import json, os
+def load(r):
+    f = f"/tmp/{r}/metrics.jsonl"
+    return [json.loads(l) for l in open(f)] if os.path.exists(f) else None
+base = load("v_p1")
+for r in ["v_p1", "v_p1_offck", "v_p2_offopt", "v_p2_both"]:
+    m = load(r)
+    if m is None or base is None:
+        print(r.ljust(12), "no metrics"); continue
+    d = max(abs(a["loss"] - b["loss"]) / a["loss"] for a, b in zip(base, m))
+    print(r.ljust(12), "final loss", f"{m[-1]['loss']:.4f}", "max rel loss diff vs p1", f"{d:.2e}")
+PY
+T7="train --model llama-2-7b --data-path examples/corpus/tiny.jsonl --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-4 --warmup-steps 0 --device cuda"
+step offopt_64k 150 deno run -A cli/main.ts $T7 --model-max-length 65536 --offload-optimizer --output-dir /tmp/v_o64
+step both_128k 220 deno run -A cli/main.ts $T7 --model-max-length 131072 --offload-optimizer --offload-checkpoints --output-dir /tmp/v_b128
+echo "== summary =="; printf '%s\n' "${results[@]}"
