@@ -18,7 +18,7 @@ step() {
   { echo "===== $name (rc=$rc)"; grep -v '^Download' "/tmp/logs/$name.log"; } >>"$OUT/all.log"
   grep -v '^Download' "/tmp/logs/$name.log" | grep -E "memory|step [0-9]+/|rror|FAILED|passed" | tail -6
 }
-step test_gpu 120 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/ops.test.ts tests/llama.test.ts
+step test_gpu 180 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/ops.test.ts tests/llama.test.ts tests/plan.test.ts
 T="train --model debug-small --data-path examples/corpus/tiny.jsonl --max-steps 30 --per-device-train-batch-size 4 --model-max-length 512 --learning-rate 2e-3 --warmup-steps 3 --logging-steps 1 --bf16 --device cuda --save-strategy no --save-final-model false"
 step p1 60 deno run -A cli/main.ts $T --output-dir /tmp/v_p1
 step p1_offck 60 deno run -A cli/main.ts $T --output-dir /tmp/v_p1_offck --offload-checkpoints
