@@ -79,9 +79,8 @@ async function time(
   for (let i = 0; i < warmup + reps; i++) {
     if (trace) console.error(`[rank ${comm?.rank ?? 0}] rep ${i}: synchronize`);
     d.synchronize();
-    // No store barrier on GPUs: rank 0 hosts the rendezvous store in its event loop, and a rank
-    // blocked in a device synchronisation while its peer waits on the store deadlocks the pair
-    // (seen on 2 H100s). The NCCL transfers of the timed work keep the ranks in step anyway.
+    // On GPUs the NCCL transfers of the timed work keep the ranks in step; the host transport's
+    // ranks line up at a store barrier.
     if (comm && d.backend !== "cuda") await comm.barrier();
     if (trace) console.error(`[rank ${comm?.rank ?? 0}] rep ${i}: run`);
     const t0 = performance.now();
@@ -101,6 +100,9 @@ export async function benchAttention(
   const rows: AttnBenchRow[] = [];
   for (const seq of o.seq) {
     if (seq % P !== 0) throw new Error(`--seq ${seq} is not a multiple of the ${P} ranks`);
+    // The reference of the distributed rows, in the same run: the whole sequence on rank 0's GPU
+    // alone (the other ranks wait for it in their first exchange).
+    if (P > 1 && rank === 0) rows.push(...await benchAttention(d, null, { ...o, seq: [seq] }));
     const S = seq / P, H = o.heads, KV = o.kvHeads, D = o.headDim;
     const q = d.alloc(S * H * D * 2), k = d.alloc(S * KV * D * 2), v = d.alloc(S * KV * D * 2);
     const dout = d.alloc(S * H * D * 2), out = d.alloc(S * H * D * 2), lse = d.alloc(H * S * 4);
@@ -181,17 +183,20 @@ export async function benchAttention(
   return rows;
 }
 
+/** The table bench attn prints; distributed rows also give their share of the one-GPU rate. */
 export function formatAttnRows(rows: AttnBenchRow[]): string {
   const lines = [
-    "seq      ranks variant      fwd ms   fwd+bwd ms  fwd TFLOP/s  fwd+bwd TFLOP/s/GPU",
+    "seq      ranks variant      fwd ms   fwd+bwd ms  fwd TFLOP/s  fwd+bwd TFLOP/s/GPU  of 1 GPU",
   ];
   for (const r of rows) {
+    const single = rows.find((s) => s.seq === r.seq && s.variant === "single");
+    const share = r.ranks > 1 && single ? `${((100 * r.tflops) / single.tflops).toFixed(1)}%` : "";
     lines.push(
       `${String(r.seq).padEnd(8)} ${String(r.ranks).padEnd(5)} ${r.variant.padEnd(12)} ${
         r.fwdMs.toFixed(2).padStart(8)
       } ${r.fwdBwdMs.toFixed(2).padStart(12)} ${r.fwdTflops.toFixed(1).padStart(12)} ${
         r.tflops.toFixed(1).padStart(20)
-      }`,
+      } ${share.padStart(9)}`.trimEnd(),
     );
   }
   return lines.join("\n");
