@@ -55,6 +55,9 @@ export const DISTFLASH_SYMBOLS = {
   df_memcpy_d2d: { parameters: [dptr, dptr, "u64", stream], result: status },
   // df_status df_memset(void *ptr, int32_t value, uint64_t bytes, void *stream)
   df_memset: { parameters: [dptr, "i32", "u64", stream], result: status },
+  // df_status df_memcpy_2d(void *dst, uint64_t dst_pitch, const void *src, uint64_t src_pitch,
+  //                        uint64_t width, uint64_t rows, void *stream)
+  df_memcpy_2d: { parameters: [dptr, "u64", dptr, "u64", "u64", "u64", stream], result: status },
   // df_status df_host_register(void *host, uint64_t bytes)
   df_host_register: { parameters: [dptr, "u64"], result: status },
   // df_status df_host_unregister(void *host)

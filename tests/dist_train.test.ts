@@ -88,7 +88,7 @@ function compare(
   }
 }
 
-Deno.test("dist train: sp = 2, 3, 4 (zigzag), contiguous sp = 2, 8, offloaded optimizer, dp 2 x sp 2 give the one-rank loss curve", async () => {
+Deno.test("dist train: sp = 2, 3, 4 (zigzag), head groups, contiguous sp = 2, 8, offloaded optimizer, dp 2 x sp 2 give the one-rank loss curve", async () => {
   const root = await Deno.makeTempDir();
   await runRanks(1, ["--per-device-train-batch-size", "2"], join(root, "p1"));
   await runRanks(1, ["--per-device-train-batch-size", "4"], join(root, "p1b4"));
@@ -98,6 +98,13 @@ Deno.test("dist train: sp = 2, 3, 4 (zigzag), contiguous sp = 2, 8, offloaded op
     await runRanks(sp, ["--per-device-train-batch-size", "2"], join(root, `sp${sp}`));
     compare(one, await metrics(join(root, `sp${sp}`)), `sp=${sp} zigzag`);
   }
+  // Attention in 2 head groups (debug-tiny has 2 key/value heads).
+  await runRanks(
+    2,
+    ["--per-device-train-batch-size", "2", "--attention-head-groups", "2"],
+    join(root, "hg"),
+  );
+  compare(one, await metrics(join(root, "hg")), "sp=2 in 2 head groups");
   const contiguous = ["--distattn-layout", "contiguous"];
   for (const sp of [2, 8]) {
     await runRanks(sp, ["--per-device-train-batch-size", "2", ...contiguous], join(root, `c${sp}`));

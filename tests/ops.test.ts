@@ -965,3 +965,19 @@ Deno.test(`${TEST_BACKEND}: fillNormal draws N(mean, std); a slice is the same w
     }
   });
 });
+
+Deno.test(`${TEST_BACKEND}: copy2d moves a column block between row pitches`, () => {
+  withScope((s) => {
+    // A [5, 6] fp32 matrix; columns 2..4 out into a contiguous [5, 3] one, and back into zeros.
+    const a = Float32Array.from({ length: 30 }, (_, i) => i + 1);
+    const src = s.put(a), block = s.zeros(15), back = s.zeros(30);
+    d.copy2d(block, 12, offset(src, 2), 24, 12, 5);
+    const want = Array.from({ length: 15 }, (_, i) => a[Math.floor(i / 3) * 6 + 2 + (i % 3)]);
+    assertEquals(Array.from(s.get(block, 15)), want);
+    d.copy2d(offset(back, 2), 24, block, 12, 12, 5);
+    const got = s.get(back, 30);
+    for (let i = 0; i < 30; i++) assertEquals(got[i], i % 6 >= 2 && i % 6 < 5 ? a[i] : 0, `${i}`);
+    expectInvalid(() => d.copy2d(block, 8, src, 24, 12, 5), "df_memcpy_2d", "pitch");
+    expectInvalid(() => d.copy2d(back, 12, offset(src, 2), 24, 12, 6), "df_memcpy_2d", "src");
+  });
+});

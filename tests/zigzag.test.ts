@@ -1,6 +1,7 @@
 /**
  * Zigzag sequence parallelism equals single-rank attention: P in-process ranks each holding chunks
- * r and 2P-1-r; forward (O, LSE) and backward (dQ, dK, dV), MHA and GQA, fp32 (1e-5, as DistAttn).
+ * r and 2P-1-r; forward (O, LSE) and backward (dQ, dK, dV), MHA and GQA, fp32 (1e-5, as DistAttn);
+ * also run in head groups (HeadGroupedAttention, --attention-head-groups).
  */
 import { assertLess } from "./assert.ts";
 import {
@@ -11,11 +12,12 @@ import {
   testDevice,
 } from "./_util.ts";
 import { ZigzagAttention, zigzagChunks } from "../src/dist/zigzag.ts";
+import { HeadGroupedAttention } from "../src/dist/sequence_attention.ts";
 import { LocalGroup } from "../src/dist/local_comm.ts";
 import { presetConfig } from "../src/model/config.ts";
 import { DType } from "../src/runtime/ops.ts";
 
-async function check(P: number, nkv: number) {
+async function check(P: number, nkv: number, groups = 1) {
   const d = testDevice();
   const nh = 4, hd = 16, h = 5, T = 2 * P * h;
   const cfg = { ...presetConfig("debug-tiny"), numHeads: nh, numKvHeads: nkv, headDim: hd };
@@ -48,8 +50,20 @@ async function check(P: number, nkv: number) {
     d,
     group.members().map((comm) => {
       const r = comm.rank;
+      const groupCfg = { ...cfg, numHeads: nh / groups, numKvHeads: nkv / groups };
+      const attn = groups === 1
+        ? new ZigzagAttention(d, cfg, 2 * h, DType.f32, comm)
+        : new HeadGroupedAttention(
+          d,
+          cfg,
+          2 * h,
+          DType.f32,
+          groups,
+          new ZigzagAttention(d, groupCfg, 2 * h, DType.f32, comm, 0n, false),
+        );
+      if (groups > 1) attn.allocate();
       return {
-        attn: new ZigzagAttention(d, cfg, 2 * h, DType.f32, comm),
+        attn,
         q: take(q, rq, r),
         k: take(k, rkv, r),
         v: take(v, rkv, r),
@@ -63,12 +77,16 @@ async function check(P: number, nkv: number) {
     put(got.dq, x.dq, rq, r);
     put(got.dk, x.dk, rkv, r);
     put(got.dv, x.dv, rkv, r);
-    // LSE per rank is [chunk][head][h].
-    zigzagChunks(r, P).forEach((c, i) => {
-      for (let hh = 0; hh < nh; hh++) {
-        got.lse.set(x.lse.subarray((i * nh + hh) * h, (i * nh + hh + 1) * h), hh * T + c * h);
-      }
-    });
+    // LSE per rank is [group][chunk][head of the group][h].
+    const gh = nh / groups;
+    for (let g = 0; g < groups; g++) {
+      zigzagChunks(r, P).forEach((c, i) => {
+        for (let hh = 0; hh < gh; hh++) {
+          const at = g * gh * 2 * h + (i * gh + hh) * h;
+          got.lse.set(x.lse.subarray(at, at + h), (g * gh + hh) * T + c * h);
+        }
+      });
+    }
   });
   return attentionErrors(got, want);
 }
@@ -80,4 +98,11 @@ for (const P of [1, 2, 3, 4]) {
       for (const [key, err] of Object.entries(errors)) assertLess(err, 1e-5, `P=${P} ${key}`);
     });
   }
+}
+
+for (const [P, nkv, groups] of [[2, 4, 2], [2, 4, 4], [3, 2, 2]]) {
+  Deno.test(`zigzag P=${P} ${nkv === 4 ? "MHA" : "GQA"} in ${groups} head groups: equals single-rank attention`, async () => {
+    const errors = await check(P, nkv, groups);
+    for (const [key, err] of Object.entries(errors)) assertLess(err, 1e-5, `P=${P} ${key}`);
+  });
 }

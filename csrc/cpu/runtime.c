@@ -130,6 +130,19 @@ df_status df_memcpy_d2d(void *dst, const void *src, uint64_t bytes, void *stream
   return DF_OK;
 }
 
+df_status df_memcpy_2d(void *dst, uint64_t dst_pitch, const void *src, uint64_t src_pitch, uint64_t width,
+                       uint64_t rows, void *stream) {
+  DF_CHECK(check_stream("df_memcpy_2d", stream));
+  if (rows == 0 || width == 0) return DF_OK;
+  if (width > dst_pitch || width > src_pitch) return df_fail(DF_ERR_INVALID, "df_memcpy_2d: width exceeds a pitch");
+  DF_CHECK(df_check_range("df_memcpy_2d", "dst", dst, dst_pitch * (rows - 1) + width));
+  DF_CHECK(df_check_range("df_memcpy_2d", "src", src, src_pitch * (rows - 1) + width));
+  for (uint64_t i = 0; i < rows; i++) {
+    memmove((char *)dst + i * dst_pitch, (const char *)src + i * src_pitch, width);
+  }
+  return DF_OK;
+}
+
 df_status df_memset(void *ptr, int32_t value, uint64_t bytes, void *stream) {
   DF_CHECK(check_stream("df_memset", stream));
   DF_CHECK(df_check_range("df_memset", "ptr", ptr, bytes));

@@ -71,6 +71,10 @@ DF_API df_status df_memcpy_d2h(void *dst, const void *src, uint64_t bytes, void 
  * untouched until the stream has passed the copy. */
 DF_API df_status df_memcpy_d2h_async(void *dst, const void *src, uint64_t bytes, void *stream);
 DF_API df_status df_memcpy_d2d(void *dst, const void *src, uint64_t bytes, void *stream);
+/* `rows` rows of `width` bytes, row i from src + i * src_pitch to dst + i * dst_pitch (device to
+ * device): a slice of the columns of a row-major matrix, e.g. some heads of [T, heads, head_dim]. */
+DF_API df_status df_memcpy_2d(void *dst, uint64_t dst_pitch, const void *src, uint64_t src_pitch,
+                              uint64_t width, uint64_t rows, void *stream);
 DF_API df_status df_memset(void *ptr, int32_t value, uint64_t bytes, void *stream);
 /* Page-locks host memory (another library's allocation) so copies to and from it run at full PCIe
  * speed and asynchronously; the CPU backend accepts and ignores both calls. */

@@ -281,7 +281,9 @@ export class LlamaModel {
     this.dv = dtype === f32 ? this.dvF32 : this.s.v;
 
     const head = "LM head and loss";
-    this.xf = p.reserve(head, "xf", T * H, dtype);
+    // The final norm's output lives from the end of the forward to the LM head's backward, while
+    // no layer runs: it shares the first layer norm's scratch.
+    this.xf = this.s.ln1;
     this.rstdF = p.reserve(head, "rstdF", T, f32);
     // Logits exist for one (token tile, vocabulary chunk) at a time.
     this.logits = p.reserve(head, "logits", this.mlpTile * this.vocabChunk, f32);
@@ -293,7 +295,9 @@ export class LlamaModel {
     this.ceTarget = p.reserve(head, "ceTarget", T, f32);
     this.ceLoss = p.reserve(head, "ceLoss", T, f32);
     this.ceLse = p.reserve(head, "ceLse", T, f32);
-    this.dxfF32 = p.reserve(head, "dxfF32", T * H, f32);
+    // d(final norm output) lives only from the LM head's backward to the final norm's, before any
+    // layer's backward needs dqF32: the two share one buffer when it is large enough.
+    this.dxfF32 = qDim >= H ? this.dqF32 : p.reserve(head, "dxfF32", T * H, f32);
     this.scalar = p.reserve(head, "scalar", 64, f32);
 
     const inputs = "inputs";

@@ -427,7 +427,12 @@ export class ShardedParams implements ParamStore {
       Math.max(...units.map((u) => u.size)) / this.W,
       f32,
     );
-    this.#gatherF32 = plan.reserve(gg, "gather fp32", Math.max(...units.map((u) => u.size)), f32);
+    // getParam's fp32 unit runs between steps, when the layer gradient buffers are idle: it uses
+    // the second one when a layer is the largest unit (beginGrads drops what it held).
+    const largest = Math.max(...units.map((u) => u.size));
+    this.#gatherF32 = largest <= layerMax
+      ? this.#gradBufs[3]
+      : plan.reserve(gg, "gather fp32", largest, f32);
   }
 
   get state(): StateTensor[] {
@@ -549,6 +554,7 @@ export class ShardedParams implements ParamStore {
 
   beginGrads(unit: number): void {
     const g = this.#gradIndex(unit);
+    if (this.#gradBufs[g] === this.#gatherF32) this.#gatheredF32 = -1;
     if (this.#gradBusy[g]) {
       // The buffer's previous reduce-scatter must have read it before it is zeroed.
       this.device.waitEvent(0n, this.#reduced[g]);

@@ -228,6 +228,33 @@ export class Device {
     this.check(this.sym.df_memcpy_d2d(dst, src, BigInt(bytes), stream), "df_memcpy_d2d");
   }
 
+  /**
+   * Copies `rows` rows of `width` bytes between device matrices with row pitches `dstPitch` and
+   * `srcPitch` (bytes), on `stream`: e.g. a group of heads out of [T, heads, head_dim].
+   */
+  copy2d(
+    dst: DevicePtr,
+    dstPitch: number,
+    src: DevicePtr,
+    srcPitch: number,
+    width: number,
+    rows: number,
+    stream: Stream = 0n,
+  ): void {
+    this.check(
+      this.sym.df_memcpy_2d(
+        dst,
+        BigInt(dstPitch),
+        src,
+        BigInt(srcPitch),
+        BigInt(width),
+        BigInt(rows),
+        stream,
+      ),
+      "df_memcpy_2d",
+    );
+  }
+
   /** Sets `bytes` bytes at `ptr` to the byte `value`, on `stream`. */
   memset(ptr: DevicePtr, value: number, bytes: number, stream: Stream = 0n): void {
     this.check(this.sym.df_memset(ptr, value, BigInt(bytes), stream), "df_memset");

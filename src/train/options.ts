@@ -104,6 +104,8 @@ export interface TrainOptions {
    * load-balanced schedule) or "zigzag" (chunks r and 2P-1-r on a ring: balanced for any P).
    */
   distattnLayout: "contiguous" | "zigzag";
+  /** Sequence-parallel attention runs in this many head groups (its buffers that many times smaller). */
+  attentionHeadGroups: number;
   /** "attention" (rematerialisation-aware, default) or "layer" (classic, for comparison). */
   checkpointBoundary: "attention" | "layer";
   /** Vocabulary rows per LM-head chunk. */
@@ -177,6 +179,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   distattnBalanced: true,
   distattnOverlap: true,
   distattnLayout: "zigzag",
+  attentionHeadGroups: 1,
   checkpointBoundary: "attention",
   vocabChunk: 4096,
   mlpTile: 4096,
@@ -257,6 +260,12 @@ export const TRAIN_SPECS: readonly Spec[] = [
     kind: "choice",
     help: "sequence split: zigzag chunks on a ring, or the paper's contiguous slices (DistAttn)",
     choices: ["contiguous", "zigzag"],
+  },
+  {
+    key: "attentionHeadGroups",
+    kind: "int",
+    help: "run sequence-parallel attention in G head groups: its buffers G x smaller (long runs)",
+    min: 1,
   },
   {
     key: "checkpointBoundary",

@@ -9,8 +9,7 @@ import { DType } from "../runtime/ops.ts";
 import { formatBytes } from "../runtime/memory.ts";
 import type { LlamaConfig } from "../model/config.ts";
 import { LlamaModel } from "../model/llama.ts";
-import { DistAttention } from "../dist/distattn.ts";
-import { ZigzagAttention } from "../dist/zigzag.ts";
+import { buildSequenceAttention, type SequenceAttention } from "../dist/sequence_attention.ts";
 import type { Communicator } from "../dist/comm.ts";
 import type { TrainOptions } from "./options.ts";
 import { freemem } from "node:os";
@@ -53,26 +52,24 @@ export function estimateMemory(
   const dtype = o.bf16 ? DType.bf16 : DType.f32;
   const S = Math.ceil(seqLen / sp);
   // DistAttn's buffers differ by rank (who sends and who receives partials): plan for the largest.
-  let attention: DistAttention | ZigzagAttention | undefined;
+  let attention: SequenceAttention | undefined;
   if (sp > 1) {
     // A zigzag slice must split into two equal chunks; round the planned length up to it.
     const slice = o.distattnLayout === "zigzag" ? 2 * Math.ceil(S / 2) : S;
     for (let rank = 0; rank < sp; rank++) {
-      const candidate = o.distattnLayout === "zigzag"
-        ? new ZigzagAttention(PLAN_ONLY_DEVICE, cfg, slice, dtype, fakeComm(sp, rank), 0n, false)
-        : new DistAttention(
-          PLAN_ONLY_DEVICE,
-          cfg,
-          S,
-          dtype,
-          fakeComm(sp, rank),
-          {
-            balanced: o.distattnBalanced,
-            overlap: o.distattnOverlap,
-          },
-          0n,
-          false,
-        );
+      const candidate = buildSequenceAttention(
+        PLAN_ONLY_DEVICE,
+        cfg,
+        slice,
+        dtype,
+        fakeComm(sp, rank),
+        {
+          layout: o.distattnLayout,
+          balanced: o.distattnBalanced,
+          overlap: o.distattnOverlap,
+          headGroups: o.attentionHeadGroups,
+        },
+      );
       if (!attention || candidate.plan.totalBytes > attention.plan.totalBytes) {
         attention = candidate;
       }
@@ -211,6 +208,12 @@ export function formatPlan(
         { checkpointBoundary: "layer" },
         "--checkpoint-boundary layer (backward recomputes attention)",
       ],
+      ...(e.sp > 1 ? [2, 4, 8, 16, 32] : []).filter((g) => cfg.numKvHeads % g === 0).map((
+        g,
+      ): [Partial<TrainOptions>, string] => [
+        { attentionHeadGroups: g },
+        `--attention-head-groups ${g}`,
+      ]),
       [{ offloadCheckpoints: true }, "--offload-checkpoints"],
       [{ offloadOptimizer: true }, "--offload-optimizer"],
       [

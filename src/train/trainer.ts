@@ -27,8 +27,12 @@ import { resolveTrainOptions, type TrainOptions } from "./options.ts";
 import { Progress } from "./progress.ts";
 import { formatPlan, hostAvailableBytes } from "./plan.ts";
 import { initDistributed } from "../dist/env.ts";
-import { DistAttention } from "../dist/distattn.ts";
-import { ZigzagAttention, zigzagChunks } from "../dist/zigzag.ts";
+import { zigzagChunks } from "../dist/zigzag.ts";
+import {
+  buildSequenceAttention,
+  checkHeadGroups,
+  type SequenceAttention,
+} from "../dist/sequence_attention.ts";
 import type { Communicator } from "../dist/comm.ts";
 
 /** One line of metrics.jsonl. */
@@ -158,6 +162,10 @@ export async function train(
   const source = await resolveModel(o.model);
   const cfg = source.config;
   const L = o.modelMaxLength;
+  checkHeadGroups(cfg, o.attentionHeadGroups); // before any data is read or GPU touched
+  if (o.attentionHeadGroups > 1 && sp === 1) {
+    log("note: --attention-head-groups applies to sequence-parallel attention (sp > 1): no effect");
+  }
   if (L > cfg.maxPositionEmbeddings) {
     log(
       `note: --model-max-length ${L} exceeds the model's max_position_embeddings ` +
@@ -221,7 +229,7 @@ export async function train(
   // The device, the ranks and the memory plan.
   const device = openBackend(o.device);
   const dtype = o.bf16 ? DType.bf16 : DType.f32;
-  let world: Communicator | null = null, attention: DistAttention | ZigzagAttention | undefined;
+  let world: Communicator | null = null, attention: SequenceAttention | undefined;
   const S = L / sp; // tokens of a sequence on this rank
   if (worldSize > 1) {
     const ctx = await initDistributed({ backend: device.backend, device });
@@ -232,22 +240,13 @@ export async function train(
     // (on the store's stream); one communicator serves one stream at a time here.
     const spComm = await world.subgroup(group);
     if (sp > 1) {
-      // Both are allocated after the memory check below.
-      attention = o.distattnLayout === "zigzag"
-        ? new ZigzagAttention(device, cfg, S, dtype, spComm, 0n, false)
-        : new DistAttention(
-          device,
-          cfg,
-          S,
-          dtype,
-          spComm,
-          {
-            balanced: o.distattnBalanced,
-            overlap: o.distattnOverlap,
-          },
-          0n,
-          false,
-        );
+      // Allocated after the memory check below.
+      attention = buildSequenceAttention(device, cfg, S, dtype, spComm, {
+        layout: o.distattnLayout,
+        balanced: o.distattnBalanced,
+        overlap: o.distattnOverlap,
+        headGroups: o.attentionHeadGroups,
+      });
     }
     const how = o.distattnLayout === "zigzag"
       ? "zigzag ring"

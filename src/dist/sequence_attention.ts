@@ -1,0 +1,190 @@
+/**
+ * The sequence-parallel attention a run uses, built in one place for `train` and `plan`: the zigzag
+ * ring or the contiguous DistAttn, optionally run in head groups (HeadGroupedAttention). Each is
+ * reserved in its own memory plan and allocated after the run's memory check.
+ */
+import type { Device, DevicePtr } from "../runtime/device.ts";
+import type { MemoryPlan, Slot } from "../runtime/memory.ts";
+import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
+import type { LlamaConfig } from "../model/config.ts";
+import type { Attention } from "../model/llama.ts";
+import type { Communicator } from "./comm.ts";
+import { DistAttention } from "./distattn.ts";
+import { ZigzagAttention } from "./zigzag.ts";
+
+/** An attention with buffers of its own: reserved in `plan`, allocated by allocate(). */
+export interface SequenceAttention extends Attention {
+  readonly plan: MemoryPlan;
+  allocate(): void;
+  free(): void;
+}
+
+export interface SequenceAttentionOptions {
+  layout: "zigzag" | "contiguous";
+  /** Contiguous layout only: the load-balanced schedule, and transfers overlapped with compute. */
+  balanced: boolean;
+  overlap: boolean;
+  /** Heads run in this many groups, one after the other (1: all at once). */
+  headGroups: number;
+}
+
+/** The unallocated attention of a rank holding `sliceLen` tokens of each sequence. */
+export function buildSequenceAttention(
+  device: Device,
+  cfg: LlamaConfig,
+  sliceLen: number,
+  dtype: DType,
+  comm: Communicator,
+  o: SequenceAttentionOptions,
+): SequenceAttention {
+  checkHeadGroups(cfg, o.headGroups);
+  const G = o.headGroups;
+  const groupCfg = { ...cfg, numHeads: cfg.numHeads / G, numKvHeads: cfg.numKvHeads / G };
+  const inner = o.layout === "zigzag"
+    ? new ZigzagAttention(device, groupCfg, sliceLen, dtype, comm, 0n, false)
+    : new DistAttention(
+      device,
+      groupCfg,
+      sliceLen,
+      dtype,
+      comm,
+      { balanced: o.balanced, overlap: o.overlap },
+      0n,
+      false,
+    );
+  return G === 1 ? inner : new HeadGroupedAttention(device, cfg, sliceLen, dtype, G, inner);
+}
+
+/** Throws unless `groups` splits the query and the key/value heads evenly. */
+export function checkHeadGroups(cfg: LlamaConfig, groups: number): void {
+  if (!Number.isInteger(groups) || groups < 1 || cfg.numKvHeads % groups !== 0) {
+    throw new Error(
+      `--attention-head-groups ${groups} must divide the model's ${cfg.numKvHeads} key/value ` +
+        `heads (and so its ${cfg.numHeads} query heads)`,
+    );
+  }
+}
+
+/**
+ * Attention in head groups: `inner` is built for numHeads/G query and numKvHeads/G key/value heads
+ * and runs G times, on contiguous copies of one group's heads, so its per-token buffers (the ring's
+ * K/V slots and fp32 accumulators, DistAttn's partials) are G times smaller. Heads do not interact
+ * in attention and group g's query heads use exactly group g's key/value heads, so the result is
+ * the same; the price is strided copies of q, k, v and out (and dout, dq, dk, dv in backward). The
+ * LSE of group g is its rows of the [heads, tokens] LSE, in the inner attention's own layout.
+ */
+export class HeadGroupedAttention implements SequenceAttention {
+  readonly plan: MemoryPlan;
+  readonly #q: Slot;
+  readonly #k: Slot;
+  readonly #v: Slot;
+  readonly #out: Slot;
+  readonly #dout: Slot;
+  readonly #dq: Slot;
+  readonly #dk: Slot;
+  readonly #dv: Slot;
+
+  constructor(
+    readonly device: Device,
+    readonly cfg: LlamaConfig,
+    /** Tokens of each sequence on this rank. */
+    readonly tokens: number,
+    readonly dtype: DType,
+    readonly groups: number,
+    readonly inner: SequenceAttention,
+  ) {
+    checkHeadGroups(cfg, groups);
+    this.plan = inner.plan; // the group buffers are allocated together with the inner ones
+    const kind = "attention head groups", T = tokens, f32 = DType.f32;
+    const qw = (cfg.numHeads / groups) * cfg.headDim, kvw = (cfg.numKvHeads / groups) * cfg.headDim;
+    this.#q = this.plan.reserve(kind, "q", T * qw, dtype);
+    this.#k = this.plan.reserve(kind, "k", T * kvw, dtype);
+    this.#v = this.plan.reserve(kind, "v", T * kvw, dtype);
+    this.#out = this.plan.reserve(kind, "out", T * qw, dtype);
+    this.#dout = this.plan.reserve(kind, "dout", T * qw, dtype);
+    this.#dq = this.plan.reserve(kind, "dq", T * qw, f32);
+    this.#dk = this.plan.reserve(kind, "dk", T * kvw, f32);
+    this.#dv = this.plan.reserve(kind, "dv", T * kvw, f32);
+  }
+
+  allocate(): void {
+    this.inner.allocate();
+  }
+
+  free(): void {
+    this.inner.free();
+  }
+
+  /** Copies group g of a [tokens, heads, head_dim] tensor in (`out` false) or out of a slot. */
+  #move(full: DevicePtr, slot: Slot, heads: number, g: number, bytes: number, out: boolean) {
+    const row = heads * this.cfg.headDim * bytes, width = row / this.groups;
+    const at = full + BigInt(g * width);
+    if (out) this.device.copy2d(at, row, slot.ptr, width, width, this.tokens);
+    else this.device.copy2d(slot.ptr, width, at, row, width, this.tokens);
+  }
+
+  /** Group g's rows of the LSE ([heads, tokens] fp32 as the caller sees it). */
+  #lse(lse: DevicePtr, g: number): DevicePtr {
+    return lse + BigInt(g * (this.cfg.numHeads / this.groups) * this.tokens * 4);
+  }
+
+  async forward(out: DevicePtr, lse: DevicePtr, q: DevicePtr, k: DevicePtr, v: DevicePtr) {
+    const nh = this.cfg.numHeads, nkv = this.cfg.numKvHeads, b = DTYPE_BYTES[this.dtype];
+    for (let g = 0; g < this.groups; g++) {
+      this.#move(q, this.#q, nh, g, b, false);
+      this.#move(k, this.#k, nkv, g, b, false);
+      this.#move(v, this.#v, nkv, g, b, false);
+      // The inner attention orders its transfers after these copies and returns with the compute
+      // stream waiting for them, so the next group may overwrite the slots.
+      await this.inner.forward(
+        this.#out.ptr,
+        this.#lse(lse, g),
+        this.#q.ptr,
+        this.#k.ptr,
+        this.#v.ptr,
+      );
+      this.#move(out, this.#out, nh, g, b, true);
+    }
+  }
+
+  async backward(
+    dq: DevicePtr,
+    dk: DevicePtr,
+    dv: DevicePtr,
+    dout: DevicePtr,
+    q: DevicePtr,
+    k: DevicePtr,
+    v: DevicePtr,
+    out: DevicePtr,
+    lse: DevicePtr,
+  ) {
+    const nh = this.cfg.numHeads, nkv = this.cfg.numKvHeads, b = DTYPE_BYTES[this.dtype];
+    for (let g = 0; g < this.groups; g++) {
+      for (
+        const [full, slot, heads] of [[q, this.#q, nh], [k, this.#k, nkv], [v, this.#v, nkv], [
+          out,
+          this.#out,
+          nh,
+        ], [dout, this.#dout, nh]] as const
+      ) this.#move(full, slot, heads, g, b, false);
+      // dq, dk, dv accumulate: the group's current values go in and come back with the additions.
+      this.#move(dq, this.#dq, nh, g, 4, false);
+      this.#move(dk, this.#dk, nkv, g, 4, false);
+      this.#move(dv, this.#dv, nkv, g, 4, false);
+      await this.inner.backward(
+        this.#dq.ptr,
+        this.#dk.ptr,
+        this.#dv.ptr,
+        this.#dout.ptr,
+        this.#q.ptr,
+        this.#k.ptr,
+        this.#v.ptr,
+        this.#out.ptr,
+        this.#lse(lse, g),
+      );
+      this.#move(dq, this.#dq, nh, g, 4, true);
+      this.#move(dk, this.#dk, nkv, g, 4, true);
+      this.#move(dv, this.#dv, nkv, g, 4, true);
+    }
+  }
+}
