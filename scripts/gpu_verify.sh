@@ -4,6 +4,8 @@
 # --offload-optimizer update, against runs without them (debug-small, bf16, 30 steps), then
 # Llama-2-7B on real text (the bundled corpus, byte tokenizer) at 64K with --offload-optimizer and
 # at 128K with both offloads, 3 steps each: memory plan vs in use, tokens/s, falling loss.
+# Phases (first argument): checks (default), or long256: Llama-2-7B at 256K with --offload-optimizer,
+# the layer boundary and 16 head groups, 3 steps (about 8 minutes: a call of its own).
 # Logs under $OUT/all.log; a short table last.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/logs
@@ -18,19 +20,27 @@ step() {
   { echo "===== $name (rc=$rc)"; grep -v '^Download' "/tmp/logs/$name.log"; } >>"$OUT/all.log"
   grep -v '^Download' "/tmp/logs/$name.log" | grep -E "memory|step [0-9]+/|rror|FAILED|passed" | tail -6
 }
+PHASE=${1:-checks}
+if [ "$PHASE" = long256 ]; then
+  # The bundled corpus is 190K tokens: three copies give two windows of 256K + 1.
+  mkdir -p /tmp/corpus3 && for i in 1 2 3; do cp examples/corpus/tiny.jsonl /tmp/corpus3/part$i.jsonl; done
+  step long_256k 560 deno run -A cli/main.ts train --model llama-2-7b --data-path /tmp/corpus3 --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-4 --warmup-steps 0 --device cuda --model-max-length 262144 --offload-optimizer --checkpoint-boundary layer --attention-head-groups 16 --output-dir /tmp/v_l256
+  echo "== summary =="; printf '%s\n' "${results[@]}"; exit 0
+fi
 step test_gpu 180 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/ops.test.ts tests/llama.test.ts tests/plan.test.ts
 T="train --model debug-small --data-path examples/corpus/tiny.jsonl --max-steps 30 --per-device-train-batch-size 4 --model-max-length 512 --learning-rate 2e-3 --warmup-steps 3 --logging-steps 1 --bf16 --device cuda --save-strategy no --save-final-model false"
 step p1 60 deno run -A cli/main.ts $T --output-dir /tmp/v_p1
 step p1_offck 60 deno run -A cli/main.ts $T --output-dir /tmp/v_p1_offck --offload-checkpoints
 step p2_offopt 90 deno run -A cli/main.ts $T --output-dir /tmp/v_p2_offopt --nproc-per-node 2 --offload-optimizer
 step p2_both 90 deno run -A cli/main.ts $T --output-dir /tmp/v_p2_both --nproc-per-node 2 --offload-optimizer --offload-checkpoints
+step p2_groups 90 deno run -A cli/main.ts $T --output-dir /tmp/v_p2_groups --nproc-per-node 2 --attention-head-groups 4
 python3 - <<'PY' | tee -a "$OUT/all.log"
 import json, os
 def load(r):
     f = f"/tmp/{r}/metrics.jsonl"
     return [json.loads(l) for l in open(f)] if os.path.exists(f) else None
 base = load("v_p1")
-for r in ["v_p1", "v_p1_offck", "v_p2_offopt", "v_p2_both"]:
+for r in ["v_p1", "v_p1_offck", "v_p2_offopt", "v_p2_both", "v_p2_groups"]:
     m = load(r)
     if m is None or base is None:
         print(r.ljust(12), "no metrics"); continue
