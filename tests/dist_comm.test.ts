@@ -434,3 +434,21 @@ Deno.test({
     }
   },
 });
+
+Deno.test("rendezvous: rank 0 names a MASTER_PORT that is taken (the store runs on its own thread)", async () => {
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (taken.addr as Deno.NetAddr).port;
+  try {
+    const error = await assertRejects(() =>
+      TcpStore.open({ host: "127.0.0.1", port, rank: 0, size: 1, timeoutMs: 2000 })
+    );
+    assert(String(error).includes(`is MASTER_PORT ${port} in use?`), String(error));
+  } finally {
+    taken.close();
+  }
+  // A free port: the threaded store serves rank 0 itself and closes cleanly.
+  const store = await TcpStore.open({ host: "127.0.0.1", port: 0, rank: 0, size: 1 });
+  await store.set("k", new TextEncoder().encode("v"));
+  assertEquals(new TextDecoder().decode(await store.get("k")), "v");
+  await store.close();
+});
