@@ -159,14 +159,15 @@ export class HeadGroupedAttention implements SequenceAttention {
     lse: DevicePtr,
   ) {
     const nh = this.cfg.numHeads, nkv = this.cfg.numKvHeads, b = DTYPE_BYTES[this.dtype];
+    const inputs: [DevicePtr, Slot, number][] = [
+      [q, this.#q, nh],
+      [k, this.#k, nkv],
+      [v, this.#v, nkv],
+      [out, this.#out, nh],
+      [dout, this.#dout, nh],
+    ];
     for (let g = 0; g < this.groups; g++) {
-      for (
-        const [full, slot, heads] of [[q, this.#q, nh], [k, this.#k, nkv], [v, this.#v, nkv], [
-          out,
-          this.#out,
-          nh,
-        ], [dout, this.#dout, nh]] as const
-      ) this.#move(full, slot, heads, g, b, false);
+      for (const [full, slot, heads] of inputs) this.#move(full, slot, heads, g, b, false);
       // dq, dk, dv accumulate: the group's current values go in and come back with the additions.
       this.#move(dq, this.#dq, nh, g, 4, false);
       this.#move(dk, this.#dk, nkv, g, 4, false);
