@@ -74,6 +74,15 @@ type HostArray =
   | Uint8Array
   | BigInt64Array;
 
+/** DISTFLASH_SERIALIZE_STREAMS=1: see Device.recordEvent. */
+const SERIALIZE_STREAMS = (() => {
+  try {
+    return Deno.env.get("DISTFLASH_SERIALIZE_STREAMS") === "1";
+  } catch {
+    return false; // no --allow-env
+  }
+})();
+
 /**
  * One native backend library (cpu or cuda), opened with {@link Device.open}: device queries,
  * memory, copies, streams and events. Each failing call throws a DistflashError.
@@ -305,6 +314,9 @@ export class Device {
   /** Records `event` on `stream`: it completes when the work queued before it does. */
   recordEvent(event: Event, stream: Stream = 0n): void {
     this.check(this.sym.df_event_record(event, stream), "df_event_record");
+    // Diagnostics: DISTFLASH_SERIALIZE_STREAMS=1 drains every stream at each ordering point, so a
+    // result that changes with it points at a missing stream dependency.
+    if (SERIALIZE_STREAMS) this.synchronize();
   }
 
   /** Makes `stream` wait for work recorded in `event` (on any stream). */
