@@ -6,7 +6,8 @@
 # at 128K with both offloads, 3 steps each: memory plan vs in use, tokens/s, falling loss.
 # Phases (first argument): checks (default), or long256: Llama-2-7B at 256K with --offload-optimizer,
 # the layer boundary and 16 head groups, 3 steps (about 8 minutes: a call of its own).
-# Logs under $OUT/all.log; a short table last.
+# If a loss differs, rerun that step with DISTFLASH_SERIALIZE_STREAMS=1: a difference that goes away
+# is a missing stream dependency. Logs under $OUT/all.log; a short table last.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/logs
 export NO_COLOR=1 DISTFLASH_BUILD_CUDA=0
