@@ -5,7 +5,10 @@
 # Llama-2-7B on real text (the bundled corpus, byte tokenizer) at 64K with --offload-optimizer and
 # at 128K with both offloads, 3 steps each: memory plan vs in use, tokens/s, falling loss.
 # Phases (first argument): checks (default), or long256: Llama-2-7B at 256K with --offload-optimizer,
-# the layer boundary and 16 head groups, 3 steps (about 8 minutes: a call of its own).
+# the layer boundary and 16 head groups, 3 steps (about 8 minutes: a call of its own); or
+# compare128: 128K with and without --offload-optimizer (both with --offload-checkpoints, the layer
+# boundary and 16 head groups, which the plan fits without the optimizer offload), 3 steps each:
+# the offload's throughput cost (target: within 15%).
 # If a loss differs, rerun that step with DISTFLASH_SERIALIZE_STREAMS=1: a difference that goes away
 # is a missing stream dependency. Logs under $OUT/all.log; a short table last.
 set -u
@@ -26,6 +29,12 @@ if [ "$PHASE" = long256 ]; then
   # The bundled corpus is 190K tokens: three copies give two windows of 256K + 1.
   mkdir -p /tmp/corpus3 && for i in 1 2 3; do cp examples/corpus/tiny.jsonl /tmp/corpus3/part$i.jsonl; done
   step long_256k 560 deno run -A cli/main.ts train --model llama-2-7b --data-path /tmp/corpus3 --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-4 --warmup-steps 0 --device cuda --model-max-length 262144 --offload-optimizer --checkpoint-boundary layer --attention-head-groups 16 --output-dir /tmp/v_l256
+  echo "== summary =="; printf '%s\n' "${results[@]}"; exit 0
+fi
+if [ "$PHASE" = compare128 ]; then
+  C="train --model llama-2-7b --data-path examples/corpus/tiny.jsonl --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-4 --warmup-steps 0 --device cuda --model-max-length 131072 --offload-checkpoints --checkpoint-boundary layer --attention-head-groups 16"
+  step c128_gpu_opt 280 deno run -A cli/main.ts $C --output-dir /tmp/v_c128a
+  step c128_host_opt 280 deno run -A cli/main.ts $C --offload-optimizer --output-dir /tmp/v_c128b
   echo "== summary =="; printf '%s\n' "${results[@]}"; exit 0
 fi
 step test_gpu 180 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/ops.test.ts tests/llama.test.ts tests/plan.test.ts
