@@ -78,3 +78,16 @@ Deno.test("bench train: tokens/s and MFU of a small run over 2 CPU ranks with fu
   assert(r.stderr.includes("full_shard (ZeRO-3)"), r.stderr);
   await Deno.remove(out, { recursive: true });
 });
+
+Deno.test("scripts/host_overhead.ts counts a step's native calls against a stub library", async () => {
+  const script = new URL("../scripts/host_overhead.ts", import.meta.url).pathname;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", script, "--model", "debug-tiny", "--tokens", "64", "--steps", "1"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+  assert(/\d+ native calls per step \(df_gemm \d+/.test(text), text);
+  assert(/TypeScript per step: [\d.]+ ms/.test(text), text);
+});
