@@ -12,6 +12,28 @@ const status = "i32" as const;
 const dptr = "usize" as const; // device address (void*, float*, uint16_t* ...)
 const stream = "usize" as const; // void* stream handle, 0 = default stream
 
+// df_status df_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
+//   float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2,
+//   float grad_scale, void *copy, df_dtype copy_dtype, void *stream)
+const ADAMW_PARAMETERS = [
+  dptr,
+  dptr,
+  dptr,
+  dptr,
+  "i64",
+  "f32",
+  "f32",
+  "f32",
+  "f32",
+  "f32",
+  "f32",
+  "f32",
+  "f32",
+  dptr,
+  "i32",
+  stream,
+] as const;
+
 export const DISTFLASH_SYMBOLS = {
   // const char *df_last_error(void)
   df_last_error: { parameters: [], result: "pointer" },
@@ -246,52 +268,16 @@ export const DISTFLASH_SYMBOLS = {
   df_sum_squares: { parameters: [dptr, dptr, "i64", stream], result: status },
   // df_status df_sum(float *sum, const float *x, int64_t n, void *stream)
   df_sum: { parameters: [dptr, dptr, "i64", stream], result: status },
-  // df_status df_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
-  //   float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2,
-  //   float grad_scale, void *copy, df_dtype copy_dtype, void *stream)
+  // df_adamw: the signature is above ADAMW_PARAMETERS
   df_adamw: {
-    parameters: [
-      dptr,
-      dptr,
-      dptr,
-      dptr,
-      "i64",
-      "f32",
-      "f32",
-      "f32",
-      "f32",
-      "f32",
-      "f32",
-      "f32",
-      "f32",
-      dptr,
-      "i32",
-      stream,
-    ],
+    parameters: ADAMW_PARAMETERS,
     result: status,
   },
   // The same df_adamw, run on a thread of Deno's pool (returns a Promise of the status): the
   // offloaded optimizer's host update overlaps the next step's GPU work.
   df_adamw_async: {
     name: "df_adamw",
-    parameters: [
-      dptr,
-      dptr,
-      dptr,
-      dptr,
-      "i64",
-      "f32",
-      "f32",
-      "f32",
-      "f32",
-      "f32",
-      "f32",
-      "f32",
-      "f32",
-      dptr,
-      "i32",
-      stream,
-    ],
+    parameters: ADAMW_PARAMETERS,
     result: status,
     nonblocking: true,
   },

@@ -2,27 +2,17 @@
 # One GPU call: info, the CUDA backend tests, a transformers check of a distflash checkpoint, and a
 # 200-step training run. Logs under $OUT; a short table last. Run from the repository root on the
 # GPU host after carrying lib/, node_modules/ and .gpu/ (see README "GPU runs").
-set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export NO_COLOR=1 DISTFLASH_BUILD_CUDA=0
-results=()
-step() { # name timeout command...
-  local name=$1 limit=$2; shift 2
-  local start=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  results+=("$name rc=$rc $((SECONDS - start))s")
-  tail -5 "$OUT/$name.log"
-}
+source "$(dirname "$0")/gpu_lib.sh"
+SHOW_LINES=5
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 step info 60 deno run -A cli/main.ts info
-cat "$OUT/info.log"
+cat /tmp/logs/info.log
 step test_gpu 400 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/ffi.test.ts tests/ops.test.ts tests/attention_gpu.test.ts tests/llama.test.ts tests/distattn.test.ts tests/zigzag.test.ts
-grep -E "FAILED|passed|worst" "$OUT/test_gpu.log" | head -40
+grep -E "FAILED|passed|worst" /tmp/logs/test_gpu.log | head -40
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
   step checkpoint 120 bash -c 'deno run -A scripts/save_fixture_checkpoint.ts /tmp/ckpt && python3 tests/reference/make_fixtures.py check-checkpoint /tmp/ckpt tests/fixtures/gqa/reference.safetensors'
   step trained_checkpoint 120 deno run -A scripts/check_trained_checkpoint.ts
   step train200 300 deno run -A cli/main.ts train --model debug-small --data-path examples/corpus/tiny.jsonl --max-steps 200 --per-device-train-batch-size 8 --model-max-length 256 --learning-rate 2e-3 --warmup-steps 10 --lr-scheduler-type cosine --logging-steps 20 --bf16 --device cuda --save-strategy no --output-dir /tmp/train200
   cp /tmp/train200/metrics.jsonl "$OUT/train200_metrics.jsonl" 2>/dev/null
 fi
-echo "== summary =="; printf '%s\n' "${results[@]}"
+summary

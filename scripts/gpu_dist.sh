@@ -1,18 +1,8 @@
 #!/usr/bin/env bash
 # The 2-GPU call: NCCL collectives, DistAttn error vs P, P=2 vs P=1 training, bench attn beside
 # PyTorch context parallel, bench train. Logs under $OUT; a short table last.
-set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export NO_COLOR=1 DISTFLASH_BUILD_CUDA=0
-results=()
-step() {
-  local name=$1 limit=$2; shift 2
-  local start=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  results+=("$name rc=$rc $((SECONDS - start))s")
-  tail -12 "$OUT/$name.log"
-}
+source "$(dirname "$0")/gpu_lib.sh"
+SHOW_LINES=12
 nvidia-smi topo -m > "$OUT/topo.txt" 2>&1
 if [ "${ONLY_FIX:-0}" != 1 ]; then
 step nccl_comm 120 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/dist_comm.test.ts
@@ -36,4 +26,4 @@ PY
 step bench_attn2 ${ATTN2_LIMIT:-300} env DISTFLASH_TRACE=1 deno run -A cli/main.ts bench attn --nproc-per-node 2 --seq ${SEQ2:-32768,65536} --device cuda
 cp outputs/bench/logs/rank0.log "$OUT/bench_attn2_rank0.log" 2>/dev/null; cp outputs/bench/logs/rank1.log "$OUT/bench_attn2_rank1.log" 2>/dev/null
 step bench_train 240 deno run -A cli/main.ts bench train --model tinyllama-1.1b --model-max-length ${TRAINSEQ:-16384} --nproc-per-node 2 --max-steps 3
-echo "== summary =="; printf '%s\n' "${results[@]}"; cat "$OUT/p1_vs_p2.txt"
+summary; cat "$OUT/p1_vs_p2.txt"

@@ -5,21 +5,7 @@
 # 2. bench attn over 2 GPUs (the store-barrier deadlock fixed) beside PyTorch context parallel;
 # 3. the NCCL communicator tests; 4. the CUDA test suite; 5. a Llama-2-7B step, full_shard.
 # Phases (first argument): diverge (1 and 4), bench (2, 3, 5), or all. Logs under $OUT; a short table last.
-set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export NO_COLOR=1 DISTFLASH_BUILD_CUDA=0
-results=()
-step() {
-  local name=$1 limit=$2; shift 2
-  local start=$SECONDS
-  mkdir -p /tmp/logs
-  timeout "$limit" "$@" >"/tmp/logs/$name.log" 2>&1
-  local rc=$?
-  results+=("$name rc=$rc $((SECONDS - start))s")
-  # One combined log comes back ($OUT returns at most 8 files).
-  { echo "===== $name (rc=$rc)"; grep -v '^Download' "/tmp/logs/$name.log"; } >>"$OUT/all.log"
-  grep -v '^Download' "/tmp/logs/$name.log" | tail -8
-}
+source "$(dirname "$0")/gpu_lib.sh"
 PHASE=${1:-all}
 T="train --model debug-small --data-path examples/corpus/tiny.jsonl --max-steps 30 --per-device-train-batch-size 4 --model-max-length 512 --learning-rate 2e-3 --warmup-steps 3 --logging-steps 1 --bf16 --device cuda --save-strategy no"
 if [ "$PHASE" = all ] || [ "$PHASE" = diverge ]; then
@@ -50,4 +36,4 @@ step bench_attn2 200 deno run -A cli/main.ts bench attn --nproc-per-node 2 --seq
 step nccl_comm 60 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/dist_comm.test.ts
 step bench_7b 240 deno run -A cli/main.ts bench train --model llama-2-7b --model-max-length ${TRAINSEQ:-32768} --nproc-per-node 2 --max-steps 3
 fi
-echo "== summary =="; printf '%s\n' "${results[@]}"
+summary

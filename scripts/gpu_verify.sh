@@ -11,31 +11,21 @@
 # the offload's throughput cost (target: within 15%).
 # If a loss differs, rerun that step with DISTFLASH_SERIALIZE_STREAMS=1: a difference that goes away
 # is a missing stream dependency. Logs under $OUT/all.log; a short table last.
-set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/logs
-export NO_COLOR=1 DISTFLASH_BUILD_CUDA=0
-results=()
-step() {
-  local name=$1 limit=$2; shift 2
-  local start=$SECONDS
-  timeout "$limit" "$@" >"/tmp/logs/$name.log" 2>&1
-  local rc=$?
-  results+=("$name rc=$rc $((SECONDS - start))s")
-  { echo "===== $name (rc=$rc)"; grep -v '^Download' "/tmp/logs/$name.log"; } >>"$OUT/all.log"
-  grep -v '^Download' "/tmp/logs/$name.log" | grep -E "memory|step [0-9]+/|rror|FAILED|passed" | tail -6
-}
+source "$(dirname "$0")/gpu_lib.sh"
+SHOW='memory|step [0-9]+/|rror|FAILED|passed'
+SHOW_LINES=6
 PHASE=${1:-checks}
 if [ "$PHASE" = long256 ]; then
   # The bundled corpus is 190K tokens: three copies give two windows of 256K + 1.
   mkdir -p /tmp/corpus3 && for i in 1 2 3; do cp examples/corpus/tiny.jsonl /tmp/corpus3/part$i.jsonl; done
   step long_256k 560 deno run -A cli/main.ts train --model llama-2-7b --data-path /tmp/corpus3 --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-4 --warmup-steps 0 --device cuda --model-max-length 262144 --offload-optimizer --checkpoint-boundary layer --attention-head-groups 16 --output-dir /tmp/v_l256
-  echo "== summary =="; printf '%s\n' "${results[@]}"; exit 0
+  summary; exit 0
 fi
 if [ "$PHASE" = compare128 ]; then
   C="train --model llama-2-7b --data-path examples/corpus/tiny.jsonl --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-4 --warmup-steps 0 --device cuda --model-max-length 131072 --offload-checkpoints --checkpoint-boundary layer --attention-head-groups 16"
   step c128_gpu_opt 280 deno run -A cli/main.ts $C --output-dir /tmp/v_c128a
   step c128_host_opt 280 deno run -A cli/main.ts $C --offload-optimizer --output-dir /tmp/v_c128b
-  echo "== summary =="; printf '%s\n' "${results[@]}"; exit 0
+  summary; exit 0
 fi
 step test_gpu 180 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/ops.test.ts tests/llama.test.ts tests/plan.test.ts
 T="train --model debug-small --data-path examples/corpus/tiny.jsonl --max-steps 30 --per-device-train-batch-size 4 --model-max-length 512 --learning-rate 2e-3 --warmup-steps 3 --logging-steps 1 --bf16 --device cuda --save-strategy no --save-final-model false"
@@ -60,4 +50,4 @@ PY
 T7="train --model llama-2-7b --data-path examples/corpus/tiny.jsonl --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-4 --warmup-steps 0 --device cuda"
 step offopt_64k 150 deno run -A cli/main.ts $T7 --model-max-length 65536 --offload-optimizer --output-dir /tmp/v_o64
 step both_128k 220 deno run -A cli/main.ts $T7 --model-max-length 131072 --offload-optimizer --offload-checkpoints --output-dir /tmp/v_b128
-echo "== summary =="; printf '%s\n' "${results[@]}"
+summary

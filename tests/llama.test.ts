@@ -20,6 +20,11 @@ import { fileURLToPath } from "node:url";
 
 const fixtures = fileURLToPath(new URL("./fixtures/", import.meta.url));
 
+/** Every parameter's gradient, in layout order, as one array. */
+function allGrads(model: LlamaModel): Float32Array {
+  return Float32Array.from(model.layout.entries.flatMap((e) => Array.from(model.gradOf(e.name))));
+}
+
 async function reference(variant: string) {
   const ref = await openSafetensors(`${fixtures}${variant}/reference.safetensors`);
   const ids = Int32Array.from(await ref.readFloat32("input_ids"));
@@ -157,9 +162,7 @@ Deno.test(`llama ${TEST_BACKEND}: checkpoint boundary, MLP tiling and offloaded 
       assertLess(Math.abs(loss - ref.loss) / ref.loss, 1e-5, `loss ${JSON.stringify(variant)}`);
       model.zeroGrads();
       await model.backward(1 / count);
-      grads.push(
-        Float32Array.from(model.layout.entries.flatMap((e) => Array.from(model.gradOf(e.name)))),
-      );
+      grads.push(allGrads(model));
     } finally {
       model.free();
     }
@@ -207,9 +210,7 @@ Deno.test(`llama ${TEST_BACKEND}: offloaded checkpoints reuse their device slots
         model.lossSum();
         await model.backward(1 / (2 * T));
       }
-      grads.push(
-        Float32Array.from(model.layout.entries.flatMap((e) => Array.from(model.gradOf(e.name)))),
-      );
+      grads.push(allGrads(model));
     } finally {
       model.free();
     }

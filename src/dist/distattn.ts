@@ -34,6 +34,16 @@ export interface DistAttnOptions {
   overlap: boolean;
 }
 
+/** This rank's own attention inputs (dout, out and lse only in backward). */
+interface MyInputs {
+  q: DevicePtr;
+  k: DevicePtr;
+  v: DevicePtr;
+  dout?: DevicePtr;
+  out?: DevicePtr;
+  lse?: DevicePtr;
+}
+
 /** Buffers for one step's received inputs (two sets: double buffering). */
 interface InputSlot {
   q: Slot;
@@ -158,20 +168,16 @@ export class DistAttention implements Attention {
     return elems * DTYPE_BYTES[dtype];
   }
 
+  /** Exchanges step s's input transfers on the communication stream, into the slot of its parity. */
+  #fetch(transfers: Transfer[], s: number, mine: MyInputs, backward: boolean): Promise<void> {
+    return this.comm.exchange(
+      this.#fetchOps(transfers, this.#slots[s % 2], mine, backward),
+      this.#streams.comm,
+    );
+  }
+
   /** The P2P ops of this rank for a step's input transfers, received into `slot`. */
-  #fetchOps(
-    transfers: Transfer[],
-    slot: InputSlot,
-    mine: {
-      q: DevicePtr;
-      k: DevicePtr;
-      v: DevicePtr;
-      dout?: DevicePtr;
-      out?: DevicePtr;
-      lse?: DevicePtr;
-    },
-    backward: boolean,
-  ): P2P[] {
+  #fetchOps(transfers: Transfer[], slot: InputSlot, mine: MyInputs, backward: boolean): P2P[] {
     const ops: P2P[] = [];
     const qb = this.#bytes(this.#qElems), kvb = this.#bytes(this.#kvElems), lb = this.#lseElems * 4;
     for (const t of transfers) {
@@ -198,11 +204,7 @@ export class DistAttention implements Attention {
     d.memset(this.#outAcc.ptr, 0, this.#outAcc.bytes, s0);
     d.upload(this.#lseAcc.ptr, new Float32Array(this.#lseElems).fill(-Infinity), s0);
     const mine = { q, k, v };
-    const fetch = (s: number) =>
-      this.comm.exchange(
-        this.#fetchOps(steps[s].fetch, this.#slots[s % 2], mine, false),
-        this.#streams.comm,
-      );
+    const fetch = (s: number) => this.#fetch(steps[s].fetch, s, mine, false);
     // The first sends read what the caller has just computed on the compute stream.
     this.#streams.commWaitsCompute();
     await fetch(0);
@@ -307,11 +309,7 @@ export class DistAttention implements Attention {
   ) {
     const d = this.device, r = this.rank, s0 = this.computeStream, steps = this.#bwd;
     const mine = { q, k, v, dout, out, lse };
-    const fetch = (s: number) =>
-      this.comm.exchange(
-        this.#fetchOps(steps[s].fetch, this.#slots[s % 2], mine, true),
-        this.#streams.comm,
-      );
+    const fetch = (s: number) => this.#fetch(steps[s].fetch, s, mine, true);
     // The first sends read what the caller has just computed on the compute stream.
     this.#streams.commWaitsCompute();
     await fetch(0);

@@ -12,6 +12,7 @@
  */
 
 import { writeFileAtomic } from "./safetensors.ts";
+import { readFully } from "./files.ts";
 
 /** Element types accepted in token files. */
 export type NpyTokenDType = "uint16" | "int32" | "uint32" | "int64";
@@ -114,17 +115,6 @@ function parsePyLiteral(text: string, path: string): PyValue {
   ws();
   if (i !== text.length) fail(`trailing characters at ${i}`);
   return v;
-}
-
-async function readFully(file: Deno.FsFile, buf: Uint8Array, what: string): Promise<void> {
-  let off = 0;
-  while (off < buf.byteLength) {
-    const n = await file.read(buf.subarray(off));
-    if (n === null || n === 0) {
-      throw new Error(`${what}: unexpected end of file (${off} of ${buf.byteLength} bytes read)`);
-    }
-    off += n;
-  }
 }
 
 /** Parses the header bytes at the start of a .npy file (`fileSize` checks for truncation). */

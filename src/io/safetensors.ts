@@ -15,6 +15,7 @@
 import { join } from "node:path";
 import { asBytes, dtypeBytes, isDType, toFloat32, typedView } from "./dtype.ts";
 import type { DType, TensorData } from "./dtype.ts";
+import { readFully } from "./files.ts";
 
 /** Largest JSON header accepted (the safetensors library's own limit). */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -64,17 +65,6 @@ export function numel(shape: readonly number[]): number {
   let n = 1;
   for (const d of shape) n *= d;
   return n;
-}
-
-async function readFully(file: Deno.FsFile, buf: Uint8Array, what: string): Promise<void> {
-  let off = 0;
-  while (off < buf.byteLength) {
-    const n = await file.read(buf.subarray(off));
-    if (n === null || n === 0) {
-      throw new Error(`${what}: unexpected end of file (${off} of ${buf.byteLength} bytes read)`);
-    }
-    off += n;
-  }
 }
 
 async function writeFully(file: Deno.FsFile, data: Uint8Array): Promise<void> {

@@ -59,23 +59,10 @@ export class HostState {
     return buffer.at(at * (name === "copy" ? 2 : 4));
   }
 
-  /** AdamW on host elements [at, at+n), writing the compute-dtype copy when there is one. */
-  adamw(at: number, n: number, args: op.AdamWArgs): void {
-    const copy = this.dtype === DType.bf16 ? this.ptr("copy", at) : null;
-    op.adamw(
-      this.cpu,
-      this.ptr("master", at),
-      this.ptr("grads", at),
-      this.ptr("m", at),
-      this.ptr("v", at),
-      n,
-      args,
-      copy,
-      this.dtype,
-    );
-  }
-
-  /** adamw on a worker thread (see op.adamwAsync); the views must be left alone until it resolves. */
+  /**
+   * AdamW on host elements [at, at+n) on a worker thread (see op.adamwAsync), writing the
+   * compute-dtype copy when there is one; the views must be left alone until it resolves.
+   */
   adamwAsync(at: number, n: number, args: op.AdamWArgs): Promise<void> {
     const copy = this.dtype === DType.bf16 ? this.ptr("copy", at) : null;
     return op.adamwAsync(

@@ -262,7 +262,7 @@ export class ReplicatedParams implements ParamStore {
         this.m.at(e.offset),
         this.v.at(e.offset),
         e.numel,
-        { ...args, weightDecay: e.decay ? args.weightDecay : 0 },
+        decayed(args, e.decay),
         this.weights === this.master ? null : this.weights.at(e.offset),
         this.dtype,
       );
@@ -308,6 +308,11 @@ export class ReplicatedParams implements ParamStore {
       this.layout.size,
     );
   }
+}
+
+/** AdamW's arguments for one parameter: weight decay only where the parameter takes it. */
+function decayed(args: op.AdamWArgs, decay: boolean): op.AdamWArgs {
+  return decay ? args : { ...args, weightDecay: 0 };
 }
 
 function checkSize(e: ParamEntry, values: Float32Array): void {
@@ -360,6 +365,8 @@ export class ShardedParams implements ParamStore {
   /** Offloaded: per unit, its host AdamW and the upload of its new weights (null: done). */
   readonly #updates: (Promise<void> | null)[];
   #inFlight = 0;
+  /** Per unit, the parts of its parameters this rank owns: shard offset, length, weight decay. */
+  readonly #pieces: { at: number; n: number; decay: boolean }[][];
   readonly #gradBusy: boolean[] = [false, false, false, false];
   readonly #gatherF32: Slot; // fp32 unit buffer for getParam
   #gatheredF32 = -1;
@@ -385,6 +392,12 @@ export class ShardedParams implements ParamStore {
     }
     this.shardSize = off;
     this.#updates = layout.units.map(() => null);
+    this.#pieces = layout.units.map((_, u) =>
+      layout.entries.filter((e) => e.unit === u).flatMap((e) => {
+        const own = this.#owned(e);
+        return own ? [{ at: own.shardAt, n: own.to - own.from, decay: e.decay }] : [];
+      })
+    );
     const f32 = DType.f32, L = layout.cfg.numLayers;
     const maxUnit = Math.max(...layout.units.map((u) => u.size));
     if (offload) {
@@ -622,24 +635,21 @@ export class ShardedParams implements ParamStore {
       this.#assertSettled();
       this.device.download(host.f32("grads"), this.grads.ptr); // waits for the device
       this.#updateOnHost(host, args);
-    }
-    for (const e of host ? [] : this.layout.entries) {
-      const own = this.#owned(e);
-      if (!own) continue;
-      const n = own.to - own.from;
-      const piece = { ...args, weightDecay: e.decay ? args.weightDecay : 0 };
+    } else {
       const dev = this.#dev!;
-      op.adamw(
-        this.device,
-        dev.master.at(own.shardAt),
-        this.grads.at(own.shardAt),
-        dev.m.at(own.shardAt),
-        dev.v.at(own.shardAt),
-        n,
-        piece,
-        null, // compute weights are converted from the master when gathered
-        this.dtype,
-      );
+      for (const p of this.#pieces.flat()) {
+        op.adamw(
+          this.device,
+          dev.master.at(p.at),
+          this.grads.at(p.at),
+          dev.m.at(p.at),
+          dev.v.at(p.at),
+          p.n,
+          decayed(args, p.decay),
+          null, // compute weights are converted from the master when gathered
+          this.dtype,
+        );
+      }
     }
     this.#resident.fill(-1); // every gathered unit is stale now
     this.#pending.fill(-1);
@@ -655,14 +665,8 @@ export class ShardedParams implements ParamStore {
   #updateOnHost(host: HostState, args: op.AdamWArgs): void {
     let previous: Promise<void> = Promise.resolve();
     this.layout.units.forEach((unit, u) => {
-      const pieces = this.layout.entries.filter((e) => e.unit === u).flatMap((e) => {
-        const own = this.#owned(e);
-        if (!own) return [];
-        const piece = { ...args, weightDecay: e.decay ? args.weightDecay : 0 };
-        return [{ at: own.shardAt, n: own.to - own.from, piece }];
-      });
       const update = previous.then(async () => {
-        for (const p of pieces) await host.adamwAsync(p.at, p.n, p.piece);
+        for (const p of this.#pieces[u]) await host.adamwAsync(p.at, p.n, decayed(args, p.decay));
         const at = this.shardOffset[u], count = unit.size / this.W;
         // On the collective stream, ahead of the gather that reads it.
         this.device.upload(

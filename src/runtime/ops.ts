@@ -455,12 +455,8 @@ export interface AdamWArgs {
   gradScale: number;
 }
 
-/**
- * adamw on a worker thread (host memory, CPU backend): resolves when done. The C message of a
- * failure stays on that thread, so the error carries the status only.
- */
-export async function adamwAsync(
-  d: Device,
+/** df_adamw's arguments in C order: bias corrections from the 1-based step, null copy as 0. */
+function adamwCArgs(
   param: DevicePtr,
   grad: DevicePtr,
   m: DevicePtr,
@@ -469,8 +465,9 @@ export async function adamwAsync(
   a: AdamWArgs,
   copy: DevicePtr | null,
   copyType: DType,
-): Promise<void> {
-  const status = await d.sym.df_adamw_async(
+  s: Stream,
+) {
+  return [
     param,
     grad,
     m,
@@ -486,9 +483,27 @@ export async function adamwAsync(
     a.gradScale,
     copy ?? 0n,
     copyType,
-    0n,
-  );
-  unwrap(status, "df_adamw (host thread)", () => "");
+    s,
+  ] as const;
+}
+
+/**
+ * adamw on a worker thread (host memory, CPU backend): resolves when done. The C message of a
+ * failure stays on that thread, so the error carries the status only.
+ */
+export async function adamwAsync(
+  d: Device,
+  param: DevicePtr,
+  grad: DevicePtr,
+  m: DevicePtr,
+  v: DevicePtr,
+  n: number,
+  a: AdamWArgs,
+  copy: DevicePtr | null,
+  copyType: DType,
+): Promise<void> {
+  const args = adamwCArgs(param, grad, m, v, n, a, copy, copyType, 0n);
+  unwrap(await d.sym.df_adamw_async(...args), "df_adamw (host thread)", () => "");
 }
 
 export function adamw(
@@ -503,27 +518,6 @@ export function adamw(
   copyType: DType,
   s: Stream = 0n,
 ): void {
-  const bc1 = 1 - a.beta1 ** a.step;
-  const bc2 = 1 - a.beta2 ** a.step;
-  d.check(
-    d.sym.df_adamw(
-      param,
-      grad,
-      m,
-      v,
-      B(n),
-      a.lr,
-      a.beta1,
-      a.beta2,
-      a.eps,
-      a.weightDecay,
-      bc1,
-      bc2,
-      a.gradScale,
-      copy ?? 0n,
-      copyType,
-      s,
-    ),
-    "df_adamw",
-  );
+  const args = adamwCArgs(param, grad, m, v, n, a, copy, copyType, s);
+  d.check(d.sym.df_adamw(...args), "df_adamw");
 }

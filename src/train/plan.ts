@@ -8,7 +8,7 @@ import type { Device } from "../runtime/device.ts";
 import { DType } from "../runtime/ops.ts";
 import { formatBytes } from "../runtime/memory.ts";
 import type { LlamaConfig } from "../model/config.ts";
-import { LlamaModel } from "../model/llama.ts";
+import { LlamaModel, type ModelOptions } from "../model/llama.ts";
 import { buildSequenceAttention, type SequenceAttention } from "../dist/sequence_attention.ts";
 import type { Communicator } from "../dist/comm.ts";
 import type { TrainOptions } from "./options.ts";
@@ -38,6 +38,27 @@ const PLAN_ONLY_DEVICE = { backend: "cuda" } as unknown as Device;
 
 function fakeComm(size: number, rank = 0): Communicator {
   return { rank, size } as unknown as Communicator;
+}
+
+/** The model a run's options select, for `seqLen` tokens per rank (train builds it, plan sizes it). */
+export function modelOptions(
+  o: TrainOptions,
+  seqLen: number,
+  comm: Communicator | null,
+  fullShard: boolean,
+): ModelOptions {
+  return {
+    dtype: o.bf16 ? DType.bf16 : DType.f32,
+    batch: o.perDeviceTrainBatchSize,
+    seqLen,
+    vocabChunk: o.vocabChunk,
+    mlpTile: o.mlpTile,
+    offloadOptimizer: o.offloadOptimizer,
+    offloadCheckpoints: o.offloadCheckpoints,
+    checkpointBoundary: o.checkpointBoundary,
+    comm,
+    fullShard,
+  };
 }
 
 /** Per-GPU memory of a run with these options on `world` ranks (no allocation happens). */
@@ -75,18 +96,13 @@ export function estimateMemory(
       }
     }
   }
-  const model = new LlamaModel(PLAN_ONLY_DEVICE, cfg, {
-    dtype,
-    batch: o.perDeviceTrainBatchSize,
-    seqLen: S,
-    vocabChunk: o.vocabChunk,
-    mlpTile: o.mlpTile,
-    offloadOptimizer: o.offloadOptimizer,
-    offloadCheckpoints: o.offloadCheckpoints,
-    checkpointBoundary: o.checkpointBoundary,
-    comm: world > 1 ? fakeComm(world) : null,
-    fullShard,
-  }, attention);
+  const comm = world > 1 ? fakeComm(world) : null;
+  const model = new LlamaModel(
+    PLAN_ONLY_DEVICE,
+    cfg,
+    modelOptions(o, S, comm, fullShard),
+    attention,
+  );
   const kinds = [...model.plan.totals(), ...(attention?.plan.totals() ?? [])];
   kinds.push({ kind: "library workspaces (allowance)", bytes: WORKSPACE_ALLOWANCE_BYTES });
   return {

@@ -25,7 +25,7 @@ import {
 import { lrMultiplier, warmupStepsFor } from "./lr.ts";
 import { resolveTrainOptions, type TrainOptions } from "./options.ts";
 import { Progress } from "./progress.ts";
-import { formatPlan, hostAvailableBytes } from "./plan.ts";
+import { formatPlan, hostAvailableBytes, modelOptions } from "./plan.ts";
 import { initDistributed } from "../dist/env.ts";
 import { zigzagChunks } from "../dist/zigzag.ts";
 import {
@@ -259,18 +259,7 @@ export async function train(
       }; ${how}; ${S} tokens per rank`,
     );
   }
-  const model = new LlamaModel(device, cfg, {
-    dtype,
-    batch: B,
-    seqLen: S,
-    vocabChunk: o.vocabChunk,
-    mlpTile: o.mlpTile,
-    offloadOptimizer: o.offloadOptimizer,
-    offloadCheckpoints: o.offloadCheckpoints,
-    checkpointBoundary: o.checkpointBoundary,
-    comm: world,
-    fullShard,
-  }, attention);
+  const model = new LlamaModel(device, cfg, modelOptions(o, S, world, fullShard), attention);
   const props = device.props(0);
   log(
     `distflash train: ${source.name} (${(model.layout.count / 1e6).toFixed(1)}M parameters) on ` +
