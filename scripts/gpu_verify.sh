@@ -4,7 +4,7 @@
 # --offload-optimizer update, against runs without them (debug-small, bf16, 30 steps), then
 # Llama-2-7B on real text (the bundled corpus, byte tokenizer) at 64K with --offload-optimizer and
 # at 128K with both offloads, 3 steps each: memory plan vs in use, tokens/s, falling loss.
-# Phases (first argument): checks (default), or long256: Llama-2-7B at 256K with --offload-optimizer,
+# Phases (first argument): checks (default: the CUDA tests and the debug-small comparisons), or long256: Llama-2-7B at 256K with --offload-optimizer,
 # the layer boundary and 16 head groups, 3 steps (about 8 minutes: a call of its own); or
 # compare128: 128K with and without --offload-optimizer (both with --offload-checkpoints, the layer
 # boundary and 16 head groups, which the plan fits without the optimizer offload), 3 steps each:
@@ -15,20 +15,24 @@ source "$(dirname "$0")/gpu_lib.sh"
 SHOW='memory|step [0-9]+/|rror|FAILED|passed'
 SHOW_LINES=6
 PHASE=${1:-checks}
+T="train --model debug-small --data-path examples/corpus/tiny.jsonl --max-steps 30 --per-device-train-batch-size 4 --model-max-length 512 --learning-rate 2e-3 --warmup-steps 3 --logging-steps 1 --bf16 --device cuda --save-strategy no --save-final-model false"
 if [ "$PHASE" = long256 ]; then
+  # A quick bf16 check first (the backward's buffer sharing): the CUDA model tests and debug-small
+  # P = 1, whose losses the checks phase also prints.
+  step test_llama 120 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/llama.test.ts
+  step p1 60 deno run -A cli/main.ts $T --output-dir /tmp/v_p1
   # The bundled corpus is 190K tokens: three copies give two windows of 256K + 1.
   mkdir -p /tmp/corpus3 && for i in 1 2 3; do cp examples/corpus/tiny.jsonl /tmp/corpus3/part$i.jsonl; done
-  step long_256k 560 deno run -A cli/main.ts train --model llama-2-7b --data-path /tmp/corpus3 --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-4 --warmup-steps 0 --device cuda --model-max-length 262144 --offload-optimizer --checkpoint-boundary layer --attention-head-groups 16 --output-dir /tmp/v_l256
+  step long_256k 540 deno run -A cli/main.ts train --model llama-2-7b --data-path /tmp/corpus3 --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-5 --warmup-steps 0 --device cuda --fsdp full_shard --model-max-length 262144 --offload-optimizer --checkpoint-boundary layer --attention-head-groups 16 ${LONG256_EXTRA:-} --output-dir /tmp/v_l256
   summary; exit 0
 fi
 if [ "$PHASE" = compare128 ]; then
-  C="train --model llama-2-7b --data-path examples/corpus/tiny.jsonl --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-4 --warmup-steps 0 --device cuda --model-max-length 131072 --offload-checkpoints --checkpoint-boundary layer --attention-head-groups 16"
+  C="train --model llama-2-7b --data-path examples/corpus/tiny.jsonl --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-5 --warmup-steps 0 --device cuda --fsdp full_shard --model-max-length 131072 --offload-checkpoints --checkpoint-boundary layer --attention-head-groups 16"
   step c128_gpu_opt 280 deno run -A cli/main.ts $C --output-dir /tmp/v_c128a
   step c128_host_opt 280 deno run -A cli/main.ts $C --offload-optimizer --output-dir /tmp/v_c128b
   summary; exit 0
 fi
 step test_gpu 180 env DISTFLASH_TEST_BACKEND=cuda deno test -A tests/ops.test.ts tests/llama.test.ts tests/plan.test.ts
-T="train --model debug-small --data-path examples/corpus/tiny.jsonl --max-steps 30 --per-device-train-batch-size 4 --model-max-length 512 --learning-rate 2e-3 --warmup-steps 3 --logging-steps 1 --bf16 --device cuda --save-strategy no --save-final-model false"
 step p1 60 deno run -A cli/main.ts $T --output-dir /tmp/v_p1
 step p1_offck 60 deno run -A cli/main.ts $T --output-dir /tmp/v_p1_offck --offload-checkpoints
 step p2_offopt 90 deno run -A cli/main.ts $T --output-dir /tmp/v_p2_offopt --nproc-per-node 2 --offload-optimizer
@@ -47,7 +51,6 @@ for r in ["v_p1", "v_p1_offck", "v_p2_offopt", "v_p2_both", "v_p2_groups"]:
     d = max(abs(a["loss"] - b["loss"]) / a["loss"] for a, b in zip(base, m))
     print(r.ljust(12), "final loss", f"{m[-1]['loss']:.4f}", "max rel loss diff vs p1", f"{d:.2e}")
 PY
-T7="train --model llama-2-7b --data-path examples/corpus/tiny.jsonl --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-4 --warmup-steps 0 --device cuda"
-step offopt_64k 150 deno run -A cli/main.ts $T7 --model-max-length 65536 --offload-optimizer --output-dir /tmp/v_o64
-step both_128k 220 deno run -A cli/main.ts $T7 --model-max-length 131072 --offload-optimizer --offload-checkpoints --output-dir /tmp/v_b128
+# The 7B runs on real text with both offloads are phases of their own (compare128, long256): a call
+# holds 10 minutes and machines go back 30 s after a call, so each phase fits one call.
 summary

@@ -268,10 +268,13 @@ export class LlamaModel {
     this.dh = p.reserve(back, "dh", this.mlpTile * I, dtype);
     this.dgate = p.reserve(back, "dgate", this.mlpTile * I, dtype);
     this.dup = p.reserve(back, "dup", this.mlpTile * I, dtype);
-    this.dlnF32 = p.reserve(back, "dlnF32", T * H, f32);
     this.dln = p.reserve(back, "dln", T * H, dtype);
     this.dO = p.reserve(back, "dO", T * qDim, dtype);
     this.dqF32 = p.reserve(back, "dqF32", T * qDim, f32);
+    // d(norm output) in fp32 is written by the MLP's backward before attention's backward zeroes
+    // dqF32, and by the QKV projections' backward after dq has been rounded into q's buffer (bf16
+    // only: in fp32 dq is dqF32 itself): the two share one buffer when it is large enough.
+    this.dlnF32 = dtype !== f32 && qDim >= H ? this.dqF32 : p.reserve(back, "dlnF32", T * H, f32);
     this.dkF32 = p.reserve(back, "dkF32", T * kvDim, f32);
     this.dvF32 = p.reserve(back, "dvF32", T * kvDim, f32);
     // In bf16 the rounded dq, dk, dv take the place of q, k, v, which attention's backward was

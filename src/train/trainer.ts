@@ -25,7 +25,7 @@ import {
 import { lrMultiplier, warmupStepsFor } from "./lr.ts";
 import { resolveTrainOptions, type TrainOptions } from "./options.ts";
 import { Progress } from "./progress.ts";
-import { formatPlan, hostAvailableBytes, modelOptions } from "./plan.ts";
+import { formatPlan, hostAvailableBytes, modelOptions, WORKSPACE_ALLOWANCE_BYTES } from "./plan.ts";
 import { initDistributed } from "../dist/env.ts";
 import { zigzagChunks } from "../dist/zigzag.ts";
 import {
@@ -275,7 +275,10 @@ export async function train(
       formatBytes(totals.reduce((a, t) => a + t.bytes, 0)),
   );
   const free = device.memInfo().free;
-  const needed = model.plan.totalBytes + (attention?.plan.totalBytes ?? 0);
+  // The same allowance for library workspaces (NCCL, cuBLASLt) as the plan: without it a run the
+  // plan rejects got past this check and ran out of memory in its first collective.
+  const planned = model.plan.totalBytes + (attention?.plan.totalBytes ?? 0);
+  const needed = planned + (device.backend === "cuda" ? WORKSPACE_ALLOWANCE_BYTES : 0);
   const hostNeeded = model.hostBytes * o.nprocPerNode, hostFree = hostAvailableBytes();
   if (needed > free || hostNeeded > hostFree) {
     // The planner's report names the options that would make the run fit.
@@ -427,7 +430,7 @@ export async function train(
         const used = free - device.memInfo().free;
         log(
           `device memory in use after the first step: ${formatBytes(used)} (plan ${
-            formatBytes(needed)
+            formatBytes(planned)
           } + library workspaces)`,
         );
       }
