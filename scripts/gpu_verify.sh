@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# The 2-GPU checks still owed by the second session's CPU-verified changes (run this first next
-# time): the overlapped --offload-checkpoints copies (pinned memory, copy stream) and the host-thread
-# --offload-optimizer update, against runs without them (debug-small, bf16, 30 steps), then
-# Llama-2-7B on real text (the bundled corpus, byte tokenizer) at 64K with --offload-optimizer and
-# at 128K with both offloads, 3 steps each: memory plan vs in use, tokens/s, falling loss.
-# Phases (first argument): checks (default: the CUDA tests and the debug-small comparisons), or long256: Llama-2-7B at 256K with --offload-optimizer,
-# the layer boundary and 16 head groups, 3 steps (about 8 minutes: a call of its own); or
-# compare128: 128K with and without --offload-optimizer (both with --offload-checkpoints, the layer
-# boundary and 16 head groups, which the plan fits without the optimizer offload), 3 steps each:
-# the offload's throughput cost (target: within 15%).
+# Two-GPU checks of the offloads and the long-sequence runs, one phase per device call (a call
+# holds 10 minutes, and machines go back 30 s after a call):
+# - checks (default): the CUDA tests of ops, model and planner, then debug-small (bf16, 30 steps)
+#   at P = 1 against --offload-checkpoints, P = 2 --offload-optimizer, both, and 4 head groups:
+#   the largest relative loss difference from P = 1 (about 1 minute).
+# - compare128: Llama-2-7B at 128K tokens on the bundled corpus with and without
+#   --offload-optimizer (both with --offload-checkpoints, the layer boundary and 16 head groups,
+#   which the plan fits without the optimizer offload), 3 steps each: the offload's throughput
+#   cost (target: within 15%) (about 5 minutes).
+# - long256: the model tests and debug-small P = 1 again, then Llama-2-7B at 256K tokens (three
+#   copies of the corpus) with --offload-optimizer, the layer boundary and 16 head groups, 3 steps
+#   (about 8.5 minutes); LONG256_EXTRA adds flags (e.g. --offload-checkpoints).
+# The 7B runs use lr 1e-5 without warmup: at 1e-4 AdamW's first sign-like steps raise the loss of a
+# randomly initialised 7B model (11.5 -> 12.5 -> 16.5 at 128K).
 # If a loss differs, rerun that step with DISTFLASH_SERIALIZE_STREAMS=1: a difference that goes away
 # is a missing stream dependency. Logs under $OUT/all.log; a short table last.
 source "$(dirname "$0")/gpu_lib.sh"
@@ -51,6 +55,4 @@ for r in ["v_p1", "v_p1_offck", "v_p2_offopt", "v_p2_both", "v_p2_groups"]:
     d = max(abs(a["loss"] - b["loss"]) / a["loss"] for a, b in zip(base, m))
     print(r.ljust(12), "final loss", f"{m[-1]['loss']:.4f}", "max rel loss diff vs p1", f"{d:.2e}")
 PY
-# The 7B runs on real text with both offloads are phases of their own (compare128, long256): a call
-# holds 10 minutes and machines go back 30 s after a call, so each phase fits one call.
 summary
