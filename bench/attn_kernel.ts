@@ -34,7 +34,13 @@ const warmup = Number(flag("warmup", "3"));
 const withTorch = args.includes("--torch");
 const sweepSizes = ints(flag("sweep", ""));
 const FWD_VARIANTS: Record<number, string[]> = {
-  128: ["4w x 32r, BK 64", "4w x 32r, BK 32", "8w x 16r, BK 128", "8w x 32r, BK 32"],
+  128: [
+    "4w x 32r, BK 64",
+    "4w x 32r, BK 32",
+    "8w x 16r, BK 128",
+    "8w x 32r, BK 32",
+    "wgmma sm_90a, 2 WG x 64r, BK 128",
+  ],
   64: ["4w x 32r, BK 64", "4w x 32r, BK 128", "8w x 16r, BK 128"],
 };
 const BWD_VARIANTS: Record<number, string[]> = {

@@ -33,108 +33,18 @@
  * dK/dV rows, P^T and dS^T fed from registers) stays as a variant. bench/NOTES.md has the numbers.
  *
  * Tuning knobs (environment, read per call; for benchmarks): DISTFLASH_FLASH=0 turns this path off;
- * DISTFLASH_FLASH_FWD and DISTFLASH_FLASH_BWD pick a tile variant (see the dispatch tables below). */
+ * DISTFLASH_FLASH_FWD and DISTFLASH_FLASH_BWD pick a tile variant (see the dispatch tables below);
+ * DISTFLASH_FLASH_FWD=4 is the Hopper forward (wgmma, csrc/cuda/flash_fwd_sm90.cu), not yet the
+ * default: it has not run on a GPU. */
 #include <stdlib.h>
 
 #include <initializer_list>
 #include <mutex>
 
 #include "flash_attention.cuh"
+#include "flash_internal.cuh"
 
 namespace flash {
-
-typedef __nv_bfloat16 bf16;
-
-#define FLASH_LOG2E 1.4426950408889634f
-#define FLASH_LN2 0.6931471805599453f
-
-/* ---------------- PTX wrappers ---------------- */
-
-__device__ __forceinline__ uint32_t smem_u32(const void *p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-/* 16-byte cp.async; when !valid nothing is read and the 16 bytes are zero-filled. */
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid) {
-  const int n = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-
-/* d += a b for one m16n8k16 tile, bf16 operands, fp32 accumulators. */
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/* Two fp32 values to a bf16 pair (lo in the low half), round to nearest even. */
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  uint32_t r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
-
-__device__ __forceinline__ float ex2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-__device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
-  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
-}
-__device__ __forceinline__ uint4 ld_shared_u128(uint32_t addr) {
-  uint4 v;
-  asm volatile("ld.shared.v4.b32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "r"(addr)
-               : "memory");
-  return v;
-}
-__device__ __forceinline__ float ld_shared_f32(uint32_t addr) {
-  float v;
-  asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(v) : "r"(addr) : "memory");
-  return v;
-}
-
-/* dst[0..1] += (a, b) in global memory (fp32). */
-__device__ __forceinline__ void atomic_add2(float *dst, float a, float b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  atomicAdd(reinterpret_cast<float2 *>(dst), make_float2(a, b));
-#else
-  atomicAdd(dst, a);
-  atomicAdd(dst + 1, b);
-#endif
-}
-
-/* dst[0..3] += v in global memory (fp32; dst 16-byte aligned). */
-__device__ __forceinline__ void atomic_add4(float *dst, float4 v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  atomicAdd(reinterpret_cast<float4 *>(dst), v);
-#else
-  atomicAdd(dst, v.x);
-  atomicAdd(dst + 1, v.y);
-  atomicAdd(dst + 2, v.z);
-  atomicAdd(dst + 3, v.w);
-#endif
-}
 
 /* ---------------- swizzled tiles ---------------- */
 
@@ -209,21 +119,9 @@ __device__ __forceinline__ void ld_frag_t(uint32_t (&r)[4], const Frag<RB> &f, u
   ldsm_x4_t(f.at(R, cp) + off, r[0], r[1], r[2], r[3]);
 }
 
-static __device__ __forceinline__ int clamp_int(int64_t v) {
-  return (int)(v < -(1 << 30) ? -(1 << 30) : v > (1 << 30) ? (1 << 30) : v);
-}
 
 /* ---------------- forward ---------------- */
 
-struct FwdParams {
-  const bf16 *q, *k, *v;
-  bf16 *out;
-  float *lse;
-  int64_t tq, tk, q_stride, kv_stride;
-  int64_t delta; /* q_pos0 - k_pos0: query i sees key j iff j - i <= delta */
-  int group, n_qtiles;
-  float scale_log2;
-};
 
 template <int HD_, int NW_, int MW_, int BK_>
 struct FwdCfg {
@@ -252,20 +150,10 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS) flash_fwd_kernel(co
 
   for (int yt = blockIdx.y; yt < p.n_qtiles; yt += gridDim.y) {
     const int64_t i0 = (int64_t)(p.n_qtiles - 1 - yt) * BQ; /* latest query tiles first */
-    const int64_t i_last = (i0 + BQ < tq ? i0 + BQ : tq) - 1;
-    int64_t j_end = i_last + delta + 1; /* keys [0, j_end) are seen by some query of the tile */
-    if (j_end > tk) j_end = tk;
+    const int64_t j_end = fwd_keys_seen<BQ>(p, i0);
     __syncthreads(); /* the previous tile's shared memory is no longer read */
-
-    if (j_end <= 0) { /* no query of the tile sees a key: out = 0, lse = -inf */
-      for (int idx = tid; idx < BQ * (HD / 8); idx += THREADS) {
-        const int64_t i = i0 + idx / (HD / 8);
-        if (i < tq)
-          *reinterpret_cast<uint4 *>(p.out + i * p.q_stride + (int64_t)h * HD + (idx % (HD / 8)) * 8) =
-              make_uint4(0, 0, 0, 0);
-      }
-      for (int r = tid; r < BQ; r += THREADS)
-        if (i0 + r < tq) p.lse[(int64_t)h * tq + i0 + r] = -INFINITY;
+    if (j_end <= 0) {
+      fwd_store_empty<BQ, HD, THREADS>(p, h, i0);
       continue;
     }
     const int n_kt = (int)((j_end + BK - 1) / BK);
@@ -1106,6 +994,9 @@ df_status flash_attention_forward(bool *handled, bf16 *out, float *lse, const bf
   const int variant = env_int("DISTFLASH_FLASH_FWD", 0);
   if (hd == 128) {
     switch (variant) {
+      case 4: /* the Hopper kernel (csrc/cuda/flash_fwd_sm90.cu) where it runs, else the default */
+        if (fwd_sm90_available()) return launch_fwd_sm90(p, nh, s);
+        return launch_fwd<FwdCfg<128, 4, 2, 64>>(p, nh, s);
       case 1: return launch_fwd<FwdCfg<128, 4, 2, 32>>(p, nh, s);
       case 2: return launch_fwd<FwdCfg<128, 8, 1, 128>>(p, nh, s);
       case 3: return launch_fwd<FwdCfg<128, 8, 2, 32>>(p, nh, s);
