@@ -40,6 +40,7 @@ const FWD_VARIANTS: Record<number, string[]> = {
     "8w x 16r, BK 128",
     "8w x 32r, BK 32",
     "wgmma sm_90a, 2 WG x 64r, BK 128",
+    "wgmma sm_90a, overlapped P V",
   ],
   64: ["4w x 32r, BK 64", "4w x 32r, BK 128", "8w x 16r, BK 128"],
 };

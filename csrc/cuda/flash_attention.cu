@@ -34,8 +34,8 @@
  *
  * Tuning knobs (environment, read per call; for benchmarks): DISTFLASH_FLASH=0 turns this path off;
  * DISTFLASH_FLASH_FWD and DISTFLASH_FLASH_BWD pick a tile variant (see the dispatch tables below);
- * DISTFLASH_FLASH_FWD=4 is the Hopper forward (wgmma, csrc/cuda/flash_fwd_sm90.cu), not yet the
- * default: it has not run on a GPU. */
+ * DISTFLASH_FLASH_FWD=4 and 5 are the Hopper forward (wgmma, csrc/cuda/flash_fwd_sm90.cu; 5 with
+ * intra-warpgroup overlap), not yet the default: they have not run on a GPU. */
 #include <stdlib.h>
 
 #include <initializer_list>
@@ -994,8 +994,9 @@ df_status flash_attention_forward(bool *handled, bf16 *out, float *lse, const bf
   const int variant = env_int("DISTFLASH_FLASH_FWD", 0);
   if (hd == 128) {
     switch (variant) {
-      case 4: /* the Hopper kernel (csrc/cuda/flash_fwd_sm90.cu) where it runs, else the default */
-        if (fwd_sm90_available()) return launch_fwd_sm90(p, nh, s);
+      case 4: /* the Hopper kernels (csrc/cuda/flash_fwd_sm90.cu) where they run, else the default */
+      case 5:
+        if (fwd_sm90_available()) return launch_fwd_sm90(p, nh, variant == 5, s);
         return launch_fwd<FwdCfg<128, 4, 2, 64>>(p, nh, s);
       case 1: return launch_fwd<FwdCfg<128, 4, 2, 32>>(p, nh, s);
       case 2: return launch_fwd<FwdCfg<128, 8, 1, 128>>(p, nh, s);

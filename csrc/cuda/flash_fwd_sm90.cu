@@ -29,7 +29,6 @@ namespace flash {
 struct Sm90 {
   static constexpr int HD = 128, BQ = 128, BK = 128, THREADS = 256;
   static constexpr int TILE_BYTES = 128 * HD * 2;    /* one Q, K or V tile (BQ = BK = 128 rows) */
-  static constexpr int SMEM = 5 * TILE_BYTES + 1024; /* Q, two K, two V, and room to align to 1024 */
   static constexpr int HALF_BYTES = 128 * 128;       /* one column half of a tile: 128 rows of 128 B */
 };
 
@@ -43,7 +42,6 @@ __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr, uint32_t lbo, uint
 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
 /* cp.async writes through the generic proxy; wgmma reads through the async proxy. */
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
@@ -117,17 +115,119 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t dst, const bf16 *g, int
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+/* Issues S = Q K^T for the warpgroup's 64 rows (`q_rows`: their first row in the Q tile) over the
+ * head dim: 8 steps of 16, 4 per column half. */
+__device__ __forceinline__ void issue_qk(float (&s)[64], uint32_t q_rows, uint32_t kb) {
+  pin(s);
+  wg_fence();
+#pragma unroll
+  for (int kk = 0; kk < Sm90::HD / 16; kk++) {
+    const uint32_t koff = (kk >> 2) * Sm90::HALF_BYTES + (kk & 3) * 32;
+    wgmma_ss(s, desc_sw128(q_rows + koff, 16, 1024), desc_sw128(kb + koff, 16, 1024), kk > 0);
+  }
+  wg_commit();
+}
+
+/* Issues O += P V: P's n8 pairs as register A fragments, V read transposed, 16 keys a step. */
+__device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&pa)[Sm90::BK / 16][4], uint32_t vb) {
+  pin(o);
+  wg_fence();
+#pragma unroll
+  for (int kk = 0; kk < Sm90::BK / 16; kk++) wgmma_rs(o, pa[kk], desc_sw128(vb + kk * 16 * 128, Sm90::HALF_BYTES, 1024));
+  wg_commit();
+}
+
+/* Masks the scores of key tile j0 where the causal frontier or the end of the keys crosses it;
+ * `row` is the thread's first row in the query tile (the second is row + 8). */
+__device__ __forceinline__ void mask_scores(float (&s)[64], const FwdParams &p, int64_t i0, int64_t j0, int row,
+                                            int t4) {
+  constexpr int BK = Sm90::BK;
+  if (j0 + BK - 1 - i0 <= p.delta && j0 + BK <= p.tk) return;
+  const int lim = clamp_int(p.delta - (j0 - i0)); /* visible iff jj - ii <= lim (tile-local) */
+  const int jmax = clamp_int(p.tk - j0);
+#pragma unroll
+  for (int nt = 0; nt < BK / 8; nt++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int ii = row + ((e >> 1) << 3), jj = nt * 8 + 2 * t4 + (e & 1);
+      if (jj >= jmax || jj - ii > lim) s[4 * nt + e] = -INFINITY;
+    }
+}
+
+/* Online softmax in base 2 over one key tile for the thread's rows g (hh = 0) and g + 8 (hh = 1):
+ * s becomes P relative to the new running maximum m, l the running sum; alpha[hh] is the factor
+ * that rescales what O holds. Returns whether some row of the warp has a new maximum. */
+__device__ __forceinline__ bool online_softmax(float (&s)[64], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                               float sl2) {
+  bool changed = false;
+#pragma unroll
+  for (int hh = 0; hh < 2; hh++) {
+    float mx = m[hh];
+#pragma unroll
+    for (int nt = 0; nt < Sm90::BK / 8; nt++) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hh], s[4 * nt + 2 * hh + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float ms = mx == -INFINITY ? 0.0f : mx * sl2; /* nothing seen yet: every p is 0 */
+    alpha[hh] = ex2(m[hh] * sl2 - ms);
+    changed |= mx != m[hh];
+    m[hh] = mx;
+    float rs = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < Sm90::BK / 8; nt++) {
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const float pv = ex2(fmaf(s[4 * nt + 2 * hh + e], sl2, -ms));
+        s[4 * nt + 2 * hh + e] = pv;
+        rs += pv;
+      }
+    }
+    l[hh] = l[hh] * alpha[hh] + rs;
+  }
+  return __any_sync(0xffffffffu, changed);
+}
+
+__device__ __forceinline__ void rescale(float (&o)[64], const float (&alpha)[2]) {
+#pragma unroll
+  for (int i = 0; i < 64; i++) o[i] *= alpha[(i >> 1) & 1];
+}
+
+/* P (fp32 accumulators) to the register A fragments of the P V product. */
+__device__ __forceinline__ void pack_p(uint32_t (&pa)[Sm90::BK / 16][4], const float (&s)[64]) {
+#pragma unroll
+  for (int kk = 0; kk < Sm90::BK / 16; kk++) {
+    pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+    pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+    pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+    pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+}
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+/* OVERLAP = false: each wgmma batch is waited for before its result is used (the two warpgroups
+ * overlap each other). OVERLAP = true (FlashAttention-3's intra-warpgroup pipelining): the P V
+ * product of tile t - 1 is issued behind S of tile t and runs during tile t's softmax; O is rescaled
+ * once it has landed. V then needs three buffers (V of t - 1 is read while V of t + 1 loads). */
+template <bool OVERLAP>
 __global__ void __launch_bounds__(Sm90::THREADS, 1) flash_fwd_sm90_kernel(const FwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int HD = Sm90::HD, BQ = Sm90::BQ, BK = Sm90::BK, THREADS = Sm90::THREADS;
-  constexpr int TILE_BYTES = Sm90::TILE_BYTES, HALF_BYTES = Sm90::HALF_BYTES;
+  constexpr int TILE_BYTES = Sm90::TILE_BYTES, V_BUFS = OVERLAP ? 3 : 2;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u, sK = sQ + TILE_BYTES, sV = sK + 2 * TILE_BYTES;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, g = lane >> 2, t4 = lane & 3;
   const int wrow = warp * 16; /* the warp's first row in the tile (warpgroup wg: rows 64 wg ..) */
+  const uint32_t q_rows = sQ + wg * 64 * 128;
   const int h = blockIdx.x, kvh = h / p.group;
-  const int64_t tq = p.tq, tk = p.tk, delta = p.delta;
+  const int64_t tq = p.tq, tk = p.tk;
   const float sl2 = p.scale_log2;
   const bf16 *qh = p.q + (int64_t)h * HD, *kh = p.k + (int64_t)kvh * HD, *vh = p.v + (int64_t)kvh * HD;
 
@@ -140,103 +240,69 @@ __global__ void __launch_bounds__(Sm90::THREADS, 1) flash_fwd_sm90_kernel(const 
       continue;
     }
     const int n_kt = (int)((j_end + BK - 1) / BK);
+    /* Key tiles are walked from the last (t = 0: key tile n_kt - 1) to the first. */
+    auto key_row = [&](int t) { return (int64_t)(n_kt - 1 - t) * BK; };
 
     load_tile_sw128(sQ, qh, i0, tq, p.q_stride);
-    load_tile_sw128(sK, kh, (int64_t)(n_kt - 1) * BK, tk, p.kv_stride);
-    load_tile_sw128(sV, vh, (int64_t)(n_kt - 1) * BK, tk, p.kv_stride);
+    load_tile_sw128(sK, kh, key_row(0), tk, p.kv_stride);
+    load_tile_sw128(sV, vh, key_row(0), tk, p.kv_stride);
     cp_async_commit();
 
-    float o[64], s[64];
+    float o[64], s[64], alpha[2];
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    uint32_t pa[BK / 16][4];
 #pragma unroll
     for (int i = 0; i < 64; i++) o[i] = s[i] = 0.0f;
 
     for (int t = 0; t < n_kt; t++) {
-      const int kt = n_kt - 1 - t, buf = t & 1;
-      if (t + 1 < n_kt) {
-        load_tile_sw128(sK + (buf ^ 1) * TILE_BYTES, kh, (int64_t)(kt - 1) * BK, tk, p.kv_stride);
-        load_tile_sw128(sV + (buf ^ 1) * TILE_BYTES, vh, (int64_t)(kt - 1) * BK, tk, p.kv_stride);
-      }
-      cp_async_commit();
-      cp_async_wait<1>();
-      fence_proxy_async();
-      __syncthreads();
-      const uint32_t kb = sK + buf * TILE_BYTES, vb = sV + buf * TILE_BYTES;
-
-      /* S = Q K^T over the head dim in 8 steps of 16 (4 per column half). */
-      pin(s);
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < HD / 16; kk++) {
-        const uint32_t koff = (kk >> 2) * HALF_BYTES + (kk & 3) * 32;
-        wgmma_ss(s, desc_sw128(sQ + wg * 64 * 128 + koff, 16, 1024), desc_sw128(kb + koff, 16, 1024), kk > 0);
-      }
-      wg_commit();
-      wg_wait_all();
-      pin(s);
-
-      /* Mask the tiles that the causal frontier or the end of the keys crosses. */
-      const int64_t j0 = (int64_t)kt * BK;
-      if (j0 + BK - 1 - i0 > delta || j0 + BK > tk) {
-        const int lim = clamp_int(delta - (j0 - i0)); /* visible iff jj - ii <= lim (tile-local) */
-        const int jmax = clamp_int(tk - j0);
-#pragma unroll
-        for (int nt = 0; nt < BK / 8; nt++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int ii = wrow + g + ((e >> 1) << 3), jj = nt * 8 + 2 * t4 + (e & 1);
-            if (jj >= jmax || jj - ii > lim) s[4 * nt + e] = -INFINITY;
-          }
-      }
-
-      /* Online softmax, base 2: rows g (hh = 0) and g + 8 (hh = 1) of the warp. */
-      float alpha[2];
-      bool changed = false;
-#pragma unroll
-      for (int hh = 0; hh < 2; hh++) {
-        float mx = m[hh];
-#pragma unroll
-        for (int nt = 0; nt < BK / 8; nt++) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hh], s[4 * nt + 2 * hh + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float ms = mx == -INFINITY ? 0.0f : mx * sl2; /* nothing seen yet: every p is 0 */
-        alpha[hh] = ex2(m[hh] * sl2 - ms);
-        changed |= mx != m[hh];
-        m[hh] = mx;
-        float rs = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < BK / 8; nt++) {
-#pragma unroll
-          for (int e = 0; e < 2; e++) {
-            const float pv = ex2(fmaf(s[4 * nt + 2 * hh + e], sl2, -ms));
-            s[4 * nt + 2 * hh + e] = pv;
-            rs += pv;
-          }
+      if (OVERLAP) {
+        cp_async_wait<0>(); /* K and V of tile t */
+        fence_proxy_async();
+        __syncthreads(); /* every warp is past tile t - 1: K of t - 1 and V of t - 2 are free */
+        if (t + 1 < n_kt) {
+          load_tile_sw128(sK + ((t + 1) & 1) * TILE_BYTES, kh, key_row(t + 1), tk, p.kv_stride);
+          load_tile_sw128(sV + ((t + 1) % V_BUFS) * TILE_BYTES, vh, key_row(t + 1), tk, p.kv_stride);
         }
-        l[hh] = l[hh] * alpha[hh] + rs;
+        cp_async_commit();
+        issue_qk(s, q_rows, sK + (t & 1) * TILE_BYTES);
+        if (t > 0) {
+          issue_pv(o, pa, sV + ((t - 1) % V_BUFS) * TILE_BYTES);
+          wg_wait<1>(); /* S of tile t (groups complete in order; P V may still run) */
+        } else {
+          wg_wait<0>();
+        }
+        pin(s);
+        mask_scores(s, p, i0, key_row(t), wrow + g, t4);
+        const bool changed = online_softmax(s, m, l, alpha, sl2);
+        wg_wait<0>(); /* P V of tile t - 1 */
+        pin(o);
+        if (changed) rescale(o, alpha);
+        pack_p(pa, s);
+      } else {
+        if (t + 1 < n_kt) {
+          load_tile_sw128(sK + ((t + 1) & 1) * TILE_BYTES, kh, key_row(t + 1), tk, p.kv_stride);
+          load_tile_sw128(sV + ((t + 1) & 1) * TILE_BYTES, vh, key_row(t + 1), tk, p.kv_stride);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        fence_proxy_async();
+        __syncthreads();
+        issue_qk(s, q_rows, sK + (t & 1) * TILE_BYTES);
+        wg_wait<0>();
+        pin(s);
+        mask_scores(s, p, i0, key_row(t), wrow + g, t4);
+        if (online_softmax(s, m, l, alpha, sl2)) rescale(o, alpha);
+        pack_p(pa, s);
+        issue_pv(o, pa, sV + (t & 1) * TILE_BYTES);
+        wg_wait<0>();
+        pin(o);
+        __syncthreads(); /* this buffer is refilled next iteration */
       }
-      if (__any_sync(0xffffffffu, changed)) {
-#pragma unroll
-        for (int i = 0; i < 64; i++) o[i] *= alpha[(i >> 1) & 1];
-      }
-
-      /* O += P V: P's n8 pairs as register A fragments, V read transposed (16 keys a step). */
-      uint32_t pa[BK / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < BK / 16; kk++) {
-        pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-        pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-        pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-        pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-      }
+    }
+    if (OVERLAP) { /* the last tile's P V */
+      issue_pv(o, pa, sV + ((n_kt - 1) % V_BUFS) * TILE_BYTES);
+      wg_wait<0>();
       pin(o);
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < BK / 16; kk++) wgmma_rs(o, pa[kk], desc_sw128(vb + kk * 16 * 128, HALF_BYTES, 1024));
-      wg_commit();
-      wg_wait_all();
-      pin(o);
-      __syncthreads(); /* this buffer is refilled next iteration */
     }
 
     /* Epilogue: normalise, stage the warp's rows in its own rows of the Q tile (the other warpgroup
@@ -278,18 +344,25 @@ bool fwd_sm90_available() {
   /* The kernel has a body only where it was compiled for sm_90a (not when JIT-compiled from
    * compute_80 PTX). */
   cudaFuncAttributes attr;
-  if (cudaFuncGetAttributes(&attr, flash_fwd_sm90_kernel) != cudaSuccess) return false;
+  if (cudaFuncGetAttributes(&attr, flash_fwd_sm90_kernel<false>) != cudaSuccess) return false;
   return attr.ptxVersion >= 90;
 }
 
-df_status launch_fwd_sm90(const FwdParams &prm, int nh, cudaStream_t s) {
-  DF_CUDA(cudaFuncSetAttribute(flash_fwd_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Sm90::SMEM));
+template <bool OVERLAP>
+static df_status launch(const FwdParams &prm, int nh, cudaStream_t s) {
+  constexpr int smem = (OVERLAP ? 6 : 5) * Sm90::TILE_BYTES + 1024; /* Q, 2 K, 2 or 3 V, alignment */
+  auto kernel = flash_fwd_sm90_kernel<OVERLAP>;
+  DF_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   FwdParams p = prm;
   p.n_qtiles = (int)((p.tq + Sm90::BQ - 1) / Sm90::BQ);
   const unsigned grid_y = (unsigned)(p.n_qtiles < 65535 ? p.n_qtiles : 65535);
-  flash_fwd_sm90_kernel<<<dim3((unsigned)nh, grid_y), Sm90::THREADS, Sm90::SMEM, s>>>(p);
+  kernel<<<dim3((unsigned)nh, grid_y), Sm90::THREADS, smem, s>>>(p);
   DF_CUDA_LAUNCHED();
   return DF_OK;
+}
+
+df_status launch_fwd_sm90(const FwdParams &p, int nh, bool overlap, cudaStream_t s) {
+  return overlap ? launch<true>(p, nh, s) : launch<false>(p, nh, s);
 }
 
 }  // namespace flash

@@ -134,8 +134,9 @@ __device__ __forceinline__ void fwd_store_empty(const FwdParams &p, int h, int64
     if (i0 + r < p.tq) p.lse[(int64_t)h * p.tq + i0 + r] = -INFINITY;
 }
 
-/* The Hopper forward (wgmma, head dim 128); false when this build or device cannot run it. */
+/* The Hopper forward (wgmma, head dim 128): available is false when this build or device cannot run
+ * it; overlap selects the intra-warpgroup pipelined loop. */
 bool fwd_sm90_available();
-df_status launch_fwd_sm90(const FwdParams &p, int nh, cudaStream_t s);
+df_status launch_fwd_sm90(const FwdParams &p, int nh, bool overlap, cudaStream_t s);
 
 }  // namespace flash
