@@ -50,6 +50,7 @@ const BWD_VARIANTS: Record<number, string[]> = {
     "FA2 grid, 16-B dQ atomics",
     "16-key warps, BK 128, BQ 64",
     "16-key, BK 128, BQ 32",
+    "wgmma sm_90a, 2 WG x 64 keys, BQ 64",
   ],
   64: ["FA2 grid, 8-B dQ atomics", "FA2 grid, 16-B dQ atomics", "16-key warps, BK 128, BQ 64"],
 };

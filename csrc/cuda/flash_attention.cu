@@ -35,7 +35,8 @@
  * Tuning knobs (environment, read per call; for benchmarks): DISTFLASH_FLASH=0 turns this path off;
  * DISTFLASH_FLASH_FWD and DISTFLASH_FLASH_BWD pick a tile variant (see the dispatch tables below);
  * DISTFLASH_FLASH_FWD=4 and 5 are the Hopper forward (wgmma, csrc/cuda/flash_fwd_sm90.cu; 5 with
- * intra-warpgroup overlap), not yet the default: they have not run on a GPU. */
+ * intra-warpgroup overlap) and DISTFLASH_FLASH_BWD=4 the Hopper backward (flash_bwd_sm90.cu), not
+ * yet the defaults: they have not run on a GPU. */
 #include <stdlib.h>
 
 #include <initializer_list>
@@ -370,15 +371,6 @@ __global__ void flash_bwd_prep_kernel(float *L, float *D, const bf16 *dout, cons
   }
 }
 
-struct BwdParams {
-  const bf16 *q, *k, *v, *dout;
-  float *dq, *dk, *dv;
-  const float *L, *D; /* [nh][tq_pad] */
-  int64_t tq, tk, q_stride, kv_stride, tq_pad;
-  int64_t delta;
-  int group, n_ktiles;
-  float scale, scale_log2;
-};
 
 template <int HD_, int NW_, int BQ_>
 struct BwdCfg {
@@ -996,7 +988,7 @@ df_status flash_attention_forward(bool *handled, bf16 *out, float *lse, const bf
     switch (variant) {
       case 4: /* the Hopper kernels (csrc/cuda/flash_fwd_sm90.cu) where they run, else the default */
       case 5:
-        if (fwd_sm90_available()) return launch_fwd_sm90(p, nh, variant == 5, s);
+        if (sm90_available()) return launch_fwd_sm90(p, nh, variant == 5, s);
         return launch_fwd<FwdCfg<128, 4, 2, 64>>(p, nh, s);
       case 1: return launch_fwd<FwdCfg<128, 4, 2, 32>>(p, nh, s);
       case 2: return launch_fwd<FwdCfg<128, 8, 1, 128>>(p, nh, s);
@@ -1051,6 +1043,9 @@ df_status flash_attention_backward(bool *handled, float *dq, float *dk, float *d
   const int variant = env_int("DISTFLASH_FLASH_BWD", 0);
   if (hd == 128) {
     switch (variant) {
+      case 4: /* the Hopper kernel (csrc/cuda/flash_bwd_sm90.cu) where it runs, else the default */
+        if (sm90_available()) return launch_bwd_sm90(p, nh, s);
+        return launch_bwd2<Bwd2Cfg<128, false>>(p, nh, s);
       case 1: return launch_bwd2<Bwd2Cfg<128, true>>(p, nh, s);
       case 2: return launch_bwd<BwdCfg<128, 8, 64>>(p, nh, s);
       case 3: return launch_bwd<BwdCfg<128, 8, 32>>(p, nh, s);

@@ -8,25 +8,15 @@
  * accumulators, and issues O += P V as 8 wgmma.m64n128k16 with P from registers (an accumulator n8
  * pair converted to bf16 is the register A fragment, as with mma.sync) and V from shared memory read
  * transposed. The two warpgroups run the same loop; while one is in its softmax the other's wgmma
- * keep the tensor cores busy. No TMA, no producer warp, no intra-warpgroup overlap yet: those are the
- * next steps (bench/NOTES.md).
+ * keep the tensor cores busy. The OVERLAP variant also pipelines inside a warpgroup (below). No TMA
+ * and no producer warp yet: those are next (bench/NOTES.md).
  *
- * Shared-memory tiles use wgmma's 128-byte swizzle: a [rows][128] bf16 tile is stored as two column
- * halves [2][rows][64], each row 128 bytes whose 16-byte chunk c sits at c ^ (row & 7); tiles start
- * at 1024-byte boundaries. Descriptors (PTX ISA, "matrix descriptor"; CUTLASS's canonical layouts
- * were read to check the LBO/SBO roles): Q and K are K-major (head dim contiguous): SBO = 1024 bytes
- * between 8-row groups, LBO unused, the k16 step advances the start by 32 bytes inside a half and
- * jumps to the next half after four steps. V is read MN-major (transposed B, head dim contiguous):
- * LBO = the distance between the column halves (BK * 128 bytes), SBO = 1024 bytes between 8-key
- * groups, the k16 step advances 16 keys (2048 bytes).
- *
- * Accumulator layout of m64nNk16 (f32): warp w4 of the warpgroup holds rows 16 w4 .. 16 w4 + 15;
- * d[4 n + e] is row g + 8 (e >> 1), column 8 n + 2 t + (e & 1), with lane = 4 g + t. */
-#include "flash_internal.cuh"
+ * Tile layouts, descriptors and the accumulator layout: csrc/cuda/flash_sm90.cuh. */
+#include "flash_sm90.cuh"
 
 namespace flash {
 
-struct Sm90 {
+struct FwdSm90 {
   static constexpr int HD = 128, BQ = 128, BK = 128, THREADS = 256;
   static constexpr int TILE_BYTES = 128 * HD * 2;    /* one Q, K or V tile (BQ = BK = 128 rows) */
   static constexpr int HALF_BYTES = 128 * 128;       /* one column half of a tile: 128 rows of 128 B */
@@ -34,113 +24,25 @@ struct Sm90 {
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
-/* A shared-memory matrix descriptor with the 128-byte swizzle (layout type 1, bits 62-63). */
-__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr, uint32_t lbo, uint32_t sbo) {
-  return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
-         ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
-}
-
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-/* cp.async writes through the generic proxy; wgmma reads through the async proxy. */
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-/* Pins accumulator registers at this point of the program (no move of their reads or writes across
- * it), so nothing touches them between a wgmma's issue and its wait. */
-__device__ __forceinline__ void pin(float (&d)[64]) {
-#pragma unroll
-  for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-/* The 64 fp32 accumulators of an m64n128 wgmma: operands %0..%63 and their constraints. */
-#define WGMMA_D64_LIST \
-  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-#define WGMMA_D64(d) \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-
-/* d (+)= A B^T for a 64 x 128 x 16 step: A (64 x 16) and B (128 x 16) K-major in shared memory. */
-__device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t da, uint64_t db, int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-      WGMMA_D64_LIST
-      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-      : WGMMA_D64(d)
-      : "l"(da), "l"(db), "r"(accumulate));
-}
-
-/* d += A B for a 64 x 128 x 16 step: A (64 x 16) in registers, B (16 x 128) MN-major in shared memory. */
-__device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-      WGMMA_D64_LIST
-      "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-      : WGMMA_D64(d)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-}
-
-/* Byte offset of 16-byte chunk c (0..15) of row r in a [rows][128] tile stored as two swizzled
- * column halves of ROWS rows. */
-template <int ROWS>
-__device__ __forceinline__ uint32_t sw128(int r, int c) {
-  return (uint32_t)((c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
-}
-
-/* cp.async rows [row0, row0 + 128) of a [rows_total, *] bf16 tensor (row stride `stride` elements,
- * `g` at the head's first column) into a swizzled tile; rows past the end are zero. Thread tid
- * copies chunk tid % 16 of rows tid / 16 + 16 i: one swizzle serves all its chunks. */
-__device__ __forceinline__ void load_tile_sw128(uint32_t dst, const bf16 *g, int64_t row0, int64_t rows_total,
-                                                int64_t stride) {
-  const int r0 = (int)threadIdx.x >> 4, c = (int)threadIdx.x & 15;
-  const uint32_t d0 = dst + sw128<128>(r0, c);
-  const int64_t first = row0 + r0;
-  const bf16 *src = g + first * stride + c * 8;
-#pragma unroll
-  for (int it = 0; it < 128 / 16; it++) {
-    const bool valid = first + it * 16 < rows_total;
-    cp_async16(d0 + it * 16 * 128, valid ? src + it * 16 * stride : g, valid);
-  }
-}
-
-#endif  // __CUDA_ARCH_FEAT_SM90_ALL
-
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-
-template <int N>
-__device__ __forceinline__ void wg_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-
 /* Issues S = Q K^T for the warpgroup's 64 rows (`q_rows`: their first row in the Q tile) over the
  * head dim: 8 steps of 16, 4 per column half. */
 __device__ __forceinline__ void issue_qk(float (&s)[64], uint32_t q_rows, uint32_t kb) {
   pin(s);
   wg_fence();
 #pragma unroll
-  for (int kk = 0; kk < Sm90::HD / 16; kk++) {
-    const uint32_t koff = (kk >> 2) * Sm90::HALF_BYTES + (kk & 3) * 32;
+  for (int kk = 0; kk < FwdSm90::HD / 16; kk++) {
+    const uint32_t koff = (kk >> 2) * FwdSm90::HALF_BYTES + (kk & 3) * 32;
     wgmma_ss(s, desc_sw128(q_rows + koff, 16, 1024), desc_sw128(kb + koff, 16, 1024), kk > 0);
   }
   wg_commit();
 }
 
 /* Issues O += P V: P's n8 pairs as register A fragments, V read transposed, 16 keys a step. */
-__device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&pa)[Sm90::BK / 16][4], uint32_t vb) {
+__device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&pa)[FwdSm90::BK / 16][4], uint32_t vb) {
   pin(o);
   wg_fence();
 #pragma unroll
-  for (int kk = 0; kk < Sm90::BK / 16; kk++) wgmma_rs(o, pa[kk], desc_sw128(vb + kk * 16 * 128, Sm90::HALF_BYTES, 1024));
+  for (int kk = 0; kk < FwdSm90::BK / 16; kk++) wgmma_rs(o, pa[kk], desc_sw128(vb + kk * 16 * 128, FwdSm90::HALF_BYTES, 1024));
   wg_commit();
 }
 
@@ -148,7 +50,7 @@ __device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&pa)[Sm
  * `row` is the thread's first row in the query tile (the second is row + 8). */
 __device__ __forceinline__ void mask_scores(float (&s)[64], const FwdParams &p, int64_t i0, int64_t j0, int row,
                                             int t4) {
-  constexpr int BK = Sm90::BK;
+  constexpr int BK = FwdSm90::BK;
   if (j0 + BK - 1 - i0 <= p.delta && j0 + BK <= p.tk) return;
   const int lim = clamp_int(p.delta - (j0 - i0)); /* visible iff jj - ii <= lim (tile-local) */
   const int jmax = clamp_int(p.tk - j0);
@@ -171,7 +73,7 @@ __device__ __forceinline__ bool online_softmax(float (&s)[64], float (&m)[2], fl
   for (int hh = 0; hh < 2; hh++) {
     float mx = m[hh];
 #pragma unroll
-    for (int nt = 0; nt < Sm90::BK / 8; nt++) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hh], s[4 * nt + 2 * hh + 1]));
+    for (int nt = 0; nt < FwdSm90::BK / 8; nt++) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hh], s[4 * nt + 2 * hh + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     const float ms = mx == -INFINITY ? 0.0f : mx * sl2; /* nothing seen yet: every p is 0 */
@@ -180,7 +82,7 @@ __device__ __forceinline__ bool online_softmax(float (&s)[64], float (&m)[2], fl
     m[hh] = mx;
     float rs = 0.0f;
 #pragma unroll
-    for (int nt = 0; nt < Sm90::BK / 8; nt++) {
+    for (int nt = 0; nt < FwdSm90::BK / 8; nt++) {
 #pragma unroll
       for (int e = 0; e < 2; e++) {
         const float pv = ex2(fmaf(s[4 * nt + 2 * hh + e], sl2, -ms));
@@ -198,16 +100,6 @@ __device__ __forceinline__ void rescale(float (&o)[64], const float (&alpha)[2])
   for (int i = 0; i < 64; i++) o[i] *= alpha[(i >> 1) & 1];
 }
 
-/* P (fp32 accumulators) to the register A fragments of the P V product. */
-__device__ __forceinline__ void pack_p(uint32_t (&pa)[Sm90::BK / 16][4], const float (&s)[64]) {
-#pragma unroll
-  for (int kk = 0; kk < Sm90::BK / 16; kk++) {
-    pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-    pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-    pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-    pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-  }
-}
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
@@ -216,10 +108,10 @@ __device__ __forceinline__ void pack_p(uint32_t (&pa)[Sm90::BK / 16][4], const f
  * product of tile t - 1 is issued behind S of tile t and runs during tile t's softmax; O is rescaled
  * once it has landed. V then needs three buffers (V of t - 1 is read while V of t + 1 loads). */
 template <bool OVERLAP>
-__global__ void __launch_bounds__(Sm90::THREADS, 1) flash_fwd_sm90_kernel(const FwdParams p) {
+__global__ void __launch_bounds__(FwdSm90::THREADS, 1) flash_fwd_sm90_kernel(const FwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int HD = Sm90::HD, BQ = Sm90::BQ, BK = Sm90::BK, THREADS = Sm90::THREADS;
-  constexpr int TILE_BYTES = Sm90::TILE_BYTES, V_BUFS = OVERLAP ? 3 : 2;
+  constexpr int HD = FwdSm90::HD, BQ = FwdSm90::BQ, BK = FwdSm90::BK, THREADS = FwdSm90::THREADS;
+  constexpr int TILE_BYTES = FwdSm90::TILE_BYTES, V_BUFS = OVERLAP ? 3 : 2;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u, sK = sQ + TILE_BYTES, sV = sK + 2 * TILE_BYTES;
 
@@ -243,9 +135,9 @@ __global__ void __launch_bounds__(Sm90::THREADS, 1) flash_fwd_sm90_kernel(const 
     /* Key tiles are walked from the last (t = 0: key tile n_kt - 1) to the first. */
     auto key_row = [&](int t) { return (int64_t)(n_kt - 1 - t) * BK; };
 
-    load_tile_sw128(sQ, qh, i0, tq, p.q_stride);
-    load_tile_sw128(sK, kh, key_row(0), tk, p.kv_stride);
-    load_tile_sw128(sV, vh, key_row(0), tk, p.kv_stride);
+    load_tile_sw128<128>(sQ, qh, i0, tq, p.q_stride);
+    load_tile_sw128<128>(sK, kh, key_row(0), tk, p.kv_stride);
+    load_tile_sw128<128>(sV, vh, key_row(0), tk, p.kv_stride);
     cp_async_commit();
 
     float o[64], s[64], alpha[2];
@@ -260,8 +152,8 @@ __global__ void __launch_bounds__(Sm90::THREADS, 1) flash_fwd_sm90_kernel(const 
         fence_proxy_async();
         __syncthreads(); /* every warp is past tile t - 1: K of t - 1 and V of t - 2 are free */
         if (t + 1 < n_kt) {
-          load_tile_sw128(sK + ((t + 1) & 1) * TILE_BYTES, kh, key_row(t + 1), tk, p.kv_stride);
-          load_tile_sw128(sV + ((t + 1) % V_BUFS) * TILE_BYTES, vh, key_row(t + 1), tk, p.kv_stride);
+          load_tile_sw128<128>(sK + ((t + 1) & 1) * TILE_BYTES, kh, key_row(t + 1), tk, p.kv_stride);
+          load_tile_sw128<128>(sV + ((t + 1) % V_BUFS) * TILE_BYTES, vh, key_row(t + 1), tk, p.kv_stride);
         }
         cp_async_commit();
         issue_qk(s, q_rows, sK + (t & 1) * TILE_BYTES);
@@ -277,11 +169,11 @@ __global__ void __launch_bounds__(Sm90::THREADS, 1) flash_fwd_sm90_kernel(const 
         wg_wait<0>(); /* P V of tile t - 1 */
         pin(o);
         if (changed) rescale(o, alpha);
-        pack_p(pa, s);
+        pack_a(pa, s);
       } else {
         if (t + 1 < n_kt) {
-          load_tile_sw128(sK + ((t + 1) & 1) * TILE_BYTES, kh, key_row(t + 1), tk, p.kv_stride);
-          load_tile_sw128(sV + ((t + 1) & 1) * TILE_BYTES, vh, key_row(t + 1), tk, p.kv_stride);
+          load_tile_sw128<128>(sK + ((t + 1) & 1) * TILE_BYTES, kh, key_row(t + 1), tk, p.kv_stride);
+          load_tile_sw128<128>(sV + ((t + 1) & 1) * TILE_BYTES, vh, key_row(t + 1), tk, p.kv_stride);
         }
         cp_async_commit();
         cp_async_wait<1>();
@@ -292,7 +184,7 @@ __global__ void __launch_bounds__(Sm90::THREADS, 1) flash_fwd_sm90_kernel(const 
         pin(s);
         mask_scores(s, p, i0, key_row(t), wrow + g, t4);
         if (online_softmax(s, m, l, alpha, sl2)) rescale(o, alpha);
-        pack_p(pa, s);
+        pack_a(pa, s);
         issue_pv(o, pa, sV + (t & 1) * TILE_BYTES);
         wg_wait<0>();
         pin(o);
@@ -336,7 +228,7 @@ __global__ void __launch_bounds__(Sm90::THREADS, 1) flash_fwd_sm90_kernel(const 
 #endif
 }
 
-bool fwd_sm90_available() {
+bool sm90_available() {
   int dev = 0, major = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
@@ -350,13 +242,13 @@ bool fwd_sm90_available() {
 
 template <bool OVERLAP>
 static df_status launch(const FwdParams &prm, int nh, cudaStream_t s) {
-  constexpr int smem = (OVERLAP ? 6 : 5) * Sm90::TILE_BYTES + 1024; /* Q, 2 K, 2 or 3 V, alignment */
+  constexpr int smem = (OVERLAP ? 6 : 5) * FwdSm90::TILE_BYTES + 1024; /* Q, 2 K, 2 or 3 V, alignment */
   auto kernel = flash_fwd_sm90_kernel<OVERLAP>;
   DF_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   FwdParams p = prm;
-  p.n_qtiles = (int)((p.tq + Sm90::BQ - 1) / Sm90::BQ);
+  p.n_qtiles = (int)((p.tq + FwdSm90::BQ - 1) / FwdSm90::BQ);
   const unsigned grid_y = (unsigned)(p.n_qtiles < 65535 ? p.n_qtiles : 65535);
-  kernel<<<dim3((unsigned)nh, grid_y), Sm90::THREADS, smem, s>>>(p);
+  kernel<<<dim3((unsigned)nh, grid_y), FwdSm90::THREADS, smem, s>>>(p);
   DF_CUDA_LAUNCHED();
   return DF_OK;
 }

@@ -1,6 +1,6 @@
 /* What the flash-attention kernels share (csrc/cuda/flash_attention.cu: the mma.sync kernels for
- * sm_80 and sm_90a, and the dispatch; csrc/cuda/flash_fwd_sm90.cu: the Hopper forward): the PTX
- * wrappers and the forward's parameter struct. Internal to those two files. */
+ * sm_80 and sm_90a, and the dispatch; csrc/cuda/flash_fwd_sm90.cu, flash_bwd_sm90.cu: the Hopper
+ * kernels): the PTX wrappers and the parameter structs. Internal to those files. */
 #pragma once
 #include "kernel_utils.cuh"
 
@@ -113,6 +113,16 @@ struct FwdParams {
   float scale_log2;
 };
 
+struct BwdParams {
+  const bf16 *q, *k, *v, *dout;
+  float *dq, *dk, *dv;
+  const float *L, *D; /* [nh][tq_pad] */
+  int64_t tq, tk, q_stride, kv_stride, tq_pad;
+  int64_t delta;
+  int group, n_ktiles;
+  float scale, scale_log2;
+};
+
 /* The keys [0, return value) that some query of the tile [i0, i0 + BQ) sees (<= 0: none). */
 template <int BQ>
 __device__ __forceinline__ int64_t fwd_keys_seen(const FwdParams &p, int64_t i0) {
@@ -134,9 +144,11 @@ __device__ __forceinline__ void fwd_store_empty(const FwdParams &p, int h, int64
     if (i0 + r < p.tq) p.lse[(int64_t)h * p.tq + i0 + r] = -INFINITY;
 }
 
-/* The Hopper forward (wgmma, head dim 128): available is false when this build or device cannot run
- * it; overlap selects the intra-warpgroup pipelined loop. */
-bool fwd_sm90_available();
+/* The Hopper kernels (wgmma, head dim 128): sm90_available() is false when this build or device
+ * cannot run them; overlap selects the forward's intra-warpgroup pipelined loop. */
+bool sm90_available();
 df_status launch_fwd_sm90(const FwdParams &p, int nh, bool overlap, cudaStream_t s);
+/* The Hopper backward (wgmma, head dim 128), after flash_bwd_prep_kernel has filled p.L and p.D. */
+df_status launch_bwd_sm90(const BwdParams &p, int nh, cudaStream_t s);
 
 }  // namespace flash

@@ -1,0 +1,209 @@
+/* Flash attention backward for Hopper (sm_90a): wgmma from shared memory, head dim 128, bf16.
+ *
+ * The structure of the mma.sync backward (flash_bwd2_kernel in csrc/cuda/flash_attention.cu, after
+ * FlashAttention-2) with every product on wgmma: a block of two warpgroups owns BK = 128 keys of one
+ * query head's kv head (warpgroup w the keys 64 w .. 64 w + 63) and walks the query tiles (BQ = 64)
+ * that see them, Q, dO, L and D double-buffered with cp.async. Per query tile, each warpgroup:
+ *   S^T = K Q^T and dP^T = V dO^T        (m64n64k16, both operands K-major in shared memory),
+ *   P^T = exp2(S^T scale log2e - L), dS^T = P^T (dP^T - D)   (on the accumulators),
+ *   dV += P^T dO and dK += dS^T Q         (m64n128k16, P^T / dS^T from registers, dO / Q transposed),
+ * dS^T goes to shared memory, and after a block barrier
+ *   dQ = dS K                              (m64n64k16 for the warpgroup's half of the head dim; dS and
+ *                                           K both read transposed), added to the fp32 dq with atomics.
+ * dK (times scale) and dV are added to dk and dv with atomics at the end of the key tile (GQA: the
+ * query heads of a group share them). L = lse log2e and D = rowsum(dO O) come from
+ * flash_bwd_prep_kernel, as for the mma.sync kernels.
+ *
+ * Tile layouts, descriptors and the accumulator layout: csrc/cuda/flash_sm90.cuh. */
+#include "flash_sm90.cuh"
+
+namespace flash {
+
+struct BwdSm90 {
+  static constexpr int HD = 128, BK = 128, BQ = 64, THREADS = 256;
+  static constexpr int KV_BYTES = BK * HD * 2, KV_HALF = BK * 128; /* K or V; one column half */
+  static constexpr int QT_BYTES = BQ * HD * 2, QT_HALF = BQ * 128; /* a Q or dO tile; one half */
+  static constexpr int DS_BYTES = BK * BQ * 2;                     /* dS^T: [keys][queries] */
+  /* K, V, two Q, two dO, dS^T, two L and D rows; 1024 bytes to align the start. */
+  static constexpr int SMEM = 2 * KV_BYTES + 4 * QT_BYTES + DS_BYTES + 4 * BQ * 4 + 1024;
+};
+
+__global__ void __launch_bounds__(BwdSm90::THREADS, 1) flash_bwd_sm90_kernel(const BwdParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int HD = BwdSm90::HD, BK = BwdSm90::BK, BQ = BwdSm90::BQ;
+  constexpr int KV_HALF = BwdSm90::KV_HALF, QT_BYTES = BwdSm90::QT_BYTES, QT_HALF = BwdSm90::QT_HALF;
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t sK = (smem_u32(smem_raw) + 1023u) & ~1023u, sV = sK + BwdSm90::KV_BYTES;
+  const uint32_t sQ = sV + BwdSm90::KV_BYTES, sdO = sQ + 2 * QT_BYTES, sdS = sdO + 2 * QT_BYTES;
+  const uint32_t sL = sdS + BwdSm90::DS_BYTES, sD = sL + 2 * BQ * 4;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, w4 = warp & 3;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int krow = warp * 16; /* the warp's first key row in the tile (warpgroup wg: keys 64 wg ..) */
+  const int h = blockIdx.x, kvh = h / p.group;
+  const int64_t tq = p.tq, tk = p.tk, delta = p.delta;
+  const float sl2 = p.scale_log2;
+  const bf16 *qh = p.q + (int64_t)h * HD, *doh = p.dout + (int64_t)h * HD;
+  const bf16 *kh = p.k + (int64_t)kvh * HD, *vh = p.v + (int64_t)kvh * HD;
+  const float *Lh = p.L + (int64_t)h * p.tq_pad, *Dh = p.D + (int64_t)h * p.tq_pad;
+  const int nqt = (int)((tq + BQ - 1) / BQ);
+
+  auto load_q_tile = [&](int qt, int buf) {
+    const int64_t i0 = (int64_t)qt * BQ;
+    load_tile_sw128<BQ>(sQ + buf * QT_BYTES, qh, i0, tq, p.q_stride);
+    load_tile_sw128<BQ>(sdO + buf * QT_BYTES, doh, i0, tq, p.q_stride);
+    if (tid < BQ / 4) cp_async16(sL + buf * BQ * 4 + tid * 16, Lh + i0 + tid * 4, true);
+    else if (tid < BQ / 2) cp_async16(sD + buf * BQ * 4 + (tid - BQ / 4) * 16, Dh + i0 + (tid - BQ / 4) * 4, true);
+  };
+
+  for (int kt = blockIdx.y; kt < p.n_ktiles; kt += gridDim.y) {
+    const int64_t j0 = (int64_t)kt * BK;
+    int64_t i_first = j0 - delta; /* the first query that sees key j0 */
+    if (i_first < 0) i_first = 0;
+    __syncthreads(); /* the previous key tile's shared memory is no longer read */
+    if (i_first >= tq) continue;
+    const int qt0 = (int)(i_first / BQ);
+
+    load_tile_sw128<BK>(sK, kh, j0, tk, p.kv_stride);
+    load_tile_sw128<BK>(sV, vh, j0, tk, p.kv_stride);
+    load_q_tile(qt0, 0);
+    cp_async_commit();
+
+    float dk[64], dv[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) dk[i] = dv[i] = 0.0f;
+
+    for (int qt = qt0; qt < nqt; qt++) {
+      const int buf = (qt - qt0) & 1;
+      cp_async_wait<0>();
+      fence_proxy_async();
+      __syncthreads(); /* tile qt has landed; every warp is done with tile qt - 1 (both buffers free) */
+      if (qt + 1 < nqt) load_q_tile(qt + 1, buf ^ 1);
+      cp_async_commit();
+      const uint32_t qb = sQ + buf * QT_BYTES, ob = sdO + buf * QT_BYTES;
+      const uint32_t Lb = sL + buf * BQ * 4, Db = sD + buf * BQ * 4;
+      const int64_t i0 = (int64_t)qt * BQ;
+
+      /* S^T = K Q^T and dP^T = V dO^T: the warpgroup's 64 keys x the tile's 64 queries. */
+      float s[32], dp[32];
+      pin(s);
+      pin(dp);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; kk++) {
+        const uint32_t kvo = (kk >> 2) * KV_HALF + wg * 64 * 128 + (kk & 3) * 32;
+        const uint32_t qo = (kk >> 2) * QT_HALF + (kk & 3) * 32;
+        wgmma_ss_n64<0, 0>(s, desc_sw128(sK + kvo, 16, 1024), desc_sw128(qb + qo, 16, 1024), kk > 0);
+      }
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; kk++) {
+        const uint32_t kvo = (kk >> 2) * KV_HALF + wg * 64 * 128 + (kk & 3) * 32;
+        const uint32_t qo = (kk >> 2) * QT_HALF + (kk & 3) * 32;
+        wgmma_ss_n64<0, 0>(dp, desc_sw128(sV + kvo, 16, 1024), desc_sw128(ob + qo, 16, 1024), kk > 0);
+      }
+      wg_commit();
+      wg_wait<0>();
+      pin(s);
+      pin(dp);
+
+      /* P^T = exp2(S^T scale log2e - L) (0 where masked), dS^T = P^T (dP^T - D). */
+      const bool masked = j0 + BK - 1 - i0 > delta || j0 + BK > tk;
+      const int lim = clamp_int(delta - (j0 - i0)); /* visible iff jj - ii <= lim (tile-local) */
+      const int jmax = clamp_int(tk - j0);
+#pragma unroll
+      for (int nt = 0; nt < BQ / 8; nt++) {
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+          const int ii = nt * 8 + 2 * t4 + c;
+          const float Li = ld_shared_f32(Lb + ii * 4), Di = ld_shared_f32(Db + ii * 4);
+#pragma unroll
+          for (int hh = 0; hh < 2; hh++) {
+            const int jj = krow + g + hh * 8, e = 4 * nt + 2 * hh + c;
+            float pv = ex2(fmaf(s[e], sl2, -Li));
+            if (masked && (jj >= jmax || jj - ii > lim)) pv = 0.0f;
+            s[e] = pv;
+            dp[e] = pv * (dp[e] - Di);
+          }
+        }
+      }
+      uint32_t pa[BQ / 16][4], sa[BQ / 16][4];
+      pack_a(pa, s);
+      pack_a(sa, dp);
+
+      /* dV += P^T dO and dK += dS^T Q: the warpgroup's 64 keys x 128 columns, over 64 queries. */
+      pin(dv);
+      pin(dk);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < BQ / 16; kk++) wgmma_rs(dv, pa[kk], desc_sw128(ob + kk * 16 * 128, QT_HALF, 1024));
+#pragma unroll
+      for (int kk = 0; kk < BQ / 16; kk++) wgmma_rs(dk, sa[kk], desc_sw128(qb + kk * 16 * 128, QT_HALF, 1024));
+      wg_commit();
+
+      /* dS^T to shared memory, one 128-byte row per key: the packed A fragments are its bf16 pairs
+       * (fragment kk, register 2 (nt & 1) + hh holds row g + 8 hh, columns 8 nt + 2 t4 ..). */
+#pragma unroll
+      for (int nt = 0; nt < BQ / 8; nt++)
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+          const int r = krow + g + hh * 8;
+          st_shared_u32(sdS + r * 128 + ((nt ^ (r & 7)) << 4) + 4 * t4, sa[nt >> 1][2 * (nt & 1) + hh]);
+        }
+      fence_proxy_async();
+      __syncthreads(); /* dS^T of both warpgroups is in shared memory */
+
+      /* dQ = dS K: the tile's 64 queries x the warpgroup's 64 columns, over the block's 128 keys. */
+      float dq[32];
+      pin(dq);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < BK / 16; kk++)
+        wgmma_ss_n64<1, 1>(dq, desc_sw128(sdS + kk * 16 * 128, BQ * 128, 1024),
+                           desc_sw128(sK + wg * KV_HALF + kk * 16 * 128, KV_HALF, 1024), kk > 0);
+      wg_commit();
+      wg_wait<0>(); /* dV, dK and dQ */
+      pin(dq);
+      pin(dv);
+      pin(dk);
+#pragma unroll
+      for (int hh = 0; hh < 2; hh++) {
+        const int64_t i = i0 + w4 * 16 + g + hh * 8;
+        if (i < tq) {
+          float *row = p.dq + i * p.q_stride + (int64_t)h * HD + wg * 64 + 2 * t4;
+#pragma unroll
+          for (int nt = 0; nt < 8; nt++) atomic_add2(row + nt * 8, dq[4 * nt + 2 * hh] * p.scale, dq[4 * nt + 2 * hh + 1] * p.scale);
+        }
+      }
+    }
+
+    /* dK (times scale) and dV of the warp's 16 keys, all columns. */
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+      const int64_t j = j0 + krow + g + hh * 8;
+      if (j < tk) {
+        float *dkr = p.dk + j * p.kv_stride + (int64_t)kvh * HD + 2 * t4;
+        float *dvr = p.dv + j * p.kv_stride + (int64_t)kvh * HD + 2 * t4;
+#pragma unroll
+        for (int dn = 0; dn < HD / 8; dn++) {
+          atomic_add2(dkr + dn * 8, dk[4 * dn + 2 * hh] * p.scale, dk[4 * dn + 2 * hh + 1] * p.scale);
+          atomic_add2(dvr + dn * 8, dv[4 * dn + 2 * hh], dv[4 * dn + 2 * hh + 1]);
+        }
+      }
+    }
+  }
+#else
+  (void)p;
+#endif
+}
+
+df_status launch_bwd_sm90(const BwdParams &prm, int nh, cudaStream_t s) {
+  DF_CUDA(cudaFuncSetAttribute(flash_bwd_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, BwdSm90::SMEM));
+  BwdParams p = prm;
+  p.n_ktiles = (int)((p.tk + BwdSm90::BK - 1) / BwdSm90::BK);
+  const unsigned grid_y = (unsigned)(p.n_ktiles < 65535 ? p.n_ktiles : 65535);
+  flash_bwd_sm90_kernel<<<dim3((unsigned)nh, grid_y), BwdSm90::THREADS, BwdSm90::SMEM, s>>>(p);
+  DF_CUDA_LAUNCHED();
+  return DF_OK;
+}
+
+}  // namespace flash
