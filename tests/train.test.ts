@@ -399,3 +399,26 @@ Deno.test({
     assert(error.message.includes("--device cuda"), error.message);
   },
 });
+
+Deno.test("train: long steps report the layer they are at, per micro-batch", async () => {
+  const lines: string[] = [];
+  const dir = await Deno.makeTempDir();
+  await train({
+    model: "debug-tiny",
+    synthetic: true,
+    maxSteps: 1,
+    gradientAccumulationSteps: 2,
+    modelMaxLength: 32,
+    saveStrategy: "no",
+    outputDir: dir,
+  }, { log: (line) => lines.push(line), withinStepSeconds: 0 });
+  const within = lines.filter((l) => l.includes("into the step"));
+  // debug-tiny has 2 layers: forward 1, 2 then backward 2, 1, for each of the 2 micro-batches.
+  const expected = [1, 2].flatMap((mb) =>
+    ["forward, layer 1", "forward, layer 2", "backward, layer 2", "backward, layer 1"].map((p) =>
+      `step 1/1, micro-batch ${mb}/2: ${p} of 2`
+    )
+  );
+  assertEquals(within.map((l) => l.replace(/ \(\d+ s into the step\)$/, "")), expected);
+  await Deno.remove(dir, { recursive: true });
+});

@@ -147,6 +147,11 @@ export class LlamaModel {
   readonly vocabChunk: number;
   readonly mlpTile: number;
   attention: Attention;
+  /**
+   * Called as the forward and the backward reach each layer (where the host is issuing work: the
+   * device runs at most a few layers behind). The trainer reports progress within long steps.
+   */
+  onLayer: ((phase: "forward" | "backward", layer: number) => void) | null = null;
   /** Sizes of the per-layer host copies when checkpoints are offloaded. */
   readonly #hostCheckpoints: { x: number; o?: number; lse?: number } | null;
   #host: CheckpointOffload | null = null;
@@ -536,6 +541,7 @@ export class LlamaModel {
     await this.params.prefetch(1);
     op.embeddingForward(d, this.xs[0].ptr, this.#w(emb), this.ids.ptr, T, c.vocabSize, H, dt);
     for (let l = 0; l < c.numLayers; l++) {
+      this.onLayer?.("forward", l);
       await this.params.gather(l + 1);
       await this.params.prefetch(l + 2); // the next layer, or the final norm and LM head
       this.#preAttention(l);
@@ -705,6 +711,7 @@ export class LlamaModel {
 
     await this.params.reduceGrads(c.numLayers + 1);
     for (let l = c.numLayers - 1; l >= 0; l--) {
+      this.onLayer?.("backward", l);
       await this.params.gather(l + 1);
       if (l > 0) await this.params.prefetch(l);
       this.params.beginGrads(l + 1);

@@ -1,6 +1,7 @@
 /**
  * Progress of a training run: on a terminal a bar redrawn in place (step, loss, tokens/s, ETA);
- * in a pipe, one plain line per logged step.
+ * in a pipe, one plain line per logged step. Steps that run long (a 7B step at 256K tokens takes
+ * minutes) also get a line every `everySeconds` saying which layer they have reached.
  */
 import type { StepMetrics } from "./trainer.ts";
 
@@ -53,5 +54,41 @@ export class Progress {
 
   finish(): void {
     if (this.#tty) this.#clear();
+  }
+}
+
+/**
+ * Where a long step is: after `everySeconds` of a step, and then every `everySeconds`, one line
+ * naming the step, the micro-batch, the phase and the layer (as the host issues it).
+ */
+export class StepProgress {
+  #stepStart = 0;
+  #last = 0;
+  #label = "";
+
+  constructor(
+    readonly numLayers: number,
+    readonly everySeconds: number,
+    readonly write: (line: string) => void,
+  ) {}
+
+  /** A new step (and micro-batch `micro` of `micros`) begins. */
+  begin(step: number, total: number, micro: number, micros: number): void {
+    const now = performance.now();
+    if (micro === 0) this.#stepStart = this.#last = now;
+    this.#label = `step ${step}/${total}` +
+      (micros > 1 ? `, micro-batch ${micro + 1}/${micros}` : "");
+  }
+
+  layer(phase: "forward" | "backward", layer: number): void {
+    const now = performance.now(), every = this.everySeconds * 1000;
+    if (now - this.#stepStart < every || now - this.#last < every) return;
+    this.#last = now;
+    const elapsed = ((now - this.#stepStart) / 1000).toFixed(0);
+    this.write(
+      `${this.#label}: ${phase}, layer ${
+        layer + 1
+      } of ${this.numLayers} (${elapsed} s into the step)`,
+    );
   }
 }

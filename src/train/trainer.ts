@@ -24,7 +24,7 @@ import {
 } from "../model/hf.ts";
 import { lrMultiplier, warmupStepsFor } from "./lr.ts";
 import { resolveTrainOptions, type TrainOptions } from "./options.ts";
-import { Progress } from "./progress.ts";
+import { Progress, StepProgress } from "./progress.ts";
 import { formatPlan, hostAvailableBytes, modelOptions, WORKSPACE_ALLOWANCE_BYTES } from "./plan.ts";
 import { initDistributed } from "../dist/env.ts";
 import { zigzagChunks } from "../dist/zigzag.ts";
@@ -88,6 +88,8 @@ export interface TrainHooks {
   onLog?: (m: StepMetrics) => void;
   /** Where human-readable lines go (default: stderr). */
   log?: (line: string) => void;
+  /** Seconds of a step after which, and between which, a line says which layer it is at (30). */
+  withinStepSeconds?: number;
 }
 
 interface TrainerState {
@@ -353,6 +355,8 @@ export async function train(
     };
 
     const progress = new Progress(totalSteps, startStep, log);
+    const within = new StepProgress(cfg.numLayers, hooks.withinStepSeconds ?? 30, log);
+    if (isMain) model.onLayer = (phase, layer) => within.layer(phase, layer);
     // Per-unit gradient norms each step (embedding, layers, head), for diagnosing divergence.
     const debugGrads = Deno.env.get("DISTFLASH_DEBUG_GRADS") === "1";
     let order: Uint32Array | null = null, orderEpoch = -1;
@@ -388,7 +392,8 @@ export async function train(
 
       model.zeroGrads();
       let lossSum = 0;
-      for (const batch of micro) {
+      for (const [i, batch] of micro.entries()) {
+        within.begin(step + 1, totalSteps, i, micro.length);
         model.setBatch(batch.inputs, batch.labels, batch.positions);
         await model.forward();
         lossSum += model.lossSum();
