@@ -1,7 +1,7 @@
 # Sourced by the scripts/gpu_*.sh device calls. `step NAME LIMIT CMD...` runs CMD under its own
 # timeout, appends its log (without download noise) to $OUT/all.log, since $OUT brings back at most
 # 8 files, keeps it in /tmp/logs/NAME.log, and prints its last lines (those matching $SHOW when set);
-# `summary` prints each step's exit code and seconds.
+# returns CMD's exit code; `summary` prints each step's exit code and seconds.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/logs
 export NO_COLOR=1 DISTFLASH_BUILD_CUDA=0
@@ -14,6 +14,7 @@ step() {
   results+=("$name rc=$rc $((SECONDS - start))s")
   { echo "===== $name (rc=$rc)"; grep -v '^Download' "/tmp/logs/$name.log"; } >>"$OUT/all.log"
   grep -v '^Download' "/tmp/logs/$name.log" | grep -E "${SHOW:-.}" | tail -"${SHOW_LINES:-8}"
+  return $rc
 }
 summary() {
   echo "== summary =="; printf '%s\n' "${results[@]}"
