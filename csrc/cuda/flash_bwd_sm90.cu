@@ -130,18 +130,9 @@ __global__ void __launch_bounds__(BwdSm90::THREADS, 1) flash_bwd_sm90_kernel(con
       pack_a(pa, s);
       pack_a(sa, dp);
 
-      /* dV += P^T dO and dK += dS^T Q: the warpgroup's 64 keys x 128 columns, over 64 queries. */
-      pin(dv);
-      pin(dk);
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < BQ / 16; kk++) wgmma_rs(dv, pa[kk], desc_sw128(ob + kk * 16 * 128, QT_HALF, 1024));
-#pragma unroll
-      for (int kk = 0; kk < BQ / 16; kk++) wgmma_rs(dk, sa[kk], desc_sw128(qb + kk * 16 * 128, QT_HALF, 1024));
-      wg_commit();
-
       /* dS^T to shared memory, one 128-byte row per key: the packed A fragments are its bf16 pairs
-       * (fragment kk, register 2 (nt & 1) + hh holds row g + 8 hh, columns 8 nt + 2 t4 ..). */
+       * (fragment kk, register 2 (nt & 1) + hh holds row g + 8 hh, columns 8 nt + 2 t4 ..). Stored
+       * before the dK product is issued: its A registers may not be touched while it runs. */
 #pragma unroll
       for (int nt = 0; nt < BQ / 8; nt++)
 #pragma unroll
@@ -149,6 +140,19 @@ __global__ void __launch_bounds__(BwdSm90::THREADS, 1) flash_bwd_sm90_kernel(con
           const int r = krow + g + hh * 8;
           st_shared_u32(sdS + r * 128 + ((nt ^ (r & 7)) << 4) + 4 * t4, sa[nt >> 1][2 * (nt & 1) + hh]);
         }
+
+      /* dV += P^T dO and dK += dS^T Q: the warpgroup's 64 keys x 128 columns, over 64 queries. */
+      pin(dv);
+      pin(dk);
+      pin(pa);
+      pin(sa);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < BQ / 16; kk++) wgmma_rs(dv, pa[kk], desc_sw128(ob + kk * 16 * 128, QT_HALF, 1024));
+#pragma unroll
+      for (int kk = 0; kk < BQ / 16; kk++) wgmma_rs(dk, sa[kk], desc_sw128(qb + kk * 16 * 128, QT_HALF, 1024));
+      wg_commit();
+
       fence_proxy_async();
       __syncthreads(); /* dS^T of both warpgroups is in shared memory */
 
@@ -165,6 +169,8 @@ __global__ void __launch_bounds__(BwdSm90::THREADS, 1) flash_bwd_sm90_kernel(con
       pin(dq);
       pin(dv);
       pin(dk);
+      pin(pa);
+      pin(sa);
 #pragma unroll
       for (int hh = 0; hh < 2; hh++) {
         const int64_t i = i0 + w4 * 16 + g + hh * 8;

@@ -12,6 +12,8 @@
  * and no producer warp yet: those are next (bench/NOTES.md).
  *
  * Tile layouts, descriptors and the accumulator layout: csrc/cuda/flash_sm90.cuh. */
+#include <mutex>
+
 #include "flash_sm90.cuh"
 
 namespace flash {
@@ -38,8 +40,9 @@ __device__ __forceinline__ void issue_qk(float (&s)[64], uint32_t q_rows, uint32
 }
 
 /* Issues O += P V: P's n8 pairs as register A fragments, V read transposed, 16 keys a step. */
-__device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&pa)[FwdSm90::BK / 16][4], uint32_t vb) {
+__device__ __forceinline__ void issue_pv(float (&o)[64], uint32_t (&pa)[FwdSm90::BK / 16][4], uint32_t vb) {
   pin(o);
+  pin(pa);
   wg_fence();
 #pragma unroll
   for (int kk = 0; kk < FwdSm90::BK / 16; kk++) wgmma_rs(o, pa[kk], desc_sw128(vb + kk * 16 * 128, FwdSm90::HALF_BYTES, 1024));
@@ -168,6 +171,7 @@ __global__ void __launch_bounds__(FwdSm90::THREADS, 1) flash_fwd_sm90_kernel(con
         const bool changed = online_softmax(s, m, l, alpha, sl2);
         wg_wait<0>(); /* P V of tile t - 1 */
         pin(o);
+        pin(pa);
         if (changed) rescale(o, alpha);
         pack_a(pa, s);
       } else {
@@ -188,6 +192,7 @@ __global__ void __launch_bounds__(FwdSm90::THREADS, 1) flash_fwd_sm90_kernel(con
         issue_pv(o, pa, sV + (t & 1) * TILE_BYTES);
         wg_wait<0>();
         pin(o);
+        pin(pa);
         __syncthreads(); /* this buffer is refilled next iteration */
       }
     }
@@ -228,16 +233,35 @@ __global__ void __launch_bounds__(FwdSm90::THREADS, 1) flash_fwd_sm90_kernel(con
 #endif
 }
 
+/* Writes 1 only in code compiled for sm_90a: a build for plain sm_90 (or PTX JIT-compiled from
+ * compute_80) would run the kernels above with empty bodies. */
+__global__ void sm90_probe_kernel(int *flag) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *flag = 1;
+#else
+  *flag = 0;
+#endif
+}
+
 bool sm90_available() {
+  static std::mutex mutex;
+  static int known[64]; /* per device: 0 unknown, 1 yes, 2 no */
   int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-  if (major != 9) return false;
-  /* The kernel has a body only where it was compiled for sm_90a (not when JIT-compiled from
-   * compute_80 PTX). */
-  cudaFuncAttributes attr;
-  if (cudaFuncGetAttributes(&attr, flash_fwd_sm90_kernel<false>) != cudaSuccess) return false;
-  return attr.ptxVersion >= 90;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (known[dev] == 0) {
+    bool yes = false;
+    int *flag = NULL, host = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major == 9 &&
+        cudaMalloc(&flag, sizeof(int)) == cudaSuccess) {
+      sm90_probe_kernel<<<1, 1>>>(flag);
+      yes = cudaGetLastError() == cudaSuccess && cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess &&
+            host == 1;
+      cudaFree(flag);
+    }
+    known[dev] = yes ? 1 : 2;
+  }
+  return known[dev] == 1;
 }
 
 template <bool OVERLAP>

@@ -43,6 +43,15 @@ __device__ __forceinline__ void pin(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
+/* The same for register A fragments: a wgmma reads them until its wait (PTX ISA: touching them
+ * before is undefined), so they are pinned before the fence and after the wait. */
+template <int KT>
+__device__ __forceinline__ void pin(uint32_t (&a)[KT][4]) {
+#pragma unroll
+  for (int kk = 0; kk < KT; kk++)
+#pragma unroll
+    for (int i = 0; i < 4; i++) asm volatile("" : "+r"(a[kk][i])::"memory");
+}
 
 /* The 64 fp32 accumulators of an m64n128 wgmma: operands %0..%63 and their constraints. */
 #define WGMMA_D64_LIST \
