@@ -33,6 +33,12 @@ export class Progress {
     this.write(line);
   }
 
+  /** Any other line while the bar may be drawn: the bar is cleared first (terminal only). */
+  line(text: string): void {
+    if (this.#tty) this.#clear();
+    this.write(text);
+  }
+
   /** Every step: redraw the bar (terminal only). */
   tick(step: number, loss: number): void {
     if (!this.#tty) return;

@@ -355,7 +355,11 @@ export async function train(
     };
 
     const progress = new Progress(totalSteps, startStep, log);
-    const within = new StepProgress(cfg.numLayers, hooks.withinStepSeconds ?? 30, log);
+    const within = new StepProgress(
+      cfg.numLayers,
+      hooks.withinStepSeconds ?? 30,
+      (line) => progress.line(line),
+    );
     if (isMain) model.onLayer = (phase, layer) => within.layer(phase, layer);
     // Per-unit gradient norms each step (embedding, layers, head), for diagnosing divergence.
     const debugGrads = Deno.env.get("DISTFLASH_DEBUG_GRADS") === "1";
