@@ -8,6 +8,8 @@
 #   --offload-optimizer (both with --offload-checkpoints, the layer boundary and 16 head groups,
 #   which the plan fits without the optimizer offload), 3 steps each: the offload's throughput
 #   cost (target: within 15%) (about 5 minutes).
+# - compare64: 64K without offload, the layer boundary against 8 head groups at the default
+#   (attention) boundary, 3 steps each (about 4 minutes): which memory saving costs less speed.
 # - long256: the model tests and debug-small P = 1 again, then Llama-2-7B at 256K tokens (three
 #   copies of the corpus) with --offload-optimizer, the layer boundary and 16 head groups, 3 steps
 #   (about 8.5 minutes); LONG256_EXTRA adds flags (e.g. --offload-checkpoints).
@@ -28,6 +30,15 @@ if [ "$PHASE" = long256 ]; then
   # The bundled corpus is 190K tokens: three copies give two windows of 256K + 1.
   mkdir -p /tmp/corpus3 && for i in 1 2 3; do cp examples/corpus/tiny.jsonl /tmp/corpus3/part$i.jsonl; done
   step long_256k 540 deno run -A cli/main.ts train --model llama-2-7b --data-path /tmp/corpus3 --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-5 --warmup-steps 0 --device cuda --fsdp full_shard --model-max-length 262144 --offload-optimizer --checkpoint-boundary layer --attention-head-groups 16 ${LONG256_EXTRA:-} --output-dir /tmp/v_l256
+  summary; exit 0
+fi
+if [ "$PHASE" = compare64 ]; then
+  # 64K without offload: the layer boundary (backward recomputes attention: ~2 s a step by the
+  # FLOP count) against the attention boundary made to fit by 8 head groups (strided copies: ~0.2 s
+  # by the byte count). The planner names the layer boundary first; this decides the order.
+  C="train --model llama-2-7b --data-path examples/corpus/tiny.jsonl --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-5 --warmup-steps 0 --device cuda --fsdp full_shard --model-max-length 65536"
+  step c64_layer 200 deno run -A cli/main.ts $C --checkpoint-boundary layer --output-dir /tmp/v_c64a
+  step c64_groups8 200 deno run -A cli/main.ts $C --attention-head-groups 8 --output-dir /tmp/v_c64b
   summary; exit 0
 fi
 if [ "$PHASE" = compare128 ]; then
