@@ -33,26 +33,39 @@ const reps = Number(flag("reps", "10"));
 const warmup = Number(flag("warmup", "3"));
 const withTorch = args.includes("--torch");
 const sweepSizes = ints(flag("sweep", ""));
-const FWD_VARIANTS: Record<number, string[]> = {
+/** Tile variants by their DISTFLASH_FLASH_FWD / _BWD value (the dispatch tables of
+ * csrc/cuda/flash_attention.cu); 4 and 5 are the Hopper kernels, which run only on sm_90a. */
+const FWD_VARIANTS: Record<number, [number, string][]> = {
   128: [
-    "4w x 32r, BK 64",
-    "4w x 32r, BK 32",
-    "8w x 16r, BK 128",
-    "8w x 32r, BK 32",
-    "wgmma sm_90a, 2 WG x 64r, BK 128",
-    "wgmma sm_90a, overlapped P V",
+    [0, "4w x 32r, BK 64"],
+    [1, "4w x 32r, BK 32"],
+    [2, "8w x 16r, BK 128"],
+    [3, "8w x 32r, BK 32"],
+    [4, "wgmma sm_90a, 2 WG x 64r, BK 128"],
+    [5, "wgmma sm_90a, overlapped P V"],
   ],
-  64: ["4w x 32r, BK 64", "4w x 32r, BK 128", "8w x 16r, BK 128"],
+  64: [
+    [0, "4w x 32r, BK 64"],
+    [1, "4w x 32r, BK 128"],
+    [2, "8w x 16r, BK 128"],
+    [4, "wgmma sm_90a, 2 WG x 64r, BK 128"],
+    [5, "wgmma sm_90a, overlapped P V"],
+  ],
 };
-const BWD_VARIANTS: Record<number, string[]> = {
+const BWD_VARIANTS: Record<number, [number, string][]> = {
   128: [
-    "FA2 grid, 8-B dQ atomics",
-    "FA2 grid, 16-B dQ atomics",
-    "16-key warps, BK 128, BQ 64",
-    "16-key, BK 128, BQ 32",
-    "wgmma sm_90a, 2 WG x 64 keys, BQ 64",
+    [0, "FA2 grid, 8-B dQ atomics"],
+    [1, "FA2 grid, 16-B dQ atomics"],
+    [2, "16-key warps, BK 128, BQ 64"],
+    [3, "16-key, BK 128, BQ 32"],
+    [4, "wgmma sm_90a, 2 WG x 64 keys, BQ 64"],
   ],
-  64: ["FA2 grid, 8-B dQ atomics", "FA2 grid, 16-B dQ atomics", "16-key warps, BK 128, BQ 64"],
+  64: [
+    [0, "FA2 grid, 8-B dQ atomics"],
+    [1, "FA2 grid, 16-B dQ atomics"],
+    [2, "16-key warps, BK 128, BQ 64"],
+    [4, "wgmma sm_90a, 2 WG x 64 keys, BQ 64"],
+  ],
 };
 
 const d = Device.open("cuda");
@@ -205,8 +218,8 @@ function checkVariant(D: number): string {
 if (sweepSizes.length) {
   console.log("== variant sweep (fwd alone; bwd alone after one fwd) ==");
   for (const D of headDims) {
-    for (let fv = 0; fv < FWD_VARIANTS[D].length; fv++) {
-      for (let bv = 0; bv < BWD_VARIANTS[D].length; bv++) {
+    for (const [fv, fwdLabel] of FWD_VARIANTS[D]) {
+      for (const [bv, bwdLabel] of BWD_VARIANTS[D]) {
         // Every fwd variant with bwd 0, every bwd variant with fwd 0.
         if (fv !== 0 && bv !== 0) continue;
         Deno.env.set("DISTFLASH_FLASH_FWD", String(fv));
@@ -219,9 +232,7 @@ if (sweepSizes.length) {
           const bwdMs = fv === 0 ? timeMs(() => bwd(a), () => zeroGrads(a)) : NaN;
           const f = causalFlops(S, D);
           console.log(
-            `sweep D=${D} S=${S} fwd[${fv}] ${FWD_VARIANTS[D][fv]} | bwd[${bv}] ${
-              BWD_VARIANTS[D][bv]
-            }: ` +
+            `sweep D=${D} S=${S} fwd[${fv}] ${fwdLabel} | bwd[${bv}] ${bwdLabel}: ` +
               `fwd ${fwdMs.toFixed(2)} ms ${(f / fwdMs / 1e9).toFixed(0)} TF/s, ` +
               `bwd ${bwdMs.toFixed(2)} ms ${(2.5 * f / bwdMs / 1e9).toFixed(0)} TF/s; ${errs}`,
           );

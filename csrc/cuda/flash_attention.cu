@@ -988,7 +988,7 @@ df_status flash_attention_forward(bool *handled, bf16 *out, float *lse, const bf
     switch (variant) {
       case 4: /* the Hopper kernels (csrc/cuda/flash_fwd_sm90.cu) where they run, else the default */
       case 5:
-        if (sm90_available()) return launch_fwd_sm90(p, nh, variant == 5, s);
+        if (sm90_available()) return launch_fwd_sm90(p, nh, 128, variant == 5, s);
         return launch_fwd<FwdCfg<128, 4, 2, 64>>(p, nh, s);
       case 1: return launch_fwd<FwdCfg<128, 4, 2, 32>>(p, nh, s);
       case 2: return launch_fwd<FwdCfg<128, 8, 1, 128>>(p, nh, s);
@@ -997,6 +997,10 @@ df_status flash_attention_forward(bool *handled, bf16 *out, float *lse, const bf
     }
   }
   switch (variant) {
+    case 4:
+    case 5:
+      if (sm90_available()) return launch_fwd_sm90(p, nh, 64, variant == 5, s);
+      return launch_fwd<FwdCfg<64, 4, 2, 64>>(p, nh, s);
     case 1: return launch_fwd<FwdCfg<64, 4, 2, 128>>(p, nh, s);
     case 2: return launch_fwd<FwdCfg<64, 8, 1, 128>>(p, nh, s);
     default: return launch_fwd<FwdCfg<64, 4, 2, 64>>(p, nh, s);
@@ -1044,7 +1048,7 @@ df_status flash_attention_backward(bool *handled, float *dq, float *dk, float *d
   if (hd == 128) {
     switch (variant) {
       case 4: /* the Hopper kernel (csrc/cuda/flash_bwd_sm90.cu) where it runs, else the default */
-        if (sm90_available()) return launch_bwd_sm90(p, nh, s);
+        if (sm90_available()) return launch_bwd_sm90(p, nh, 128, s);
         return launch_bwd2<Bwd2Cfg<128, false>>(p, nh, s);
       case 1: return launch_bwd2<Bwd2Cfg<128, true>>(p, nh, s);
       case 2: return launch_bwd<BwdCfg<128, 8, 64>>(p, nh, s);
@@ -1053,6 +1057,9 @@ df_status flash_attention_backward(bool *handled, float *dq, float *dk, float *d
     }
   }
   switch (variant) {
+    case 4:
+      if (sm90_available()) return launch_bwd_sm90(p, nh, 64, s);
+      return launch_bwd2<Bwd2Cfg<64, false>>(p, nh, s);
     case 1: return launch_bwd2<Bwd2Cfg<64, true>>(p, nh, s);
     case 2: return launch_bwd<BwdCfg<64, 8, 64>>(p, nh, s);
     default: return launch_bwd2<Bwd2Cfg<64, false>>(p, nh, s);

@@ -1,4 +1,4 @@
-/* Flash attention backward for Hopper (sm_90a): wgmma from shared memory, head dim 128, bf16.
+/* Flash attention backward for Hopper (sm_90a): wgmma from shared memory, head dims 64 and 128, bf16.
  *
  * The structure of the mma.sync backward (flash_bwd2_kernel in csrc/cuda/flash_attention.cu, after
  * FlashAttention-2) with every product on wgmma: a block of two warpgroups owns BK = 128 keys of one
@@ -6,10 +6,12 @@
  * that see them, Q, dO, L and D double-buffered with cp.async. Per query tile, each warpgroup:
  *   S^T = K Q^T and dP^T = V dO^T        (m64n64k16, both operands K-major in shared memory),
  *   P^T = exp2(S^T scale log2e - L), dS^T = P^T (dP^T - D)   (on the accumulators),
- *   dV += P^T dO and dK += dS^T Q         (m64n128k16, P^T / dS^T from registers, dO / Q transposed),
+ *   dV += P^T dO and dK += dS^T Q         (m64nHDk16, P^T / dS^T from registers, dO / Q transposed),
  * dS^T goes to shared memory, and after a block barrier
- *   dQ = dS K                              (m64n64k16 for the warpgroup's half of the head dim; dS and
- *                                           K both read transposed), added to the fp32 dq with atomics.
+ *   dQ = dS K                              (m64n64k16, dS and K both read transposed: head dim 128,
+ *                                           the warpgroup's half of the columns over all 128 keys;
+ *                                           64, all columns over the warpgroup's own keys),
+ * added to the fp32 dq with atomics.
  * dK (times scale) and dV are added to dk and dv with atomics at the end of the key tile (GQA: the
  * query heads of a group share them). L = lse log2e and D = rowsum(dO O) come from
  * flash_bwd_prep_kernel, as for the mma.sync kernels.
@@ -19,8 +21,9 @@
 
 namespace flash {
 
+template <int HD_>
 struct BwdSm90 {
-  static constexpr int HD = 128, BK = 128, BQ = 64, THREADS = 256;
+  static constexpr int HD = HD_, BK = 128, BQ = 64, THREADS = 256;
   static constexpr int KV_BYTES = BK * HD * 2, KV_HALF = BK * 128; /* K or V; one column half */
   static constexpr int QT_BYTES = BQ * HD * 2, QT_HALF = BQ * 128; /* a Q or dO tile; one half */
   static constexpr int DS_BYTES = BK * BQ * 2;                     /* dS^T: [keys][queries] */
@@ -28,14 +31,15 @@ struct BwdSm90 {
   static constexpr int SMEM = 2 * KV_BYTES + 4 * QT_BYTES + DS_BYTES + 4 * BQ * 4 + 1024;
 };
 
-__global__ void __launch_bounds__(BwdSm90::THREADS, 1) flash_bwd_sm90_kernel(const BwdParams p) {
+template <class C>
+__global__ void __launch_bounds__(C::THREADS, 1) flash_bwd_sm90_kernel(const BwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int HD = BwdSm90::HD, BK = BwdSm90::BK, BQ = BwdSm90::BQ;
-  constexpr int KV_HALF = BwdSm90::KV_HALF, QT_BYTES = BwdSm90::QT_BYTES, QT_HALF = BwdSm90::QT_HALF;
+  constexpr int HD = C::HD, BK = C::BK, BQ = C::BQ;
+  constexpr int KV_HALF = C::KV_HALF, QT_BYTES = C::QT_BYTES, QT_HALF = C::QT_HALF;
   extern __shared__ unsigned char smem_raw[];
-  const uint32_t sK = (smem_u32(smem_raw) + 1023u) & ~1023u, sV = sK + BwdSm90::KV_BYTES;
-  const uint32_t sQ = sV + BwdSm90::KV_BYTES, sdO = sQ + 2 * QT_BYTES, sdS = sdO + 2 * QT_BYTES;
-  const uint32_t sL = sdS + BwdSm90::DS_BYTES, sD = sL + 2 * BQ * 4;
+  const uint32_t sK = (smem_u32(smem_raw) + 1023u) & ~1023u, sV = sK + C::KV_BYTES;
+  const uint32_t sQ = sV + C::KV_BYTES, sdO = sQ + 2 * QT_BYTES, sdS = sdO + 2 * QT_BYTES;
+  const uint32_t sL = sdS + C::DS_BYTES, sD = sL + 2 * BQ * 4;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, w4 = warp & 3;
   const int g = lane >> 2, t4 = lane & 3;
@@ -50,8 +54,8 @@ __global__ void __launch_bounds__(BwdSm90::THREADS, 1) flash_bwd_sm90_kernel(con
 
   auto load_q_tile = [&](int qt, int buf) {
     const int64_t i0 = (int64_t)qt * BQ;
-    load_tile_sw128<BQ>(sQ + buf * QT_BYTES, qh, i0, tq, p.q_stride);
-    load_tile_sw128<BQ>(sdO + buf * QT_BYTES, doh, i0, tq, p.q_stride);
+    load_tile_sw128<BQ, HD>(sQ + buf * QT_BYTES, qh, i0, tq, p.q_stride);
+    load_tile_sw128<BQ, HD>(sdO + buf * QT_BYTES, doh, i0, tq, p.q_stride);
     if (tid < BQ / 4) cp_async16(sL + buf * BQ * 4 + tid * 16, Lh + i0 + tid * 4, true);
     else if (tid < BQ / 2) cp_async16(sD + buf * BQ * 4 + (tid - BQ / 4) * 16, Dh + i0 + (tid - BQ / 4) * 4, true);
   };
@@ -64,14 +68,14 @@ __global__ void __launch_bounds__(BwdSm90::THREADS, 1) flash_bwd_sm90_kernel(con
     if (i_first >= tq) continue;
     const int qt0 = (int)(i_first / BQ);
 
-    load_tile_sw128<BK>(sK, kh, j0, tk, p.kv_stride);
-    load_tile_sw128<BK>(sV, vh, j0, tk, p.kv_stride);
+    load_tile_sw128<BK, HD>(sK, kh, j0, tk, p.kv_stride);
+    load_tile_sw128<BK, HD>(sV, vh, j0, tk, p.kv_stride);
     load_q_tile(qt0, 0);
     cp_async_commit();
 
-    float dk[64], dv[64];
+    float dk[HD / 2], dv[HD / 2];
 #pragma unroll
-    for (int i = 0; i < 64; i++) dk[i] = dv[i] = 0.0f;
+    for (int i = 0; i < HD / 2; i++) dk[i] = dv[i] = 0.0f;
 
     for (int qt = qt0; qt < nqt; qt++) {
       const int buf = (qt - qt0) & 1;
@@ -141,7 +145,7 @@ __global__ void __launch_bounds__(BwdSm90::THREADS, 1) flash_bwd_sm90_kernel(con
           st_shared_u32(sdS + r * 128 + ((nt ^ (r & 7)) << 4) + 4 * t4, sa[nt >> 1][2 * (nt & 1) + hh]);
         }
 
-      /* dV += P^T dO and dK += dS^T Q: the warpgroup's 64 keys x 128 columns, over 64 queries. */
+      /* dV += P^T dO and dK += dS^T Q: the warpgroup's 64 keys x HD columns, over 64 queries. */
       pin(dv);
       pin(dk);
       pin(pa);
@@ -156,14 +160,24 @@ __global__ void __launch_bounds__(BwdSm90::THREADS, 1) flash_bwd_sm90_kernel(con
       fence_proxy_async();
       __syncthreads(); /* dS^T of both warpgroups is in shared memory */
 
-      /* dQ = dS K: the tile's 64 queries x the warpgroup's 64 columns, over the block's 128 keys. */
+      /* dQ = dS K for the tile's 64 queries: with HD = 128 each warpgroup takes 64 columns over the
+       * block's 128 keys; with HD = 64 each takes all 64 columns over its own 64 keys, and the two
+       * partial sums meet in the atomics. */
       float dq[32];
       pin(dq);
       wg_fence();
+      if (HD == 128) {
 #pragma unroll
-      for (int kk = 0; kk < BK / 16; kk++)
-        wgmma_ss_n64<1, 1>(dq, desc_sw128(sdS + kk * 16 * 128, BQ * 128, 1024),
-                           desc_sw128(sK + wg * KV_HALF + kk * 16 * 128, KV_HALF, 1024), kk > 0);
+        for (int kk = 0; kk < BK / 16; kk++)
+          wgmma_ss_n64<1, 1>(dq, desc_sw128(sdS + kk * 16 * 128, BQ * 128, 1024),
+                             desc_sw128(sK + wg * KV_HALF + kk * 16 * 128, KV_HALF, 1024), kk > 0);
+      } else {
+#pragma unroll
+        for (int kk = 0; kk < 64 / 16; kk++) {
+          const uint32_t rows = (wg * 64 + kk * 16) * 128;
+          wgmma_ss_n64<1, 1>(dq, desc_sw128(sdS + rows, BQ * 128, 1024), desc_sw128(sK + rows, KV_HALF, 1024), kk > 0);
+        }
+      }
       wg_commit();
       wg_wait<0>(); /* dV, dK and dQ */
       pin(dq);
@@ -175,14 +189,14 @@ __global__ void __launch_bounds__(BwdSm90::THREADS, 1) flash_bwd_sm90_kernel(con
       for (int hh = 0; hh < 2; hh++) {
         const int64_t i = i0 + w4 * 16 + g + hh * 8;
         if (i < tq) {
-          float *row = p.dq + i * p.q_stride + (int64_t)h * HD + wg * 64 + 2 * t4;
+          float *row = p.dq + i * p.q_stride + (int64_t)h * HD + (HD == 128 ? wg * 64 : 0) + 2 * t4;
 #pragma unroll
           for (int nt = 0; nt < 8; nt++) atomic_add2(row + nt * 8, dq[4 * nt + 2 * hh] * p.scale, dq[4 * nt + 2 * hh + 1] * p.scale);
         }
       }
     }
 
-    /* dK (times scale) and dV of the warp's 16 keys, all columns. */
+    /* dK (times scale) and dV of the warp's 16 keys, all HD columns. */
 #pragma unroll
     for (int hh = 0; hh < 2; hh++) {
       const int64_t j = j0 + krow + g + hh * 8;
@@ -202,14 +216,21 @@ __global__ void __launch_bounds__(BwdSm90::THREADS, 1) flash_bwd_sm90_kernel(con
 #endif
 }
 
-df_status launch_bwd_sm90(const BwdParams &prm, int nh, cudaStream_t s) {
-  DF_CUDA(cudaFuncSetAttribute(flash_bwd_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, BwdSm90::SMEM));
+template <int HD>
+static df_status launch(const BwdParams &prm, int nh, cudaStream_t s) {
+  using C = BwdSm90<HD>;
+  auto kernel = flash_bwd_sm90_kernel<C>;
+  DF_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
   BwdParams p = prm;
-  p.n_ktiles = (int)((p.tk + BwdSm90::BK - 1) / BwdSm90::BK);
+  p.n_ktiles = (int)((p.tk + C::BK - 1) / C::BK);
   const unsigned grid_y = (unsigned)(p.n_ktiles < 65535 ? p.n_ktiles : 65535);
-  flash_bwd_sm90_kernel<<<dim3((unsigned)nh, grid_y), BwdSm90::THREADS, BwdSm90::SMEM, s>>>(p);
+  kernel<<<dim3((unsigned)nh, grid_y), C::THREADS, C::SMEM, s>>>(p);
   DF_CUDA_LAUNCHED();
   return DF_OK;
+}
+
+df_status launch_bwd_sm90(const BwdParams &p, int nh, int hd, cudaStream_t s) {
+  return hd == 64 ? launch<64>(p, nh, s) : launch<128>(p, nh, s);
 }
 
 }  // namespace flash

@@ -1,11 +1,11 @@
-/* Flash attention forward for Hopper (sm_90a): wgmma from shared memory, head dim 128, bf16.
+/* Flash attention forward for Hopper (sm_90a): wgmma from shared memory, head dims 64 and 128, bf16.
  *
  * The design of FlashAttention-3 (Shah et al., 2024) in its simplest form, written for this ABI: a
  * block of two warpgroups owns BQ = 128 queries of one head (warpgroup w the rows 64 w .. 64 w + 63)
  * and walks the key tiles (BK = 128) its queries can see, last first, with cp.async double
  * buffering as in the mma.sync kernel (csrc/cuda/flash_attention.cu). Per key tile a warpgroup issues
- * S = Q K^T as 8 wgmma.m64n128k16 with both operands in shared memory, runs the online softmax on the
- * accumulators, and issues O += P V as 8 wgmma.m64n128k16 with P from registers (an accumulator n8
+ * S = Q K^T as HD / 16 wgmma.m64n128k16 with both operands in shared memory, runs the online softmax
+ * on the accumulators, and issues O += P V as 8 wgmma.m64nHDk16 with P from registers (an accumulator n8
  * pair converted to bf16 is the register A fragment, as with mma.sync) and V from shared memory read
  * transposed. The two warpgroups run the same loop; while one is in its softmax the other's wgmma
  * keep the tensor cores busy. The OVERLAP variant also pipelines inside a warpgroup (below). No TMA
@@ -19,28 +19,32 @@
 namespace flash {
 
 struct FwdSm90 {
-  static constexpr int HD = 128, BQ = 128, BK = 128, THREADS = 256;
-  static constexpr int TILE_BYTES = 128 * HD * 2;    /* one Q, K or V tile (BQ = BK = 128 rows) */
-  static constexpr int HALF_BYTES = 128 * 128;       /* one column half of a tile: 128 rows of 128 B */
+  static constexpr int BQ = 128, BK = 128, THREADS = 256;
+  static constexpr int HALF_BYTES = 128 * 128; /* one column half of a tile: 128 rows of 128 B */
+  /* One Q, K or V tile (BQ = BK = 128 rows) of head dim HD (64: one half; 128: two). */
+  static constexpr __host__ __device__ int tile_bytes(int hd) { return 128 * hd * 2; }
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
 /* Issues S = Q K^T for the warpgroup's 64 rows (`q_rows`: their first row in the Q tile) over the
- * head dim: 8 steps of 16, 4 per column half. */
+ * head dim: HD / 16 steps of 16, 4 per column half. */
+template <int HD>
 __device__ __forceinline__ void issue_qk(float (&s)[64], uint32_t q_rows, uint32_t kb) {
   pin(s);
   wg_fence();
 #pragma unroll
-  for (int kk = 0; kk < FwdSm90::HD / 16; kk++) {
+  for (int kk = 0; kk < HD / 16; kk++) {
     const uint32_t koff = (kk >> 2) * FwdSm90::HALF_BYTES + (kk & 3) * 32;
     wgmma_ss(s, desc_sw128(q_rows + koff, 16, 1024), desc_sw128(kb + koff, 16, 1024), kk > 0);
   }
   wg_commit();
 }
 
-/* Issues O += P V: P's n8 pairs as register A fragments, V read transposed, 16 keys a step. */
-__device__ __forceinline__ void issue_pv(float (&o)[64], uint32_t (&pa)[FwdSm90::BK / 16][4], uint32_t vb) {
+/* Issues O += P V: P's n8 pairs as register A fragments, V read transposed, 16 keys a step (N = the
+ * head dim: 64 or 128, o has N / 2 accumulators). */
+template <int NO>
+__device__ __forceinline__ void issue_pv(float (&o)[NO], uint32_t (&pa)[FwdSm90::BK / 16][4], uint32_t vb) {
   pin(o);
   pin(pa);
   wg_fence();
@@ -98,9 +102,10 @@ __device__ __forceinline__ bool online_softmax(float (&s)[64], float (&m)[2], fl
   return __any_sync(0xffffffffu, changed);
 }
 
-__device__ __forceinline__ void rescale(float (&o)[64], const float (&alpha)[2]) {
+template <int NO>
+__device__ __forceinline__ void rescale(float (&o)[NO], const float (&alpha)[2]) {
 #pragma unroll
-  for (int i = 0; i < 64; i++) o[i] *= alpha[(i >> 1) & 1];
+  for (int i = 0; i < NO; i++) o[i] *= alpha[(i >> 1) & 1];
 }
 
 
@@ -110,11 +115,11 @@ __device__ __forceinline__ void rescale(float (&o)[64], const float (&alpha)[2])
  * overlap each other). OVERLAP = true (FlashAttention-3's intra-warpgroup pipelining): the P V
  * product of tile t - 1 is issued behind S of tile t and runs during tile t's softmax; O is rescaled
  * once it has landed. V then needs three buffers (V of t - 1 is read while V of t + 1 loads). */
-template <bool OVERLAP>
+template <int HD, bool OVERLAP>
 __global__ void __launch_bounds__(FwdSm90::THREADS, 1) flash_fwd_sm90_kernel(const FwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int HD = FwdSm90::HD, BQ = FwdSm90::BQ, BK = FwdSm90::BK, THREADS = FwdSm90::THREADS;
-  constexpr int TILE_BYTES = FwdSm90::TILE_BYTES, V_BUFS = OVERLAP ? 3 : 2;
+  constexpr int BQ = FwdSm90::BQ, BK = FwdSm90::BK, THREADS = FwdSm90::THREADS;
+  constexpr int TILE_BYTES = FwdSm90::tile_bytes(HD), V_BUFS = OVERLAP ? 3 : 2;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u, sK = sQ + TILE_BYTES, sV = sK + 2 * TILE_BYTES;
 
@@ -138,16 +143,18 @@ __global__ void __launch_bounds__(FwdSm90::THREADS, 1) flash_fwd_sm90_kernel(con
     /* Key tiles are walked from the last (t = 0: key tile n_kt - 1) to the first. */
     auto key_row = [&](int t) { return (int64_t)(n_kt - 1 - t) * BK; };
 
-    load_tile_sw128<128>(sQ, qh, i0, tq, p.q_stride);
-    load_tile_sw128<128>(sK, kh, key_row(0), tk, p.kv_stride);
-    load_tile_sw128<128>(sV, vh, key_row(0), tk, p.kv_stride);
+    load_tile_sw128<128, HD>(sQ, qh, i0, tq, p.q_stride);
+    load_tile_sw128<128, HD>(sK, kh, key_row(0), tk, p.kv_stride);
+    load_tile_sw128<128, HD>(sV, vh, key_row(0), tk, p.kv_stride);
     cp_async_commit();
 
-    float o[64], s[64], alpha[2];
+    float o[HD / 2], s[64], alpha[2];
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     uint32_t pa[BK / 16][4];
 #pragma unroll
-    for (int i = 0; i < 64; i++) o[i] = s[i] = 0.0f;
+    for (int i = 0; i < 64; i++) s[i] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < HD / 2; i++) o[i] = 0.0f;
 
     for (int t = 0; t < n_kt; t++) {
       if (OVERLAP) {
@@ -155,11 +162,11 @@ __global__ void __launch_bounds__(FwdSm90::THREADS, 1) flash_fwd_sm90_kernel(con
         fence_proxy_async();
         __syncthreads(); /* every warp is past tile t - 1: K of t - 1 and V of t - 2 are free */
         if (t + 1 < n_kt) {
-          load_tile_sw128<128>(sK + ((t + 1) & 1) * TILE_BYTES, kh, key_row(t + 1), tk, p.kv_stride);
-          load_tile_sw128<128>(sV + ((t + 1) % V_BUFS) * TILE_BYTES, vh, key_row(t + 1), tk, p.kv_stride);
+          load_tile_sw128<128, HD>(sK + ((t + 1) & 1) * TILE_BYTES, kh, key_row(t + 1), tk, p.kv_stride);
+          load_tile_sw128<128, HD>(sV + ((t + 1) % V_BUFS) * TILE_BYTES, vh, key_row(t + 1), tk, p.kv_stride);
         }
         cp_async_commit();
-        issue_qk(s, q_rows, sK + (t & 1) * TILE_BYTES);
+        issue_qk<HD>(s, q_rows, sK + (t & 1) * TILE_BYTES);
         if (t > 0) {
           issue_pv(o, pa, sV + ((t - 1) % V_BUFS) * TILE_BYTES);
           wg_wait<1>(); /* S of tile t (groups complete in order; P V may still run) */
@@ -176,14 +183,14 @@ __global__ void __launch_bounds__(FwdSm90::THREADS, 1) flash_fwd_sm90_kernel(con
         pack_a(pa, s);
       } else {
         if (t + 1 < n_kt) {
-          load_tile_sw128<128>(sK + ((t + 1) & 1) * TILE_BYTES, kh, key_row(t + 1), tk, p.kv_stride);
-          load_tile_sw128<128>(sV + ((t + 1) & 1) * TILE_BYTES, vh, key_row(t + 1), tk, p.kv_stride);
+          load_tile_sw128<128, HD>(sK + ((t + 1) & 1) * TILE_BYTES, kh, key_row(t + 1), tk, p.kv_stride);
+          load_tile_sw128<128, HD>(sV + ((t + 1) & 1) * TILE_BYTES, vh, key_row(t + 1), tk, p.kv_stride);
         }
         cp_async_commit();
         cp_async_wait<1>();
         fence_proxy_async();
         __syncthreads();
-        issue_qk(s, q_rows, sK + (t & 1) * TILE_BYTES);
+        issue_qk<HD>(s, q_rows, sK + (t & 1) * TILE_BYTES);
         wg_wait<0>();
         pin(s);
         mask_scores(s, p, i0, key_row(t), wrow + g, t4);
@@ -264,10 +271,11 @@ bool sm90_available() {
   return known[dev] == 1;
 }
 
-template <bool OVERLAP>
+template <int HD, bool OVERLAP>
 static df_status launch(const FwdParams &prm, int nh, cudaStream_t s) {
-  constexpr int smem = (OVERLAP ? 6 : 5) * FwdSm90::TILE_BYTES + 1024; /* Q, 2 K, 2 or 3 V, alignment */
-  auto kernel = flash_fwd_sm90_kernel<OVERLAP>;
+  /* Q, two K, two or three V, and 1024 bytes to align the start. */
+  constexpr int smem = (OVERLAP ? 6 : 5) * FwdSm90::tile_bytes(HD) + 1024;
+  auto kernel = flash_fwd_sm90_kernel<HD, OVERLAP>;
   DF_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   FwdParams p = prm;
   p.n_qtiles = (int)((p.tq + FwdSm90::BQ - 1) / FwdSm90::BQ);
@@ -277,8 +285,9 @@ static df_status launch(const FwdParams &prm, int nh, cudaStream_t s) {
   return DF_OK;
 }
 
-df_status launch_fwd_sm90(const FwdParams &p, int nh, bool overlap, cudaStream_t s) {
-  return overlap ? launch<true>(p, nh, s) : launch<false>(p, nh, s);
+df_status launch_fwd_sm90(const FwdParams &p, int nh, int hd, bool overlap, cudaStream_t s) {
+  if (hd == 64) return overlap ? launch<64, true>(p, nh, s) : launch<64, false>(p, nh, s);
+  return overlap ? launch<128, true>(p, nh, s) : launch<128, false>(p, nh, s);
 }
 
 }  // namespace flash

@@ -144,11 +144,11 @@ __device__ __forceinline__ void fwd_store_empty(const FwdParams &p, int h, int64
     if (i0 + r < p.tq) p.lse[(int64_t)h * p.tq + i0 + r] = -INFINITY;
 }
 
-/* The Hopper kernels (wgmma, head dim 128): sm90_available() is false when this build or device
- * cannot run them; overlap selects the forward's intra-warpgroup pipelined loop. */
+/* The Hopper kernels (wgmma, head dims 64 and 128): sm90_available() is false when this build or
+ * device cannot run them; overlap selects the forward's intra-warpgroup pipelined loop; the
+ * backward runs after flash_bwd_prep_kernel has filled p.L and p.D. */
 bool sm90_available();
-df_status launch_fwd_sm90(const FwdParams &p, int nh, bool overlap, cudaStream_t s);
-/* The Hopper backward (wgmma, head dim 128), after flash_bwd_prep_kernel has filled p.L and p.D. */
-df_status launch_bwd_sm90(const BwdParams &p, int nh, cudaStream_t s);
+df_status launch_fwd_sm90(const FwdParams &p, int nh, int hd, bool overlap, cudaStream_t s);
+df_status launch_bwd_sm90(const BwdParams &p, int nh, int hd, cudaStream_t s);
 
 }  // namespace flash

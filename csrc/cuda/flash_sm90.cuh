@@ -99,24 +99,25 @@ __device__ __forceinline__ uint32_t sw128(int r, int c) {
 }
 
 /* cp.async rows [row0, row0 + ROWS) of a [rows_total, *] bf16 tensor (row stride `stride` elements,
- * `g` at the head's first column; 128 columns) into a swizzled tile, by a block of 256 threads; rows
- * past the end are zero. Thread tid copies chunk tid % 16 of rows tid / 16 + 16 i: one swizzle
- * serves all its chunks. */
-template <int ROWS>
+ * `g` at the head's first column; COLS = 64 or 128 columns) into a swizzled tile, by a block of 256
+ * threads; rows past the end are zero. Thread tid copies chunk tid % CPR of rows tid / CPR + RSTEP i
+ * (CPR chunks per row, RSTEP = 256 / CPR rows a pass, a multiple of 8): one swizzle serves all its
+ * chunks. */
+template <int ROWS, int COLS>
 __device__ __forceinline__ void load_tile_sw128(uint32_t dst, const bf16 *g, int64_t row0, int64_t rows_total,
                                                 int64_t stride) {
-  static_assert(ROWS % 16 == 0, "16 rows a pass");
-  const int r0 = (int)threadIdx.x >> 4, c = (int)threadIdx.x & 15;
+  constexpr int CPR = COLS / 8, RSTEP = 256 / CPR;
+  static_assert((COLS == 64 || COLS == 128) && ROWS % RSTEP == 0, "whole passes of 256 threads");
+  const int r0 = (int)threadIdx.x / CPR, c = (int)threadIdx.x % CPR;
   const uint32_t d0 = dst + sw128<ROWS>(r0, c);
   const int64_t first = row0 + r0;
   const bf16 *src = g + first * stride + c * 8;
 #pragma unroll
-  for (int it = 0; it < ROWS / 16; it++) {
-    const bool valid = first + it * 16 < rows_total;
-    cp_async16(d0 + it * 16 * 128, valid ? src + it * 16 * stride : g, valid);
+  for (int it = 0; it < ROWS / RSTEP; it++) {
+    const bool valid = first + it * RSTEP < rows_total;
+    cp_async16(d0 + it * RSTEP * 128, valid ? src + it * RSTEP * stride : g, valid);
   }
 }
-
 
 /* The 32 fp32 accumulators of an m64n64 wgmma: operands %0..%31 and their constraints. */
 #define WGMMA_D32_LIST \
@@ -139,6 +140,17 @@ __device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t da, uint64
       "}, %32, %33, p, 1, 1, %35, %36;\n}\n"
       : WGMMA_D32(d)
       : "l"(da), "l"(db), "r"(accumulate), "n"(TA), "n"(TB));
+}
+
+/* d += A B for a 64 x 64 x 16 step: A (64 x 16) in registers, B (16 x 64) MN-major in shared memory. */
+__device__ __forceinline__ void wgmma_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      WGMMA_D32_LIST
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : WGMMA_D32(d)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
 /* P (fp32 accumulators of an n8 column pair per 16 columns) to register A fragments: KT fragments of
