@@ -254,21 +254,34 @@ bool sm90_available() {
   static std::mutex mutex;
   static int known[64]; /* per device: 0 unknown, 1 yes, 2 no */
   int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (known[dev] == 0) {
-    bool yes = false;
-    int *flag = NULL, host = 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major == 9 &&
-        cudaMalloc(&flag, sizeof(int)) == cudaSuccess) {
-      sm90_probe_kernel<<<1, 1>>>(flag);
-      yes = cudaGetLastError() == cudaSuccess && cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess &&
-            host == 1;
-      cudaFree(flag);
-    }
-    known[dev] = yes ? 1 : 2;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+    (void)cudaGetLastError();
+    return false;
   }
-  return known[dev] == 1;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (known[dev] != 0) return known[dev] == 1;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  if (major != 9) {
+    known[dev] = 2;
+    return false;
+  }
+  /* Only a definite answer is cached; a failed probe (e.g. out of memory) clears its error, so the
+   * caller's fallback kernel does not report it, and is tried again next time. */
+  int *flag = NULL, host = 0;
+  bool read = false;
+  if (cudaMalloc(&flag, sizeof(int)) == cudaSuccess) {
+    sm90_probe_kernel<<<1, 1>>>(flag);
+    read = cudaGetLastError() == cudaSuccess &&
+           cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+    cudaFree(flag);
+  }
+  (void)cudaGetLastError();
+  if (!read) return false;
+  known[dev] = host == 1 ? 1 : 2;
+  return host == 1;
 }
 
 template <int HD, bool OVERLAP>
