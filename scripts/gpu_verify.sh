@@ -22,6 +22,8 @@ SHOW='memory|step [0-9]+/|rror|FAILED|passed'
 SHOW_LINES=6
 PHASE=${1:-checks}
 T="train --model debug-small --data-path examples/corpus/tiny.jsonl --max-steps 30 --per-device-train-batch-size 4 --model-max-length 512 --learning-rate 2e-3 --warmup-steps 3 --logging-steps 1 --bf16 --device cuda --save-strategy no --save-final-model false"
+# Llama-2-7B, 3 steps on 2 GPUs, full_shard; each phase adds its data, length and options.
+T7="train --model llama-2-7b --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-5 --warmup-steps 0 --device cuda --fsdp full_shard"
 if [ "$PHASE" = long256 ]; then
   # A quick bf16 check first (the backward's buffer sharing): the CUDA model tests and debug-small
   # P = 1, whose losses the checks phase also prints.
@@ -29,20 +31,20 @@ if [ "$PHASE" = long256 ]; then
   step p1 60 deno run -A cli/main.ts $T --output-dir /tmp/v_p1
   # The bundled corpus is 190K tokens: three copies give two windows of 256K + 1.
   mkdir -p /tmp/corpus3 && for i in 1 2 3; do cp examples/corpus/tiny.jsonl /tmp/corpus3/part$i.jsonl; done
-  step long_256k 540 deno run -A cli/main.ts train --model llama-2-7b --data-path /tmp/corpus3 --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-5 --warmup-steps 0 --device cuda --fsdp full_shard --model-max-length 262144 --offload-optimizer --checkpoint-boundary layer --attention-head-groups 16 ${LONG256_EXTRA:-} --output-dir /tmp/v_l256
+  step long_256k 540 deno run -A cli/main.ts $T7 --data-path /tmp/corpus3 --model-max-length 262144 --offload-optimizer --checkpoint-boundary layer --attention-head-groups 16 ${LONG256_EXTRA:-} --output-dir /tmp/v_l256
   summary; exit 0
 fi
 if [ "$PHASE" = compare64 ]; then
   # 64K without offload: the layer boundary (backward recomputes attention: ~2 s a step by the
   # FLOP count) against the attention boundary made to fit by 8 head groups (strided copies: ~0.2 s
   # by the byte count). The planner names the layer boundary first; this decides the order.
-  C="train --model llama-2-7b --data-path examples/corpus/tiny.jsonl --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-5 --warmup-steps 0 --device cuda --fsdp full_shard --model-max-length 65536"
+  C="$T7 --data-path examples/corpus/tiny.jsonl --model-max-length 65536"
   step c64_layer 200 deno run -A cli/main.ts $C --checkpoint-boundary layer --output-dir /tmp/v_c64a
   step c64_groups8 200 deno run -A cli/main.ts $C --attention-head-groups 8 --output-dir /tmp/v_c64b
   summary; exit 0
 fi
 if [ "$PHASE" = compare128 ]; then
-  C="train --model llama-2-7b --data-path examples/corpus/tiny.jsonl --bf16 --max-steps 3 --logging-steps 1 --save-strategy no --save-final-model false --nproc-per-node 2 --learning-rate 1e-5 --warmup-steps 0 --device cuda --fsdp full_shard --model-max-length 131072 --offload-checkpoints --checkpoint-boundary layer --attention-head-groups 16"
+  C="$T7 --data-path examples/corpus/tiny.jsonl --model-max-length 131072 --offload-checkpoints --checkpoint-boundary layer --attention-head-groups 16"
   step c128_gpu_opt 280 deno run -A cli/main.ts $C --output-dir /tmp/v_c128a
   step c128_host_opt 280 deno run -A cli/main.ts $C --offload-optimizer --output-dir /tmp/v_c128b
   summary; exit 0

@@ -4,48 +4,30 @@ import { runCli } from "./_util.ts";
 
 Deno.test("bench attn: one rank and DistAttn over 3 CPU ranks print a row per variant", async () => {
   const out = await Deno.makeTempDir();
-  const one = await runCli([
-    "bench",
-    "attn",
-    "--seq",
-    "64",
-    "--heads",
-    "2",
-    "--head-dim",
-    "16",
-    "--device",
-    "cpu",
-    "--no-baseline",
-    "--reps",
-    "1",
-    "--warmup",
-    "0",
-    "--output-dir",
-    out,
-  ]);
+  // Small CPU problems, one repetition, no PyTorch peer.
+  const benchAttn = (...args: string[]) =>
+    runCli([
+      "bench",
+      "attn",
+      ...args,
+      "--heads",
+      "2",
+      "--head-dim",
+      "16",
+      "--device",
+      "cpu",
+      "--no-baseline",
+      "--reps",
+      "1",
+      "--warmup",
+      "0",
+      "--output-dir",
+      out,
+    ]);
+  const one = await benchAttn("--seq", "64");
   assertEquals(one.code, 0, one.stderr);
   assert(/^64\s+1\s+single/m.test(one.stdout), one.stdout);
-  const three = await runCli([
-    "bench",
-    "attn",
-    "--nproc-per-node",
-    "3",
-    "--seq",
-    "96",
-    "--heads",
-    "2",
-    "--head-dim",
-    "16",
-    "--device",
-    "cpu",
-    "--no-baseline",
-    "--reps",
-    "1",
-    "--warmup",
-    "0",
-    "--output-dir",
-    out,
-  ]);
+  const three = await benchAttn("--nproc-per-node", "3", "--seq", "96");
   assertEquals(three.code, 0, three.stderr);
   // Rank 0's GPU alone on the whole sequence first: each distributed row gives its share of it.
   assert(/^96\s+1\s+single/m.test(three.stdout), three.stdout);
