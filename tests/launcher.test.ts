@@ -3,7 +3,16 @@
  * variables) and the rendezvous store.
  */
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
-import { distflashCommand, launch, type LaunchResult, rankEnv } from "../src/dist/launcher.ts";
+import {
+  distflashCommand,
+  firstFailure,
+  launch,
+  type LaunchResult,
+  rankEnv,
+  type RankExit,
+  stoppedByLauncher,
+} from "../src/dist/launcher.ts";
+import { COMM_FAILURE_EXIT_CODE } from "../src/dist/comm.ts";
 import {
   expandSlurmNodelist,
   parseRankEnv,
@@ -78,6 +87,39 @@ Deno.test("launcher: a rank killed by a signal stops the job, naming the signal"
   } finally {
     await Deno.remove(job.dir, { recursive: true });
   }
+});
+
+Deno.test("launcher: a rank that died by itself is blamed even if a peer's exit was seen first", () => {
+  // The race a fast machine hit: rank 1 SIGKILLs itself, rank 2 sees the broken connection and
+  // exits first, the launcher then SIGTERMs every rank it has not reaped yet, rank 1 included.
+  const exit = (rank: number, code: number, signal: string | null, sent: string[]): RankExit => ({
+    rank,
+    localRank: rank,
+    pid: 1000 + rank,
+    code,
+    signal,
+    stopped: stoppedByLauncher(signal, new Set(sent)),
+    logPath: `rank${rank}.log`,
+  });
+  const observed = [
+    exit(2, COMM_FAILURE_EXIT_CODE, null, []),
+    exit(1, 137, "SIGKILL", ["SIGTERM"]),
+    exit(0, 143, "SIGTERM", ["SIGTERM"]),
+  ];
+  assertEquals(observed.map((e) => e.stopped), [false, false, true]);
+  assertEquals(firstFailure(observed)?.rank, 1);
+  // After the grace period the launcher's own SIGKILL is a stop, not a failure.
+  assert(stoppedByLauncher("SIGKILL", new Set(["SIGTERM", "SIGKILL"])));
+  assertEquals(firstFailure([exit(0, 137, "SIGKILL", ["SIGTERM", "SIGKILL"])]), undefined);
+  // Only peers that saw a death: the first of them is named.
+  assertEquals(
+    firstFailure([
+      exit(2, COMM_FAILURE_EXIT_CODE, null, []),
+      exit(0, COMM_FAILURE_EXIT_CODE, null, []),
+    ])
+      ?.rank,
+    2,
+  );
 });
 
 Deno.test("launcher: ranks busy elsewhere get SIGTERM, then SIGKILL after the grace period", async () => {

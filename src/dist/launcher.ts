@@ -73,7 +73,11 @@ export interface RankExit {
   pid: number;
   code: number;
   signal: string | null;
-  /** The launcher had signalled it before it ended (it was stopped, not failing itself). */
+  /**
+   * It ended by a signal the launcher had sent it (it was stopped, not failing itself). A rank
+   * that died by another signal is a failure even if the launcher signalled it afterwards: a
+   * dead rank is only reaped later, so a peer's exit can make the launcher signal it first.
+   */
   stopped: boolean;
   logPath: string;
 }
@@ -197,13 +201,29 @@ interface Running {
   logPath: string;
   tail: Tail;
   exit?: RankExit;
-  signalled: boolean;
+  /** The signals the launcher sent it. */
+  sent: Set<string>;
   pumps: Promise<void>;
 }
 
 function writeAllSync(write: (b: Uint8Array) => number, bytes: Uint8Array): void {
   let off = 0;
   while (off < bytes.length) off += write(bytes.subarray(off));
+}
+
+/** Whether a rank that ended by `signal` was stopped by the launcher, which sent it `sent`. */
+export function stoppedByLauncher(signal: string | null, sent: ReadonlySet<string>): boolean {
+  return signal !== null && sent.has(signal);
+}
+
+/**
+ * The rank to blame, from the exits in the order they were seen: the first that failed by itself
+ * (not stopped by the launcher) other than by seeing a peer die (COMM_FAILURE_EXIT_CODE), else the
+ * first such peer.
+ */
+export function firstFailure(observed: readonly RankExit[]): RankExit | undefined {
+  const failures = observed.filter((e) => (e.code !== 0 || e.signal !== null) && !e.stopped);
+  return failures.find((e) => e.code !== COMM_FAILURE_EXIT_CODE) ?? failures[0];
 }
 
 /** Starts the ranks of this node and waits for them; see the module documentation. */
@@ -248,7 +268,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   const killAll = (signal: Deno.Signal) => {
     for (const r of ranks) {
       if (r.exit) continue;
-      r.signalled = true;
+      r.sent.add(signal);
       try {
         r.child.kill(signal);
       } catch { /* already gone */ }
@@ -324,7 +344,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
         child,
         logPath,
         tail,
-        signalled: false,
+        sent: new Set(),
         pumps,
       };
       ranks.push(running);
@@ -338,7 +358,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
         pid: r.child.pid,
         code: status.code,
         signal: status.signal,
-        stopped: r.signalled && status.signal !== null,
+        stopped: stoppedByLauncher(status.signal, r.sent),
         logPath: r.logPath,
       };
       observed.push(r.exit);
@@ -361,10 +381,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
     }
   }
 
-  const failures = interrupted
-    ? []
-    : observed.filter((e) => (e.code !== 0 || e.signal !== null) && !e.stopped);
-  const failed = failures.find((e) => e.code !== COMM_FAILURE_EXIT_CODE) ?? failures[0];
+  const failed = interrupted ? undefined : firstFailure(observed);
   let code = 0;
   if (failed) {
     const how = failed.signal !== null ? `signal ${failed.signal}` : `exit code ${failed.code}`;
