@@ -216,6 +216,8 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_bwd_sm90_kernel(const Bwd
 #endif
 }
 
+#ifndef FLASH_EMULATE /* the host side: the emulation (csrc/emu) launches the kernel itself */
+
 template <int HD>
 static df_status launch(const BwdParams &prm, int nh, cudaStream_t s) {
   using C = BwdSm90<HD>;
@@ -232,5 +234,7 @@ static df_status launch(const BwdParams &prm, int nh, cudaStream_t s) {
 df_status launch_bwd_sm90(const BwdParams &p, int nh, int hd, cudaStream_t s) {
   return hd == 64 ? launch<64>(p, nh, s) : launch<128>(p, nh, s);
 }
+
+#endif  // FLASH_EMULATE
 
 }  // namespace flash

@@ -12,7 +12,9 @@
  * and no producer warp yet: those are next (bench/NOTES.md).
  *
  * Tile layouts, descriptors and the accumulator layout: csrc/cuda/flash_sm90.cuh. */
+#ifndef FLASH_EMULATE
 #include <mutex>
+#endif
 
 #include "flash_sm90.cuh"
 
@@ -23,6 +25,10 @@ struct FwdSm90 {
   static constexpr int HALF_BYTES = 128 * 128; /* one column half of a tile: 128 rows of 128 B */
   /* One Q, K or V tile (BQ = BK = 128 rows) of head dim HD (64: one half; 128: two). */
   static constexpr __host__ __device__ int tile_bytes(int hd) { return 128 * hd * 2; }
+  /* Q, two K, two or three V, and 1024 bytes to align the start. */
+  static constexpr __host__ __device__ int smem_bytes(int hd, bool overlap) {
+    return (overlap ? 6 : 5) * tile_bytes(hd) + 1024;
+  }
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -240,6 +246,8 @@ __global__ void __launch_bounds__(FwdSm90::THREADS, 1) flash_fwd_sm90_kernel(con
 #endif
 }
 
+#ifndef FLASH_EMULATE /* the host side: the emulation (csrc/emu) launches the kernel itself */
+
 /* Writes 1 only in code compiled for sm_90a: a build for plain sm_90 (or PTX JIT-compiled from
  * compute_80) would run the kernels above with empty bodies. */
 __global__ void sm90_probe_kernel(int *flag) {
@@ -286,8 +294,7 @@ bool sm90_available() {
 
 template <int HD, bool OVERLAP>
 static df_status launch(const FwdParams &prm, int nh, cudaStream_t s) {
-  /* Q, two K, two or three V, and 1024 bytes to align the start. */
-  constexpr int smem = (OVERLAP ? 6 : 5) * FwdSm90::tile_bytes(HD) + 1024;
+  constexpr int smem = FwdSm90::smem_bytes(HD, OVERLAP);
   auto kernel = flash_fwd_sm90_kernel<HD, OVERLAP>;
   DF_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   FwdParams p = prm;
@@ -302,5 +309,7 @@ df_status launch_fwd_sm90(const FwdParams &p, int nh, int hd, bool overlap, cuda
   if (hd == 64) return overlap ? launch<64, true>(p, nh, s) : launch<64, false>(p, nh, s);
   return overlap ? launch<128, true>(p, nh, s) : launch<128, false>(p, nh, s);
 }
+
+#endif  // FLASH_EMULATE
 
 }  // namespace flash

@@ -2,7 +2,11 @@
  * sm_80 and sm_90a, and the dispatch; csrc/cuda/flash_fwd_sm90.cu, flash_bwd_sm90.cu: the Hopper
  * kernels): the PTX wrappers and the parameter structs. Internal to those files. */
 #pragma once
+#ifdef FLASH_EMULATE
+#include "../emu/sm90_emu.h" /* the host emulation that runs the Hopper kernels in CPU tests */
+#else
 #include "kernel_utils.cuh"
+#endif
 
 namespace flash {
 
@@ -11,7 +15,8 @@ typedef __nv_bfloat16 bf16;
 #define FLASH_LOG2E 1.4426950408889634f
 #define FLASH_LN2 0.6931471805599453f
 
-/* ---------------- PTX wrappers ---------------- */
+/* ---------------- PTX wrappers (the host emulation has its own) ---------------- */
+#ifndef FLASH_EMULATE
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -99,6 +104,8 @@ __device__ __forceinline__ void atomic_add4(float *dst, float4 v) {
 #endif
 }
 
+#endif  // FLASH_EMULATE
+
 static __device__ __forceinline__ int clamp_int(int64_t v) {
   return (int)(v < -(1 << 30) ? -(1 << 30) : v > (1 << 30) ? (1 << 30) : v);
 }
@@ -147,8 +154,10 @@ __device__ __forceinline__ void fwd_store_empty(const FwdParams &p, int h, int64
 /* The Hopper kernels (wgmma, head dims 64 and 128): sm90_available() is false when this build or
  * device cannot run them; overlap selects the forward's intra-warpgroup pipelined loop; the
  * backward runs after flash_bwd_prep_kernel has filled p.L and p.D. */
+#ifndef FLASH_EMULATE
 bool sm90_available();
 df_status launch_fwd_sm90(const FwdParams &p, int nh, int hd, bool overlap, cudaStream_t s);
 df_status launch_bwd_sm90(const BwdParams &p, int nh, int hd, cudaStream_t s);
+#endif
 
 }  // namespace flash

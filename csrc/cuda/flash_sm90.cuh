@@ -27,6 +27,37 @@ __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr, uint32_t lbo, uint
          ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
 }
 
+/* Byte offset of 16-byte chunk c (0..15) of row r in a [rows][128] tile stored as two swizzled
+ * column halves of ROWS rows. */
+template <int ROWS>
+__device__ __forceinline__ uint32_t sw128(int r, int c) {
+  return (uint32_t)((c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+}
+
+/* cp.async rows [row0, row0 + ROWS) of a [rows_total, *] bf16 tensor (row stride `stride` elements,
+ * `g` at the head's first column; COLS = 64 or 128 columns) into a swizzled tile, by a block of 256
+ * threads; rows past the end are zero. Thread tid copies chunk tid % CPR of rows tid / CPR + RSTEP i
+ * (CPR chunks per row, RSTEP = 256 / CPR rows a pass, a multiple of 8): one swizzle serves all its
+ * chunks. */
+template <int ROWS, int COLS>
+__device__ __forceinline__ void load_tile_sw128(uint32_t dst, const bf16 *g, int64_t row0, int64_t rows_total,
+                                                int64_t stride) {
+  constexpr int CPR = COLS / 8, RSTEP = 256 / CPR;
+  static_assert((COLS == 64 || COLS == 128) && ROWS % RSTEP == 0, "whole passes of 256 threads");
+  const int r0 = (int)threadIdx.x / CPR, c = (int)threadIdx.x % CPR;
+  const uint32_t d0 = dst + sw128<ROWS>(r0, c);
+  const int64_t first = row0 + r0;
+  const bf16 *src = g + first * stride + c * 8;
+#pragma unroll
+  for (int it = 0; it < ROWS / RSTEP; it++) {
+    const bool valid = first + it * RSTEP < rows_total;
+    cp_async16(d0 + it * RSTEP * 128, valid ? src + it * RSTEP * stride : g, valid);
+  }
+}
+
+/* ---- wgmma and fence wrappers (the host emulation, csrc/emu/sm90_emu.h, has its own) ---- */
+#ifndef FLASH_EMULATE
+
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 /* cp.async writes through the generic proxy; wgmma reads through the async proxy. */
@@ -91,34 +122,6 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4],
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
-/* Byte offset of 16-byte chunk c (0..15) of row r in a [rows][128] tile stored as two swizzled
- * column halves of ROWS rows. */
-template <int ROWS>
-__device__ __forceinline__ uint32_t sw128(int r, int c) {
-  return (uint32_t)((c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
-}
-
-/* cp.async rows [row0, row0 + ROWS) of a [rows_total, *] bf16 tensor (row stride `stride` elements,
- * `g` at the head's first column; COLS = 64 or 128 columns) into a swizzled tile, by a block of 256
- * threads; rows past the end are zero. Thread tid copies chunk tid % CPR of rows tid / CPR + RSTEP i
- * (CPR chunks per row, RSTEP = 256 / CPR rows a pass, a multiple of 8): one swizzle serves all its
- * chunks. */
-template <int ROWS, int COLS>
-__device__ __forceinline__ void load_tile_sw128(uint32_t dst, const bf16 *g, int64_t row0, int64_t rows_total,
-                                                int64_t stride) {
-  constexpr int CPR = COLS / 8, RSTEP = 256 / CPR;
-  static_assert((COLS == 64 || COLS == 128) && ROWS % RSTEP == 0, "whole passes of 256 threads");
-  const int r0 = (int)threadIdx.x / CPR, c = (int)threadIdx.x % CPR;
-  const uint32_t d0 = dst + sw128<ROWS>(r0, c);
-  const int64_t first = row0 + r0;
-  const bf16 *src = g + first * stride + c * 8;
-#pragma unroll
-  for (int it = 0; it < ROWS / RSTEP; it++) {
-    const bool valid = first + it * RSTEP < rows_total;
-    cp_async16(d0 + it * RSTEP * 128, valid ? src + it * RSTEP * stride : g, valid);
-  }
-}
-
 /* The 32 fp32 accumulators of an m64n64 wgmma: operands %0..%31 and their constraints. */
 #define WGMMA_D32_LIST \
   "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
@@ -152,6 +155,8 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[32], const uint32_t (&a)[4],
       : WGMMA_D32(d)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
+
+#endif  // FLASH_EMULATE
 
 /* P (fp32 accumulators of an n8 column pair per 16 columns) to register A fragments: KT fragments of
  * 16 columns each, as the next wgmma's A operand (same layout as mma.sync's). */
