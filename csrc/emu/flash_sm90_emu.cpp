@@ -1,8 +1,9 @@
 /* Runs the Hopper attention kernels' own source (csrc/cuda/flash_fwd_sm90.cu, flash_bwd_sm90.cu) on
  * the host emulation of csrc/emu/sm90_emu.h and compares them with float64 attention, forward and
  * backward: head dims 64 and 128, both forward variants, GQA, ragged lengths, query/key offsets
- * (DistAttn's blocks: causal diagonal, fully visible, partly visible, rows that see no key), and a
- * grid smaller than the tile count (the kernels' grid-stride loop). Every case runs under several
+ * (DistAttn's blocks: causal diagonal, fully visible, partly visible, rows that see no key), a grid
+ * smaller than the tile count (the kernels' grid-stride loop), one query or 17 tokens (tiles mostly
+ * padding), and eight key tiles for one query tile (the online softmax's rescaling). Every case runs under several
  * schedules (see sm90_emu.h); the forward's output must be bit-identical across them.
  *
  * Errors are max |x - ref| / max |ref| over a whole tensor (lse: max |x - ref|). The kernels round
@@ -295,6 +296,9 @@ int main(int argc, char **argv) {
       {"rows seeing no key", 0, 2, 1, 260, 200, -140, 0},
       {"fully visible", 0, 2, 2, 130, 260, 5000, 0},
       {"causal, grid-stride", 0, 2, 2, 300, 300, 0, 1},
+      {"tiny", 0, 1, 1, 17, 17, 0, 0},
+      {"one query, all keys", 0, 1, 1, 1, 700, 699, 0},
+      {"many key tiles", 0, 1, 1, 128, 1000, 900, 0},
   };
   for (int hd : {128, 64})
     for (Case c : cases) {
