@@ -20,8 +20,8 @@
  * - wgmma.fence / commit_group / wait_group, cp.async (16 bytes, zero fill) with commit/wait groups,
  *   fence.proxy.async, warp shuffles and votes, __syncthreads.
  * What it checks, failing with a message that names the block, thread and address:
- * - descriptors: swizzle mode, no stray bits, base offset 0 only where the start address sits on a
- *   1024-byte pattern boundary, every element inside the block's dynamic shared memory;
+ * - descriptors: swizzle mode, no stray bits, base offset 0 and the start on a 1024-byte pattern
+ *   row 0 (what CUTLASS-built descriptors satisfy), every element inside the dynamic shared memory;
  * - wgmma issued without a wgmma.fence since the thread's last wait, or with operands that differ
  *   between the threads of the warpgroup (they must be uniform);
  * - a wgmma reading shared memory whose cp.async has not completed, or that a thread wrote through
@@ -30,7 +30,17 @@
  *   accumulators, changed between a wgmma's issue and its wait;
  * - ld.shared of bytes whose cp.async has not completed; cp.async sources and atomics outside the
  *   registered global buffers, misaligned accesses; a deadlock (threads waiting at different
- *   barriers). */
+ *   barriers).
+ * What it does not model (a kernel relying on these would pass here and could fail on a GPU):
+ * - wgmma, commit and wait synchronise the whole warpgroup here; in PTX their .sync.aligned binds
+ *   each warp only, so a hazard between two warps of one warpgroup (one warp's fence.proxy.async
+ *   not followed by a barrier before another's wgmma, or a warp overwriting an operand right after
+ *   its own wait) is not caught: keep such orderings behind __syncthreads, as the kernels do;
+ * - the fence check remembers only a wgmma.fence since the thread's last wait, not whether
+ *   registers were touched after that fence; reads of an in-flight wgmma's registers; compiler
+ *   reordering around the asm (ptxas warns when it has to serialise wgmma, and scripts/build.ts
+ *   fails on any warning);
+ * - the exact rounding of ex2.approx.ftz and of the tensor cores' accumulation (tolerances only). */
 #pragma once
 #include <math.h>
 #include <stdarg.h>
@@ -358,10 +368,13 @@ inline Desc decode(uint64_t d, const char *which) {
   if ((d >> 62) != 1)
     fail("wgmma %s descriptor: layout type %d, not the 128-byte swizzle (1)", which, (int)(d >> 62));
   const Desc r{(uint32_t)(d & 0x3FFF) << 4, (uint32_t)((d >> 16) & 0x3FFF) << 4, (uint32_t)((d >> 32) & 0x3FFF) << 4};
+  /* The base offset locates the start of the 1024-byte swizzle pattern (PTX ISA); CUTLASS leaves it 0.
+   * Only what is certain is modelled: base offset 0 with the start on a pattern row 0 (address bits
+   * 7-9 clear; a k16 step's +32 bytes keeps them so). */
   const int base_offset = (int)((d >> 49) & 7);
-  if (base_offset != (int)((r.start >> 7) & 7))
-    fail("wgmma %s descriptor: start 0x%x has address bits 7-9 = %d but base offset %d (the swizzle pattern "
-         "would be misread)",
+  if (base_offset != 0 || ((r.start >> 7) & 7) != 0)
+    fail("wgmma %s descriptor: start 0x%x (address bits 7-9 = %d), base offset %d: only starts on a "
+         "1024-byte swizzle-pattern row 0 with base offset 0 are modelled",
          which, r.start, (int)((r.start >> 7) & 7), base_offset);
   return r;
 }
