@@ -8,8 +8,10 @@
  * fence wrappers; everything else (tile loops, index arithmetic, descriptors, masks, softmax) is the
  * kernels' code as the GPU runs it.
  *
- * Threads are fibers (ucontext) on one OS thread, switched only where a thread waits: block,
- * warpgroup and warp barriers. The scheduler's order is a choice (forward, reverse, shuffled each
+ * Threads are fibers (ucontext) on one OS thread, switched only where a thread waits: block and
+ * warp barriers, and wgmma waits. As in PTX, wgmma, commit and wait bind no warp to the others of
+ * its warpgroup: an operation starts once all 128 threads have issued it, and a wait returns once
+ * the thread's own committed groups are complete. The scheduler's order is a choice (forward, reverse, shuffled each
  * pass), and asynchronous work can complete at issue ("eager") or at its wait ("lazy"): correct
  * synchronisation gives the same forward output bit for bit under every choice.
  *
@@ -17,7 +19,7 @@
  * - wgmma.mma_async m64nNk16 (N = 64, 128), bf16 in, f32 accumulators: A and B from shared memory
  *   through matrix descriptors with the 128-byte swizzle (K-major and MN-major canonical layouts),
  *   or A from registers; the accumulator and A register fragments of each thread of the warpgroup.
- * - wgmma.fence / commit_group / wait_group, cp.async (16 bytes, zero fill) with commit/wait groups,
+ * - wgmma.fence / commit_group / wait_group (per thread), cp.async (16 bytes, zero fill) with commit/wait groups,
  *   fence.proxy.async, warp shuffles and votes, __syncthreads.
  * What it checks, failing with a message that names the block, thread and address:
  * - descriptors: swizzle mode, no stray bits, base offset 0 and the start on a 1024-byte pattern
@@ -32,10 +34,6 @@
  *   registered global buffers, misaligned accesses; a deadlock (threads waiting at different
  *   barriers).
  * What it does not model (a kernel relying on these would pass here and could fail on a GPU):
- * - wgmma, commit and wait synchronise the whole warpgroup here; in PTX their .sync.aligned binds
- *   each warp only, so a hazard between two warps of one warpgroup (one warp's fence.proxy.async
- *   not followed by a barrier before another's wgmma, or a warp overwriting an operand right after
- *   its own wait) is not caught: keep such orderings behind __syncthreads, as the kernels do;
  * - the fence check remembers only a wgmma.fence since the thread's last wait, not whether
  *   registers were touched after that fence; reads of an in-flight wgmma's registers; compiler
  *   reordering around the asm (ptxas warns when it has to serialise wgmma, and scripts/build.ts
@@ -128,12 +126,20 @@ struct Thread {
   std::deque<std::vector<CpCopy>> copy_groups;
   std::vector<uint32_t> unfenced; /* 4-byte words it wrote through the generic proxy, not yet fenced */
   bool wg_fenced = false;
+  uint64_t wg_issued = 0;            /* wgmma it has issued: the next one's index in its warpgroup */
+  std::vector<uint64_t> wg_commits;  /* wg_issued at each commit_group */
 };
 
-struct Op { /* one wgmma of a warpgroup */
-  int n;              /* 64 or 128 */
-  bool a_regs, ta, tb, scale_d;
-  uint64_t da, db;
+struct Op { /* one wgmma of a warpgroup: formed when all 128 threads have issued it */
+  int arrived = 0;
+  bool formed = false, completed = false;
+  int n = 0;          /* 64 or 128 */
+  bool a_regs = false, ta = false, tb = false, scale_d = false;
+  uint64_t da = 0, db = 0;
+  /* what each thread passed */
+  uint64_t t_da[128], t_db[128];
+  int t_acc[128], t_n[128];
+  bool t_ta[128], t_tb[128];
   float *d[128];
   const uint32_t *a[128];
   uint32_t a_at_issue[128][4];
@@ -142,15 +148,16 @@ struct Op { /* one wgmma of a warpgroup */
   std::vector<uint32_t> reads; /* shared addresses (2-byte elements) it reads */
 };
 
+/* The wgmma of a warpgroup, by issue index (ops[i - first] is wgmma i). As in PTX, issuing,
+ * committing and waiting bind no thread to the other warps: a wgmma can start once every thread
+ * has issued it, and a wait returns once the thread's groups are formed and complete. */
 struct WarpGroup {
-  Barrier bar{128, 0, 0, "warpgroup"};
-  std::vector<Op> open;
-  std::deque<std::vector<Op>> groups;
-  /* what each thread passed to the collective being issued */
-  uint64_t da[128], db[128];
-  int acc[128];
-  float *d[128];
-  const uint32_t *a[128];
+  std::deque<Op> ops;
+  uint64_t first = 0;
+  Op &op(uint64_t i) {
+    while (first + ops.size() <= i) ops.emplace_back();
+    return ops[i - first];
+  }
 };
 
 struct Warp {
@@ -273,9 +280,8 @@ inline void run_block(dim3 block_idx, uint32_t smem_bytes) {
   }
   for (Warp &w : g.warps) w.bar.arrived = 0;
   for (WarpGroup &w : g.wgs) {
-    w.bar.arrived = 0;
-    w.open.clear();
-    w.groups.clear();
+    w.ops.clear();
+    w.first = 0;
   }
   g.block_bar.arrived = 0;
 
@@ -284,32 +290,32 @@ inline void run_block(dim3 block_idx, uint32_t smem_bytes) {
   std::mt19937 rng(g.schedule.seed * 7919u + block_idx.x * 131u + block_idx.y);
   for (;;) {
     if (g.schedule.order == Order::shuffled) std::shuffle(order.begin(), order.end(), rng);
-    bool any_left = false, ran = false;
+    bool any_left = false;
     const uint64_t before = g.progress;
     for (int t : order) {
       Thread &th = g.threads[t];
       if (th.done) continue;
       any_left = true;
       if (th.waiting && th.waiting->gen == th.waiting_gen) continue;
-      ran = true;
       g.cur = &th;
       swapcontext(&g.sched, &th.ctx);
       g.cur = nullptr;
     }
     if (!any_left) break;
-    if (!ran && g.progress == before) {
+    if (g.progress == before) { /* a whole pass in which no thread got anywhere */
       for (int t = 0; t < THREADS; t++) {
         const Thread &th = g.threads[t];
-        if (!th.done && (t % 32 == 0 || !th.waiting))
-          fprintf(stderr, "  thread %d: %s\n", t, th.waiting ? th.waiting->name : "running");
+        if (!th.done && t % 32 == 0)
+          fprintf(stderr, "  thread %d: %s\n", t, th.waiting ? th.waiting->name : "wgmma.wait_group");
       }
       fail("deadlock in block %u,%u: threads wait at barriers that the others never reach", block_idx.x,
            block_idx.y);
     }
   }
   for (int w = 0; w < THREADS / 128; w++)
-    if (!g.wgs[w].open.empty() || !g.wgs[w].groups.empty())
-      fail("warpgroup %d of block %u,%u ended with wgmma never waited for", w, block_idx.x, block_idx.y);
+    for (const Op &op : g.wgs[w].ops)
+      if (!op.completed)
+        fail("warpgroup %d of block %u,%u ended with wgmma never waited for", w, block_idx.x, block_idx.y);
   for (int t = 0; t < THREADS; t++) { /* an empty group left pending is harmless */
     bool pending = !g.threads[t].open_copies.empty();
     for (const std::vector<CpCopy> &group : g.threads[t].copy_groups) pending |= !group.empty();
@@ -444,61 +450,63 @@ inline void op_execute(Op &op) {
     }
 }
 
-/* Every thread of the warpgroup calls this with its own accumulators (and A registers). */
+/* Every thread of the warpgroup calls this with its own accumulators (and A registers); the last
+ * to issue forms the operation: checks, operand footprint, and (eager) the product itself. */
+inline void form(WarpGroup &w, Op &op) {
+  op.n = op.t_n[0];
+  op.da = op.t_da[0];
+  op.db = op.t_db[0];
+  op.ta = op.t_ta[0];
+  op.tb = op.t_tb[0];
+  op.scale_d = op.t_acc[0] != 0;
+  op.a_regs = op.a[0] != nullptr;
+  for (int u = 1; u < 128; u++)
+    if (op.t_da[u] != op.da || op.t_db[u] != op.db || (op.t_acc[u] != 0) != op.scale_d || op.t_n[u] != op.n ||
+        op.t_ta[u] != op.ta || op.t_tb[u] != op.tb || (op.a[u] != nullptr) != op.a_regs)
+      fail("the threads of a warpgroup issued different wgmma (thread %d of it differs from thread 0)", u);
+  if (op.a_regs)
+    for (int u = 0; u < 128; u++) memcpy(op.a_at_issue[u], op.a[u], 16);
+  op_reads(op);
+  for (uint32_t addr : op.reads) {
+    const uint32_t i = addr - SHARED_BASE;
+    check_copied(i, 2, "wgmma");
+    if (g.unfenced_by[i] >= 0 || g.unfenced_by[i + 1] >= 0)
+      fail("wgmma reads shared address 0x%x, which thread %d wrote through the generic proxy and has not "
+           "yet made visible to the async proxy (the writer's fence.proxy.async, then a barrier)",
+           addr, std::max(g.unfenced_by[i], g.unfenced_by[i + 1]));
+    g.inflight_reads[i]++;
+    g.inflight_reads[i + 1]++;
+  }
+  if (g.schedule.completion == Completion::eager) {
+    for (Op &earlier : w.ops)
+      if (&earlier != &op && earlier.formed && !earlier.completed && earlier.d[0] == op.d[0])
+        earlier.d_after.clear();
+    op_execute(op);
+    for (int u = 0; u < 128; u++) op.d_after.insert(op.d_after.end(), op.d[u], op.d[u] + op.n / 2);
+  }
+  op.formed = true;
+}
+
 inline void wgmma(int n, float *d, const uint32_t *a, uint64_t da, uint64_t db, int acc, bool ta, bool tb) {
   Thread &th = *g.cur;
   if (!th.wg_fenced) fail("wgmma.mma_async without a wgmma.fence since this thread's last wait");
   WarpGroup &w = my_wg();
+  Op &op = w.op(th.wg_issued++);
   const int t = th.tid % 128;
-  w.da[t] = da;
-  w.db[t] = db;
-  w.acc[t] = acc;
-  w.d[t] = d;
-  w.a[t] = a;
-  barrier_wait(w.bar);
-  if (t == 0) {
-    for (int u = 1; u < 128; u++)
-      if (w.da[u] != da || w.db[u] != db || (w.acc[u] != 0) != (acc != 0))
-        fail("wgmma operands differ within the warpgroup (thread %d of it)", u);
-    Op op;
-    op.n = n;
-    op.a_regs = a != nullptr;
-    op.ta = ta;
-    op.tb = tb;
-    op.scale_d = acc != 0;
-    op.da = da;
-    op.db = db;
-    for (int u = 0; u < 128; u++) {
-      op.d[u] = w.d[u];
-      op.a[u] = w.a[u];
-      if (op.a_regs) memcpy(op.a_at_issue[u], w.a[u], 16);
-    }
-    op_reads(op);
-    for (uint32_t addr : op.reads) {
-      const uint32_t i = addr - SHARED_BASE;
-      check_copied(i, 2, "wgmma");
-      if (g.unfenced_by[i] >= 0 || g.unfenced_by[i + 1] >= 0)
-        fail("wgmma reads shared address 0x%x, which thread %d wrote through the generic proxy and has not "
-             "yet made visible to the async proxy (the writer's fence.proxy.async, then a barrier)",
-             addr, std::max(g.unfenced_by[i], g.unfenced_by[i + 1]));
-      g.inflight_reads[i]++;
-      g.inflight_reads[i + 1]++;
-    }
-    if (g.schedule.completion == Completion::eager) {
-      for (Op &earlier : w.open)
-        if (earlier.d[0] == op.d[0]) earlier.d_after.clear();
-      for (std::vector<Op> &group : w.groups)
-        for (Op &earlier : group)
-          if (earlier.d[0] == op.d[0]) earlier.d_after.clear();
-      op_execute(op);
-      for (int u = 0; u < 128; u++) op.d_after.insert(op.d_after.end(), op.d[u], op.d[u] + n / 2);
-    }
-    w.open.push_back(std::move(op));
-  }
-  barrier_wait(w.bar);
+  op.t_n[t] = n;
+  op.t_da[t] = da;
+  op.t_db[t] = db;
+  op.t_acc[t] = acc;
+  op.t_ta[t] = ta;
+  op.t_tb[t] = tb;
+  op.d[t] = d;
+  op.a[t] = a;
+  g.progress++;
+  if (++op.arrived == 128) form(w, op);
 }
 
 inline void complete(Op &op) {
+  op.completed = true;
   if (op.a_regs)
     for (int u = 0; u < 128; u++)
       if (memcmp(op.a_at_issue[u], op.a[u], 16))
@@ -634,26 +642,30 @@ inline void fence_proxy_async() {
       if (emu::g.unfenced_by[b] == th.tid) emu::g.unfenced_by[b] = -1;
   th.unfenced.clear();
 }
-inline void wg_commit() {
-  emu::WarpGroup &w = emu::my_wg();
-  emu::barrier_wait(w.bar);
-  if (emu::g.cur->tid % 128 == 0) {
-    w.groups.push_back(std::move(w.open));
-    w.open.clear();
-  }
-  emu::barrier_wait(w.bar);
-}
+inline void wg_commit() { emu::g.cur->wg_commits.push_back(emu::g.cur->wg_issued); }
+/* Returns once every wgmma of this thread's committed groups but the newest N is complete; it
+ * completes them itself (in issue order) if no thread of the warpgroup has yet. */
 template <int N>
 inline void wg_wait() {
+  emu::Thread &th = *emu::g.cur;
   emu::WarpGroup &w = emu::my_wg();
-  emu::barrier_wait(w.bar);
-  if (emu::g.cur->tid % 128 == 0)
-    while ((int)w.groups.size() > N) {
-      for (emu::Op &op : w.groups.front()) emu::complete(op);
-      w.groups.pop_front();
+  if ((int)th.wg_commits.size() > N) {
+    const uint64_t upto = th.wg_commits[th.wg_commits.size() - 1 - N];
+    for (;;) { /* every thread of the warpgroup must have issued them */
+      bool formed = true;
+      for (uint64_t i = w.first; i < upto; i++) formed &= w.op(i).formed;
+      if (formed) break;
+      emu::yield();
     }
-  emu::barrier_wait(w.bar);
-  emu::g.cur->wg_fenced = false;
+    for (uint64_t i = w.first; i < upto; i++)
+      if (!w.op(i).completed) emu::complete(w.op(i));
+    while (!w.ops.empty() && w.ops.front().completed) { /* no thread refers to them any more */
+      w.ops.pop_front();
+      w.first++;
+    }
+    emu::g.progress++;
+  }
+  th.wg_fenced = false;
 }
 template <int N>
 inline void pin(float (&)[N]) {}
