@@ -13,7 +13,8 @@
  * Accumulator layout of m64nNk16 (f32): warp w4 of the warpgroup holds rows 16 w4 .. 16 w4 + 15;
  * d[4 n + e] is row g + 8 (e >> 1), column 8 n + 2 t + (e & 1), with lane = 4 g + t; the A fragment
  * from registers has mma.sync's m16n8k16 layout for the warp's 16 rows. Everything here exists only
- * when compiling for sm_90a. */
+ * when compiling for sm_90a, or for the host emulation (csrc/emu/sm90_emu.h, which replaces the
+ * wgmma and fence wrappers and runs the rest as written). */
 #pragma once
 #include "flash_internal.cuh"
 
