@@ -119,6 +119,17 @@ export function singleRankAttention(
   return result;
 }
 
+/** A zeroed whole-sequence result, for the ranks' parts to be placed into. */
+export function emptyAttentionResult(qLen: number, kvLen: number, lseLen: number): AttentionResult {
+  return {
+    o: new Float32Array(qLen),
+    lse: new Float32Array(lseLen),
+    dq: new Float32Array(qLen),
+    dk: new Float32Array(kvLen),
+    dv: new Float32Array(kvLen),
+  };
+}
+
 /** ||got - want|| / ||want|| for every tensor of an attention result. */
 export function attentionErrors(
   got: AttentionResult,

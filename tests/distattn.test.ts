@@ -7,6 +7,7 @@
 import { assertLess } from "./assert.ts";
 import {
   attentionErrors,
+  emptyAttentionResult,
   randn,
   runSequenceParallel,
   singleRankAttention,
@@ -29,13 +30,7 @@ async function check(P: number, nkv: number, balanced: boolean, overlap: boolean
   // P ranks, each with its slice.
   const group = new LocalGroup(d, P);
   const qs = S * nh * hd, kvs = S * nkv * hd;
-  const got = {
-    o: new Float32Array(q.length),
-    lse: new Float32Array(nh * T),
-    dq: new Float32Array(q.length),
-    dk: new Float32Array(k.length),
-    dv: new Float32Array(v.length),
-  };
+  const got = emptyAttentionResult(q.length, k.length, nh * T);
   const results = await runSequenceParallel(
     d,
     group.members().map((comm) => {

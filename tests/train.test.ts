@@ -352,15 +352,9 @@ Deno.test("train: --save-strategy epoch saves at epoch ends, and --resume-from-c
 Deno.test("tokenize: the .npy it writes trains exactly as the text it came from", async () => {
   const dir = await Deno.makeTempDir();
   const corpus = new URL("../examples/corpus/tiny.jsonl", import.meta.url).pathname;
-  const r = await runCli([
-    "tokenize",
-    "--model",
-    "debug-small",
-    "--data-path",
-    corpus,
-    "--output",
-    join(dir, "t.npy"),
-  ]);
+  const tokenize = (output: string) =>
+    runCli(["tokenize", "--model", "debug-small", "--data-path", corpus, "--output", output]);
+  const r = await tokenize(join(dir, "t.npy"));
   assertEquals(r.code, 0, r.stderr);
   assert(r.stdout.includes("818 documents"), r.stdout);
   const base = {
@@ -376,15 +370,7 @@ Deno.test("tokenize: the .npy it writes trains exactly as the text it came from"
   await train({ ...base, dataPath: join(dir, "t.npy"), outputDir: join(dir, "b") }, quiet);
   const [a, b] = [await metrics(join(dir, "a")), await metrics(join(dir, "b"))];
   assertEquals(a.map((m) => m.loss), b.map((m) => m.loss));
-  const bad = await runCli([
-    "tokenize",
-    "--model",
-    "debug-small",
-    "--data-path",
-    corpus,
-    "--output",
-    join(dir, "t.bin"),
-  ]);
+  const bad = await tokenize(join(dir, "t.bin"));
   assert(bad.code !== 0 && bad.stderr.includes("--output"), bad.stderr);
   await Deno.remove(dir, { recursive: true });
 });

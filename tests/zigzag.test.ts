@@ -6,6 +6,7 @@
 import { assertLess } from "./assert.ts";
 import {
   attentionErrors,
+  emptyAttentionResult,
   randn,
   runSequenceParallel,
   singleRankAttention,
@@ -38,13 +39,7 @@ async function check(P: number, nkv: number, groups = 1) {
     dst.set(part.subarray(0, h * row), a * h * row);
     dst.set(part.subarray(h * row), b * h * row);
   };
-  const got = {
-    o: new Float32Array(q.length),
-    lse: new Float32Array(nh * T),
-    dq: new Float32Array(q.length),
-    dk: new Float32Array(k.length),
-    dv: new Float32Array(v.length),
-  };
+  const got = emptyAttentionResult(q.length, k.length, nh * T);
   const group = new LocalGroup(d, P);
   const results = await runSequenceParallel(
     d,

@@ -345,13 +345,16 @@ inline void generic_write(uint32_t index, uint32_t bytes, int writer, const char
   for (uint32_t w = index / 4; w < (index + bytes + 3) / 4; w++) g.threads[writer].unfenced.push_back(w);
 }
 
+/* What a 16-byte cp.async puts at shared index i: the source, or zeros. */
+inline void copy16(uint32_t i, const unsigned char *src) {
+  if (src) memcpy(&g.smem[i], src, 16);
+  else memset(&g.smem[i], 0, 16);
+}
+
 inline void complete_copy(const CpCopy &c, int writer) {
   const uint32_t i = c.dst - SHARED_BASE;
   for (uint32_t b = i; b < i + 16; b++) g.pending_copy[b]--;
-  if (g.schedule.completion == Completion::lazy) {
-    if (c.src) memcpy(&g.smem[i], c.src, 16);
-    else memset(&g.smem[i], 0, 16);
-  }
+  if (g.schedule.completion == Completion::lazy) copy16(i, c.src);
   generic_write(i, 16, writer, "cp.async");
 }
 
@@ -581,10 +584,7 @@ inline void cp_async16(uint32_t dst, const void *src, bool valid) {
       emu::fail("cp.async overwrites shared address 0x%x, which an issued wgmma may still read", b + emu::SHARED_BASE);
     emu::g.pending_copy[b]++;
   }
-  if (emu::g.schedule.completion == emu::Completion::eager) {
-    if (s) memcpy(&emu::g.smem[i], s, 16);
-    else memset(&emu::g.smem[i], 0, 16);
-  }
+  if (emu::g.schedule.completion == emu::Completion::eager) emu::copy16(i, s);
   th.open_copies.push_back({dst, s});
 }
 inline void cp_async_commit() {
@@ -611,20 +611,16 @@ inline void st_shared_u32(uint32_t addr, uint32_t v) {
   emu::generic_write(i, 4, emu::g.cur->tid, "st.shared");
   memcpy(&emu::g.smem[i], &v, 4);
 }
-inline uint4 ld_shared_u128(uint32_t addr) {
-  const uint32_t i = emu::smem_index(addr, 16, 16, "ld.shared.v4");
-  emu::check_copied(i, 16, "ld.shared.v4");
-  uint4 v;
-  memcpy(&v, &emu::g.smem[i], 16);
+template <class T>
+inline T ld_shared(uint32_t addr, const char *what) {
+  const uint32_t i = emu::smem_index(addr, sizeof(T), sizeof(T), what);
+  emu::check_copied(i, sizeof(T), what);
+  T v;
+  memcpy(&v, &emu::g.smem[i], sizeof(T));
   return v;
 }
-inline float ld_shared_f32(uint32_t addr) {
-  const uint32_t i = emu::smem_index(addr, 4, 4, "ld.shared.f32");
-  emu::check_copied(i, 4, "ld.shared.f32");
-  float v;
-  memcpy(&v, &emu::g.smem[i], 4);
-  return v;
-}
+inline uint4 ld_shared_u128(uint32_t addr) { return ld_shared<uint4>(addr, "ld.shared.v4"); }
+inline float ld_shared_f32(uint32_t addr) { return ld_shared<float>(addr, "ld.shared.f32"); }
 
 inline void atomic_add2(float *dst, float a, float b) {
   emu::check_global(dst, 8, 8, "atomicAdd(float2)");
