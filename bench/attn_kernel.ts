@@ -33,8 +33,8 @@ const reps = Number(flag("reps", "10"));
 const warmup = Number(flag("warmup", "3"));
 const withTorch = args.includes("--torch");
 const sweepSizes = ints(flag("sweep", ""));
-/** Tile variants by their DISTFLASH_FLASH_FWD / _BWD value (the dispatch tables of
- * csrc/cuda/flash_attention.cu); 4 and 5 are the Hopper kernels, which run only on sm_90a. */
+/** Tile variants by their DISTFLASH_FLASH_FWD / _BWD value (forward_variant and
+ * backward_variant in csrc/cuda/flash_attention.cu); 4 and 5 are the Hopper kernels, which run only on sm_90a. */
 const FWD_VARIANTS: Record<number, [number, string][]> = {
   128: [
     [0, "4w x 32r, BK 64"],

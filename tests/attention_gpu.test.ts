@@ -1,6 +1,6 @@
 /**
- * The tensor-core attention kernels (csrc/cuda/flash_attention.cu: bf16, head dims 64 and 128) at
- * sizes that cross many tiles, against the fp32 CUDA-core kernels of csrc/cuda/attention.cu run on
+ * The tensor-core attention kernels (csrc/cuda/flash_fwd.cuh, flash_bwd.cuh, launched by
+ * csrc/cuda/flash_attention.cu: bf16, head dims 64 and 128) at sizes that cross many tiles, against the fp32 CUDA-core kernels of csrc/cuda/attention.cu run on
  * the same bf16-rounded inputs converted to fp32 (df_convert on the device), so both see exactly
  * the same values and the difference is the bf16 kernel's own arithmetic. Runs only with
  * DISTFLASH_TEST_BACKEND=cuda (the CPU backend has no such kernel).

@@ -1,6 +1,6 @@
 /* Flash attention backward for Hopper (sm_90a): wgmma from shared memory, head dims 64 and 128, bf16.
  *
- * The structure of the mma.sync backward (flash_bwd2_kernel in csrc/cuda/flash_attention.cu, after
+ * The structure of the mma.sync backward (flash_bwd2_kernel in csrc/cuda/flash_bwd.cuh, after
  * FlashAttention-2) with every product on wgmma: a block of two warpgroups owns BK = 128 keys of one
  * query head's kv head (warpgroup w the keys 64 w .. 64 w + 63) and walks the query tiles (BQ = 64)
  * that see them, Q, dO, L and D double-buffered with cp.async. Per query tile, each warpgroup:
@@ -47,17 +47,14 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_bwd_sm90_kernel(const Bwd
   const int h = blockIdx.x, kvh = h / p.group;
   const int64_t tq = p.tq, tk = p.tk, delta = p.delta;
   const float sl2 = p.scale_log2;
-  const bf16 *qh = p.q + (int64_t)h * HD, *doh = p.dout + (int64_t)h * HD;
-  const bf16 *kh = p.k + (int64_t)kvh * HD, *vh = p.v + (int64_t)kvh * HD;
-  const float *Lh = p.L + (int64_t)h * p.tq_pad, *Dh = p.D + (int64_t)h * p.tq_pad;
+  const BwdHead<HD> rows(p, h, kvh);
   const int nqt = (int)((tq + BQ - 1) / BQ);
 
   auto load_q_tile = [&](int qt, int buf) {
     const int64_t i0 = (int64_t)qt * BQ;
-    load_tile_sw128<BQ, HD>(sQ + buf * QT_BYTES, qh, i0, tq, p.q_stride);
-    load_tile_sw128<BQ, HD>(sdO + buf * QT_BYTES, doh, i0, tq, p.q_stride);
-    if (tid < BQ / 4) cp_async16(sL + buf * BQ * 4 + tid * 16, Lh + i0 + tid * 4, true);
-    else if (tid < BQ / 2) cp_async16(sD + buf * BQ * 4 + (tid - BQ / 4) * 16, Dh + i0 + (tid - BQ / 4) * 4, true);
+    load_tile_sw128<BQ, HD>(sQ + buf * QT_BYTES, rows.q, i0, tq, p.q_stride);
+    load_tile_sw128<BQ, HD>(sdO + buf * QT_BYTES, rows.dout, i0, tq, p.q_stride);
+    rows.template load_l_d<BQ>(sL, sD, buf, i0, tid);
   };
 
   for (int kt = blockIdx.y; kt < p.n_ktiles; kt += gridDim.y) {
@@ -68,8 +65,8 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_bwd_sm90_kernel(const Bwd
     if (i_first >= tq) continue;
     const int qt0 = (int)(i_first / BQ);
 
-    load_tile_sw128<BK, HD>(sK, kh, j0, tk, p.kv_stride);
-    load_tile_sw128<BK, HD>(sV, vh, j0, tk, p.kv_stride);
+    load_tile_sw128<BK, HD>(sK, rows.k, j0, tk, p.kv_stride);
+    load_tile_sw128<BK, HD>(sV, rows.v, j0, tk, p.kv_stride);
     load_q_tile(qt0, 0);
     cp_async_commit();
 

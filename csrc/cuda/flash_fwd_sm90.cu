@@ -3,7 +3,7 @@
  * The design of FlashAttention-3 (Shah et al., 2024) in its simplest form, written for this ABI: a
  * block of two warpgroups owns BQ = 128 queries of one head (warpgroup w the rows 64 w .. 64 w + 63)
  * and walks the key tiles (BK = 128) its queries can see, last first, with cp.async double
- * buffering as in the mma.sync kernel (csrc/cuda/flash_attention.cu). Per key tile a warpgroup issues
+ * buffering as in the mma.sync kernel (csrc/cuda/flash_fwd.cuh). Per key tile a warpgroup issues
  * S = Q K^T as HD / 16 wgmma.m64n128k16 with both operands in shared memory, runs the online softmax
  * on the accumulators, and issues O += P V as 8 wgmma.m64nHDk16 with P from registers (an accumulator n8
  * pair converted to bf16 is the register A fragment, as with mma.sync) and V from shared memory read

@@ -1,6 +1,7 @@
-/* What the flash-attention kernels share (csrc/cuda/flash_attention.cu: the mma.sync kernels for
- * sm_80 and sm_90a, and the dispatch; csrc/cuda/flash_fwd_sm90.cu, flash_bwd_sm90.cu: the Hopper
- * kernels): the PTX wrappers and the parameter structs. Internal to those files. */
+/* What the flash-attention kernels share (csrc/cuda/flash_fwd.cuh, flash_bwd.cuh: the mma.sync
+ * kernels for sm_80 and sm_90a, launched by flash_attention.cu; csrc/cuda/flash_fwd_sm90.cu,
+ * flash_bwd_sm90.cu: the Hopper kernels): the PTX wrappers, the parameter structs and the per-head
+ * rows of the backward. Internal to those files. */
 #pragma once
 #ifdef FLASH_EMULATE
 #include "../emu/sm90_emu.h" /* the host emulation that runs the Hopper kernels in CPU tests */
@@ -128,6 +129,30 @@ struct BwdParams {
   int64_t delta;
   int group, n_ktiles;
   float scale, scale_log2;
+};
+
+/* The rows one backward block reads for query head h, in every backward kernel (flash_bwd.cuh,
+ * flash_bwd_sm90.cu): the Q and dO columns of the head, K and V of its kv head kvh = h / group (GQA),
+ * and the head's L and D rows. */
+template <int HD>
+struct BwdHead {
+  const bf16 *q, *dout, *k, *v;
+  const float *L, *D;
+  __device__ __forceinline__ BwdHead(const BwdParams &p, int h, int kvh)
+      : q(p.q + (int64_t)h * HD),
+        dout(p.dout + (int64_t)h * HD),
+        k(p.k + (int64_t)kvh * HD),
+        v(p.v + (int64_t)kvh * HD),
+        L(p.L + (int64_t)h * p.tq_pad),
+        D(p.D + (int64_t)h * p.tq_pad) {}
+  /* cp.async of the L and D values of query rows [i0, i0 + BQ) to buffer buf of the double-buffered
+   * rows at sL and sD, 16 bytes a thread: threads [0, BQ/4) copy L, the next BQ/4 copy D (the rows
+   * are padded to tq_pad, so always valid). */
+  template <int BQ>
+  __device__ __forceinline__ void load_l_d(uint32_t sL, uint32_t sD, int buf, int64_t i0, int tid) const {
+    if (tid < BQ / 4) cp_async16(sL + buf * BQ * 4 + tid * 16, L + i0 + tid * 4, true);
+    else if (tid < BQ / 2) cp_async16(sD + buf * BQ * 4 + (tid - BQ / 4) * 16, D + i0 + (tid - BQ / 4) * 4, true);
+  }
 };
 
 /* The keys [0, return value) that some query of the tile [i0, i0 + BQ) sees (<= 0: none). */
