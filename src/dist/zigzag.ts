@@ -17,11 +17,10 @@ import type { LlamaConfig } from "../model/config.ts";
 import type { Attention } from "../model/llama.ts";
 import type { Communicator, P2P } from "./comm.ts";
 import { CommStreams } from "./streams.ts";
+import { zigzagChunks } from "./layout.ts";
 
-/** The global chunk indices rank `r` of `P` holds, in local order. */
-export function zigzagChunks(r: number, P: number): [number, number] {
-  return [r, 2 * P - 1 - r];
-}
+// The chunk rule is the layout's (src/dist/layout.ts owns it); re-exported for this class's readers.
+export { zigzagChunks };
 
 export class ZigzagAttention implements Attention {
   readonly plan = new MemoryPlan();

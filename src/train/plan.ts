@@ -11,6 +11,7 @@ import type { LlamaConfig } from "../model/config.ts";
 import { LlamaModel, type ModelOptions } from "../model/llama.ts";
 import { buildSequenceAttention, type SequenceAttention } from "../dist/sequence_attention.ts";
 import type { Communicator } from "../dist/comm.ts";
+import { ParallelLayout } from "../dist/layout.ts";
 import type { TrainOptions } from "./options.ts";
 import { freemem } from "node:os";
 
@@ -68,15 +69,14 @@ export function estimateMemory(
   world: number,
   seqLen = o.modelMaxLength,
 ): MemoryEstimate {
-  const sp = o.spSize || world;
-  const fullShard = (o.fsdp.split(/\s+/).includes("full_shard") || o.offloadOptimizer) && world > 1;
+  const parallel = new ParallelLayout(world, 0, o);
+  const { sp, fullShard } = parallel;
   const dtype = o.bf16 ? DType.bf16 : DType.f32;
   const S = Math.ceil(seqLen / sp);
   // DistAttn's buffers differ by rank (who sends and who receives partials): plan for the largest.
   let attention: SequenceAttention | undefined;
   if (sp > 1) {
-    // A zigzag slice must split into two equal chunks; round the planned length up to it.
-    const slice = o.distattnLayout === "zigzag" ? 2 * Math.ceil(S / 2) : S;
+    const slice = parallel.plannedSlice(seqLen);
     for (let rank = 0; rank < sp; rank++) {
       const candidate = buildSequenceAttention(
         PLAN_ONLY_DEVICE,
@@ -128,8 +128,7 @@ export function longestFitting(
   step = 1024,
   limit = 16 * 2 ** 20,
 ): number {
-  const sp = o.spSize || world;
-  const unit = Math.max(step, sp);
+  const unit = Math.max(step, new ParallelLayout(world, 0, o).sp);
   const fits = (n: number) => estimateMemory(cfg, o, world, n * unit).totalBytes <= budgetBytes;
   if (!fits(1)) return 0;
   let lo = 1, hi = 2;

@@ -27,7 +27,7 @@ import { resolveTrainOptions, type TrainOptions } from "./options.ts";
 import { Progress, StepProgress } from "./progress.ts";
 import { formatPlan, hostAvailableBytes, modelOptions, WORKSPACE_ALLOWANCE_BYTES } from "./plan.ts";
 import { initDistributed } from "../dist/env.ts";
-import { zigzagChunks } from "../dist/zigzag.ts";
+import { ParallelLayout } from "../dist/layout.ts";
 import {
   buildSequenceAttention,
   checkHeadGroups,
@@ -136,27 +136,13 @@ export async function train(
         "(distflash train --nproc-per-node N ...), which launches one process per rank",
     );
   }
-  const sp = o.spSize || worldSize;
-  if (worldSize % sp !== 0) {
-    throw new Error(`--sp-size ${sp} must divide the number of ranks (${worldSize})`);
-  }
-  const parts = o.distattnLayout === "zigzag" ? 2 * sp : sp;
-  if (o.modelMaxLength % parts !== 0) {
-    throw new Error(
-      `--model-max-length ${o.modelMaxLength} must be a multiple of ${parts} ` +
-        (o.distattnLayout === "zigzag"
-          ? `(2 x --sp-size ${sp}: the zigzag layout; --distattn-layout contiguous needs ${sp})`
-          : `(--sp-size ${sp})`),
-    );
-  }
-  const dp = worldSize / sp, spIdx = envRank % sp, dpIdx = Math.floor(envRank / sp);
+  const parallel = new ParallelLayout(worldSize, envRank, o);
+  parallel.checkLength(o.modelMaxLength);
+  const { sp, dp, fullShard } = parallel;
   const isMain = envRank === 0;
   const log = hooks.log ?? ((line: string) => isMain && console.error(line));
   for (const note of noEffect) log(`note: ${note}`);
   if (o.fsdp && worldSize === 1) log(`note: --fsdp "${o.fsdp}" has no effect on a single device`);
-  // Offloading the optimizer shards it over all ranks, as full_shard does.
-  const fullShard = (o.fsdp.split(/\s+/).includes("full_shard") || o.offloadOptimizer) &&
-    worldSize > 1;
 
   // An explicit --device cuda without a usable GPU fails at once, before any data is read.
   if (o.device === "cuda") openBackend("cuda").close();
@@ -232,15 +218,14 @@ export async function train(
   const device = openBackend(o.device);
   const dtype = o.bf16 ? DType.bf16 : DType.f32;
   let world: Communicator | null = null, attention: SequenceAttention | undefined;
-  const S = L / sp; // tokens of a sequence on this rank
+  const S = parallel.tokensPerRank(L); // tokens of a sequence on this rank
   if (worldSize > 1) {
     const ctx = await initDistributed({ backend: device.backend, device });
     world = ctx.world;
-    const group = Array.from({ length: sp }, (_, i) => dpIdx * sp + i);
     // DistAttn gets a communicator of its own even when sp spans the world: its exchanges run on
     // its communication stream, concurrently with the parameter store's collectives over `world`
     // (on the store's stream); one communicator serves one stream at a time here.
-    const spComm = await world.subgroup(group);
+    const spComm = await world.subgroup(parallel.spGroup());
     if (sp > 1) {
       // Allocated after the memory check below.
       attention = buildSequenceAttention(device, cfg, S, dtype, spComm, {
@@ -256,9 +241,7 @@ export async function train(
         o.distattnOverlap ? "overlapped" : "not overlapped"
       }`;
     log(
-      `ranks: ${worldSize} = dp ${dp} x sp ${sp}, ${
-        fullShard ? "full_shard (ZeRO-3)" : "no_shard"
-      }; ${how}; ${S} tokens per rank`,
+      `ranks: ${parallel.describe()}; ${how}; ${S} tokens per rank`,
     );
   }
   const model = new LlamaModel(device, cfg, modelOptions(o, S, world, fullShard), attention);
@@ -372,20 +355,17 @@ export async function train(
       // The step's micro-batches, in the epoch's shuffled order.
       const epoch = Math.floor(step / stepsPerEpoch);
       if (epoch !== orderEpoch) {
-        order = dataset.indices({ epoch, seed: o.seed, rank: dpIdx, worldSize: dp });
+        order = dataset.indices({ epoch, seed: o.seed, rank: parallel.dpRank, worldSize: dp });
         orderEpoch = epoch;
       }
       const first = (step % stepsPerEpoch) * windowsPerStep;
       const micro = [];
       let labelled = 0;
       for (let a = 0; a < accum; a++) {
-        const batch = sliceForRank(
+        const batch = parallel.sliceBatch(
           dataset.batch(order!.subarray(first + a * B, first + (a + 1) * B)),
           B,
           L,
-          sp,
-          spIdx,
-          o.distattnLayout,
         );
         for (const label of batch.labels) if (label >= 0) labelled++;
         micro.push(batch);
@@ -528,34 +508,6 @@ export function tokenizingProgress(
         `${mbPerS.toFixed(2)} MB/s, about ${Math.round(left)} s left`,
     );
   };
-}
-
-/** This rank's slice of every row: tokens [spIdx*S, (spIdx+1)*S) and their global positions. */
-function sliceForRank(
-  batch: { inputs: Int32Array; labels: Int32Array },
-  B: number,
-  L: number,
-  sp: number,
-  spIdx: number,
-  layout: "contiguous" | "zigzag",
-): { inputs: Int32Array; labels: Int32Array; positions: Int32Array } {
-  const S = L / sp;
-  // contiguous: tokens [spIdx*S, (spIdx+1)*S); zigzag: chunks spIdx and 2sp-1-spIdx of S/2.
-  const pieces: [number, number][] = layout === "zigzag"
-    ? zigzagChunks(spIdx, sp).map((c) => [c * (S / 2), S / 2])
-    : [[spIdx * S, S]];
-  const inputs = new Int32Array(B * S), labels = new Int32Array(B * S);
-  const positions = new Int32Array(B * S);
-  for (let b = 0; b < B; b++) {
-    let at = b * S;
-    for (const [start, n] of pieces) {
-      inputs.set(batch.inputs.subarray(b * L + start, b * L + start + n), at);
-      labels.set(batch.labels.subarray(b * L + start, b * L + start + n), at);
-      for (let t = 0; t < n; t++) positions[at + t] = start + t;
-      at += n;
-    }
-  }
-  return { inputs, labels, positions };
 }
 
 /**

@@ -1,0 +1,154 @@
+/**
+ * The parallel layout of a run, owned in one place: world = dp x sp, this rank's place in both,
+ * whether parameters are sharded (ZeRO-3), and the sequence layout's rules (which tokens of a
+ * window a rank holds, at which global positions, which window lengths are allowed). The trainer,
+ * the planner and the launcher ask it; nothing else derives these. Like torchtitan's ParallelDims,
+ * it validates the degrees and names the flag that is wrong.
+ */
+
+/** How a sequence is cut over the sp ranks of a group. */
+export type SequenceLayout = "zigzag" | "contiguous";
+
+/** The options the layout is made from (a subset of the train options, same names). */
+export interface ParallelOptions {
+  /** Ranks sharing one sequence; 0 = all ranks. */
+  spSize: number;
+  distattnLayout: SequenceLayout;
+  /** The HF `--fsdp` value ("full_shard auto_wrap", "no_shard", ""). */
+  fsdp: string;
+  /** Offloading the optimizer shards it over all ranks, as full_shard does. */
+  offloadOptimizer: boolean;
+}
+
+/**
+ * The global chunk indices rank `r` of `P` holds under the zigzag layout, in local order: an early
+ * and a late chunk of the 2P, so every rank has the same causal work.
+ */
+export function zigzagChunks(r: number, P: number): [number, number] {
+  return [r, 2 * P - 1 - r];
+}
+
+/** A run's parallel degrees and this rank's place in them. */
+export class ParallelLayout {
+  /** Ranks sharing one sequence. */
+  readonly sp: number;
+  /** Data-parallel groups (world / sp), each reading its own windows. */
+  readonly dp: number;
+  /** This rank's index inside its sp group. */
+  readonly spRank: number;
+  /** This rank's sp group. */
+  readonly dpRank: number;
+  /** Parameters, gradients and optimizer states sharded over all ranks. */
+  readonly fullShard: boolean;
+  readonly sequence: SequenceLayout;
+
+  /**
+   * Validates the degrees (naming the wrong flag) and places `rank`.
+   * @param world the number of ranks of the job
+   * @param rank this rank, 0 <= rank < world
+   */
+  constructor(readonly world: number, readonly rank: number, o: ParallelOptions) {
+    if (!Number.isInteger(world) || world < 1) {
+      throw new Error(`the number of ranks must be a positive integer, got ${world}`);
+    }
+    if (!Number.isInteger(rank) || rank < 0 || rank >= world) {
+      throw new Error(`rank ${rank} is outside the ${world} ranks of the job`);
+    }
+    this.sp = o.spSize || world;
+    if (!Number.isInteger(this.sp) || this.sp < 1 || world % this.sp !== 0) {
+      throw new Error(`--sp-size ${this.sp} must divide the number of ranks (${world})`);
+    }
+    this.dp = world / this.sp;
+    this.spRank = rank % this.sp;
+    this.dpRank = Math.floor(rank / this.sp);
+    this.sequence = o.distattnLayout;
+    this.fullShard = (o.fsdp.split(/\s+/).includes("full_shard") || o.offloadOptimizer) &&
+      world > 1;
+  }
+
+  /** The same run seen from another rank (the planner sizes every rank's buffers). */
+  forRank(rank: number): ParallelLayout {
+    return new ParallelLayout(this.world, rank, {
+      spSize: this.sp,
+      distattnLayout: this.sequence,
+      fsdp: this.fullShard ? "full_shard" : "",
+      offloadOptimizer: false,
+    });
+  }
+
+  /** A window length must be a multiple of this: 2 sp chunks for zigzag, sp slices otherwise. */
+  get lengthUnit(): number {
+    return this.sequence === "zigzag" ? 2 * this.sp : this.sp;
+  }
+
+  /** Throws, naming the flag, when a window of `length` tokens cannot be cut by this layout. */
+  checkLength(length: number, flag = "--model-max-length"): void {
+    if (length % this.lengthUnit === 0) return;
+    throw new Error(
+      `${flag} ${length} must be a multiple of ${this.lengthUnit} ` +
+        (this.sequence === "zigzag"
+          ? `(2 x --sp-size ${this.sp}: the zigzag layout; --distattn-layout contiguous needs ${this.sp})`
+          : `(--sp-size ${this.sp})`),
+    );
+  }
+
+  /** Tokens of a `length`-token window held by each rank (the window must pass checkLength). */
+  tokensPerRank(length: number): number {
+    return length / this.sp;
+  }
+
+  /**
+   * The slice length a planner uses for a window of any length: rounded up to what the layout
+   * can cut (a zigzag slice splits into two equal chunks).
+   */
+  plannedSlice(length: number): number {
+    const S = Math.ceil(length / this.sp);
+    return this.sequence === "zigzag" && this.sp > 1 ? 2 * Math.ceil(S / 2) : S;
+  }
+
+  /** The global token ranges [start, count] this rank holds of a `length`-token window, in local order. */
+  pieces(length: number): [number, number][] {
+    const S = this.tokensPerRank(length);
+    if (this.sequence === "zigzag") {
+      return zigzagChunks(this.spRank, this.sp).map((c) => [c * (S / 2), S / 2]);
+    }
+    return [[this.spRank * S, S]];
+  }
+
+  /** The ranks of this rank's sp group (they share one sequence). */
+  spGroup(): number[] {
+    return Array.from({ length: this.sp }, (_, i) => this.dpRank * this.sp + i);
+  }
+
+  /**
+   * This rank's tokens of each of the B windows of a batch ([B, length] row-major inputs and
+   * labels) with their global positions, laid out [B, tokensPerRank].
+   */
+  sliceBatch(
+    batch: { inputs: Int32Array; labels: Int32Array },
+    B: number,
+    length: number,
+  ): { inputs: Int32Array; labels: Int32Array; positions: Int32Array } {
+    this.checkLength(length);
+    const S = this.tokensPerRank(length), pieces = this.pieces(length);
+    const inputs = new Int32Array(B * S), labels = new Int32Array(B * S);
+    const positions = new Int32Array(B * S);
+    for (let b = 0; b < B; b++) {
+      let at = b * S;
+      for (const [start, n] of pieces) {
+        inputs.set(batch.inputs.subarray(b * length + start, b * length + start + n), at);
+        labels.set(batch.labels.subarray(b * length + start, b * length + start + n), at);
+        for (let t = 0; t < n; t++) positions[at + t] = start + t;
+        at += n;
+      }
+    }
+    return { inputs, labels, positions };
+  }
+
+  /** One line for the run's log. */
+  describe(): string {
+    return `${this.world} = dp ${this.dp} x sp ${this.sp}, ${
+      this.fullShard ? "full_shard (ZeRO-3)" : "no_shard"
+    }`;
+  }
+}
