@@ -3,7 +3,7 @@ import { Device } from "../src/runtime/device.ts";
 import type { BackendName } from "../ffi/loader.ts";
 import { fileURLToPath } from "node:url";
 import { attentionBackward, attentionForward, DType } from "../src/runtime/ops.ts";
-import type { Attention } from "../src/model/llama.ts";
+import type { Attention } from "../src/model/attention.ts";
 
 /** `deno task test` runs on the CPU backend; `deno task test:gpu` sets DISTFLASH_TEST_BACKEND=cuda. */
 export const TEST_BACKEND: BackendName = Deno.env.get("DISTFLASH_TEST_BACKEND") === "cuda"

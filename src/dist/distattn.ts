@@ -22,7 +22,7 @@ import * as op from "../runtime/ops.ts";
 import { axpyF32 } from "../runtime/ops_basic.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
 import type { LlamaConfig } from "../model/config.ts";
-import type { Attention } from "../model/llama.ts";
+import type { Attention } from "../model/attention.ts";
 import type { Communicator, P2P } from "./comm.ts";
 import { CommStreams } from "./streams.ts";
 import { backwardSchedule, forwardSchedule, type Step, type Transfer } from "./schedule.ts";

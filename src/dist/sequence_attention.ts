@@ -7,7 +7,7 @@ import type { Device, DevicePtr } from "../runtime/device.ts";
 import type { MemoryPlan, Slot } from "../runtime/memory.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
 import type { LlamaConfig } from "../model/config.ts";
-import type { Attention } from "../model/llama.ts";
+import type { Attention } from "../model/attention.ts";
 import type { Communicator } from "./comm.ts";
 import { DistAttention } from "./distattn.ts";
 import { ZigzagAttention } from "./zigzag.ts";

@@ -20,69 +20,11 @@ import {
   ReplicatedParams,
   ShardedParams,
 } from "./params.ts";
-import type { Communicator } from "../dist/comm.ts";
-import { SelfComm } from "../dist/self_comm.ts";
+import type { Communicator } from "../runtime/communicator.ts";
 import { CheckpointOffload } from "./host_state.ts";
+import { type Attention, LocalAttention } from "./attention.ts";
 
 export { type ParamEntry, ParamLayout };
-
-/** Attention over one sequence's (or one rank's slice of a sequence's) tokens. */
-export interface Attention {
-  /** out [T,nh,hd], lse [nh,T] from q [T,nh,hd], k and v [T,nkv,hd]; `seq` indexes the batch. */
-  forward(
-    out: DevicePtr,
-    lse: DevicePtr,
-    q: DevicePtr,
-    k: DevicePtr,
-    v: DevicePtr,
-  ): void | Promise<void>;
-  /** dq, dk, dv (fp32, accumulated) from dout and the saved out and lse. */
-  backward(
-    dq: DevicePtr,
-    dk: DevicePtr,
-    dv: DevicePtr,
-    dout: DevicePtr,
-    q: DevicePtr,
-    k: DevicePtr,
-    v: DevicePtr,
-    out: DevicePtr,
-    lse: DevicePtr,
-  ): void | Promise<void>;
-}
-
-/** Plain causal attention of a whole sequence on this device. */
-export class LocalAttention implements Attention {
-  readonly shape: op.AttentionShape;
-  constructor(readonly device: Device, cfg: LlamaConfig, seqLen: number, dtype: DType) {
-    this.shape = {
-      tq: seqLen,
-      tk: seqLen,
-      nh: cfg.numHeads,
-      nkv: cfg.numKvHeads,
-      hd: cfg.headDim,
-      qPos0: 0,
-      kPos0: 0,
-      scale: 1 / Math.sqrt(cfg.headDim),
-      dtype,
-    };
-  }
-  forward(out: DevicePtr, lse: DevicePtr, q: DevicePtr, k: DevicePtr, v: DevicePtr): void {
-    op.attentionForward(this.device, out, lse, q, k, v, this.shape);
-  }
-  backward(
-    dq: DevicePtr,
-    dk: DevicePtr,
-    dv: DevicePtr,
-    dout: DevicePtr,
-    q: DevicePtr,
-    k: DevicePtr,
-    v: DevicePtr,
-    out: DevicePtr,
-    lse: DevicePtr,
-  ): void {
-    op.attentionBackward(this.device, dq, dk, dv, dout, q, k, v, out, lse, this.shape);
-  }
-}
 
 export interface ModelOptions {
   /** Storage type of weights used in compute and of activations. */
@@ -106,14 +48,18 @@ export interface ModelOptions {
    * backward, so their memory does not grow with the sequence.
    */
   mlpTile?: number;
-  /** Ranks that hold parameters together: gradients are all-reduced over them (or sharded). */
+  /**
+   * Ranks that hold parameters together: gradients are all-reduced over them (or sharded). The
+   * caller creates it (the model makes no communicators); with `offloadOptimizer` on one device,
+   * a world of one (src/dist's SelfComm).
+   */
   comm?: Communicator | null;
   /** ZeRO-3 over `comm`: shard parameters, gradients and AdamW state (FSDP full_shard). */
   fullShard?: boolean;
   /**
    * Keep the fp32 master weights and AdamW moments (of this rank's shard) in host memory and
    * update them there with the CPU backend's AdamW; the device keeps the gradients and the
-   * compute-dtype weights. Implies sharding over `comm` (a world of one without it).
+   * compute-dtype weights. Implies sharding over `comm`, which it requires.
    */
   offloadOptimizer?: boolean;
   /**
@@ -202,12 +148,11 @@ export class LlamaModel {
     attention?: Attention,
   ) {
     const { dtype, batch, seqLen } = opts;
-    // Offloading shards over all ranks (a world of one on a single device).
-    const shardOver = opts.offloadOptimizer
-      ? (opts.comm ?? new SelfComm(device))
-      : opts.fullShard && opts.comm
-      ? opts.comm
-      : null;
+    // Offloading shards over all ranks (the caller passes a world of one on a single device).
+    if (opts.offloadOptimizer && !opts.comm) {
+      throw new Error("offloadOptimizer needs a communicator (a world of one on a single device)");
+    }
+    const shardOver = opts.offloadOptimizer || opts.fullShard ? (opts.comm ?? null) : null;
     this.layout = new ParamLayout(cfg, 64 * (shardOver?.size ?? 1));
     this.tokens = batch * seqLen;
     this.vocabChunk = Math.min(opts.vocabChunk ?? 4096, cfg.vocabSize);
