@@ -9,28 +9,33 @@ import * as op from "../runtime/ops.ts";
 import type { DType } from "../runtime/ops.ts";
 import type { LlamaConfig } from "./config.ts";
 
+/**
+ * The tensors of one sequence's attention (or of this rank's slice of it): q [T,nh,hd], k and v
+ * [T,nkv,hd] in the compute dtype; out [T,nh,hd] and its log-sum-exp lse [nh,T] (fp32), which
+ * forward writes and backward reads.
+ */
+export interface AttentionTensors {
+  q: DevicePtr;
+  k: DevicePtr;
+  v: DevicePtr;
+  out: DevicePtr;
+  lse: DevicePtr;
+}
+
+/** What backward reads and adds to: dout like out; dq, dk, dv in fp32, accumulated (+=). */
+export interface AttentionGrads {
+  dout: DevicePtr;
+  dq: DevicePtr;
+  dk: DevicePtr;
+  dv: DevicePtr;
+}
+
 /** Attention over one sequence's (or one rank's slice of a sequence's) tokens. */
 export interface Attention {
-  /** out [T,nh,hd], lse [nh,T] from q [T,nh,hd], k and v [T,nkv,hd]; `seq` indexes the batch. */
-  forward(
-    out: DevicePtr,
-    lse: DevicePtr,
-    q: DevicePtr,
-    k: DevicePtr,
-    v: DevicePtr,
-  ): void | Promise<void>;
-  /** dq, dk, dv (fp32, accumulated) from dout and the saved out and lse. */
-  backward(
-    dq: DevicePtr,
-    dk: DevicePtr,
-    dv: DevicePtr,
-    dout: DevicePtr,
-    q: DevicePtr,
-    k: DevicePtr,
-    v: DevicePtr,
-    out: DevicePtr,
-    lse: DevicePtr,
-  ): void | Promise<void>;
+  /** out and lse from q, k and v. */
+  forward(t: AttentionTensors): void | Promise<void>;
+  /** dq, dk, dv from dout and the tensors forward saw (out and lse included). */
+  backward(t: AttentionTensors, g: AttentionGrads): void | Promise<void>;
 }
 
 /** Plain causal attention of a whole sequence on this device. */
@@ -49,20 +54,10 @@ export class LocalAttention implements Attention {
       dtype,
     };
   }
-  forward(out: DevicePtr, lse: DevicePtr, q: DevicePtr, k: DevicePtr, v: DevicePtr): void {
+  forward({ q, k, v, out, lse }: AttentionTensors): void {
     op.attentionForward(this.device, out, lse, q, k, v, this.shape);
   }
-  backward(
-    dq: DevicePtr,
-    dk: DevicePtr,
-    dv: DevicePtr,
-    dout: DevicePtr,
-    q: DevicePtr,
-    k: DevicePtr,
-    v: DevicePtr,
-    out: DevicePtr,
-    lse: DevicePtr,
-  ): void {
+  backward({ q, k, v, out, lse }: AttentionTensors, { dout, dq, dk, dv }: AttentionGrads): void {
     op.attentionBackward(this.device, dq, dk, dv, dout, q, k, v, out, lse, this.shape);
   }
 }

@@ -22,7 +22,7 @@ import {
 } from "./params.ts";
 import type { Communicator } from "../runtime/communicator.ts";
 import { CheckpointOffload } from "./host_state.ts";
-import { type Attention, LocalAttention } from "./attention.ts";
+import { type Attention, type AttentionTensors, LocalAttention } from "./attention.ts";
 
 export { type ParamEntry, ParamLayout };
 
@@ -463,19 +463,20 @@ export class LlamaModel {
 
   /** Attention of every sequence of the micro-batch. */
   async #attend(l: number): Promise<void> {
-    const c = this.cfg, S = this.opts.seqLen, bytes = DTYPE_BYTES[this.dtype];
-    const qStride = S * c.numHeads * c.headDim * bytes,
-      kvStride = S * c.numKvHeads * c.headDim * bytes;
-    const lseStride = c.numHeads * S * 4;
-    for (let b = 0; b < this.opts.batch; b++) {
-      await this.attention.forward(
-        this.attnOut[l].ptr + BigInt(b * qStride),
-        this.attnLse[l].ptr + BigInt(b * lseStride),
-        this.s.q.ptr + BigInt(b * qStride),
-        this.s.k.ptr + BigInt(b * kvStride),
-        this.s.v.ptr + BigInt(b * kvStride),
-      );
-    }
+    for (let b = 0; b < this.opts.batch; b++) await this.attention.forward(this.#sequence(l, b));
+  }
+
+  /** Layer l's attention tensors of sequence b of the micro-batch. */
+  #sequence(l: number, b: number): AttentionTensors {
+    const c = this.cfg, S = this.opts.seqLen;
+    const qStride = S * c.numHeads * c.headDim, kvStride = S * c.numKvHeads * c.headDim;
+    return {
+      q: this.s.q.at(b * qStride),
+      k: this.s.k.at(b * kvStride),
+      v: this.s.v.at(b * kvStride),
+      out: this.attnOut[l].at(b * qStride),
+      lse: this.attnLse[l].at(b * c.numHeads * S),
+    };
   }
 
   /** Forward through the layers and the final norm: xs[] and xf filled. */
@@ -766,20 +767,14 @@ export class LlamaModel {
     d.memset(this.dqF32.ptr, 0, this.dqF32.bytes);
     d.memset(this.dkF32.ptr, 0, this.dkF32.bytes);
     d.memset(this.dvF32.ptr, 0, this.dvF32.bytes);
-    const S = this.opts.seqLen;
-    const qStride = S * qDim, kvStride = S * kvDim, lseStride = c.numHeads * S;
+    const S = this.opts.seqLen, qStride = S * qDim, kvStride = S * kvDim;
     for (let b = 0; b < this.opts.batch; b++) {
-      await this.attention.backward(
-        this.dqF32.at(b * qStride),
-        this.dkF32.at(b * kvStride),
-        this.dvF32.at(b * kvStride),
-        this.dO.ptr + BigInt(b * qStride * bytes),
-        s.q.ptr + BigInt(b * qStride * bytes),
-        s.k.ptr + BigInt(b * kvStride * bytes),
-        s.v.ptr + BigInt(b * kvStride * bytes),
-        this.attnOut[l].ptr + BigInt(b * qStride * bytes),
-        this.attnLse[l].at(b * lseStride),
-      );
+      await this.attention.backward(this.#sequence(l, b), {
+        dout: this.dO.at(b * qStride),
+        dq: this.dqF32.at(b * qStride),
+        dk: this.dkF32.at(b * kvStride),
+        dv: this.dvF32.at(b * kvStride),
+      });
     }
     // RoPE is a rotation: its backward rotates the gradient back (in fp32, before rounding).
     op.rope(
