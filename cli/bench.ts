@@ -4,7 +4,7 @@
  * this process launches the ranks, then runs the PyTorch baseline in bench/ on the same GPUs so the
  * peers' figures come from the same run.
  */
-import type { Command } from "commander";
+import { Command } from "commander";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -14,6 +14,8 @@ import { initDistributed } from "../src/dist/env.ts";
 import { isLaunchedRank, launch } from "../src/dist/launcher.ts";
 import { resolveModel } from "../src/model/hf.ts";
 import { paramCount } from "../src/model/config.ts";
+import { normalizeFlags } from "../src/train/options.ts";
+import { registerTrain } from "./train.ts";
 
 const benchDir = fileURLToPath(new URL("../bench/", import.meta.url));
 
@@ -216,9 +218,12 @@ export function registerBench(program: Command, argv: string[]): void {
         "--distattn-layout",
         String(o.distattnLayout),
       ];
-      const { main } = await import("./main.ts");
-      const code = await main(trainArgs);
-      if (code !== 0) Deno.exit(code);
+      // The train subcommand alone, in this process (the launcher starts the ranks), as
+      // `distflash train` would parse it; an error propagates to this command's caller.
+      const args = normalizeFlags(trainArgs);
+      const trainProgram = new Command().exitOverride();
+      registerTrain(trainProgram, args);
+      await trainProgram.parseAsync(args, { from: "user" });
       const metrics = readFileSync(join(o.outputDir, "metrics.jsonl"), "utf8").trim().split("\n")
         .map((l) => JSON.parse(l) as { step: number; tokens_per_s: number });
       const timed = metrics.filter((m) => m.step > 1);

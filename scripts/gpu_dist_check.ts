@@ -141,8 +141,9 @@ for (const nkv of [8, 2]) {
   const O = device.alloc(qs * 2), L = device.alloc(nh * S * 4);
   const dQ = device.alloc(qs * 4), dK = device.alloc(kvs * 4), dV = device.alloc(kvs * 4);
   for (const b of [dQ, dK, dV]) device.memset(b.ptr, 0, b.bytes);
-  await attn.forward(O.ptr, L.ptr, Q.ptr, K.ptr, V.ptr);
-  await attn.backward(dQ.ptr, dK.ptr, dV.ptr, DO.ptr, Q.ptr, K.ptr, V.ptr, O.ptr, L.ptr);
+  const tensors = { q: Q.ptr, k: K.ptr, v: V.ptr, out: O.ptr, lse: L.ptr };
+  await attn.forward(tensors);
+  await attn.backward(tensors, { dout: DO.ptr, dq: dQ.ptr, dk: dK.ptr, dv: dV.ptr });
   device.synchronize();
   const dist = {
     o: download(device, O, qs, DType.bf16),

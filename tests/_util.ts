@@ -3,7 +3,7 @@ import { Device } from "../src/runtime/device.ts";
 import type { BackendName } from "../ffi/loader.ts";
 import { fileURLToPath } from "node:url";
 import { attentionBackward, attentionForward, DType } from "../src/runtime/ops.ts";
-import type { Attention } from "../src/model/llama.ts";
+import type { Attention } from "../src/model/attention.ts";
 
 /** `deno task test` runs on the CPU backend; `deno task test:gpu` sets DISTFLASH_TEST_BACKEND=cuda. */
 export const TEST_BACKEND: BackendName = Deno.env.get("DISTFLASH_TEST_BACKEND") === "cuda"
@@ -173,14 +173,17 @@ export async function runSequenceParallel(
     for (const g of grads) d.memset(g.ptr, 0, g.bytes);
     return { x, inputs, o, lse, grads };
   });
+  const tensors = state.map(({ inputs: [q, k, v], o, lse }) => ({
+    q: q.ptr,
+    k: k.ptr,
+    v: v.ptr,
+    out: o.ptr,
+    lse: lse.ptr,
+  }));
+  await Promise.all(state.map(({ x }, r) => x.attn.forward(tensors[r])));
   await Promise.all(
-    state.map(({ x, inputs: [q, k, v], o, lse }) =>
-      x.attn.forward(o.ptr, lse.ptr, q.ptr, k.ptr, v.ptr)
-    ),
-  );
-  await Promise.all(
-    state.map(({ x, inputs: [q, k, v, dout], o, lse, grads: [dq, dk, dv] }) =>
-      x.attn.backward(dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr)
+    state.map(({ x, inputs: [, , , dout], grads: [dq, dk, dv] }, r) =>
+      x.attn.backward(tensors[r], { dout: dout.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr })
     ),
   );
   return state.map(({ x, inputs, o, lse, grads }) => {

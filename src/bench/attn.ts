@@ -156,9 +156,9 @@ export async function benchAttention(
               overlap: variant !== "no-overlap",
             });
           const a = dist;
-          fwd = () => a.forward(out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr);
-          bwd = () =>
-            a.backward(dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr, lse.ptr);
+          const t = { q: q.ptr, k: k.ptr, v: v.ptr, out: out.ptr, lse: lse.ptr };
+          fwd = () => a.forward(t);
+          bwd = () => a.backward(t, { dout: dout.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr });
         }
         const fwdMs = await time(d, comm, o.reps, o.warmup, fwd);
         const fwdBwdMs = await time(d, comm, o.reps, o.warmup, async () => {

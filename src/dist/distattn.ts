@@ -22,7 +22,7 @@ import * as op from "../runtime/ops.ts";
 import { axpyF32 } from "../runtime/ops_basic.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
 import type { LlamaConfig } from "../model/config.ts";
-import type { Attention } from "../model/llama.ts";
+import type { Attention, AttentionGrads, AttentionTensors } from "../model/attention.ts";
 import type { Communicator, P2P } from "./comm.ts";
 import { CommStreams } from "./streams.ts";
 import { backwardSchedule, forwardSchedule, type Step, type Transfer } from "./schedule.ts";
@@ -199,7 +199,7 @@ export class DistAttention implements Attention {
     return ops;
   }
 
-  async forward(out: DevicePtr, lse: DevicePtr, q: DevicePtr, k: DevicePtr, v: DevicePtr) {
+  async forward({ q, k, v, out, lse }: AttentionTensors) {
     const d = this.device, r = this.rank, s0 = this.computeStream, steps = this.#fwd;
     d.memset(this.#outAcc.ptr, 0, this.#outAcc.bytes, s0);
     d.upload(this.#lseAcc.ptr, new Float32Array(this.#lseElems).fill(-Infinity), s0);
@@ -296,17 +296,7 @@ export class DistAttention implements Attention {
     this.#streams.computeWaitsComm(); // the caller may reuse q, k, v once this returns
   }
 
-  async backward(
-    dq: DevicePtr,
-    dk: DevicePtr,
-    dv: DevicePtr,
-    dout: DevicePtr,
-    q: DevicePtr,
-    k: DevicePtr,
-    v: DevicePtr,
-    out: DevicePtr,
-    lse: DevicePtr,
-  ) {
+  async backward({ q, k, v, out, lse }: AttentionTensors, { dout, dq, dk, dv }: AttentionGrads) {
     const d = this.device, r = this.rank, s0 = this.computeStream, steps = this.#bwd;
     const mine = { q, k, v, dout, out, lse };
     const fetch = (s: number) => this.#fetch(steps[s].fetch, s, mine, true);

@@ -7,7 +7,7 @@ import type { Device, DevicePtr } from "../runtime/device.ts";
 import type { MemoryPlan, Slot } from "../runtime/memory.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
 import type { LlamaConfig } from "../model/config.ts";
-import type { Attention } from "../model/llama.ts";
+import type { Attention, AttentionGrads, AttentionTensors } from "../model/attention.ts";
 import type { Communicator } from "./comm.ts";
 import { DistAttention } from "./distattn.ts";
 import { ZigzagAttention } from "./zigzag.ts";
@@ -123,12 +123,19 @@ export class HeadGroupedAttention implements SequenceAttention {
     else this.device.copy2d(slot.ptr, width, at, row, width, this.tokens);
   }
 
-  /** Group g's rows of the LSE ([heads, tokens] fp32 as the caller sees it). */
-  #lse(lse: DevicePtr, g: number): DevicePtr {
-    return lse + BigInt(g * (this.cfg.numHeads / this.groups) * this.tokens * 4);
+  /** The inner attention's tensors for group g: the slots, and g's rows of the caller's LSE. */
+  #group(lse: DevicePtr, g: number): AttentionTensors {
+    return {
+      q: this.#q.ptr,
+      k: this.#k.ptr,
+      v: this.#v.ptr,
+      out: this.#out.ptr,
+      // The LSE is [heads, tokens] fp32 as the caller sees it: the group's heads are its rows.
+      lse: lse + BigInt(g * (this.cfg.numHeads / this.groups) * this.tokens * 4),
+    };
   }
 
-  async forward(out: DevicePtr, lse: DevicePtr, q: DevicePtr, k: DevicePtr, v: DevicePtr) {
+  async forward({ q, k, v, out, lse }: AttentionTensors) {
     const nh = this.cfg.numHeads, nkv = this.cfg.numKvHeads, b = DTYPE_BYTES[this.dtype];
     for (let g = 0; g < this.groups; g++) {
       this.#move(q, this.#q, nh, g, b, false);
@@ -136,28 +143,12 @@ export class HeadGroupedAttention implements SequenceAttention {
       this.#move(v, this.#v, nkv, g, b, false);
       // The inner attention orders its transfers after these copies and returns with the compute
       // stream waiting for them, so the next group may overwrite the slots.
-      await this.inner.forward(
-        this.#out.ptr,
-        this.#lse(lse, g),
-        this.#q.ptr,
-        this.#k.ptr,
-        this.#v.ptr,
-      );
+      await this.inner.forward(this.#group(lse, g));
       this.#move(out, this.#out, nh, g, b, true);
     }
   }
 
-  async backward(
-    dq: DevicePtr,
-    dk: DevicePtr,
-    dv: DevicePtr,
-    dout: DevicePtr,
-    q: DevicePtr,
-    k: DevicePtr,
-    v: DevicePtr,
-    out: DevicePtr,
-    lse: DevicePtr,
-  ) {
+  async backward({ q, k, v, out, lse }: AttentionTensors, { dout, dq, dk, dv }: AttentionGrads) {
     const nh = this.cfg.numHeads, nkv = this.cfg.numKvHeads, b = DTYPE_BYTES[this.dtype];
     const inputs: [DevicePtr, Slot, number][] = [
       [q, this.#q, nh],
@@ -172,17 +163,8 @@ export class HeadGroupedAttention implements SequenceAttention {
       this.#move(dq, this.#dq, nh, g, 4, false);
       this.#move(dk, this.#dk, nkv, g, 4, false);
       this.#move(dv, this.#dv, nkv, g, 4, false);
-      await this.inner.backward(
-        this.#dq.ptr,
-        this.#dk.ptr,
-        this.#dv.ptr,
-        this.#dout.ptr,
-        this.#q.ptr,
-        this.#k.ptr,
-        this.#v.ptr,
-        this.#out.ptr,
-        this.#lse(lse, g),
-      );
+      const grads = { dout: this.#dout.ptr, dq: this.#dq.ptr, dk: this.#dk.ptr, dv: this.#dv.ptr };
+      await this.inner.backward(this.#group(lse, g), grads);
       this.#move(dq, this.#dq, nh, g, 4, true);
       this.#move(dk, this.#dk, nkv, g, 4, true);
       this.#move(dv, this.#dv, nkv, g, 4, true);

@@ -14,7 +14,7 @@ import * as op from "../runtime/ops.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
 import { axpyF32 } from "../runtime/ops_basic.ts";
 import type { LlamaConfig } from "../model/config.ts";
-import type { Attention } from "../model/llama.ts";
+import type { Attention, AttentionGrads, AttentionTensors } from "../model/attention.ts";
 import type { Communicator, P2P } from "./comm.ts";
 import { CommStreams } from "./streams.ts";
 import { zigzagChunks } from "./layout.ts";
@@ -119,7 +119,7 @@ export class ZigzagAttention implements Attention {
     return ptr + BigInt(row0 * rowElems * DTYPE_BYTES[dtype]);
   }
 
-  async forward(out: DevicePtr, lse: DevicePtr, q: DevicePtr, k: DevicePtr, v: DevicePtr) {
+  async forward({ q, k, v, out, lse }: AttentionTensors) {
     const d = this.device, s0 = this.computeStream, P = this.P, r = this.rank, h = this.h;
     const nh = this.cfg.numHeads;
     d.memset(this.#outAcc.ptr, 0, this.#outAcc.bytes, s0);
@@ -170,17 +170,7 @@ export class ZigzagAttention implements Attention {
     d.copy(lse, this.#lseAcc.ptr, this.#lseAcc.bytes, s0);
   }
 
-  async backward(
-    dq: DevicePtr,
-    dk: DevicePtr,
-    dv: DevicePtr,
-    dout: DevicePtr,
-    q: DevicePtr,
-    k: DevicePtr,
-    v: DevicePtr,
-    out: DevicePtr,
-    lse: DevicePtr,
-  ) {
+  async backward({ q, k, v, out, lse }: AttentionTensors, { dout, dq, dk, dv }: AttentionGrads) {
     const d = this.device, s0 = this.computeStream, P = this.P, r = this.rank, h = this.h;
     const nh = this.cfg.numHeads, kvBytes = this.sliceLen * this.#rowKv * 4;
     let kCur = k, vCur = v;

@@ -20,7 +20,7 @@ import type { MemoryPlan, Slot } from "../runtime/memory.ts";
 import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
 import { axpyF32, fillNormal } from "../runtime/ops_basic.ts";
-import type { Communicator } from "../dist/comm.ts";
+import type { Communicator } from "../runtime/communicator.ts";
 import { HostState } from "./host_state.ts";
 import { type LlamaConfig, parameterShapes } from "./config.ts";
 

@@ -96,7 +96,8 @@ export function estimateMemory(
       }
     }
   }
-  const comm = world > 1 ? fakeComm(world) : null;
+  // The offloaded optimizer shards even over a world of one.
+  const comm = world > 1 || o.offloadOptimizer ? fakeComm(world) : null;
   const model = new LlamaModel(
     PLAN_ONLY_DEVICE,
     cfg,

@@ -3,7 +3,7 @@
  * in a pipe, one plain line per logged step. Steps that run long (a 7B step at 256K tokens takes
  * minutes) also get a line every `everySeconds` saying which layer they have reached.
  */
-import type { StepMetrics } from "./trainer.ts";
+import type { StepMetrics } from "./metrics.ts";
 
 function formatDuration(seconds: number): string {
   if (!Number.isFinite(seconds)) return "?";

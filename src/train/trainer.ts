@@ -25,6 +25,7 @@ import {
 import { lrMultiplier, warmupStepsFor } from "./lr.ts";
 import { resolveTrainOptions, type TrainOptions } from "./options.ts";
 import { Progress, StepProgress } from "./progress.ts";
+import type { StepMetrics } from "./metrics.ts";
 import { formatPlan, hostAvailableBytes, modelOptions, WORKSPACE_ALLOWANCE_BYTES } from "./plan.ts";
 import { initDistributed } from "../dist/env.ts";
 import { ParallelLayout } from "../dist/layout.ts";
@@ -34,26 +35,9 @@ import {
   type SequenceAttention,
 } from "../dist/sequence_attention.ts";
 import type { Communicator } from "../dist/comm.ts";
+import { SelfComm } from "../dist/self_comm.ts";
 
-/** One line of metrics.jsonl. */
-export interface StepMetrics {
-  /** Optimizer steps done, counting this one. */
-  step: number;
-  /** Epochs done, fractional (step / steps per epoch). */
-  epoch: number;
-  /** Mean loss over the step's labelled tokens, before the step's update. */
-  loss: number;
-  /** Learning rate of the step's update, after the schedule. */
-  lr: number;
-  /** Global gradient norm of the step, before clipping. */
-  grad_norm: number;
-  /** Training tokens per second since the previous logged step, over all data-parallel groups. */
-  tokens_per_s: number;
-  /** Device memory held by the memory plan, bytes. */
-  memory_bytes: number;
-  /** Seconds since this run's training loop started (a resumed run restarts the clock). */
-  elapsed_s: number;
-}
+export type { StepMetrics };
 
 /** What `train` returns once the final model is saved. */
 export interface TrainResult {
@@ -244,7 +228,9 @@ export async function train(
       `ranks: ${parallel.describe()}; ${how}; ${S} tokens per rank`,
     );
   }
-  const model = new LlamaModel(device, cfg, modelOptions(o, S, world, fullShard), attention);
+  // The model makes no communicators: on one device, offloading shards over a world of one.
+  const paramComm = world ?? (o.offloadOptimizer ? new SelfComm(device) : null);
+  const model = new LlamaModel(device, cfg, modelOptions(o, S, paramComm, fullShard), attention);
   const props = device.props(0);
   log(
     `distflash train: ${source.name} (${(model.layout.count / 1e6).toFixed(1)}M parameters) on ` +
