@@ -6,10 +6,8 @@
  * 2 micro-batches a step, weight decay 0.5 on matrices and embeddings, clipping active at every
  * step (norms 2.3-6.8 against 0.6), warmup of 2 steps (the first update uses lr 0).
  *
- * distflash runs in float32, so the tolerances below are float32's accumulated rounding against
- * float64, with the measured errors noted beside them; the single-point bugs they guard against
- * (weight decay on norms, a wrong clip factor, ignored labels counted, a layout's positions, ...)
- * move the same numbers by 1e-3 relative or more.
+ * distflash runs in float32: the tolerances (see `compare`) are float32's accumulated rounding
+ * against float64.
  */
 import { assert, assertEquals, assertLess } from "./assert.ts";
 import { copyFileSync } from "node:fs";
@@ -113,18 +111,19 @@ async function metrics(dir: string): Promise<Metrics[]> {
 }
 
 /**
- * Losses, gradient norms, learning rates and final weights against the reference.
+ * Losses, gradient norms, learning rates and final weights against the reference. Bounds are ~10x
+ * the float32-vs-float64 errors measured on 1, 2 and 4 ranks (noted), far below what the guarded
+ * bugs move (measured on one rank: weight decay on the norms, step-3 loss 1.0e-3; the clip factor
+ * divided by the squared norm, step-3 loss 1.8e-4 and grad norm 6.6e-3; ignored labels counted,
+ * loss 0.80, all relative).
  *
- * - loss: 2e-5 relative. float32 logits and log-sum-exp over 256 classes carry ~1e-7 relative
- *   error per token; five steps of float32 updates move the later losses by a few 1e-6 (measured
- *   up to ~3e-6). Ignored labels counted in the token count change the loss 5x; a wrong clip
- *   factor or decay on the norms change steps 3-5 by 1e-3 or more.
- * - grad_norm: 1e-4 relative: a norm over ~75k float32 gradient entries summed in float32
- *   (measured up to ~2e-5 after five steps).
- * - lr: exact up to float64 rounding (both sides compute it in float64 from the same formula).
- * - weights: each tensor's change over the run (final - initial) within 1e-3 of the reference
- *   change, in norm. Adam's update g / (sqrt(v) + eps) amplifies float32 gradient error where
- *   |g| ~ eps; a wrong decay or clip moves the changes by >= 1e-2.
+ * - loss: 5e-6 relative. float32 logits and log-sum-exp over 256 classes, and five steps of
+ *   float32 updates before the last (measured <= 5.1e-7).
+ * - grad_norm: 5e-5 relative: a norm over ~75k float32 gradient entries (measured <= 7.6e-6).
+ * - lr: 1e-12 absolute: both sides compute it in float64 from the same formula.
+ * - weights: each tensor's change over the run (final - initial) matches the reference change
+ *   within 2e-4 of its norm (measured <= 1.6e-5). Adam's update g / (sqrt(v) + eps) amplifies
+ *   float32 gradient error where |g| ~ eps, hence a norm-wise bound, not an elementwise one.
  */
 async function compare(ref: Reference, dir: string, initial: Map<string, Float32Array>, what = "") {
   const m = await metrics(dir);
@@ -138,7 +137,7 @@ async function compare(ref: Reference, dir: string, initial: Map<string, Float32
     );
     assertLess(
       Math.abs(m[i].grad_norm - ref.gradNorm[i]) / ref.gradNorm[i],
-      1e-4,
+      5e-5,
       `${at} grad_norm ${m[i].grad_norm} vs ${ref.gradNorm[i]}`,
     );
     assertLess(Math.abs(m[i].lr - ref.lr[i]), 1e-12, `${at} lr ${m[i].lr} vs ${ref.lr[i]}`);
@@ -155,7 +154,7 @@ async function compare(ref: Reference, dir: string, initial: Map<string, Float32
       }
       assert(change > 0, `${name} changed in the reference`);
       const rel = Math.sqrt(err / change);
-      assertLess(rel, 1e-3, `${what} ${name}: ||final - ref|| / ||ref change|| = ${rel}`);
+      assertLess(rel, 2e-4, `${what} ${name}: ||final - ref|| / ||ref change|| = ${rel}`);
     }
   } finally {
     out.close();
