@@ -132,7 +132,7 @@ async function compare(ref: Reference, dir: string, initial: Map<string, Float32
     const at = `${what} step ${i + 1}`;
     assertLess(
       Math.abs(m[i].loss - ref.loss[i]) / ref.loss[i],
-      2e-5,
+      5e-6,
       `${at} loss ${m[i].loss} vs ${ref.loss[i]}`,
     );
     assertLess(
