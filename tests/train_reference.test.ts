@@ -43,7 +43,18 @@ interface Reference {
   gradNorm: Float64Array;
   lr: Float64Array;
   final: Map<string, Float64Array>;
-  meta: Record<string, string>;
+  /** The reference's settings (steps, lr, weight_decay, betas, eps, ...). */
+  meta: {
+    steps: number;
+    warmup_steps: number;
+    lr: number;
+    weight_decay: number;
+    betas: [number, number];
+    eps: number;
+    max_grad_norm: number;
+    model_max_length: number;
+    labelled_tokens: number;
+  };
 }
 
 async function reference(): Promise<Reference> {
@@ -60,7 +71,7 @@ async function reference(): Promise<Reference> {
       gradNorm: await f64("grad_norm"),
       lr: await f64("lr"),
       final,
-      meta: f.metadata!,
+      meta: JSON.parse(f.metadata!.reference),
     };
   } finally {
     f.close();
@@ -72,17 +83,17 @@ function trainOptions(ref: Reference) {
   const m = ref.meta;
   return {
     dataPath: CHAT,
-    modelMaxLength: Number(m.model_max_length),
+    modelMaxLength: m.model_max_length,
     perDeviceTrainBatchSize: 1,
     gradientAccumulationSteps: 2,
-    maxSteps: Number(m.steps),
-    learningRate: JSON.parse(m.lr),
-    weightDecay: JSON.parse(m.weight_decay),
-    adamBeta1: JSON.parse(m.betas)[0],
-    adamBeta2: JSON.parse(m.betas)[1],
-    adamEpsilon: JSON.parse(m.eps),
-    maxGradNorm: Number(m.max_grad_norm),
-    warmupSteps: Number(m.warmup_steps),
+    maxSteps: m.steps,
+    learningRate: m.lr,
+    weightDecay: m.weight_decay,
+    adamBeta1: m.betas[0],
+    adamBeta2: m.betas[1],
+    adamEpsilon: m.eps,
+    maxGradNorm: m.max_grad_norm,
+    warmupSteps: m.warmup_steps,
     lrSchedulerType: "cosine",
     loggingSteps: 1,
     device: "cpu",
@@ -184,7 +195,7 @@ Deno.test("train reference: chat data gives the reference's windows, ignored lab
     const batch = ds.batch([0, 1]);
     assertEquals(Array.from(batch.inputs), Array.from(ref.inputIds));
     assertEquals(Array.from(batch.labels), Array.from(ref.labels));
-    assertEquals(batch.labels.filter((l) => l >= 0).length, Number(ref.meta.labelled_tokens));
+    assertEquals(batch.labels.filter((l) => l >= 0).length, ref.meta.labelled_tokens);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

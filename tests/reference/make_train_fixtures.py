@@ -14,6 +14,8 @@ result of STEPS optimizer steps of tests/fixtures/mha on that data, computed in 
   grad_norm   f64 [STEPS]   per step, global L2 norm of the gradient before clipping
   lr          f64 [STEPS]   per step, the learning rate of the update
   final.<name> f64          every parameter after the last step
+  metadata "reference"      JSON of the settings (steps, warmup_steps, lr, weight_decay, betas, eps,
+                            max_grad_norm, model_max_length, labelled_tokens, library versions)
 
 What the reference does, written independently of distflash's code (the conventions are distflash's
 documented ones; see src/data/chat.ts and src/train/trainer.ts):
@@ -161,10 +163,11 @@ def main():
     }
     for n, p in model.named_parameters():
         ref["final." + n] = p.detach().clone().contiguous()
-    meta = {"steps": str(STEPS), "warmup_steps": str(WARMUP), "max_grad_norm": str(MAX_GRAD_NORM),
-            "model_max_length": str(L), "labelled_tokens": str(labelled),
-            **{k: json.dumps(v) for k, v in HYPER.items()},
-            "torch": torch.__version__, "transformers": transformers.__version__}
+    # One metadata key: safetensors writes the map in hash order, which would vary between runs.
+    settings = {"steps": STEPS, "warmup_steps": WARMUP, "max_grad_norm": MAX_GRAD_NORM,
+                "model_max_length": L, "labelled_tokens": labelled, **HYPER,
+                "torch": torch.__version__, "transformers": transformers.__version__}
+    meta = {"reference": json.dumps(settings, sort_keys=True)}
     save_file(ref, os.path.join(out, "reference.safetensors"), metadata=meta)
     print(f"{out}: {inputs.shape[0]} windows, {labelled} labelled tokens; losses {losses}; "
           f"grad norms {norms}; lrs {lrs}")
