@@ -50,6 +50,13 @@ export function registerTokenize(program: Command): void {
       if (!(dataset instanceof TokenDataset)) {
         throw new Error(`--data-path ${o.dataPath}: not text data`);
       }
+      if (dataset.trained) {
+        throw new Error(
+          `--data-path ${o.dataPath} holds chat conversations, which train on the assistant's ` +
+            "turns only; a .npy token file cannot record which tokens those are, so give the " +
+            "chat data to `train --data-path` directly",
+        );
+      }
       const tokens = dataset.tokens;
       // uint16 halves the file when every id fits (vocabularies up to 65,536 tokens).
       const data = dataset.stats.maxTokenId < 65536 ? Uint16Array.from(tokens) : tokens;

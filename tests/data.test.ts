@@ -8,6 +8,8 @@ import { writeNpy } from "../src/io/npy.ts";
 import {
   BYTE_TOKENIZER_VOCAB,
   ByteTokenizer,
+  conversationText,
+  type DataDocument,
   type Dataset,
   HfTokenizer,
   listDataFiles,
@@ -43,9 +45,10 @@ async function expectedCases(dir: string): Promise<Case[]> {
   return JSON.parse(await Deno.readTextFile(join(dir, "expected.json"))).cases;
 }
 
-async function collect(gen: AsyncIterable<string>): Promise<string[]> {
+/** The documents of a reader, conversations rendered as text. */
+async function collect(gen: AsyncIterable<DataDocument>): Promise<string[]> {
   const out: string[] = [];
-  for await (const x of gen) out.push(x);
+  for await (const x of gen) out.push(typeof x === "string" ? x : conversationText(x));
   return out;
 }
 
@@ -281,7 +284,7 @@ Deno.test("readers: Parquet text column (snappy, several row groups; zstd)", asy
   assert.ok(progress.length >= 3);
   assert.equal(progress.at(-1), (await Deno.stat(p)).size);
   // The zstd file holds the same rows and then a null text in row 10.
-  const docs: string[] = [];
+  const docs: DataDocument[] = [];
   await rejectsWith(
     (async () => {
       for await (const d of readParquet(join(DATA_DIR, "text_zstd.parquet"))) docs.push(d);

@@ -662,8 +662,9 @@ Deno.test(`${TEST_BACKEND}: attention merge handles -inf on either side without 
       const [tq, nh] = [2, 2];
       const n = tq * nh * HD;
       const row = (i: number, h: number) => (i * nh + h) * HD;
-      // lse [nh, tq]: (h0,i0) both -inf; (h0,i1) running -inf; (h1,i0) part -inf; (h1,i1) both 1.
-      const lse0 = [-Infinity, -Infinity, 0.5, 1.0], partLse = [-Infinity, 2.0, -Infinity, 1.0];
+      // lse [nh, tq]: (h0,i0) both -inf; (h0,i1) running -inf; (h1,i0) part -inf; (h1,i1) running
+      // 1 and part 2.5 (unequal, so an error weighting one side differently from the other shows).
+      const lse0 = [-Infinity, -Infinity, 0.5, 1.0], partLse = [-Infinity, 2.0, -Infinity, 2.5];
       const out0 = new Float32Array(n).fill(garbage), part = new Float32Array(n).fill(3);
       for (let c = 0; c < HD; c++) {
         out0[row(0, 1) + c] = 1; // running value of (i0, h1)
@@ -675,12 +676,15 @@ Deno.test(`${TEST_BACKEND}: attention merge handles -inf on either side without 
       const out = s.get(pout, n), lse = s.get(plse, nh * tq);
       assertEquals(lse[0], -Infinity);
       assert(Math.abs(lse[1] - 2.0) < 1e-6 && Math.abs(lse[2] - 0.5) < 1e-6, `lse ${lse}`);
-      assert(Math.abs(lse[3] - (1 + Math.log(2))) < 1e-6, `lse ${lse[3]}`); // logaddexp(1, 1)
+      // logaddexp(1, 2.5), and the merged value (e^1 * 2 + e^2.5 * 3) / (e^1 + e^2.5), in float64.
+      const merged = Math.log(Math.exp(1) + Math.exp(2.5));
+      const value = (Math.exp(1) * 2 + Math.exp(2.5) * 3) / (Math.exp(1) + Math.exp(2.5));
+      assert(Math.abs(lse[3] - merged) < 1e-6, `lse ${lse[3]} vs ${merged}`);
       for (let c = 0; c < HD; c++) {
         if (garbage === 0) assertEquals(out[row(0, 0) + c], 0); // both -inf: stays 0
         assertEquals(out[row(1, 0) + c], 3); // running -inf: takes the part
         assertEquals(out[row(0, 1) + c], 1); // part -inf: keeps the running value
-        assert(Math.abs(out[row(1, 1) + c] - 2.5) < 1e-6, `${out[row(1, 1) + c]}`); // equal weights
+        assert(Math.abs(out[row(1, 1) + c] - value) < 1e-6, `${out[row(1, 1) + c]} vs ${value}`);
       }
     });
   }

@@ -93,6 +93,11 @@ Deno.test("train: the CLI accepts the paper's snake_case flags and stops after -
   for (const key of ["loss", "lr", "grad_norm", "tokens_per_s"]) {
     assert(Number.isFinite(m[0][key]), key);
   }
+  // The flags' effects: --warmup_ratio 0.03 of 2 steps rounds up to 1 warmup step, whose update
+  // uses lr 0; the second step runs at --learning_rate (cosine at progress 0).
+  assertEquals(m.map((x) => x.lr), [0, 1e-3]);
+  assert(r.stderr.includes("2x32 tokens x 1 accumulation"), r.stderr); // batch, length, accum
+  assert(r.stderr.includes('--fsdp "full_shard auto_wrap" has no effect on a single device'));
   assert((await Deno.stat(join(out, "config.json"))).isFile);
   assert((await Deno.stat(join(out, "checkpoint-2", "optimizer.safetensors"))).isFile);
   const unknown = await runCli([
@@ -229,6 +234,8 @@ Deno.test("train: Ctrl-C finishes the step, saves a checkpoint, exits 130, and t
     "cpu",
     "--save-strategy",
     "no",
+    "--lr-scheduler-type",
+    "constant", // the same lr per step whatever --max-steps, so a straight run can match
     "--output-dir",
     out,
   ];
@@ -251,7 +258,7 @@ Deno.test("train: Ctrl-C finishes the step, saves a checkpoint, exits 130, and t
   assert(match, stderr);
   const state = JSON.parse(await Deno.readTextFile(join(match[1], "trainer_state.json")));
   assert(state.global_step >= 3, `saved at step ${state.global_step}`);
-  const resumed = await train({
+  const resumeOptions = {
     model: "debug-tiny",
     synthetic: true,
     modelMaxLength: 16,
@@ -259,10 +266,22 @@ Deno.test("train: Ctrl-C finishes the step, saves a checkpoint, exits 130, and t
     loggingSteps: 1,
     device: "cpu",
     saveStrategy: "no",
-    outputDir: out,
-    resumeFromCheckpoint: match[1],
-  }, quiet);
+    lrSchedulerType: "constant",
+  };
+  const resumed = await train(
+    { ...resumeOptions, outputDir: out, resumeFromCheckpoint: match[1] },
+    quiet,
+  );
   assertEquals(resumed.steps, state.global_step + 2);
+  // The interrupted-and-resumed run against a straight one, step by step.
+  const straight = await Deno.makeTempDir();
+  await train({ ...resumeOptions, outputDir: straight }, quiet);
+  const want = await metrics(straight), got = await metrics(out);
+  assertEquals(got.map((x) => x.step), want.map((x) => x.step));
+  for (let i = 0; i < want.length; i++) {
+    assertLess(Math.abs(got[i].loss - want[i].loss), 1e-6, `step ${i + 1} loss`);
+  }
+  await Deno.remove(straight, { recursive: true });
   await Deno.remove(out, { recursive: true });
 });
 

@@ -27,7 +27,7 @@ import type { Tokenizer } from "./tokenizer.ts";
 export interface TrainingWindow {
   /** Tokens [0, L) of the window. */
   inputs: Int32Array;
-  /** Tokens [1, L + 1) of the window. */
+  /** Tokens [1, L + 1) of the window; -100 where the token is not a training target. */
   labels: Int32Array;
 }
 
@@ -35,7 +35,7 @@ export interface TrainingWindow {
 export interface TrainingBatch {
   /** batchSize * seqLen input ids. */
   inputs: Int32Array;
-  /** batchSize * seqLen label ids. */
+  /** batchSize * seqLen label ids (-100: ignored). */
   labels: Int32Array;
   /** Rows (windows). */
   batchSize: number;
@@ -169,6 +169,9 @@ export function shardIndices(
   return out;
 }
 
+/** The label of a token that is not a training target (as in PyTorch and transformers). */
+export const IGNORED_LABEL = -100;
+
 /** Windows over a token stream held in memory. */
 export class TokenDataset extends Dataset {
   /** Window length L. */
@@ -178,18 +181,30 @@ export class TokenDataset extends Dataset {
   /** Sources and counts. */
   readonly stats: DatasetStats;
   readonly #tokens: Int32Array;
+  readonly #trained: Uint8Array | null;
 
   /**
    * Windows over `tokens`.
    * @param tokens the whole stream; a trailing partial window is dropped
    * @param seqLen window length L (a window spans L + 1 tokens)
    * @param stats source, files and document count to report (the rest is computed)
+   * @param trained per token, 1 when it is a training target (its label is kept) and 0 when
+   *   not (its label is -100); null: all are
    */
-  constructor(tokens: Int32Array, seqLen: number, stats: Partial<DatasetStats> = {}) {
+  constructor(
+    tokens: Int32Array,
+    seqLen: number,
+    stats: Partial<DatasetStats> = {},
+    trained: Uint8Array | null = null,
+  ) {
     super();
     checkSeqLen(seqLen);
+    if (trained && trained.length !== tokens.length) {
+      throw new RangeError(`${tokens.length} tokens but ${trained.length} trained flags`);
+    }
     this.seqLen = seqLen;
     this.#tokens = tokens;
+    this.#trained = trained;
     const { windows, dropped } = windowCount(tokens.length, seqLen);
     this.numWindows = windows;
     let max = -1;
@@ -211,14 +226,25 @@ export class TokenDataset extends Dataset {
     return this.#tokens;
   }
 
-  /** Window i: stream positions [i(L+1), i(L+1) + L) and [i(L+1) + 1, (i+1)(L+1)), copied. */
+  /** Per token, 1 when it is a training target; null when all are (read-only by convention). */
+  get trained(): Uint8Array | null {
+    return this.#trained;
+  }
+
+  /**
+   * Window i: stream positions [i(L+1), i(L+1) + L) and [i(L+1) + 1, (i+1)(L+1)), copied; a
+   * label whose token is not a training target is -100.
+   */
   window(i: number): TrainingWindow {
     this.checkIndex(i);
     const start = i * (this.seqLen + 1);
-    return {
-      inputs: this.#tokens.slice(start, start + this.seqLen),
-      labels: this.#tokens.slice(start + 1, start + 1 + this.seqLen),
-    };
+    const labels = this.#tokens.slice(start + 1, start + 1 + this.seqLen);
+    if (this.#trained) {
+      for (let t = 0; t < labels.length; t++) {
+        if (this.#trained[start + 1 + t] === 0) labels[t] = IGNORED_LABEL;
+      }
+    }
+    return { inputs: this.#tokens.slice(start, start + this.seqLen), labels };
   }
 }
 
@@ -425,7 +451,10 @@ export async function openDataset(options: OpenDatasetOptions): Promise<Dataset>
           ? (done) => options.onProgress!(before + Math.min(done, sizes[k]), total)
           : undefined,
       });
-      for await (const doc of docs) packer.addText(doc);
+      for await (const doc of docs) {
+        if (typeof doc === "string") packer.addText(doc);
+        else packer.addConversation(doc);
+      }
     }
     before += sizes[k];
     options.onProgress?.(before, total);
@@ -442,5 +471,5 @@ export async function openDataset(options: OpenDatasetOptions): Promise<Dataset>
     files,
     skippedFiles: skipped,
     documents: packed.documents,
-  });
+  }, packed.trained);
 }

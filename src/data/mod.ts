@@ -12,15 +12,25 @@ export {
   type Tokenizer,
 } from "./tokenizer.ts";
 export {
+  ASSISTANT_ROLE,
+  type ChatTurn,
+  conversationEndTrained,
+  conversationText,
+  conversationTokens,
+} from "./chat.ts";
+export {
   CHAT_FIELDS,
+  type DataDocument,
   DataError,
   DEFAULT_TEXT_FIELD,
+  parseConversation,
   type ProgressCallback,
   readJson,
   readJsonl,
   readLines,
   type ReadOptions,
   readParquet,
+  recordDocument,
   recordText,
   renderConversation,
   TEXT_READERS,
@@ -37,6 +47,7 @@ export {
 export {
   Dataset,
   type DatasetStats,
+  IGNORED_LABEL,
   type IndexOptions,
   listDataFiles,
   openDataset,

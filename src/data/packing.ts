@@ -6,6 +6,11 @@
  * `BOS d1 EOS BOS d2 EOS ...`. Pre-tokenised token files are appended as they are, with nothing
  * added.
  *
+ * Trained tokens: every token of texts and token files is a training target. A conversation
+ * (chat.ts) trains on its assistant replies only; once one is added, the packer keeps a mask per
+ * stream token (1: a target, 0: an ignored label), and a window's label at a masked position is
+ * -100.
+ *
  * Windows (the contract the trainer relies on): training sequences are consecutive,
  * non-overlapping windows of L + 1 tokens (L = --model-max-length); window i covers stream
  * positions [i(L+1), (i+1)(L+1)); its inputs are the first L tokens and its labels the last L
@@ -16,6 +21,7 @@
  */
 
 import type { Tokenizer } from "./tokenizer.ts";
+import { type ChatTurn, conversationEndTrained, conversationTokens } from "./chat.ts";
 
 /** A growable int32 token array. */
 export class TokenBuffer {
@@ -77,6 +83,8 @@ export type PackingTokens = Pick<Tokenizer, "bosId" | "eosId" | "addBos">;
 export interface PackedTokens {
   /** The whole stream, trailing partial window included. */
   tokens: Int32Array;
+  /** Per stream token, 1 when it is a training target, 0 when ignored; null when all are. */
+  trained: Uint8Array | null;
   /** Window length L (inputs and labels each hold L tokens; a window spans L + 1). */
   seqLen: number;
   /** Number of whole windows: floor(tokens.length / (L + 1)). */
@@ -107,6 +115,8 @@ export class SequencePacker {
   readonly #eos: number | null;
   readonly #tokenizer: Tokenizer | null;
   #documents = 0;
+  /** Per token, trained (1) or not (0); null while every token is trained. */
+  #trained: Uint8Array | null = null;
 
   /**
    * An empty stream.
@@ -130,25 +140,62 @@ export class SequencePacker {
     return this.#documents;
   }
 
-  /** Appends one document's token ids: [BOS] ids [EOS]. */
-  addDocument(ids: ArrayLike<number>): void {
-    if (this.#bos !== null) this.#buffer.push(this.#bos);
-    this.#buffer.pushAll(ids);
-    if (this.#eos !== null) this.#buffer.push(this.#eos);
+  /**
+   * Appends one document's token ids: [BOS] ids [EOS].
+   * @param trained per id, 1 when it is a training target (default: all are); BOS is a target
+   *   only in all-trained documents, EOS when `endTrained` (default: when ids' last one is)
+   */
+  addDocument(ids: ArrayLike<number>, trained?: Uint8Array, endTrained?: boolean): void {
+    const all = trained === undefined;
+    if (!all && trained.length !== ids.length) {
+      throw new RangeError(`${ids.length} ids but ${trained.length} trained flags`);
+    }
+    if (this.#bos !== null) this.#push([this.#bos], all ? null : 0);
+    this.#push(ids, trained ?? null);
+    const end = endTrained ?? (all || (trained.length > 0 && trained[trained.length - 1] === 1));
+    if (this.#eos !== null) this.#push([this.#eos], end ? null : 0);
     this.#documents++;
   }
 
-  /** Tokenises and appends one document. */
+  /** Tokenises and appends one text document. */
   addText(text: string): void {
-    if (this.#tokenizer === null) {
-      throw new Error("SequencePacker.addText needs a tokenizer, not just special ids");
-    }
-    this.addDocument(this.#tokenizer.encode(text));
+    this.addDocument(this.#needTokenizer("addText").encode(text));
   }
 
-  /** Appends pre-tokenised ids as they are (no BOS/EOS). */
+  /** Tokenises and appends one conversation, training on the assistant's replies (chat.ts). */
+  addConversation(turns: readonly ChatTurn[]): void {
+    const { ids, trained } = conversationTokens(turns, this.#needTokenizer("addConversation"));
+    this.addDocument(ids, trained, conversationEndTrained(turns));
+  }
+
+  /** Appends pre-tokenised ids as they are (no BOS/EOS), all training targets. */
   addTokens(ids: ArrayLike<number>): void {
+    this.#push(ids, null);
+  }
+
+  #needTokenizer(what: string): Tokenizer {
+    if (this.#tokenizer === null) {
+      throw new Error(`SequencePacker.${what} needs a tokenizer, not just special ids`);
+    }
+    return this.#tokenizer;
+  }
+
+  /** Appends ids with their mask: null = all trained, 0 = none, or one flag per id. */
+  #push(ids: ArrayLike<number>, trained: Uint8Array | 0 | null): void {
+    const at = this.#buffer.length;
     this.#buffer.pushAll(ids);
+    if (trained === null && this.#trained === null) return;
+    const need = this.#buffer.length;
+    if (this.#trained === null || this.#trained.length < need) {
+      // Grown like the token buffer; tokens before the first mask were all trained.
+      const grown = new Uint8Array(Math.max(need, 2 * (this.#trained?.length ?? 0), 16));
+      if (this.#trained) grown.set(this.#trained.subarray(0, at));
+      else grown.fill(1, 0, at);
+      this.#trained = grown;
+    }
+    if (trained === null) this.#trained.fill(1, at, need);
+    else if (trained === 0) this.#trained.fill(0, at, need);
+    else this.#trained.set(trained, at);
   }
 
   /** The stream so far (a view, valid until the next add). */
@@ -163,6 +210,7 @@ export class SequencePacker {
     const { windows, dropped } = windowCount(tokens.length, seqLen);
     return {
       tokens,
+      trained: this.#trained?.slice(0, tokens.length) ?? null,
       seqLen,
       numWindows: windows,
       droppedTokens: dropped,

@@ -1,13 +1,16 @@
 /**
- * Document readers: JSON Lines, JSON and Parquet files to a stream of text documents.
+ * Document readers: JSON Lines, JSON and Parquet files to a stream of documents (texts or
+ * conversations).
  *
  * Each record gives one document, taken from its text field (`text` unless another is named):
  * - a string is the document as is;
- * - a list of chat turns is rendered by {@link renderConversation};
+ * - a list of chat turns is a conversation ({@link parseConversation}; chat.ts renders and
+ *   tokenises it, training on the assistant's turns only);
  * - with the default field name, a record without `text` may instead hold `conversations`
  *   (ShareGPT / Vicuna, LightSeq's format) or `messages` (OpenAI style).
  *
- * Chat template (plain text, one line per turn, turns joined by "\n"):
+ * Chat template (plain text, one line per turn, turns joined by "\n"; chat.ts owns it and which
+ * tokens are trained on):
  * ```
  * SYSTEM: <system text>
  * USER: <human / user text>
@@ -29,6 +32,7 @@ import {
   parquetSchema,
 } from "hyparquet";
 import { compressors } from "hyparquet-compressors";
+import { type ChatTurn, conversationText } from "./chat.ts";
 
 /** The text field used when none is named. */
 export const DEFAULT_TEXT_FIELD = "text";
@@ -78,12 +82,15 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === "object" && !Array.isArray(v);
 }
 
+/** One document of a data file: a text, or a conversation's turns. */
+export type DataDocument = string | ChatTurn[];
+
 /**
- * Renders chat turns as plain text (see the module doc for the template).
+ * Checks a list of chat turns ({from|role, value|content}) and normalises their roles.
  * @param where prefix for error messages, e.g. "data.jsonl:12"
  */
-export function renderConversation(turns: readonly unknown[], where = "conversation"): string {
-  const lines: string[] = [];
+export function parseConversation(turns: readonly unknown[], where = "conversation"): ChatTurn[] {
+  const parsed: ChatTurn[] = [];
   for (let i = 0; i < turns.length; i++) {
     const t = turns[i];
     if (!isRecord(t)) {
@@ -99,22 +106,29 @@ export function renderConversation(turns: readonly unknown[], where = "conversat
     if (typeof text !== "string") {
       throw new DataError(`${where}: turn ${i} has no "value" or "content" string`);
     }
-    const label = ROLE_LABELS[role.toLowerCase()] ?? role.toUpperCase();
-    lines.push(`${label}: ${text}`);
+    parsed.push({ role: ROLE_LABELS[role.toLowerCase()] ?? role.toUpperCase(), text });
   }
-  return lines.join("\n");
+  return parsed;
 }
 
-function valueText(value: unknown, field: string, where: string): string {
+/**
+ * Renders chat turns as plain text (see the module doc for the template).
+ * @param where prefix for error messages, e.g. "data.jsonl:12"
+ */
+export function renderConversation(turns: readonly unknown[], where = "conversation"): string {
+  return conversationText(parseConversation(turns, where));
+}
+
+function valueDocument(value: unknown, field: string, where: string): DataDocument {
   if (typeof value === "string") return value;
-  if (Array.isArray(value)) return renderConversation(value, `${where}: "${field}"`);
+  if (Array.isArray(value)) return parseConversation(value, `${where}: "${field}"`);
   throw new DataError(
     `${where}: field "${field}" is ${describe(value)}, expected a string or a list of chat turns`,
   );
 }
 
 /**
- * The document text of one record (an object parsed from JSON or a Parquet row).
+ * The document text of one record, a conversation rendered as plain text.
  * @param where prefix for error messages, e.g. "data.jsonl:12"
  */
 export function recordText(
@@ -122,13 +136,27 @@ export function recordText(
   textField: string = DEFAULT_TEXT_FIELD,
   where = "record",
 ): string {
+  const doc = recordDocument(record, textField, where);
+  return typeof doc === "string" ? doc : conversationText(doc);
+}
+
+/**
+ * The document of one record (an object parsed from JSON, a Parquet row, or any reader's record
+ * of the same shape): its text, or its conversation's turns.
+ * @param where prefix for error messages, e.g. "data.jsonl:12"
+ */
+export function recordDocument(
+  record: unknown,
+  textField: string = DEFAULT_TEXT_FIELD,
+  where = "record",
+): DataDocument {
   if (!isRecord(record)) {
     throw new DataError(`${where}: expected a JSON object, got ${describe(record)}`);
   }
-  if (record[textField] !== undefined) return valueText(record[textField], textField, where);
+  if (record[textField] !== undefined) return valueDocument(record[textField], textField, where);
   if (textField === DEFAULT_TEXT_FIELD) {
     for (const f of CHAT_FIELDS) {
-      if (record[f] !== undefined) return valueText(record[f], f, where);
+      if (record[f] !== undefined) return valueDocument(record[f], f, where);
     }
   }
   const keys = Object.keys(record);
@@ -225,7 +253,10 @@ async function openFile(path: string): Promise<Deno.FsFile> {
 }
 
 /** Documents of a JSON Lines file: one JSON object a line; blank lines are skipped. */
-export async function* readJsonl(path: string, options: ReadOptions = {}): AsyncGenerator<string> {
+export async function* readJsonl(
+  path: string,
+  options: ReadOptions = {},
+): AsyncGenerator<DataDocument> {
   const field = options.textField ?? DEFAULT_TEXT_FIELD;
   for await (const { line, lineNo } of readLines(path, options.onProgress)) {
     if (line.trim() === "") continue;
@@ -235,7 +266,7 @@ export async function* readJsonl(path: string, options: ReadOptions = {}): Async
     } catch (e) {
       throw new DataError(`${path}:${lineNo}: invalid JSON (${(e as Error).message})`);
     }
-    yield recordText(rec, field, `${path}:${lineNo}`);
+    yield recordDocument(rec, field, `${path}:${lineNo}`);
   }
 }
 
@@ -254,7 +285,10 @@ function lineCol(text: string, pos: number): string {
  * Documents of a .json file: an array of objects; a file that does not start with "[" is read
  * as JSON Lines (what `datasets`' `to_json` writes by default).
  */
-export async function* readJson(path: string, options: ReadOptions = {}): AsyncGenerator<string> {
+export async function* readJson(
+  path: string,
+  options: ReadOptions = {},
+): AsyncGenerator<DataDocument> {
   const field = options.textField ?? DEFAULT_TEXT_FIELD;
   let text: string;
   try {
@@ -280,7 +314,7 @@ export async function* readJson(path: string, options: ReadOptions = {}): AsyncG
   const list = records as unknown[];
   let reported = 0;
   for (let i = 0; i < list.length; i++) {
-    yield recordText(list[i], field, `${path}: element ${i}`);
+    yield recordDocument(list[i], field, `${path}: element ${i}`);
     if (options.onProgress && i - reported >= 1024) {
       reported = i;
       options.onProgress(Math.floor((total * i) / list.length), total);
@@ -293,7 +327,7 @@ export async function* readJson(path: string, options: ReadOptions = {}): AsyncG
 export async function* readParquet(
   path: string,
   options: ReadOptions = {},
-): AsyncGenerator<string> {
+): AsyncGenerator<DataDocument> {
   const field = options.textField ?? DEFAULT_TEXT_FIELD;
   let file;
   let meta;
@@ -342,7 +376,7 @@ export async function* readParquet(
       if (value === null || value === undefined) {
         throw new DataError(`${where}: column "${column}" is null`);
       }
-      yield valueText(value, column, where);
+      yield valueDocument(value, column, where);
     }
     rowStart += rows;
     bytes += Number(group.total_compressed_size ?? group.total_byte_size);
@@ -353,7 +387,7 @@ export async function* readParquet(
 
 /** Extensions of document (text) files and their readers. */
 export const TEXT_READERS: Readonly<
-  Record<string, (path: string, options?: ReadOptions) => AsyncGenerator<string>>
+  Record<string, (path: string, options?: ReadOptions) => AsyncGenerator<DataDocument>>
 > = {
   ".jsonl": readJsonl,
   ".json": readJson,
