@@ -93,7 +93,9 @@ function assertBitEqual(name: string, got: Float32Array, want: Float32Array) {
   assertEquals(got.length, want.length, `${name}: length`);
   for (let i = 0; i < want.length; i++) {
     if (!Object.is(got[i], want[i])) {
-      throw new Error(`${TEST_BACKEND} ${name}: element ${i} is ${got[i]}, causal gives ${want[i]}`);
+      throw new Error(
+        `${TEST_BACKEND} ${name}: element ${i} is ${got[i]}, causal gives ${want[i]}`,
+      );
     }
   }
 }
@@ -116,7 +118,14 @@ function visible(starts: number[], p: number, s: number): boolean {
 }
 
 /** Probabilities of query i, head h over its visible keys (null: it sees none). */
-function probs(q: ArrayLike<number>, k: ArrayLike<number>, a: Pair, starts: number[], i: number, h: number) {
+function probs(
+  q: ArrayLike<number>,
+  k: ArrayLike<number>,
+  a: Pair,
+  starts: number[],
+  i: number,
+  h: number,
+) {
   const g = Math.floor(h / (a.nh / a.nkv));
   const keys: number[] = [], scores: number[] = [];
   for (let j = 0; j < a.tk; j++) {
@@ -224,7 +233,13 @@ const STARTS = [0, 3, 4, 5, 17, 30, 31, 44];
 const PAIRS: { what: string; tq: number; tk: number; qPos0: number; kPos0: number }[] = [
   { what: "diagonal, whole sequence", tq: 48, tk: 48, qPos0: 0, kPos0: 0 },
   { what: "diagonal block", tq: 16, tk: 16, qPos0: 16, kPos0: 16 },
-  { what: "off-diagonal, Tq != Tk, a document across the boundary", tq: 20, tk: 12, qPos0: 12, kPos0: 0 },
+  {
+    what: "off-diagonal, Tq != Tk, a document across the boundary",
+    tq: 20,
+    tk: 12,
+    qPos0: 12,
+    kPos0: 0,
+  },
   { what: "off-diagonal, keys overlapping the queries", tq: 24, tk: 22, qPos0: 24, kPos0: 10 },
   { what: "some rows see no key", tq: 8, tk: 42, qPos0: 40, kPos0: 0 },
   { what: "no row sees a key", tq: 16, tk: 16, qPos0: 32, kPos0: 0 },
@@ -245,15 +260,25 @@ Deno.test(`${TEST_BACKEND}: document attention forward and backward against floa
             for (let i = 0; i < a.tq; i++) {
               if (ref.lse[h * a.tq + i] !== -Infinity) continue;
               empty++;
-              assertEquals(got.lse[h * a.tq + i], -Infinity, `${name}: lse of a row seeing nothing`);
+              assertEquals(
+                got.lse[h * a.tq + i],
+                -Infinity,
+                `${name}: lse of a row seeing nothing`,
+              );
               for (let c = 0; c < HD; c++) {
-                assertEquals(got.out[(i * nh + h) * HD + c], 0, `${name}: out of a row seeing nothing`);
+                assertEquals(
+                  got.out[(i * nh + h) * HD + c],
+                  0,
+                  `${name}: out of a row seeing nothing`,
+                );
               }
             }
           }
           if (empty === nh * a.tq) {
             // Nothing visible: every output and gradient is exactly zero.
-            for (const g of [got.out, got.dq, got.dk, got.dv]) assert(g.every((e) => e === 0), name);
+            for (const g of [got.out, got.dq, got.dk, got.dv]) {
+              assert(g.every((e) => e === 0), name);
+            }
             return;
           }
           const finite = (l: ArrayLike<number>) => Array.from(l).filter((e) => e !== -Infinity);
@@ -282,7 +307,6 @@ Deno.test(`${TEST_BACKEND}: document attention merged over blocks and split back
     const docs = s.docs(STARTS);
     const row = nh * HD, kvRow = nkv * HD;
     const [pq, pk, pv, pdout] = [s.put(x.q), s.put(x.k), s.put(x.v), s.put(x.dout)];
-    const out = s.zeros(T * row), lse = s.put(new Float32Array(nh * T).fill(-Infinity));
     const blocks = (cuts: number[]) => cuts.slice(1).map((end, b) => [cuts[b], end]);
     const at = (ptr: DevicePtr, elements: number) => ptr + BigInt(elements * 4);
     const pair = (q0: number, q1: number, k0: number, k1: number) =>
@@ -295,7 +319,15 @@ Deno.test(`${TEST_BACKEND}: document attention merged over blocks and split back
       const part = s.zeros(tq * row), partLse = s.zeros(nh * tq);
       for (const [k0, k1] of blocks(kCuts)) {
         const a = pair(q0, q1, k0, k1);
-        ops.attentionForward(d, part, partLse, at(pq, q0 * row), at(pk, k0 * kvRow), at(pv, k0 * kvRow), a);
+        ops.attentionForward(
+          d,
+          part,
+          partLse,
+          at(pq, q0 * row),
+          at(pk, k0 * kvRow),
+          at(pv, k0 * kvRow),
+          a,
+        );
         ops.attentionMerge(d, bOut, bLse, part, partLse, tq, nh, HD, F32);
       }
       blockOut.push(bOut);
@@ -345,7 +377,9 @@ Deno.test(`${TEST_BACKEND}: one document (and no documents) is causal attention 
         const a: Pair = { tq: p.tq, tk: p.tk, nh: 4, nkv: 2, qPos0: p.qPos0, kPos0: p.kPos0 };
         const x = inputs(a, st.dtype, 31);
         const causal = run(s, a, st.dtype, undefined, x);
-        for (const [what, docs] of [["[0]", s.docs([0])], ["none", { starts: 0n, count: 0 }]] as const) {
+        for (
+          const [what, docs] of [["[0]", s.docs([0])], ["none", { starts: 0n, count: 0 }]] as const
+        ) {
           const got = run(s, a, st.dtype, docs, x);
           for (const key of ["out", "lse", "dq", "dk", "dv"] as const) {
             assertBitEqual(`${p.what} ${st.name} docs ${what} ${key}`, got[key], causal[key]);

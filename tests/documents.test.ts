@@ -32,7 +32,9 @@ function bruteSees(starts: number[], p: number, s: number): boolean {
 const LAYOUTS = (() => {
   const u = rng(7);
   const out: number[][] = [[0], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]];
-  for (const rate of [0.05, 0.2, 0.5]) for (let n = 0; n < 3; n++) out.push(randomStarts(40, rate, u));
+  for (const rate of [0.05, 0.2, 0.5]) {
+    for (let n = 0; n < 3; n++) out.push(randomStarts(40, rate, u));
+  }
   return out;
 })();
 const T = 40;

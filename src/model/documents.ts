@@ -18,7 +18,9 @@ export type DocStarts = ArrayLike<number>;
 
 /** Throws unless `starts` is a valid document list for a sequence of `length` tokens. */
 export function validateDocStarts(starts: DocStarts, length: number): void {
-  if (starts.length === 0) throw new Error("document starts: empty (the first document starts at 0)");
+  if (starts.length === 0) {
+    throw new Error("document starts: empty (the first document starts at 0)");
+  }
   if (starts[0] !== 0) throw new Error(`document starts: the first must be 0, got ${starts[0]}`);
   for (let i = 1; i < starts.length; i++) {
     const s = starts[i];
