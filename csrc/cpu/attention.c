@@ -1,26 +1,90 @@
-/* CPU causal attention of one (query block, key block) pair: the reference for the flash kernels.
+/* CPU attention of one (query block, key block) pair, causal and optionally masked by document: the
+ * reference for the CUDA kernels.
  *
  * Scores are computed in fp32, one (query, head) row at a time, with an exact two-pass softmax over
- * the visible keys. Query i (global position q_pos0 + i) sees key j (k_pos0 + j) iff
- * k_pos0 + j <= q_pos0 + i. Query head h reads kv head h / (nh / nkv). Every output element is
- * computed by one thread in a fixed order, so results do not depend on the thread count.
+ * the visible keys. Query i (global position p = q_pos0 + i) sees key j (s = k_pos0 + j) iff
+ * doc_start(p) <= s <= p; without documents doc_start is 0, i.e. plain causal attention, and the
+ * causal entries are the document entries with no documents (one implementation). The keys a query
+ * sees, and the queries that see a key, are contiguous ranges computed once per row. Query head h
+ * reads kv head h / (nh / nkv). Every output element is computed by one thread in a fixed order, so
+ * results do not depend on the thread count.
  */
 #include <math.h>
 
 #include "cpu_util.h"
 
-/* Number of keys of the block that query i sees (0 .. tk). */
-static inline int64_t visible_keys(int64_t i, int64_t tk, int64_t q_pos0, int64_t k_pos0) {
-  int64_t last = q_pos0 + i - k_pos0; /* index of the last visible key */
-  if (last < 0) return 0;
-  return last + 1 < tk ? last + 1 : tk;
+/* Document boundaries of the whole sequence: starts[0] = 0 < starts[1] < ... < starts[n - 1].
+ * n = 0 is one document without end (plain causal). */
+typedef struct {
+  const int64_t *starts;
+  int64_t n;
+} doc_bounds;
+
+/* Number of document starts <= p (binary search). */
+static inline int64_t starts_up_to(doc_bounds d, int64_t p) {
+  int64_t lo = 0, hi = d.n;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (d.starts[mid] <= p) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
-/* First query of the block that sees key j (tq when none does). */
-static inline int64_t first_query(int64_t j, int64_t tq, int64_t q_pos0, int64_t k_pos0) {
-  int64_t first = k_pos0 + j - q_pos0;
-  if (first < 0) return 0;
-  return first < tq ? first : tq;
+/* First position of the document holding position p. */
+static inline int64_t doc_start(doc_bounds d, int64_t p) {
+  const int64_t c = starts_up_to(d, p);
+  return c > 0 ? d.starts[c - 1] : 0;
+}
+
+/* First position after the document holding position p (INT64_MAX for the last one). */
+static inline int64_t doc_end(doc_bounds d, int64_t p) {
+  const int64_t c = starts_up_to(d, p);
+  return c < d.n ? d.starts[c] : INT64_MAX;
+}
+
+/* Keys [*lo, *end) of the block that query i sees: doc_start(p) <= k_pos0 + j <= p. */
+static inline void key_range(doc_bounds d, int64_t i, int64_t tk, int64_t q_pos0, int64_t k_pos0,
+                             int64_t *lo, int64_t *end) {
+  const int64_t p = q_pos0 + i;
+  int64_t a = doc_start(d, p) - k_pos0, b = p - k_pos0 + 1;
+  if (a < 0) a = 0;
+  if (b > tk) b = tk;
+  *lo = a;
+  *end = b > a ? b : a;
+}
+
+/* Queries [*lo, *end) of the block that see key j: s <= q_pos0 + i < doc_end(s), s = k_pos0 + j. */
+static inline void query_range(doc_bounds d, int64_t j, int64_t tq, int64_t q_pos0, int64_t k_pos0,
+                               int64_t *lo, int64_t *end) {
+  const int64_t s = k_pos0 + j, e = doc_end(d, s);
+  int64_t a = s - q_pos0, b = e == INT64_MAX ? tq : e - q_pos0;
+  if (a < 0) a = 0;
+  if (b > tq) b = tq;
+  *lo = a;
+  *end = b > a ? b : a;
+}
+
+/* doc_starts: n_docs >= 0, inside one allocation, starting at 0 and strictly ascending. */
+static df_status check_docs(const char *fn, const int64_t *starts, int64_t n, doc_bounds *out) {
+  DF_CHECK(df_check_dim(fn, "n_docs", n, 0));
+  if (n > 0) {
+    DF_CHECK(df_check_elems(fn, "doc_starts", starts, n, sizeof(int64_t)));
+    if (starts[0] != 0) {
+      return df_fail(DF_ERR_INVALID, "%s: doc_starts[0] must be 0, got %lld", fn,
+                     (long long)starts[0]);
+    }
+    for (int64_t i = 1; i < n; i++) {
+      if (starts[i] <= starts[i - 1]) {
+        return df_fail(DF_ERR_INVALID,
+                       "%s: doc_starts must ascend strictly, got %lld then %lld at index %lld", fn,
+                       (long long)starts[i - 1], (long long)starts[i], (long long)i);
+      }
+    }
+  }
+  out->starts = n > 0 ? starts : NULL;
+  out->n = n;
+  return DF_OK;
 }
 
 /* Checks shared by forward and backward: sizes, head grouping, positions, scale, dtype. */
@@ -48,14 +112,16 @@ static df_status check_shape(const char *fn, int64_t tq, int64_t tk, int64_t nh,
   return DF_OK;
 }
 
-df_status df_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v,
-                               int64_t tq, int64_t tk, int64_t nh, int64_t nkv, int64_t hd,
-                               int64_t q_pos0, int64_t k_pos0, float scale, df_dtype dtype,
-                               void *stream) {
-  (void)stream;
-  const char *fn = "df_attention_forward";
+/* The forward of both entries; fn names the entry in errors. */
+static df_status attention_forward(const char *fn, void *out, float *lse, const void *q,
+                                   const void *k, const void *v, int64_t tq, int64_t tk,
+                                   int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0,
+                                   int64_t k_pos0, float scale, df_dtype dtype,
+                                   const int64_t *doc_starts, int64_t n_docs) {
   int64_t q_n = 0, k_n = 0;
   DF_CHECK(check_shape(fn, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, dtype, &q_n, &k_n));
+  doc_bounds docs;
+  DF_CHECK(check_docs(fn, doc_starts, n_docs, &docs));
   const uint64_t es = df_dtype_size(dtype);
   DF_CHECK(df_check_elems(fn, "out", out, q_n, es));
   DF_CHECK(df_check_elems(fn, "lse", lse, nh * tq, sizeof(float)));
@@ -84,21 +150,22 @@ df_status df_attention_forward(void *out, float *lse, const void *q, const void 
       for (int64_t i = 0; i < tq; i++) {
         if (!buf) continue;
         const int64_t g = h / group, row = (i * nh + h) * hd;
-        const int64_t nvis = visible_keys(i, tk, q_pos0, k_pos0);
+        int64_t lo = 0, end = 0;
+        key_range(docs, i, tk, q_pos0, k_pos0, &lo, &end);
         for (int64_t d = 0; d < hd; d++) orow[d] = 0.0f;
-        if (nvis == 0) {
+        if (lo == end) {
           df_store_row(out, dtype, row, orow, hd);
           lse[h * tq + i] = -INFINITY;
           continue;
         }
         df_load_row(qrow, q, dtype, row, hd);
         float m = -INFINITY;
-        for (int64_t j = 0; j < nvis; j++) {
+        for (int64_t j = lo; j < end; j++) {
           p[j] = scale * df_dot(qrow, kf + (j * nkv + g) * hd, hd);
           if (p[j] > m) m = p[j];
         }
         float sum = 0.0f;
-        for (int64_t j = 0; j < nvis; j++) {
+        for (int64_t j = lo; j < end; j++) {
           p[j] = expf(p[j] - m);
           sum += p[j];
           df_axpy_row(orow, p[j], vf + (j * nkv + g) * hd, hd);
@@ -122,15 +189,17 @@ df_status df_attention_forward(void *out, float *lse, const void *q, const void 
  * dq_i += scale dS_ij k_j;  dk_j += scale dS_ij q_i.
  * Three passes, each race-free: D per (query, head); dq per (query, head); dk and dv per
  * (key, kv head), summing over the group's query heads and the queries in a fixed order. */
-df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dout, const void *q,
-                                const void *k, const void *v, const void *out, const float *lse,
-                                int64_t tq, int64_t tk, int64_t nh, int64_t nkv, int64_t hd,
-                                int64_t q_pos0, int64_t k_pos0, float scale, df_dtype dtype,
-                                void *stream) {
-  (void)stream;
-  const char *fn = "df_attention_backward";
+/* The backward of both entries; fn names the entry in errors. */
+static df_status attention_backward(const char *fn, float *dq, float *dk, float *dv,
+                                    const void *dout, const void *q, const void *k, const void *v,
+                                    const void *out, const float *lse, int64_t tq, int64_t tk,
+                                    int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0,
+                                    int64_t k_pos0, float scale, df_dtype dtype,
+                                    const int64_t *doc_starts, int64_t n_docs) {
   int64_t q_n = 0, k_n = 0;
   DF_CHECK(check_shape(fn, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, dtype, &q_n, &k_n));
+  doc_bounds docs;
+  DF_CHECK(check_docs(fn, doc_starts, n_docs, &docs));
   const uint64_t es = df_dtype_size(dtype);
   DF_CHECK(df_check_elems(fn, "dq", dq, q_n, sizeof(float)));
   DF_CHECK(df_check_elems(fn, "dk", dk, k_n, sizeof(float)));
@@ -180,10 +249,11 @@ df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dou
         const float l = lse[h * tq + i];
         if (!buf || l == -INFINITY) continue;
         const int64_t g = h / group, row = (i * nh + h) * hd;
-        const int64_t nvis = visible_keys(i, tk, q_pos0, k_pos0);
+        int64_t lo = 0, end = 0;
+        key_range(docs, i, tk, q_pos0, k_pos0, &lo, &end);
         const float di = dd[h * tq + i];
         for (int64_t d = 0; d < hd; d++) acc[d] = 0.0f;
-        for (int64_t j = 0; j < nvis; j++) {
+        for (int64_t j = lo; j < end; j++) {
           const float *kj = kf + (j * nkv + g) * hd, *vj = vf + (j * nkv + g) * hd;
           float p = expf(scale * df_dot(qf + row, kj, hd) - l);
           float ds = p * (df_dot(df + row, vj, hd) - di);
@@ -200,10 +270,11 @@ df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dou
         if (!buf) continue;
         const int64_t krow = (j * nkv + g) * hd;
         const float *kj = kf + krow, *vj = vf + krow;
-        const int64_t i0 = first_query(j, tq, q_pos0, k_pos0);
+        int64_t i0 = 0, i1 = 0;
+        query_range(docs, j, tq, q_pos0, k_pos0, &i0, &i1);
         for (int64_t d = 0; d < hd; d++) acc[d] = acc2[d] = 0.0f; /* dk, dv of this key */
         for (int64_t h = g * group; h < (g + 1) * group; h++) {
-          for (int64_t i = i0; i < tq; i++) {
+          for (int64_t i = i0; i < i1; i++) {
             const float l = lse[h * tq + i];
             if (l == -INFINITY) continue;
             const int64_t row = (i * nh + h) * hd;
@@ -225,6 +296,46 @@ df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dou
   free(dd);
   if (failed) return df_fail(DF_ERR_OOM, "%s: out of host memory", fn);
   return DF_OK;
+}
+
+df_status df_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v,
+                               int64_t tq, int64_t tk, int64_t nh, int64_t nkv, int64_t hd,
+                               int64_t q_pos0, int64_t k_pos0, float scale, df_dtype dtype,
+                               void *stream) {
+  (void)stream;
+  return attention_forward("df_attention_forward", out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0,
+                           k_pos0, scale, dtype, NULL, 0);
+}
+
+df_status df_attention_forward_docs(void *out, float *lse, const void *q, const void *k,
+                                    const void *v, int64_t tq, int64_t tk, int64_t nh, int64_t nkv,
+                                    int64_t hd, int64_t q_pos0, int64_t k_pos0, float scale,
+                                    df_dtype dtype, const int64_t *doc_starts, int64_t n_docs,
+                                    void *stream) {
+  (void)stream;
+  return attention_forward("df_attention_forward_docs", out, lse, q, k, v, tq, tk, nh, nkv, hd,
+                           q_pos0, k_pos0, scale, dtype, doc_starts, n_docs);
+}
+
+df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dout, const void *q,
+                                const void *k, const void *v, const void *out, const float *lse,
+                                int64_t tq, int64_t tk, int64_t nh, int64_t nkv, int64_t hd,
+                                int64_t q_pos0, int64_t k_pos0, float scale, df_dtype dtype,
+                                void *stream) {
+  (void)stream;
+  return attention_backward("df_attention_backward", dq, dk, dv, dout, q, k, v, out, lse, tq, tk,
+                            nh, nkv, hd, q_pos0, k_pos0, scale, dtype, NULL, 0);
+}
+
+df_status df_attention_backward_docs(float *dq, float *dk, float *dv, const void *dout,
+                                     const void *q, const void *k, const void *v, const void *out,
+                                     const float *lse, int64_t tq, int64_t tk, int64_t nh,
+                                     int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
+                                     float scale, df_dtype dtype, const int64_t *doc_starts,
+                                     int64_t n_docs, void *stream) {
+  (void)stream;
+  return attention_backward("df_attention_backward_docs", dq, dk, dv, dout, q, k, v, out, lse, tq,
+                            tk, nh, nkv, hd, q_pos0, k_pos0, scale, dtype, doc_starts, n_docs);
 }
 
 /* new_lse = logaddexp(lse, part_lse); out = out e^(lse - new_lse) + part e^(part_lse - new_lse).

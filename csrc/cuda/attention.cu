@@ -19,8 +19,18 @@
  * hd = 128 run exactly, any other even hd <= 256 runs in the next larger instantiation with the extra
  * columns zero-filled (they add nothing to dot products and are never written).
  *
- * bf16 with hd 64 or 128 (16-byte aligned tensors, positive scale) runs the tensor-core kernels of
- * flash_attention.cu instead; these kernels remain the path for fp32 and for the other head dims. */
+ * Documents (the _docs entries): a query at global position p sees a key at s iff
+ * doc_start(p) <= s <= p. Each thread looks up the document bound of the rows it owns once (binary
+ * search in doc_starts, device memory): the forward keeps doc_start per query row and starts at the
+ * first key tile its first query can see; the backward keeps doc_end per key row (p sees s iff
+ * s <= p < doc_end(s)) and stops at the last query tile that can see its keys. With no documents the
+ * bounds are 0 and INT64_MAX: plain causal.
+ * THE DOCUMENT PATH IS COMPILED BUT HAS NEVER RUN: no GPU was available when it was written; the CPU
+ * backend (csrc/cpu/attention.c) is its tested reference.
+ *
+ * bf16 with hd 64 or 128 (16-byte aligned tensors, positive scale) and no documents runs the
+ * tensor-core kernels of flash_attention.cu instead; these kernels remain the path for fp32, for the
+ * other head dims and for every document-masked call. */
 #include <math.h>
 
 #include "flash_attention.cuh"
@@ -29,6 +39,31 @@
 #define ATT_THREADS 128
 #define LOG2E_F 1.4426950408889634f
 #define LN2_F 0.6931471805599453f
+
+/* ---------------- documents ---------------- */
+
+/* Number of document starts <= p (binary search; starts ascend strictly). */
+__device__ __forceinline__ int64_t starts_up_to(const int64_t *starts, int64_t n, int64_t p) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (starts[mid] <= p) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/* First position of the document holding p (0 without documents). */
+__device__ __forceinline__ int64_t doc_start_of(const int64_t *starts, int64_t n, int64_t p) {
+  const int64_t c = starts_up_to(starts, n, p);
+  return c > 0 ? starts[c - 1] : 0;
+}
+
+/* First position after the document holding p (INT64_MAX for the last one, or without documents). */
+__device__ __forceinline__ int64_t doc_end_of(const int64_t *starts, int64_t n, int64_t p) {
+  const int64_t c = starts_up_to(starts, n, p);
+  return c < n ? starts[c] : INT64_MAX;
+}
 
 /* ---------------- forward ---------------- */
 
@@ -61,7 +96,8 @@ __device__ __forceinline__ void stage_tile(float *dst, const T *src, int64_t row
 template <typename T, int HDP, int BQ, int BK>
 __global__ void __launch_bounds__(ATT_THREADS)
     attention_forward_kernel(T *out, float *lse, const T *q, const T *k, const T *v, int64_t tq, int64_t tk, int nh,
-                             int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale_log2) {
+                             int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale_log2,
+                             const int64_t *doc_starts, int64_t n_docs) {
   using S = FwdShape<HDP, BQ, BK>;
   constexpr int RQ = S::RQ, CK = S::CK, CO = S::CO, LDQ = S::LDQ, LDV = S::LDV, LDP = S::LDP;
   extern __shared__ float smem[];
@@ -80,20 +116,25 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
   float acc[RQ][CO];
   float m_run[RQ], l_run[RQ];
+  int64_t row_doc_start[RQ]; /* keys before it are in an earlier document */
 #pragma unroll
   for (int a = 0; a < RQ; a++) {
+    row_doc_start[a] = doc_start_of(doc_starts, n_docs, q_pos0 + i0 + ty * RQ + a);
     m_run[a] = -INFINITY;
     l_run[a] = 0.0f;
 #pragma unroll
     for (int c = 0; c < CO; c++) acc[a][c] = 0.0f;
   }
 
-  /* Keys visible to the last query of the tile: k_pos0 + j <= q_pos0 + i_last. */
+  /* Keys visible to the last query of the tile: k_pos0 + j <= q_pos0 + i_last; and to the first one:
+   * k_pos0 + j >= doc_start(q_pos0 + i0) (doc_start never decreases with the position). */
   const int64_t i_last = (i0 + BQ < tq ? i0 + BQ : tq) - 1;
   int64_t j_end = q_pos0 + i_last - k_pos0 + 1;
   if (j_end > tk) j_end = tk;
+  int64_t j_begin = doc_start_of(doc_starts, n_docs, q_pos0 + i0) - k_pos0;
+  if (j_begin < 0) j_begin = 0;
 
-  for (int64_t j0 = 0; j0 < j_end; j0 += BK) {
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += BK) {
     __syncthreads(); /* the previous tile's K, V, P are no longer read; Q is visible */
     stage_tile<T, BK, HDP, LDQ>(Ks, k, j0, tk, kv_stride, (int64_t)g * hd, hd, 1.0f);
     stage_tile<T, BK, HDP, LDV>(Vs, v, j0, tk, kv_stride, (int64_t)g * hd, hd, 1.0f);
@@ -125,7 +166,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
       for (int b = 0; b < CK; b++) {
         const int64_t j = j0 + tx + 8 * b;
-        const bool visible = i < tq && j < tk && k_pos0 + j <= qpos;
+        const bool visible = i < tq && j < tk && k_pos0 + j <= qpos && k_pos0 + j >= row_doc_start[a];
         if (!visible) s[a][b] = -INFINITY;
         tmax = fmaxf(tmax, s[a][b]);
       }
@@ -200,7 +241,8 @@ template <typename T, int HDP, int BK, int BQ>
 __global__ void __launch_bounds__(ATT_THREADS)
     attention_backward_kernel(float *dq, float *dk, float *dv, const T *dout, const T *q, const T *k, const T *v,
                               const T *out, const float *lse, int64_t tq, int64_t tk, int nh, int nkv, int hd,
-                              int64_t q_pos0, int64_t k_pos0, float scale) {
+                              int64_t q_pos0, int64_t k_pos0, float scale, const int64_t *doc_starts,
+                              int64_t n_docs) {
   using S = BwdShape<HDP, BK, BQ>;
   constexpr int RK = S::RK, CB = S::CB, RQ = S::RQ, CO = S::CO, LD = S::LD, LDS = S::LDS;
   extern __shared__ float smem[];
@@ -223,6 +265,13 @@ __global__ void __launch_bounds__(ATT_THREADS)
   if (i_first < 0) i_first = 0;
   if (i_first >= tq) return; /* no query of this block pair sees these keys */
   const int64_t i_begin = (i_first / BQ) * BQ;
+  /* Queries past the document of the tile's last key see none of its keys: q_pos0 + i < doc_end. */
+  const int64_t j_last = (j0 + BK < tk ? j0 + BK : tk) - 1;
+  const int64_t last_end = doc_end_of(doc_starts, n_docs, k_pos0 + j_last);
+  const int64_t i_end = last_end - q_pos0 < tq ? last_end - q_pos0 : tq;
+  int64_t key_doc_end[RK]; /* queries from this position on are in a later document */
+#pragma unroll
+  for (int a = 0; a < RK; a++) key_doc_end[a] = doc_end_of(doc_starts, n_docs, k_pos0 + j0 + ty * RK + a);
 
   stage_tile<T, BK, HDP, LD>(Ks, k, j0, tk, kv_stride, (int64_t)g * hd, hd, 1.0f);
   stage_tile<T, BK, HDP, LD>(Vs, v, j0, tk, kv_stride, (int64_t)g * hd, hd, 1.0f);
@@ -235,7 +284,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
   for (int h = g * group; h < (g + 1) * group; h++) {
     const int64_t head_off = (int64_t)h * hd;
-    for (int64_t i0 = i_begin; i0 < tq; i0 += BQ) {
+    for (int64_t i0 = i_begin; i0 < i_end; i0 += BQ) {
       __syncthreads(); /* the previous tile's Q, dO, P, dS, L, D are no longer read */
       stage_tile<T, BQ, HDP, LD>(Qs, q, i0, tq, q_stride, head_off, hd, 1.0f);
       stage_tile<T, BQ, HDP, LD>(dOs, dout, i0, tq, q_stride, head_off, hd, 1.0f);
@@ -291,7 +340,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
           const int r = tx + 8 * b;
           const int64_t i = i0 + r;
           const float L = Ls[r];
-          const bool visible = i < tq && j < tk && k_pos0 + j <= q_pos0 + i && L > -INFINITY;
+          const bool visible =
+              i < tq && j < tk && k_pos0 + j <= q_pos0 + i && q_pos0 + i < key_doc_end[a] && L > -INFINITY;
           const float p = visible ? expf(sc[a][b] * scale - L) : 0.0f;
           Ps[(ty * RK + a) * LDS + r] = p;
           dSs[(ty * RK + a) * LDS + r] = p * (dp[a][b] - Ds[r]);
@@ -412,12 +462,13 @@ static df_status prepare_smem(KernelFn kernel, size_t bytes) {
 template <typename T, int HDP, int BQ, int BK>
 static df_status launch_forward(T *out, float *lse, const T *q, const T *k, const T *v, int64_t tq, int64_t tk,
                                 int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale,
-                                cudaStream_t s) {
+                                const int64_t *doc_starts, int64_t n_docs, cudaStream_t s) {
   const size_t smem = sizeof(float) * FwdShape<HDP, BQ, BK>::SMEM_FLOATS;
   auto kernel = attention_forward_kernel<T, HDP, BQ, BK>;
   DF_CHECK(prepare_smem(kernel, smem));
   const dim3 grid((unsigned)((tq + BQ - 1) / BQ), (unsigned)nh);
-  kernel<<<grid, ATT_THREADS, smem, s>>>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale * LOG2E_F);
+  kernel<<<grid, ATT_THREADS, smem, s>>>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale * LOG2E_F,
+                                         doc_starts, n_docs);
   DF_CUDA_LAUNCHED();
   return DF_OK;
 }
@@ -425,25 +476,34 @@ static df_status launch_forward(T *out, float *lse, const T *q, const T *k, cons
 template <typename T>
 static df_status dispatch_forward(T *out, float *lse, const T *q, const T *k, const T *v, int64_t tq, int64_t tk,
                                   int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale,
-                                  cudaStream_t s) {
+                                  const int64_t *doc_starts, int64_t n_docs, cudaStream_t s) {
   switch (padded_head_dim(hd)) {
-    case 32: return launch_forward<T, 32, 64, 64>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, s);
-    case 64: return launch_forward<T, 64, 64, 64>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, s);
-    case 128: return launch_forward<T, 128, 64, 32>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, s);
-    default: return launch_forward<T, 256, 32, 32>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, s);
+    case 32:
+      return launch_forward<T, 32, 64, 64>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
+                                           n_docs, s);
+    case 64:
+      return launch_forward<T, 64, 64, 64>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
+                                           n_docs, s);
+    case 128:
+      return launch_forward<T, 128, 64, 32>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
+                                            n_docs, s);
+    default:
+      return launch_forward<T, 256, 32, 32>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
+                                            n_docs, s);
   }
 }
 
 template <typename T, int HDP, int BK, int BQ>
 static df_status launch_backward(float *dq, float *dk, float *dv, const T *dout, const T *q, const T *k, const T *v,
                                  const T *out, const float *lse, int64_t tq, int64_t tk, int nh, int nkv, int hd,
-                                 int64_t q_pos0, int64_t k_pos0, float scale, cudaStream_t s) {
+                                 int64_t q_pos0, int64_t k_pos0, float scale, const int64_t *doc_starts,
+                                 int64_t n_docs, cudaStream_t s) {
   const size_t smem = sizeof(float) * BwdShape<HDP, BK, BQ>::SMEM_FLOATS;
   auto kernel = attention_backward_kernel<T, HDP, BK, BQ>;
   DF_CHECK(prepare_smem(kernel, smem));
   const dim3 grid((unsigned)((tk + BK - 1) / BK), (unsigned)nkv);
   kernel<<<grid, ATT_THREADS, smem, s>>>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
-                                         scale);
+                                         scale, doc_starts, n_docs);
   DF_CUDA_LAUNCHED();
   return DF_OK;
 }
@@ -451,20 +511,21 @@ static df_status launch_backward(float *dq, float *dk, float *dv, const T *dout,
 template <typename T>
 static df_status dispatch_backward(float *dq, float *dk, float *dv, const T *dout, const T *q, const T *k, const T *v,
                                    const T *out, const float *lse, int64_t tq, int64_t tk, int nh, int nkv, int hd,
-                                   int64_t q_pos0, int64_t k_pos0, float scale, cudaStream_t s) {
+                                   int64_t q_pos0, int64_t k_pos0, float scale, const int64_t *doc_starts,
+                                   int64_t n_docs, cudaStream_t s) {
   switch (padded_head_dim(hd)) {
     case 32:
       return launch_backward<T, 32, 32, 64>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
-                                            scale, s);
+                                            scale, doc_starts, n_docs, s);
     case 64:
       return launch_backward<T, 64, 32, 64>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
-                                            scale, s);
+                                            scale, doc_starts, n_docs, s);
     case 128:
       return launch_backward<T, 128, 32, 32>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
-                                             scale, s);
+                                             scale, doc_starts, n_docs, s);
     default:
       return launch_backward<T, 256, 16, 32>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
-                                             scale, s);
+                                             scale, doc_starts, n_docs, s);
   }
 }
 
@@ -498,14 +559,21 @@ static df_status check_shape(const char *fn, int64_t tq, int64_t tk, int64_t nh,
   return DF_OK;
 }
 
-extern "C" {
+/* doc_starts covers n_docs int64 (device memory: its contents are the caller's promise, see distflash.h). */
+static df_status check_docs(const char *fn, const int64_t *doc_starts, int64_t n_docs) {
+  DF_CHECK(check_dim(fn, "n_docs", n_docs, 0));
+  if (n_docs > 0) DF_CHECK(check_elems(fn, "doc_starts", doc_starts, n_docs, sizeof(int64_t)));
+  return DF_OK;
+}
 
-df_status df_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v, int64_t tq,
-                               int64_t tk, int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
-                               float scale, df_dtype dtype, void *stream) {
-  static const char *fn = "df_attention_forward";
+/* The forward of both entries (fn names the entry in errors); documents never take the flash path. */
+static df_status attention_forward(const char *fn, void *out, float *lse, const void *q, const void *k, const void *v,
+                                   int64_t tq, int64_t tk, int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0,
+                                   int64_t k_pos0, float scale, df_dtype dtype, const int64_t *doc_starts,
+                                   int64_t n_docs, void *stream) {
   int64_t q_n = 0, k_n = 0;
   DF_CHECK(check_shape(fn, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, dtype, &q_n, &k_n));
+  DF_CHECK(check_docs(fn, doc_starts, n_docs));
   const uint64_t es = dtype_bytes(dtype);
   DF_CHECK(check_elems(fn, "out", out, q_n, es));
   DF_CHECK(check_elems(fn, "lse", lse, nh * tq, sizeof(float)));
@@ -513,25 +581,29 @@ df_status df_attention_forward(void *out, float *lse, const void *q, const void 
   DF_CHECK(check_elems(fn, "k", k, k_n, es));
   DF_CHECK(check_elems(fn, "v", v, k_n, es));
   cudaStream_t s = df_stream(stream);
-  if (dtype == DF_BF16) {
+  if (dtype == DF_BF16 && n_docs == 0) {
     bool handled = false;
     DF_CHECK(flash_attention_forward(&handled, (__nv_bfloat16 *)out, lse, (const __nv_bfloat16 *)q,
                                      (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, tq, tk, (int)nh, (int)nkv,
                                      (int)hd, q_pos0, k_pos0, scale, s));
     if (handled) return DF_OK;
   }
+  if (n_docs == 0) doc_starts = NULL;
   DF_DISPATCH_DTYPE(dtype, return dispatch_forward<T>((T *)out, lse, (const T *)q, (const T *)k, (const T *)v, tq, tk,
-                                                       (int)nh, (int)nkv, (int)hd, q_pos0, k_pos0, scale, s));
+                                                       (int)nh, (int)nkv, (int)hd, q_pos0, k_pos0, scale, doc_starts,
+                                                       n_docs, s));
   return DF_OK;
 }
 
-df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dout, const void *q, const void *k,
-                                const void *v, const void *out, const float *lse, int64_t tq, int64_t tk, int64_t nh,
-                                int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0, float scale, df_dtype dtype,
-                                void *stream) {
-  static const char *fn = "df_attention_backward";
+/* The backward of both entries (fn names the entry in errors); documents never take the flash path. */
+static df_status attention_backward(const char *fn, float *dq, float *dk, float *dv, const void *dout, const void *q,
+                                    const void *k, const void *v, const void *out, const float *lse, int64_t tq,
+                                    int64_t tk, int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
+                                    float scale, df_dtype dtype, const int64_t *doc_starts, int64_t n_docs,
+                                    void *stream) {
   int64_t q_n = 0, k_n = 0;
   DF_CHECK(check_shape(fn, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, dtype, &q_n, &k_n));
+  DF_CHECK(check_docs(fn, doc_starts, n_docs));
   const uint64_t es = dtype_bytes(dtype);
   DF_CHECK(check_elems(fn, "dq", dq, q_n, sizeof(float)));
   DF_CHECK(check_elems(fn, "dk", dk, k_n, sizeof(float)));
@@ -543,7 +615,7 @@ df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dou
   DF_CHECK(check_elems(fn, "out", out, q_n, es));
   DF_CHECK(check_elems(fn, "lse", lse, nh * tq, sizeof(float)));
   cudaStream_t s = df_stream(stream);
-  if (dtype == DF_BF16) {
+  if (dtype == DF_BF16 && n_docs == 0) {
     bool handled = false;
     DF_CHECK(flash_attention_backward(&handled, dq, dk, dv, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)q,
                                       (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v,
@@ -551,10 +623,44 @@ df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dou
                                       k_pos0, scale, s));
     if (handled) return DF_OK;
   }
+  if (n_docs == 0) doc_starts = NULL;
   DF_DISPATCH_DTYPE(dtype, return dispatch_backward<T>(dq, dk, dv, (const T *)dout, (const T *)q, (const T *)k,
                                                         (const T *)v, (const T *)out, lse, tq, tk, (int)nh, (int)nkv,
-                                                        (int)hd, q_pos0, k_pos0, scale, s));
+                                                        (int)hd, q_pos0, k_pos0, scale, doc_starts, n_docs, s));
   return DF_OK;
+}
+
+extern "C" {
+
+df_status df_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v, int64_t tq,
+                               int64_t tk, int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
+                               float scale, df_dtype dtype, void *stream) {
+  return attention_forward("df_attention_forward", out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale,
+                           dtype, NULL, 0, stream);
+}
+
+df_status df_attention_forward_docs(void *out, float *lse, const void *q, const void *k, const void *v, int64_t tq,
+                                    int64_t tk, int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
+                                    float scale, df_dtype dtype, const int64_t *doc_starts, int64_t n_docs,
+                                    void *stream) {
+  return attention_forward("df_attention_forward_docs", out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
+                           scale, dtype, doc_starts, n_docs, stream);
+}
+
+df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dout, const void *q, const void *k,
+                                const void *v, const void *out, const float *lse, int64_t tq, int64_t tk, int64_t nh,
+                                int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0, float scale, df_dtype dtype,
+                                void *stream) {
+  return attention_backward("df_attention_backward", dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0,
+                            k_pos0, scale, dtype, NULL, 0, stream);
+}
+
+df_status df_attention_backward_docs(float *dq, float *dk, float *dv, const void *dout, const void *q, const void *k,
+                                     const void *v, const void *out, const float *lse, int64_t tq, int64_t tk,
+                                     int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0, float scale,
+                                     df_dtype dtype, const int64_t *doc_starts, int64_t n_docs, void *stream) {
+  return attention_backward("df_attention_backward_docs", dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd,
+                            q_pos0, k_pos0, scale, dtype, doc_starts, n_docs, stream);
 }
 
 df_status df_attention_merge(float *out, float *lse, const void *part_out, const float *part_lse, int64_t tq,

@@ -158,6 +158,31 @@ DF_API df_status df_attention_backward(float *dq, float *dk, float *dv, const vo
                                        const void *out, const float *lse, int64_t tq, int64_t tk,
                                        int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0,
                                        int64_t k_pos0, float scale, df_dtype dtype, void *stream);
+/* Document masking: the same block pair when the sequence packs several documents that must not
+ * see each other. doc_starts holds the global positions where documents begin (n_docs entries,
+ * sorted strictly ascending, the first one 0: the boundaries of the whole sequence, the same array
+ * for every block pair). Query i (p = q_pos0 + i) sees key j (s = k_pos0 + j) iff
+ * doc_start(p) <= s <= p, doc_start(p) being the largest entry <= p. n_docs = 0 (doc_starts may
+ * then be NULL) is plain causal attention, bit for bit the result of df_attention_forward/backward.
+ * doc_starts is DEVICE memory (df_malloc; host memory on the CPU backend), uploaded once per batch.
+ * The CPU backend checks its contents; CUDA cannot without a copy and trusts them. Everything else
+ * is as above: a query that sees no key gets out = 0 and lse = -inf, and the backward takes the
+ * FINAL out and lse and adds into the fp32 dq, dk, dv.
+ * CUDA: with documents the fp32 CUDA-core kernels run for every dtype and head dim (the bf16
+ * tensor-core path does not mask by document yet). That path is compiled but has NEVER RUN: no GPU
+ * was available when it was written. */
+DF_API df_status df_attention_forward_docs(void *out, float *lse, const void *q, const void *k,
+                                           const void *v, int64_t tq, int64_t tk, int64_t nh,
+                                           int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
+                                           float scale, df_dtype dtype, const int64_t *doc_starts,
+                                           int64_t n_docs, void *stream);
+DF_API df_status df_attention_backward_docs(float *dq, float *dk, float *dv, const void *dout,
+                                            const void *q, const void *k, const void *v,
+                                            const void *out, const float *lse, int64_t tq,
+                                            int64_t tk, int64_t nh, int64_t nkv, int64_t hd,
+                                            int64_t q_pos0, int64_t k_pos0, float scale,
+                                            df_dtype dtype, const int64_t *doc_starts,
+                                            int64_t n_docs, void *stream);
 /* Merge a partial result into a running one by log-sum-exp, in fp32:
  * out [Tq,nh,hd] f32 and lse [nh,Tq] are updated with part_out (dtype) and part_lse. */
 DF_API df_status df_attention_merge(float *out, float *lse, const void *part_out,

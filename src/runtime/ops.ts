@@ -230,6 +230,18 @@ export function rope(
   );
 }
 
+/**
+ * The documents of a packed sequence, in device memory: a query sees only earlier keys of its own
+ * document (the rule: csrc/include/distflash.h, df_attention_forward_docs; the host-side
+ * helpers: src/model/documents.ts).
+ */
+export interface AttentionDocuments {
+  /** int64 global start positions of the whole sequence's documents: ascending, the first 0. */
+  starts: DevicePtr;
+  /** Number of entries; 0 is plain causal attention. */
+  count: number;
+}
+
 export interface AttentionShape {
   tq: number;
   tk: number;
@@ -241,6 +253,8 @@ export interface AttentionShape {
   kPos0: number;
   scale: number;
   dtype: DType;
+  /** Documents that do not see each other; absent: plain causal attention over the whole sequence. */
+  docs?: AttentionDocuments;
 }
 
 export function attentionForward(
@@ -253,6 +267,31 @@ export function attentionForward(
   a: AttentionShape,
   s: Stream = 0n,
 ): void {
+  if (a.docs) {
+    d.check(
+      d.sym.df_attention_forward_docs(
+        out,
+        lse,
+        q,
+        k,
+        v,
+        B(a.tq),
+        B(a.tk),
+        B(a.nh),
+        B(a.nkv),
+        B(a.hd),
+        B(a.qPos0),
+        B(a.kPos0),
+        a.scale,
+        a.dtype,
+        a.docs.starts,
+        B(a.docs.count),
+        s,
+      ),
+      "df_attention_forward_docs",
+    );
+    return;
+  }
   d.check(
     d.sym.df_attention_forward(
       out,
@@ -289,6 +328,35 @@ export function attentionBackward(
   a: AttentionShape,
   s: Stream = 0n,
 ): void {
+  if (a.docs) {
+    d.check(
+      d.sym.df_attention_backward_docs(
+        dq,
+        dk,
+        dv,
+        dout,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        B(a.tq),
+        B(a.tk),
+        B(a.nh),
+        B(a.nkv),
+        B(a.hd),
+        B(a.qPos0),
+        B(a.kPos0),
+        a.scale,
+        a.dtype,
+        a.docs.starts,
+        B(a.docs.count),
+        s,
+      ),
+      "df_attention_backward_docs",
+    );
+    return;
+  }
   d.check(
     d.sym.df_attention_backward(
       dq,
