@@ -23,8 +23,9 @@
  * doc_start(p) <= s <= p. Each thread looks up the document bound of the rows it owns once (binary
  * search in doc_starts, device memory): the forward keeps doc_start per query row and starts at the
  * first key tile its first query can see; the backward keeps doc_end per key row (p sees s iff
- * s <= p < doc_end(s)) and stops at the last query tile that can see its keys. With no documents the
- * bounds are 0 and INT64_MAX: plain causal.
+ * s <= p < doc_end(s)) and stops at the last query tile that can see its keys. The kernels are
+ * templated on DOCS: the causal instantiation carries no document code, so the causal path is the
+ * code that ran on GPUs before documents existed (its PTX compared, parameter lists aside).
  * THE DOCUMENT PATH IS COMPILED BUT HAS NEVER RUN: no GPU was available when it was written; the CPU
  * backend (csrc/cpu/attention.c) is its tested reference.
  *
@@ -93,7 +94,7 @@ __device__ __forceinline__ void stage_tile(float *dst, const T *src, int64_t row
   }
 }
 
-template <typename T, int HDP, int BQ, int BK>
+template <typename T, int HDP, int BQ, int BK, bool DOCS>
 __global__ void __launch_bounds__(ATT_THREADS)
     attention_forward_kernel(T *out, float *lse, const T *q, const T *k, const T *v, int64_t tq, int64_t tk, int nh,
                              int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale_log2,
@@ -116,10 +117,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
   float acc[RQ][CO];
   float m_run[RQ], l_run[RQ];
-  int64_t row_doc_start[RQ]; /* keys before it are in an earlier document */
+  int64_t row_doc_start[DOCS ? RQ : 1]; /* keys before it are in an earlier document */
 #pragma unroll
   for (int a = 0; a < RQ; a++) {
-    row_doc_start[a] = doc_start_of(doc_starts, n_docs, q_pos0 + i0 + ty * RQ + a);
+    if constexpr (DOCS) row_doc_start[a] = doc_start_of(doc_starts, n_docs, q_pos0 + i0 + ty * RQ + a);
     m_run[a] = -INFINITY;
     l_run[a] = 0.0f;
 #pragma unroll
@@ -131,8 +132,11 @@ __global__ void __launch_bounds__(ATT_THREADS)
   const int64_t i_last = (i0 + BQ < tq ? i0 + BQ : tq) - 1;
   int64_t j_end = q_pos0 + i_last - k_pos0 + 1;
   if (j_end > tk) j_end = tk;
-  int64_t j_begin = doc_start_of(doc_starts, n_docs, q_pos0 + i0) - k_pos0;
-  if (j_begin < 0) j_begin = 0;
+  int64_t j_begin = 0;
+  if constexpr (DOCS) {
+    j_begin = doc_start_of(doc_starts, n_docs, q_pos0 + i0) - k_pos0;
+    if (j_begin < 0) j_begin = 0;
+  }
 
   for (int64_t j0 = j_begin; j0 < j_end; j0 += BK) {
     __syncthreads(); /* the previous tile's K, V, P are no longer read; Q is visible */
@@ -166,7 +170,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
       for (int b = 0; b < CK; b++) {
         const int64_t j = j0 + tx + 8 * b;
-        const bool visible = i < tq && j < tk && k_pos0 + j <= qpos && k_pos0 + j >= row_doc_start[a];
+        bool visible = i < tq && j < tk && k_pos0 + j <= qpos;
+        if constexpr (DOCS) visible = visible && k_pos0 + j >= row_doc_start[a];
         if (!visible) s[a][b] = -INFINITY;
         tmax = fmaxf(tmax, s[a][b]);
       }
@@ -237,7 +242,7 @@ struct BwdShape {
   static_assert(BK % 16 == 0 && BQ % 16 == 0 && HDP % 8 == 0, "tile shape");
 };
 
-template <typename T, int HDP, int BK, int BQ>
+template <typename T, int HDP, int BK, int BQ, bool DOCS>
 __global__ void __launch_bounds__(ATT_THREADS)
     attention_backward_kernel(float *dq, float *dk, float *dv, const T *dout, const T *q, const T *k, const T *v,
                               const T *out, const float *lse, int64_t tq, int64_t tk, int nh, int nkv, int hd,
@@ -266,12 +271,15 @@ __global__ void __launch_bounds__(ATT_THREADS)
   if (i_first >= tq) return; /* no query of this block pair sees these keys */
   const int64_t i_begin = (i_first / BQ) * BQ;
   /* Queries past the document of the tile's last key see none of its keys: q_pos0 + i < doc_end. */
-  const int64_t j_last = (j0 + BK < tk ? j0 + BK : tk) - 1;
-  const int64_t last_end = doc_end_of(doc_starts, n_docs, k_pos0 + j_last);
-  const int64_t i_end = last_end - q_pos0 < tq ? last_end - q_pos0 : tq;
-  int64_t key_doc_end[RK]; /* queries from this position on are in a later document */
+  int64_t i_end = tq;
+  int64_t key_doc_end[DOCS ? RK : 1]; /* queries from this position on are in a later document */
+  if constexpr (DOCS) {
+    const int64_t j_last = (j0 + BK < tk ? j0 + BK : tk) - 1;
+    const int64_t last_end = doc_end_of(doc_starts, n_docs, k_pos0 + j_last);
+    if (last_end - q_pos0 < tq) i_end = last_end - q_pos0;
 #pragma unroll
-  for (int a = 0; a < RK; a++) key_doc_end[a] = doc_end_of(doc_starts, n_docs, k_pos0 + j0 + ty * RK + a);
+    for (int a = 0; a < RK; a++) key_doc_end[a] = doc_end_of(doc_starts, n_docs, k_pos0 + j0 + ty * RK + a);
+  }
 
   stage_tile<T, BK, HDP, LD>(Ks, k, j0, tk, kv_stride, (int64_t)g * hd, hd, 1.0f);
   stage_tile<T, BK, HDP, LD>(Vs, v, j0, tk, kv_stride, (int64_t)g * hd, hd, 1.0f);
@@ -340,8 +348,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
           const int r = tx + 8 * b;
           const int64_t i = i0 + r;
           const float L = Ls[r];
-          const bool visible =
-              i < tq && j < tk && k_pos0 + j <= q_pos0 + i && q_pos0 + i < key_doc_end[a] && L > -INFINITY;
+          bool visible = i < tq && j < tk && k_pos0 + j <= q_pos0 + i && L > -INFINITY;
+          if constexpr (DOCS) visible = visible && q_pos0 + i < key_doc_end[a];
           const float p = visible ? expf(sc[a][b] * scale - L) : 0.0f;
           Ps[(ty * RK + a) * LDS + r] = p;
           dSs[(ty * RK + a) * LDS + r] = p * (dp[a][b] - Ds[r]);
@@ -459,12 +467,12 @@ static df_status prepare_smem(KernelFn kernel, size_t bytes) {
   return DF_OK;
 }
 
-template <typename T, int HDP, int BQ, int BK>
+template <typename T, int HDP, int BQ, int BK, bool DOCS>
 static df_status launch_forward(T *out, float *lse, const T *q, const T *k, const T *v, int64_t tq, int64_t tk,
                                 int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale,
                                 const int64_t *doc_starts, int64_t n_docs, cudaStream_t s) {
   const size_t smem = sizeof(float) * FwdShape<HDP, BQ, BK>::SMEM_FLOATS;
-  auto kernel = attention_forward_kernel<T, HDP, BQ, BK>;
+  auto kernel = attention_forward_kernel<T, HDP, BQ, BK, DOCS>;
   DF_CHECK(prepare_smem(kernel, smem));
   const dim3 grid((unsigned)((tq + BQ - 1) / BQ), (unsigned)nh);
   kernel<<<grid, ATT_THREADS, smem, s>>>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale * LOG2E_F,
@@ -473,33 +481,35 @@ static df_status launch_forward(T *out, float *lse, const T *q, const T *k, cons
   return DF_OK;
 }
 
-template <typename T>
+/* The kernel for the padded head dim; DOCS selects the document-masked instantiation (the causal one
+ * carries no document code at all). */
+template <typename T, bool DOCS>
 static df_status dispatch_forward(T *out, float *lse, const T *q, const T *k, const T *v, int64_t tq, int64_t tk,
                                   int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale,
                                   const int64_t *doc_starts, int64_t n_docs, cudaStream_t s) {
   switch (padded_head_dim(hd)) {
     case 32:
-      return launch_forward<T, 32, 64, 64>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
+      return launch_forward<T, 32, 64, 64, DOCS>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
                                            n_docs, s);
     case 64:
-      return launch_forward<T, 64, 64, 64>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
+      return launch_forward<T, 64, 64, 64, DOCS>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
                                            n_docs, s);
     case 128:
-      return launch_forward<T, 128, 64, 32>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
+      return launch_forward<T, 128, 64, 32, DOCS>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
                                             n_docs, s);
     default:
-      return launch_forward<T, 256, 32, 32>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
+      return launch_forward<T, 256, 32, 32, DOCS>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
                                             n_docs, s);
   }
 }
 
-template <typename T, int HDP, int BK, int BQ>
+template <typename T, int HDP, int BK, int BQ, bool DOCS>
 static df_status launch_backward(float *dq, float *dk, float *dv, const T *dout, const T *q, const T *k, const T *v,
                                  const T *out, const float *lse, int64_t tq, int64_t tk, int nh, int nkv, int hd,
                                  int64_t q_pos0, int64_t k_pos0, float scale, const int64_t *doc_starts,
                                  int64_t n_docs, cudaStream_t s) {
   const size_t smem = sizeof(float) * BwdShape<HDP, BK, BQ>::SMEM_FLOATS;
-  auto kernel = attention_backward_kernel<T, HDP, BK, BQ>;
+  auto kernel = attention_backward_kernel<T, HDP, BK, BQ, DOCS>;
   DF_CHECK(prepare_smem(kernel, smem));
   const dim3 grid((unsigned)((tk + BK - 1) / BK), (unsigned)nkv);
   kernel<<<grid, ATT_THREADS, smem, s>>>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
@@ -508,23 +518,23 @@ static df_status launch_backward(float *dq, float *dk, float *dv, const T *dout,
   return DF_OK;
 }
 
-template <typename T>
+template <typename T, bool DOCS>
 static df_status dispatch_backward(float *dq, float *dk, float *dv, const T *dout, const T *q, const T *k, const T *v,
                                    const T *out, const float *lse, int64_t tq, int64_t tk, int nh, int nkv, int hd,
                                    int64_t q_pos0, int64_t k_pos0, float scale, const int64_t *doc_starts,
                                    int64_t n_docs, cudaStream_t s) {
   switch (padded_head_dim(hd)) {
     case 32:
-      return launch_backward<T, 32, 32, 64>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
+      return launch_backward<T, 32, 32, 64, DOCS>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
                                             scale, doc_starts, n_docs, s);
     case 64:
-      return launch_backward<T, 64, 32, 64>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
+      return launch_backward<T, 64, 32, 64, DOCS>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
                                             scale, doc_starts, n_docs, s);
     case 128:
-      return launch_backward<T, 128, 32, 32>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
+      return launch_backward<T, 128, 32, 32, DOCS>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
                                              scale, doc_starts, n_docs, s);
     default:
-      return launch_backward<T, 256, 16, 32>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
+      return launch_backward<T, 256, 16, 32, DOCS>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
                                              scale, doc_starts, n_docs, s);
   }
 }
@@ -588,10 +598,14 @@ static df_status attention_forward(const char *fn, void *out, float *lse, const 
                                      (int)hd, q_pos0, k_pos0, scale, s));
     if (handled) return DF_OK;
   }
-  if (n_docs == 0) doc_starts = NULL;
-  DF_DISPATCH_DTYPE(dtype, return dispatch_forward<T>((T *)out, lse, (const T *)q, (const T *)k, (const T *)v, tq, tk,
-                                                       (int)nh, (int)nkv, (int)hd, q_pos0, k_pos0, scale, doc_starts,
-                                                       n_docs, s));
+  if (n_docs > 0) {
+    DF_DISPATCH_DTYPE(dtype, return dispatch_forward<T, true>((T *)out, lse, (const T *)q, (const T *)k, (const T *)v,
+                                                              tq, tk, (int)nh, (int)nkv, (int)hd, q_pos0, k_pos0, scale,
+                                                              doc_starts, n_docs, s));
+  }
+  DF_DISPATCH_DTYPE(dtype, return dispatch_forward<T, false>((T *)out, lse, (const T *)q, (const T *)k, (const T *)v, tq,
+                                                              tk, (int)nh, (int)nkv, (int)hd, q_pos0, k_pos0, scale,
+                                                              NULL, 0, s));
   return DF_OK;
 }
 
@@ -623,10 +637,15 @@ static df_status attention_backward(const char *fn, float *dq, float *dk, float 
                                       k_pos0, scale, s));
     if (handled) return DF_OK;
   }
-  if (n_docs == 0) doc_starts = NULL;
-  DF_DISPATCH_DTYPE(dtype, return dispatch_backward<T>(dq, dk, dv, (const T *)dout, (const T *)q, (const T *)k,
-                                                        (const T *)v, (const T *)out, lse, tq, tk, (int)nh, (int)nkv,
-                                                        (int)hd, q_pos0, k_pos0, scale, doc_starts, n_docs, s));
+  if (n_docs > 0) {
+    DF_DISPATCH_DTYPE(dtype, return dispatch_backward<T, true>(dq, dk, dv, (const T *)dout, (const T *)q, (const T *)k,
+                                                               (const T *)v, (const T *)out, lse, tq, tk, (int)nh,
+                                                               (int)nkv, (int)hd, q_pos0, k_pos0, scale, doc_starts,
+                                                               n_docs, s));
+  }
+  DF_DISPATCH_DTYPE(dtype, return dispatch_backward<T, false>(dq, dk, dv, (const T *)dout, (const T *)q, (const T *)k,
+                                                               (const T *)v, (const T *)out, lse, tq, tk, (int)nh,
+                                                               (int)nkv, (int)hd, q_pos0, k_pos0, scale, NULL, 0, s));
   return DF_OK;
 }
 
