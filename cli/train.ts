@@ -51,7 +51,7 @@ export function registerTrain(program: Command, argv: string[]): void {
     } catch (error) {
       if (error instanceof TrainingInterrupted) {
         console.error(`distflash: ${error.message}`);
-        Deno.exit(130);
+        Deno.exit(error.exitCode);
       }
       if (error instanceof CommError) {
         console.error(`distflash: ${error.message}`);
