@@ -51,6 +51,7 @@ async function runRanks(world: number, args: string[], out: string): Promise<voi
           LOCAL_WORLD_SIZE: `${world}`,
           MASTER_ADDR: "127.0.0.1",
           MASTER_PORT: port,
+          DISTFLASH_JOB_SECRET: "dist-train-test-secret",
           // A group whose rank 0 could not start gives up quickly instead of after 300 s.
           DISTFLASH_RENDEZVOUS_TIMEOUT_S: "30",
           NO_COLOR: "1",

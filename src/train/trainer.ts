@@ -44,7 +44,13 @@ import {
   type TrainerState,
   writeTextSynced,
 } from "./checkpoint.ts";
-import { checkOutputDir, claimOutputDir, type OutputLock, outputRunId } from "./output_dir.ts";
+import {
+  checkOutputDir,
+  claimOutputDir,
+  type OutputDirPlan,
+  type OutputLock,
+  outputRunId,
+} from "./output_dir.ts";
 
 /** One line of metrics.jsonl. */
 export interface StepMetrics {
@@ -118,6 +124,44 @@ export interface TrainHooks {
   withinStepSeconds?: number;
 }
 
+/**
+ * The checks of a run of `worldSize` ranks that need no device and read no data: the
+ * sequence-parallel split, the model, the head groups, the data path, the output folder (see
+ * output_dir.ts). The launcher calls it before starting any rank; every rank calls it again.
+ */
+export async function checkRun(o: TrainOptions, worldSize: number): Promise<{
+  sp: number;
+  source: Awaited<ReturnType<typeof resolveModel>>;
+  outputPlan: OutputDirPlan;
+}> {
+  const sp = o.spSize || worldSize;
+  if (worldSize % sp !== 0) {
+    throw new Error(`--sp-size ${sp} must divide the number of ranks (${worldSize})`);
+  }
+  const parts = o.distattnLayout === "zigzag" ? 2 * sp : sp;
+  if (o.modelMaxLength % parts !== 0) {
+    throw new Error(
+      `--model-max-length ${o.modelMaxLength} must be a multiple of ${parts} ` +
+        (o.distattnLayout === "zigzag"
+          ? `(2 x --sp-size ${sp}: the zigzag layout; --distattn-layout contiguous needs ${sp})`
+          : `(--sp-size ${sp})`),
+    );
+  }
+  const source = await resolveModel(o.model);
+  checkHeadGroups(source.config, o.attentionHeadGroups);
+  if (o.dataPath && !existsSync(o.dataPath)) {
+    throw new Error(`--data-path ${o.dataPath}: no such file or folder`);
+  }
+  // Not the model's folder, not in use, not another run's; the checkpoint to resume.
+  const outputPlan = checkOutputDir({
+    outputDir: o.outputDir,
+    modelDir: source.dir,
+    resumeFromCheckpoint: o.resumeFromCheckpoint,
+    overwriteOutputDir: o.overwriteOutputDir,
+  });
+  return { sp, source, outputPlan };
+}
+
 /** Trains as `distflash train` does. Throws on bad options before any device work. */
 export async function train(
   input: Partial<Record<keyof TrainOptions, unknown>>,
@@ -132,19 +176,7 @@ export async function train(
         "(distflash train --nproc-per-node N ...), which launches one process per rank",
     );
   }
-  const sp = o.spSize || worldSize;
-  if (worldSize % sp !== 0) {
-    throw new Error(`--sp-size ${sp} must divide the number of ranks (${worldSize})`);
-  }
-  const parts = o.distattnLayout === "zigzag" ? 2 * sp : sp;
-  if (o.modelMaxLength % parts !== 0) {
-    throw new Error(
-      `--model-max-length ${o.modelMaxLength} must be a multiple of ${parts} ` +
-        (o.distattnLayout === "zigzag"
-          ? `(2 x --sp-size ${sp}: the zigzag layout; --distattn-layout contiguous needs ${sp})`
-          : `(--sp-size ${sp})`),
-    );
-  }
+  const { sp, source, outputPlan } = await checkRun(o, worldSize);
   const dp = worldSize / sp, spIdx = envRank % sp, dpIdx = Math.floor(envRank / sp);
   const isMain = envRank === 0;
   const log = hooks.log ?? ((line: string) => isMain && console.error(line));
@@ -156,21 +188,11 @@ export async function train(
 
   // An explicit --device cuda without a usable GPU fails at once, before any data is read.
   if (o.device === "cuda") openBackend("cuda").close();
-  // Everything that can be checked without a device comes first.
-  const source = await resolveModel(o.model);
   const cfg = source.config;
-  // The output folder before any data is read: not the model's, not in use, not another run's.
-  const outputPlan = checkOutputDir({
-    outputDir: o.outputDir,
-    modelDir: source.dir,
-    resumeFromCheckpoint: o.resumeFromCheckpoint,
-    overwriteOutputDir: o.overwriteOutputDir,
-  });
   for (const note of outputPlan.notes) log(`note: ${note}`);
   const resumeDir = outputPlan.resumeDir;
   const resumeState = resumeDir ? readTrainerState(resumeDir) : null;
   const L = o.modelMaxLength;
-  checkHeadGroups(cfg, o.attentionHeadGroups); // before any data is read or GPU touched
   if (o.attentionHeadGroups > 1 && sp === 1) {
     log("note: --attention-head-groups applies to sequence-parallel attention (sp > 1): no effect");
   }
@@ -179,9 +201,6 @@ export async function train(
       `note: --model-max-length ${L} exceeds the model's max_position_embeddings ` +
         `(${cfg.maxPositionEmbeddings}); RoPE extrapolates beyond it`,
     );
-  }
-  if (o.dataPath && !existsSync(o.dataPath)) {
-    throw new Error(`--data-path ${o.dataPath}: no such file or folder`);
   }
   let tokenizer: Tokenizer | undefined;
   if (!o.synthetic && !o.dataPath!.endsWith(".npy")) {
