@@ -72,7 +72,9 @@ function readRunId(outputDir: string): string | null {
     const r = JSON.parse(Deno.readTextFileSync(path));
     if (typeof r.run_id === "string" && r.run_id !== "") return r.run_id;
   } catch { /* reported below */ }
-  throw new OutputDirError(`${path}: damaged (expected {"run_id": "..."}); delete it to start over`);
+  throw new OutputDirError(
+    `${path}: damaged (expected {"run_id": "..."}); delete it to start over`,
+  );
 }
 
 function readLock(path: string): LockInfo | null {
@@ -207,9 +209,7 @@ export function claimOutputDir(
       const lock = readLock(lockPath);
       if (lockAlive(lock)) {
         throw new OutputDirError(
-          `--output-dir ${outputDir} is in use by another run (pid ${lock!.pid} on ${
-            lock!.host
-          })`,
+          `--output-dir ${outputDir} is in use by another run (pid ${lock!.pid} on ${lock!.host})`,
         );
       }
       log(`note: taking over ${lockPath}, left by a run that ended without removing it`);
