@@ -237,7 +237,13 @@ export async function pruneCheckpoints(
   if (keep <= 0) return [];
   const ours = scanCheckpoints(outputDir, runId).filter((e) => e.usable);
   const doomed = ours.slice(Math.max(1, keep));
-  for (const e of doomed) await Deno.remove(e.path, { recursive: true });
+  for (const e of doomed) {
+    // Renamed first: a crash during the deletion leaves a `.deleting-` folder, never a half
+    // checkpoint under a canonical name.
+    const trash = `${e.path}.deleting-${runId}`;
+    await Deno.rename(e.path, trash);
+    await Deno.remove(trash, { recursive: true });
+  }
   return doomed.map((e) => e.name);
 }
 
@@ -245,7 +251,7 @@ export async function pruneCheckpoints(
  * Finishes or undoes saves of run `runId` that a crash interrupted (call with the output folder
  * locked, before training): a complete `.tmp-` folder whose final name is free is renamed into
  * place, an `.old-` folder is deleted when its replacement is complete or else put back, and an
- * incomplete `.tmp-` folder is deleted. Returns a line per action.
+ * incomplete `.tmp-` folder and a `.deleting-` one (pruned) are deleted. Returns a line per action.
  */
 export async function recoverInterruptedSaves(outputDir: string, runId: string): Promise<string[]> {
   const done: string[] = [];
@@ -273,6 +279,11 @@ export async function recoverInterruptedSaves(outputDir: string, runId: string):
       await Deno.remove(from, { recursive: true });
       done.push(`${name}: an unfinished save, deleted`);
     }
+  }
+  for (const name of names) {
+    if (finalOf(name, ".deleting-") === null) continue;
+    await Deno.remove(join(outputDir, name), { recursive: true });
+    done.push(`${name}: a pruned checkpoint whose deletion was cut short, deleted`);
   }
   for (const name of names) {
     const final = finalOf(name, ".old-");

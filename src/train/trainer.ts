@@ -176,6 +176,8 @@ export async function train(
         "(distflash train --nproc-per-node N ...), which launches one process per rank",
     );
   }
+  // An explicit --device cuda without a usable GPU fails at once, before any data is read.
+  if (o.device === "cuda") openBackend("cuda").close();
   const { sp, source, outputPlan } = await checkRun(o, worldSize);
   const dp = worldSize / sp, spIdx = envRank % sp, dpIdx = Math.floor(envRank / sp);
   const isMain = envRank === 0;
@@ -186,8 +188,6 @@ export async function train(
   const fullShard = (o.fsdp.split(/\s+/).includes("full_shard") || o.offloadOptimizer) &&
     worldSize > 1;
 
-  // An explicit --device cuda without a usable GPU fails at once, before any data is read.
-  if (o.device === "cuda") openBackend("cuda").close();
   const cfg = source.config;
   for (const note of outputPlan.notes) log(`note: ${note}`);
   const resumeDir = outputPlan.resumeDir;
