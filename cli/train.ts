@@ -10,7 +10,8 @@ import {
   TRAIN_DEFAULTS,
   TRAIN_SPECS,
 } from "../src/train/options.ts";
-import { train, TrainingInterrupted } from "../src/train/trainer.ts";
+import { checkRun, train, TrainingInterrupted } from "../src/train/trainer.ts";
+import { openBackend } from "../src/runtime/info.ts";
 import { isLaunchedRank, launch } from "../src/dist/launcher.ts";
 import { COMM_FAILURE_EXIT_CODE, CommError } from "../src/dist/comm.ts";
 
@@ -34,6 +35,9 @@ export function registerTrain(program: Command, argv: string[]): void {
     // Validate everything before starting any process.
     const { options } = resolveTrainOptions(raw);
     if (options.nprocPerNode * options.nnodes > 1 && !isLaunchedRank()) {
+      // What the ranks would refuse, refused before any of them starts.
+      checkRankCount(options.nprocPerNode, options.device);
+      await checkRun(options, options.nprocPerNode * options.nnodes);
       const result = await launch({
         nprocPerNode: options.nprocPerNode,
         nnodes: options.nnodes,
@@ -51,7 +55,7 @@ export function registerTrain(program: Command, argv: string[]): void {
     } catch (error) {
       if (error instanceof TrainingInterrupted) {
         console.error(`distflash: ${error.message}`);
-        Deno.exit(130);
+        Deno.exit(error.exitCode);
       }
       if (error instanceof CommError) {
         console.error(`distflash: ${error.message}`);
@@ -60,4 +64,33 @@ export function registerTrain(program: Command, argv: string[]): void {
       throw error;
     }
   });
+}
+
+/**
+ * Ranks per node: at most one per GPU; on the CPU backend at most 4 per core (more only slows
+ * every rank down and exhausts memory).
+ */
+function checkRankCount(nproc: number, choice: "auto" | "cuda" | "cpu"): void {
+  const device = openBackend(choice);
+  try {
+    if (device.backend === "cuda") {
+      const gpus = device.deviceCount();
+      if (nproc > gpus) {
+        throw new Error(
+          `--nproc-per-node ${nproc}: this node has ${gpus} usable GPU${gpus === 1 ? "" : "s"} ` +
+            "(one rank per GPU; see CUDA_VISIBLE_DEVICES)",
+        );
+      }
+    } else {
+      const cores = navigator.hardwareConcurrency;
+      if (nproc > 4 * cores) {
+        throw new Error(
+          `--nproc-per-node ${nproc}: CPU ranks are limited to 4 per core (${cores} cores: at ` +
+            `most ${4 * cores})`,
+        );
+      }
+    }
+  } finally {
+    device.close();
+  }
 }

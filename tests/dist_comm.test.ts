@@ -14,6 +14,9 @@ import type { NcclSymbols } from "../ffi/nccl.ts";
 import type { Device } from "../src/runtime/device.ts";
 import { bf16ToF32, f32ToBf16 } from "../src/io/dtype.ts";
 
+/** The rendezvous secret of the in-process stores. */
+const secret = "dist-comm-test-secret";
+
 const WORKER = new URL("./workers/comm_worker.ts", import.meta.url).pathname;
 const workerCommand = [Deno.execPath(), "run", "-A", WORKER];
 
@@ -83,6 +86,7 @@ Deno.test("a rank whose peer exits mid-collective stops by itself, naming the pe
         LOCAL_WORLD_SIZE: String(P),
         MASTER_ADDR: "127.0.0.1",
         MASTER_PORT: String(port),
+        DISTFLASH_JOB_SECRET: secret,
         DISTFLASH_COMM_TIMEOUT_S: "20",
       },
       stdout: "piped",
@@ -102,11 +106,20 @@ Deno.test("a rank whose peer exits mid-collective stops by itself, naming the pe
 /** P host communicators in this process (one store, one mesh). */
 async function inProcess(P: number, timeoutMs = 5000): Promise<HostCommunicator[]> {
   const device = testDevice();
-  const store0 = await TcpStore.open({ host: "127.0.0.1", port: 0, rank: 0, size: P, timeoutMs });
+  const store0 = await TcpStore.open({
+    host: "127.0.0.1",
+    port: 0,
+    rank: 0,
+    size: P,
+    timeoutMs,
+    secret,
+  });
   const port = store0.server!.port;
   const stores = [store0];
   for (let r = 1; r < P; r++) {
-    stores.push(await TcpStore.open({ host: "127.0.0.1", port, rank: r, size: P, timeoutMs }));
+    stores.push(
+      await TcpStore.open({ host: "127.0.0.1", port, rank: r, size: P, timeoutMs, secret }),
+    );
   }
   return await Promise.all(
     stores.map((store, rank) =>
@@ -337,6 +350,7 @@ Deno.test({
       rank: 0,
       size: P,
       timeoutMs: 5000,
+      secret,
     });
     const stores = [store0];
     for (let r = 1; r < P; r++) {
@@ -347,6 +361,7 @@ Deno.test({
           rank: r,
           size: P,
           timeoutMs: 5000,
+          secret,
         }),
       );
     }
@@ -440,14 +455,14 @@ Deno.test("rendezvous: rank 0 names a MASTER_PORT that is taken (the store runs 
   const port = (taken.addr as Deno.NetAddr).port;
   try {
     const error = await assertRejects(() =>
-      TcpStore.open({ host: "127.0.0.1", port, rank: 0, size: 1, timeoutMs: 2000 })
+      TcpStore.open({ host: "127.0.0.1", port, rank: 0, size: 1, timeoutMs: 2000, secret })
     );
     assert(String(error).includes(`is MASTER_PORT ${port} in use?`), String(error));
   } finally {
     taken.close();
   }
   // A free port: the threaded store serves rank 0 itself and closes cleanly.
-  const store = await TcpStore.open({ host: "127.0.0.1", port: 0, rank: 0, size: 1 });
+  const store = await TcpStore.open({ host: "127.0.0.1", port: 0, rank: 0, size: 1, secret });
   await store.set("k", new TextEncoder().encode("v"));
   assertEquals(new TextDecoder().decode(await store.get("k")), "v");
   await store.close();

@@ -20,6 +20,11 @@
  * MASTER_PORT is 29500, or under Slurm 20000 + (SLURM_JOB_ID mod 20000) so that jobs sharing a
  * node do not collide. A single process with no MASTER_PORT uses any free port.
  *
+ * The rendezvous store answers only requests carrying the job's secret: DISTFLASH_JOB_SECRET
+ * (at least 16 characters, the same on every node; our launcher makes one for a single-node job),
+ * else the first line of the file DISTFLASH_JOB_SECRET_FILE names. A job of several ranks
+ * without either is refused.
+ *
  * Every value is checked: an integer where one is expected, rank < world size, local rank <
  * local world size, a port in 1..65535; errors name the variable.
  *
@@ -29,7 +34,7 @@ import type { Device } from "../runtime/device.ts";
 import { CommError, commTimeoutMs, type Communicator } from "./comm.ts";
 import { createHostCommunicator } from "./host_transport.ts";
 import { NcclCommunicator } from "./nccl_comm.ts";
-import { rendezvousTimeoutMs, TcpStore } from "./rendezvous.ts";
+import { jobSecret, newJobSecret, rendezvousTimeoutMs, TcpStore } from "./rendezvous.ts";
 
 /** A rank environment variable with a bad or missing value. */
 export class RankEnvError extends Error {
@@ -268,7 +273,17 @@ export async function initDistributed(options: InitOptions): Promise<DistContext
     options.device.setDevice(localRank);
   }
   if (envVars.DISTFLASH_LAUNCHED === "1") watchLauncher(envVars);
+  const secret = jobSecret(envVars) ?? (size === 1 ? newJobSecret() : undefined);
+  if (secret === undefined) {
+    throw new RankEnvError(
+      "DISTFLASH_JOB_SECRET is not set: every rank of a job started without distflash's " +
+        "launcher needs the same secret of >= 16 characters (export DISTFLASH_JOB_SECRET=" +
+        "$(openssl rand -hex 16) before starting the ranks, or DISTFLASH_JOB_SECRET_FILE=<a " +
+        "file in the shared job folder>)",
+    );
+  }
   const store = await TcpStore.open({
+    secret,
     host: rankEnv.masterAddr,
     port: rankEnv.masterPort,
     rank,

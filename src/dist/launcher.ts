@@ -6,7 +6,9 @@
  *   `deno compile` binary, `<binary> <args>`.
  * - Environment of each rank: the launcher's own, then `env`, then RANK, WORLD_SIZE, LOCAL_RANK,
  *   LOCAL_WORLD_SIZE, GROUP_RANK/NODE_RANK, MASTER_ADDR, MASTER_PORT, DISTFLASH_LAUNCHED=1 (so
- *   the rank does not launch again) and DISTFLASH_LAUNCHER_PID; OMP_NUM_THREADS, unless set, is
+ *   the rank does not launch again), DISTFLASH_LAUNCHER_PID and DISTFLASH_JOB_SECRET (the
+ *   rendezvous store's secret: the launcher's own DISTFLASH_JOB_SECRET or _FILE when set, else,
+ *   for a single-node job, a fresh random one; a multi-node job must set one); OMP_NUM_THREADS, unless set, is
  *   the node's cores divided by the local ranks; NCCL_NVLS_ENABLE=0,
  *   TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and NVSHMEM_DISABLE_NVLS=1 are always set (NVLink
  *   multicast stays off).
@@ -16,7 +18,9 @@
  *   `graceMs`; the launcher reports "rank R failed (exit code X)" or "(signal S)" with the last
  *   lines of that rank's log and returns non-zero. When several ranks fail, the one reported is
  *   one that did not exit with COMM_FAILURE_EXIT_CODE (a rank that only saw a peer die), if any.
- * - SIGINT/SIGTERM to the launcher stop all ranks the same way (a second one: SIGKILL at once).
+ * - SIGINT/SIGTERM to the launcher are forwarded to every rank as SIGTERM: the ranks finish the
+ *   step, save a checkpoint and exit; they get SIGKILL only after `stopGraceMs` (a second signal:
+ *   at once). The launcher then returns 130 after SIGINT, 143 after SIGTERM.
  *
  * @module
  */
@@ -24,7 +28,8 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { existsSync } from "node:fs";
 import { compiledRoot } from "../../ffi/loader.ts";
-import { COMM_FAILURE_EXIT_CODE } from "./comm.ts";
+import { COMM_FAILURE_EXIT_CODE, envSeconds } from "./comm.ts";
+import { jobSecret, newJobSecret } from "./rendezvous.ts";
 
 /** Always present in the ranks' environment: NVLink multicast (NVLS) stays off. */
 export const MULTICAST_OFF_ENV: Readonly<Record<string, string>> = Object.freeze({
@@ -52,8 +57,13 @@ export interface LaunchOptions {
   env?: Record<string, string>;
   /** Program to run instead of distflash itself (argv prefix; `args` follow). */
   command?: string[];
-  /** Time between SIGTERM and SIGKILL when stopping ranks (default 5000 ms). */
+  /** Time between SIGTERM and SIGKILL when stopping ranks after a failure (default 5000 ms). */
   graceMs?: number;
+  /**
+   * Time between SIGTERM and SIGKILL when the launcher itself was signalled: the ranks save a
+   * checkpoint meanwhile (default DISTFLASH_STOP_GRACE_S, else 600 s).
+   */
+  stopGraceMs?: number;
   /** Global ranks whose output is passed through (default [0]). */
   showRanks?: number[];
   /** Lines of a failed rank's log to print (default 20). */
@@ -83,7 +93,7 @@ export interface RankExit {
 }
 
 export interface LaunchResult {
-  /** 0 when every rank exited 0; else the failed rank's code (130 after Ctrl-C). */
+  /** 0 when every rank exited 0; else the failed rank's code (130 after SIGINT, 143 SIGTERM). */
   code: number;
   /** The rank reported as having failed first. */
   failed?: RankExit;
@@ -246,6 +256,16 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
     masterPort = freePort(masterAddr === "localhost" ? "127.0.0.1" : masterAddr);
   }
   const graceMs = options.graceMs ?? 5000;
+  const stopGraceMs = options.stopGraceMs ?? envSeconds("DISTFLASH_STOP_GRACE_S", 600);
+  const secret = options.env?.DISTFLASH_JOB_SECRET ?? jobSecret(Deno.env.toObject()) ??
+    (nnodes === 1 ? newJobSecret() : undefined);
+  if (secret === undefined) {
+    throw new RangeError(
+      "--nnodes > 1: set DISTFLASH_JOB_SECRET (>= 16 characters, the same on every node, e.g. " +
+        "$(openssl rand -hex 16)) or DISTFLASH_JOB_SECRET_FILE before launching: the rendezvous " +
+        "store answers only requests carrying it",
+    );
+  }
   const showRanks = new Set(options.showRanks ?? [0]);
   const tailLines = options.tailLines ?? 20;
   const report = options.report ?? ((line: string) => console.error(line));
@@ -261,7 +281,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
 
   const ranks: Running[] = [];
   let stopping = false;
-  let interrupted = false;
+  let interrupted: Deno.Signal | null = null;
   let killTimer: ReturnType<typeof setTimeout> | undefined;
   const observed: RankExit[] = [];
 
@@ -274,32 +294,44 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
       } catch { /* already gone */ }
     }
   };
-  const stopAll = () => {
+  const stopAll = (grace = graceMs) => {
     if (stopping) return;
     stopping = true;
     killAll("SIGTERM");
-    killTimer = setTimeout(() => killAll("SIGKILL"), graceMs);
+    killTimer = setTimeout(() => killAll("SIGKILL"), grace);
   };
-  const onSignal = () => {
+  const onSignal = (signal: Deno.Signal) => {
     if (stopping) {
       killAll("SIGKILL");
       return;
     }
-    interrupted = true;
+    interrupted = signal;
     const left = ranks.filter((r) => !r.exit).length;
-    report(`distflash launcher: interrupted; stopping ${left} rank${left === 1 ? "" : "s"}`);
-    stopAll();
+    report(
+      `distflash launcher: ${signal}; asking ${left} rank${left === 1 ? "" : "s"} to save a ` +
+        `checkpoint and stop (SIGTERM; SIGKILL after ${Math.round(stopGraceMs / 1000)} s or ` +
+        "on another signal)",
+    );
+    stopAll(stopGraceMs);
   };
+  const onSigint = () => onSignal("SIGINT"), onSigterm = () => onSignal("SIGTERM");
   const handleSignals = options.handleSignals ?? true;
   if (handleSignals) {
-    Deno.addSignalListener("SIGINT", onSignal);
-    Deno.addSignalListener("SIGTERM", onSignal);
+    Deno.addSignalListener("SIGINT", onSigint);
+    Deno.addSignalListener("SIGTERM", onSigterm);
   }
 
   try {
     for (let localRank = 0; localRank < nproc; localRank++) {
       const env = rankEnv(
-        { nprocPerNode: nproc, nnodes, nodeRank, masterAddr, masterPort, env: options.env },
+        {
+          nprocPerNode: nproc,
+          nnodes,
+          nodeRank,
+          masterAddr,
+          masterPort,
+          env: { ...options.env, DISTFLASH_JOB_SECRET: secret },
+        },
         localRank,
       );
       const rank = Number(env.RANK);
@@ -376,8 +408,8 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   } finally {
     clearTimeout(killTimer);
     if (handleSignals) {
-      Deno.removeSignalListener("SIGINT", onSignal);
-      Deno.removeSignalListener("SIGTERM", onSignal);
+      Deno.removeSignalListener("SIGINT", onSigint);
+      Deno.removeSignalListener("SIGTERM", onSigterm);
     }
   }
 
@@ -395,7 +427,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
     if (others > 0) report(`distflash launcher: stopped the other ${others} rank(s) of this node`);
     code = failed.code !== 0 ? failed.code : 1;
   } else if (interrupted) {
-    code = 130;
+    code = interrupted === "SIGINT" ? 130 : 143;
   } else if (observed.some((e) => e.code !== 0 || e.signal !== null)) {
     code = 1;
   }
@@ -403,7 +435,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
     code,
     failed,
     ranks: ranks.map((r) => r.exit!),
-    interrupted,
+    interrupted: interrupted !== null,
     masterPort,
     logDir,
   };

@@ -10,6 +10,12 @@
  * (0 when no reply is wanted); its response carries the same id. `get` waits on the server until
  * the key exists, so the client bounds it with a timeout.
  *
+ * Every request carries the job's secret (`auth`; see `jobSecret`): the store answers a frame
+ * without it with an error and closes that connection, so a process that is not part of the job
+ * can neither read nor overwrite keys. Before a connection has shown the secret its frames may
+ * not exceed 64 KiB, and it must show it within 10 s; frames are at most 64 MiB; the store keeps
+ * at most `maxConnections` connections. It listens on MASTER_ADDR only.
+ *
  * Also home to the socket helpers the host transport shares (exact reads, writes, connecting with
  * retries).
  *
@@ -26,6 +32,52 @@ export class RendezvousError extends Error {
 }
 
 /** Rendezvous timeout (DISTFLASH_RENDEZVOUS_TIMEOUT_S, default 300 s), in milliseconds. */
+/** The shortest job secret accepted (characters). */
+export const MIN_SECRET_LENGTH = 16;
+
+/**
+ * The job's rendezvous secret: DISTFLASH_JOB_SECRET, else the first line of the file named by
+ * DISTFLASH_JOB_SECRET_FILE (for Slurm: a file in the shared job folder), else undefined.
+ * Throws when the value is shorter than MIN_SECRET_LENGTH or the file cannot be read.
+ */
+export function jobSecret(env: Record<string, string | undefined>): string | undefined {
+  let secret = env.DISTFLASH_JOB_SECRET?.trim();
+  let from = "DISTFLASH_JOB_SECRET";
+  if (!secret && env.DISTFLASH_JOB_SECRET_FILE) {
+    from = `DISTFLASH_JOB_SECRET_FILE=${env.DISTFLASH_JOB_SECRET_FILE}`;
+    try {
+      secret = Deno.readTextFileSync(env.DISTFLASH_JOB_SECRET_FILE).split("\n")[0].trim();
+    } catch (error) {
+      throw new RendezvousError(`${from}: cannot read it: ${(error as Error).message}`);
+    }
+  }
+  if (!secret) return undefined;
+  if (secret.length < MIN_SECRET_LENGTH) {
+    throw new RendezvousError(
+      `${from}: the job secret must have at least ${MIN_SECRET_LENGTH} characters ` +
+        "(e.g. the output of `openssl rand -hex 16`)",
+    );
+  }
+  return secret;
+}
+
+/** A fresh random job secret (32 hex digits). */
+export function newJobSecret(): string {
+  return Array.from(
+    crypto.getRandomValues(new Uint8Array(16)),
+    (b) => b.toString(16).padStart(2, "0"),
+  )
+    .join("");
+}
+
+/** Equality of two strings in a time that does not depend on where they differ. */
+function sameSecret(a: unknown, b: string): boolean {
+  if (typeof a !== "string" || a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < b.length; i++) diff |= a.charCodeAt(i) ^ b.charCodeAt(i);
+  return diff === 0;
+}
+
 export function rendezvousTimeoutMs(env?: Record<string, string | undefined>): number {
   return envSeconds("DISTFLASH_RENDEZVOUS_TIMEOUT_S", 300, env);
 }
@@ -167,9 +219,14 @@ interface Header {
   value?: number;
   event?: "failed" | "shutdown";
   reason?: string;
+  /** The job secret (requests only). */
+  auth?: string;
 }
 
-const MAX_FRAME = 1 << 30;
+/** Largest frame of a connection that has shown the secret, and of one that has not. */
+const MAX_FRAME = 64 << 20, MAX_UNAUTHENTICATED_FRAME = 64 << 10;
+/** Time a new connection has to show the secret. */
+const AUTH_TIMEOUT_MS = 10_000;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -186,11 +243,14 @@ function encodeFrame(header: Header, value: Uint8Array = new Uint8Array(0)): Uin
 
 async function readFrame(
   reader: ConnReader,
+  maxFrame = MAX_FRAME,
 ): Promise<{ header: Header; value: Uint8Array } | null> {
   const lenBytes = new Uint8Array(4);
   if (!await reader.readFull(lenBytes)) return null;
   const n = new DataView(lenBytes.buffer).getUint32(0, true);
-  if (n < 4 || n > MAX_FRAME) throw new RendezvousError(`malformed store frame (${n} bytes)`);
+  if (n < 4 || n > maxFrame) {
+    throw new RendezvousError(`malformed store frame (${n} bytes, at most ${maxFrame} allowed)`);
+  }
   const body = new Uint8Array(n);
   if (!await reader.readFull(body)) throw new UnexpectedEof();
   const h = new DataView(body.buffer).getUint32(0, true);
@@ -224,6 +284,8 @@ interface ServerClient {
   writer: Writer;
   rank?: number;
   bye: boolean;
+  /** It has shown the job secret. */
+  trusted: boolean;
   done: Promise<void>;
 }
 
@@ -236,15 +298,34 @@ export class StoreServer {
   #closing = false;
   #closed?: Promise<void>;
 
-  private constructor(listener: Deno.TcpListener) {
+  private constructor(
+    listener: Deno.TcpListener,
+    private readonly secret: string,
+    private readonly maxConnections: number,
+  ) {
     this.#listener = listener;
     this.#acceptLoop();
   }
 
-  /** Listens on hostname:port (port 0: any free port). */
-  static listen(hostname: string, port: number): StoreServer {
+  /**
+   * Listens on hostname:port (port 0: any free port), answering only requests that carry
+   * `secret`, with at most `maxConnections` connections at a time.
+   */
+  static listen(
+    hostname: string,
+    port: number,
+    secret: string,
+    maxConnections = 1024,
+  ): StoreServer {
+    if (secret.length < MIN_SECRET_LENGTH) {
+      throw new RendezvousError(`the store's secret must have >= ${MIN_SECRET_LENGTH} characters`);
+    }
     try {
-      return new StoreServer(Deno.listen({ hostname, port, transport: "tcp" }));
+      return new StoreServer(
+        Deno.listen({ hostname, port, transport: "tcp" }),
+        secret,
+        maxConnections,
+      );
     } catch (error) {
       throw new RendezvousError(
         `rank 0 cannot host the rendezvous store at ${formatAddress(hostname, port)}: ` +
@@ -270,7 +351,7 @@ export class StoreServer {
       } catch {
         return; // listener closed
       }
-      if (this.#closing) {
+      if (this.#closing || this.#clients.size >= this.maxConnections) {
         conn.close();
         continue;
       }
@@ -279,6 +360,7 @@ export class StoreServer {
         conn,
         writer: new Writer(conn),
         bye: false,
+        trusted: false,
         done: Promise.resolve(),
       };
       this.#clients.add(client);
@@ -289,16 +371,33 @@ export class StoreServer {
   async #serve(client: ServerClient): Promise<void> {
     const reader = new ConnReader(client.conn);
     let reason = "its connection closed";
+    // A connection that never shows the secret is dropped instead of held open.
+    const authTimer = setTimeout(() => {
+      if (!client.trusted) client.conn.close();
+    }, AUTH_TIMEOUT_MS);
     try {
       for (;;) {
-        const frame = await readFrame(reader);
+        const frame = await readFrame(
+          reader,
+          client.trusted ? MAX_FRAME : MAX_UNAUTHENTICATED_FRAME,
+        );
         if (frame === null) break;
+        if (!sameSecret(frame.header.auth, this.secret)) {
+          const error = "refused: this request does not carry the job's secret " +
+            "(DISTFLASH_JOB_SECRET); only ranks of this job may use the rendezvous store";
+          await client.writer.write(encodeFrame({ id: frame.header.id, ok: false, error }))
+            .catch(() => {});
+          client.rank = undefined; // an impostor's drop is no rank's failure
+          break;
+        }
+        client.trusted = true;
         this.#handle(client, frame.header, frame.value);
         if (client.bye) break;
       }
     } catch (error) {
       reason = `its connection failed: ${(error as Error).message}`;
     }
+    clearTimeout(authTimer);
     this.#clients.delete(client);
     try {
       client.conn.close();
@@ -420,7 +519,12 @@ export class ThreadedStoreServer implements StoreHost {
   #closed?: Promise<void>;
   private constructor(readonly port: number, readonly worker: Worker) {}
 
-  static start(hostname: string, port: number): Promise<ThreadedStoreServer> {
+  static start(
+    hostname: string,
+    port: number,
+    secret: string,
+    maxConnections?: number,
+  ): Promise<ThreadedStoreServer> {
     const worker = new Worker(new URL("./store_worker.ts", import.meta.url).href, {
       type: "module",
     });
@@ -436,7 +540,7 @@ export class ThreadedStoreServer implements StoreHost {
           reject(new RendezvousError(event.data.error));
         } else resolve(new ThreadedStoreServer(event.data.port, worker));
       };
-      worker.postMessage({ op: "listen", hostname, port });
+      worker.postMessage({ op: "listen", hostname, port, secret, maxConnections });
     });
   }
 
@@ -472,6 +576,8 @@ export interface StoreOptions {
   size: number;
   /** Time to wait for the store to answer a connection, and default wait for keys (ms). */
   timeoutMs?: number;
+  /** The job's secret (see `jobSecret`), carried by every request. */
+  secret: string;
 }
 
 /** A failure another rank reported through the store. */
@@ -519,16 +625,19 @@ export class TcpStore {
   }
 
   /**
-   * Opens the store for a job: rank 0 hosts the server on its own thread (on all interfaces, or
-   * on loopback when `host` is a loopback address) and every rank, rank 0 included, connects.
+   * Opens the store for a job: rank 0 hosts the server on its own thread, listening on `host`
+   * only, and every rank, rank 0 included, connects.
    */
   static async open(options: StoreOptions): Promise<TcpStore> {
     let server: StoreHost | undefined;
     let port = options.port;
     if (options.rank === 0) {
+      // Every rank holds one connection; the rest allows for ranks reconnecting after a retry.
       server = await ThreadedStoreServer.start(
-        isLoopback(options.host) ? "127.0.0.1" : "0.0.0.0",
+        isLoopback(options.host) ? "127.0.0.1" : options.host,
         port,
+        options.secret,
+        2 * options.size + 16,
       );
       port = server.port;
     }
@@ -639,13 +748,15 @@ export class TcpStore {
           reject(error);
         },
       });
-      this.#writer.write(encodeFrame({ ...header, id }, value)).catch((error) => {
-        const p = this.#pending.get(id);
-        if (p) {
-          this.#pending.delete(id);
-          p.reject(new RendezvousError(`store write failed: ${error.message}`));
-        }
-      });
+      this.#writer.write(encodeFrame({ ...header, id, auth: this.options.secret }, value)).catch(
+        (error) => {
+          const p = this.#pending.get(id);
+          if (p) {
+            this.#pending.delete(id);
+            p.reject(new RendezvousError(`store write failed: ${error.message}`));
+          }
+        },
+      );
     });
   }
 
@@ -662,7 +773,9 @@ export class TcpStore {
   async post(key: string, value: Uint8Array | string): Promise<void> {
     if (this.#state !== "open") throw this.#error ?? new RendezvousError("store closed");
     const bytes = typeof value === "string" ? encoder.encode(value) : value;
-    await this.#writer.write(encodeFrame({ op: "set", key, id: 0 }, bytes));
+    await this.#writer.write(
+      encodeFrame({ op: "set", key, id: 0, auth: this.options.secret }, bytes),
+    );
   }
 
   /** The value of `key`, waiting until some rank sets it (at most `timeoutMs`). */
@@ -714,7 +827,9 @@ export class TcpStore {
       this.#state = "closing";
       for (const p of this.#pending.values()) p.reject(new RendezvousError("store closed"));
       this.#pending.clear();
-      await this.#writer.write(encodeFrame({ op: "bye" })).catch(() => {});
+      await this.#writer.write(encodeFrame({ op: "bye", auth: this.options.secret })).catch(
+        () => {},
+      );
       try {
         this.#conn.close();
       } catch { /* already closed */ }

@@ -1,6 +1,6 @@
 /**
  * The rendezvous store's own thread (see ThreadedStoreServer in rendezvous.ts). Messages in:
- * {op: "listen", hostname, port} and {op: "close", lingerMs}; out: {port} or {error}, {closed}.
+ * {op: "listen", hostname, port, secret, maxConnections} and {op: "close", lingerMs}; out: {port} or {error}, {closed}.
  */
 /// <reference lib="deno.worker" />
 import { StoreServer } from "./rendezvous.ts";
@@ -10,7 +10,7 @@ self.onmessage = async (event: MessageEvent) => {
   const msg = event.data;
   if (msg.op === "listen") {
     try {
-      server = StoreServer.listen(msg.hostname, msg.port);
+      server = StoreServer.listen(msg.hostname, msg.port, msg.secret, msg.maxConnections);
       self.postMessage({ port: server.port });
     } catch (error) {
       self.postMessage({ error: (error as Error).message });

@@ -582,6 +582,8 @@ export async function writeFileAtomic(
   } catch (e) {
     if (!ok) file.close();
     await Deno.remove(tmp).catch(() => {});
+    // OS errors (a full disk) do not say which file: name it.
+    if (e instanceof Error && !e.message.includes(path)) e.message = `${path}: ${e.message}`;
     throw e;
   }
 }

@@ -79,6 +79,8 @@ export interface TrainOptions {
   seed: number;
   /** A checkpoint folder to resume from, or "last" for the newest in outputDir. */
   resumeFromCheckpoint?: string;
+  /** Start over in an output folder that holds an earlier run (its checkpoints are deleted). */
+  overwriteOutputDir: boolean;
   /** Activation checkpointing; always on (see checkpointBoundary for where it cuts). */
   gradientCheckpointing: boolean;
   /** Parameter sharding over ranks: "full_shard" (ZeRO-3), "no_shard"; "" for none. */
@@ -168,6 +170,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   bf16: false,
   device: "auto",
   seed: 42,
+  overwriteOutputDir: false,
   gradientCheckpointing: true,
   fsdp: "",
   nprocPerNode: 1,
@@ -235,6 +238,11 @@ export const TRAIN_SPECS: readonly Spec[] = [
   },
   { key: "seed", kind: "int", help: "random seed (init and data order)", min: 0 },
   { key: "resumeFromCheckpoint", kind: "string", help: 'checkpoint folder, or "last"' },
+  {
+    key: "overwriteOutputDir",
+    kind: "bool",
+    help: "start over in an output folder holding an earlier run (deletes its checkpoints)",
+  },
   {
     key: "gradientCheckpointing",
     kind: "bool",

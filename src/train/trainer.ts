@@ -5,7 +5,7 @@
  * sequences; the loss is the mean over every labelled token of the step, so the gradient is the
  * same whatever the split into micro-batches.
  */
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ByteTokenizer, loadTokenizer, openDataset, type Tokenizer } from "../data/mod.ts";
 import type { Dataset } from "../data/mod.ts";
@@ -36,6 +36,23 @@ import {
 } from "../dist/sequence_attention.ts";
 import type { Communicator } from "../dist/comm.ts";
 import { SelfComm } from "../dist/self_comm.ts";
+import {
+  CheckpointSaver,
+  optimizerFileName,
+  pruneCheckpoints,
+  readTrainerState,
+  recoverInterruptedSaves,
+  TRAINER_STATE_FILE,
+  type TrainerState,
+  writeTextSynced,
+} from "./checkpoint.ts";
+import {
+  checkOutputDir,
+  claimOutputDir,
+  type OutputDirPlan,
+  type OutputLock,
+  outputRunId,
+} from "./output_dir.ts";
 
 export type { StepMetrics };
 
@@ -51,18 +68,33 @@ export interface TrainResult {
   outputDir: string;
 }
 
-/** Thrown when a run was stopped by Ctrl-C after saving a checkpoint of the last finished step. */
+/**
+ * Thrown when a run was stopped by Ctrl-C (SIGINT) or SIGTERM after saving a checkpoint of the
+ * last finished step.
+ */
 export class TrainingInterrupted extends Error {
   /**
    * Records where the run stopped.
    * @param checkpoint the folder holding the checkpoint to resume from
    * @param step the last finished (and saved) optimizer step
+   * @param signal the signal that stopped the run (on any rank)
    */
-  constructor(readonly checkpoint: string, readonly step: number) {
+  constructor(
+    readonly checkpoint: string,
+    readonly step: number,
+    readonly signal: "SIGINT" | "SIGTERM" = "SIGINT",
+  ) {
     super(
-      `stopped by Ctrl-C after step ${step}; resume with --resume-from-checkpoint ${checkpoint}`,
+      `stopped by ${
+        signal === "SIGINT" ? "Ctrl-C" : "SIGTERM"
+      } after step ${step}; resume with --resume-from-checkpoint ${checkpoint}`,
     );
     this.name = "TrainingInterrupted";
+  }
+
+  /** The exit code of a stopped run: 128 + the signal number (130 for SIGINT, 143 for SIGTERM). */
+  get exitCode(): number {
+    return this.signal === "SIGINT" ? 130 : 143;
   }
 }
 
@@ -76,34 +108,31 @@ export interface TrainHooks {
   withinStepSeconds?: number;
 }
 
-interface TrainerState {
-  global_step: number;
-  epoch: number;
-  seed: number;
-  model: string;
-  log_history: StepMetrics[];
-}
-
-function latestCheckpoint(outputDir: string): string | null {
-  if (!existsSync(outputDir)) return null;
-  const steps = readdirSync(outputDir)
-    .map((name) => /^checkpoint-(\d+)$/.exec(name))
-    .filter((m): m is RegExpExecArray => m !== null)
-    .map((m) => Number(m[1]))
-    .sort((a, b) => a - b);
-  return steps.length ? join(outputDir, `checkpoint-${steps.at(-1)}`) : null;
-}
-
-async function pruneCheckpoints(outputDir: string, keep: number): Promise<void> {
-  if (keep <= 0) return;
-  const steps = readdirSync(outputDir)
-    .map((name) => /^checkpoint-(\d+)$/.exec(name))
-    .filter((m): m is RegExpExecArray => m !== null)
-    .map((m) => Number(m[1]))
-    .sort((a, b) => a - b);
-  for (const step of steps.slice(0, Math.max(0, steps.length - keep))) {
-    await Deno.remove(join(outputDir, `checkpoint-${step}`), { recursive: true });
+/**
+ * The checks of a run of `worldSize` ranks that need no device and read no data: the
+ * sequence-parallel split, the model, the head groups, the data path, the output folder (see
+ * output_dir.ts). The launcher calls it before starting any rank; every rank calls it again.
+ */
+export async function checkRun(o: TrainOptions, worldSize: number, rank = 0): Promise<{
+  parallel: ParallelLayout;
+  source: Awaited<ReturnType<typeof resolveModel>>;
+  outputPlan: OutputDirPlan;
+}> {
+  const parallel = new ParallelLayout(worldSize, rank, o);
+  parallel.checkLength(o.modelMaxLength);
+  const source = await resolveModel(o.model);
+  checkHeadGroups(source.config, o.attentionHeadGroups);
+  if (o.dataPath && !existsSync(o.dataPath)) {
+    throw new Error(`--data-path ${o.dataPath}: no such file or folder`);
   }
+  // Not the model's folder, not in use, not another run's; the checkpoint to resume.
+  const outputPlan = checkOutputDir({
+    outputDir: o.outputDir,
+    modelDir: source.dir,
+    resumeFromCheckpoint: o.resumeFromCheckpoint,
+    overwriteOutputDir: o.overwriteOutputDir,
+  });
+  return { parallel, source, outputPlan };
 }
 
 /** Trains as `distflash train` does. Throws on bad options before any device work. */
@@ -120,21 +149,20 @@ export async function train(
         "(distflash train --nproc-per-node N ...), which launches one process per rank",
     );
   }
-  const parallel = new ParallelLayout(worldSize, envRank, o);
-  parallel.checkLength(o.modelMaxLength);
+  // An explicit --device cuda without a usable GPU fails at once, before any data is read.
+  if (o.device === "cuda") openBackend("cuda").close();
+  const { parallel, source, outputPlan } = await checkRun(o, worldSize, envRank);
   const { sp, dp, fullShard } = parallel;
   const isMain = envRank === 0;
   const log = hooks.log ?? ((line: string) => isMain && console.error(line));
   for (const note of noEffect) log(`note: ${note}`);
   if (o.fsdp && worldSize === 1) log(`note: --fsdp "${o.fsdp}" has no effect on a single device`);
 
-  // An explicit --device cuda without a usable GPU fails at once, before any data is read.
-  if (o.device === "cuda") openBackend("cuda").close();
-  // Everything that can be checked without a device comes first.
-  const source = await resolveModel(o.model);
   const cfg = source.config;
+  for (const note of outputPlan.notes) log(`note: ${note}`);
+  const resumeDir = outputPlan.resumeDir;
+  const resumeState = resumeDir ? readTrainerState(resumeDir) : null;
   const L = o.modelMaxLength;
-  checkHeadGroups(cfg, o.attentionHeadGroups); // before any data is read or GPU touched
   if (o.attentionHeadGroups > 1 && sp === 1) {
     log("note: --attention-head-groups applies to sequence-parallel attention (sp > 1): no effect");
   }
@@ -143,9 +171,6 @@ export async function train(
       `note: --model-max-length ${L} exceeds the model's max_position_embeddings ` +
         `(${cfg.maxPositionEmbeddings}); RoPE extrapolates beyond it`,
     );
-  }
-  if (o.dataPath && !existsSync(o.dataPath)) {
-    throw new Error(`--data-path ${o.dataPath}: no such file or folder`);
   }
   let tokenizer: Tokenizer | undefined;
   if (!o.synthetic && !o.dataPath!.endsWith(".npy")) {
@@ -186,16 +211,11 @@ export async function train(
   const totalSteps = o.maxSteps > 0 ? o.maxSteps : Math.ceil(o.numTrainEpochs * stepsPerEpoch);
   const warmup = warmupStepsFor(totalSteps, o.warmupSteps, o.warmupRatio);
 
-  let resumeDir: string | null = null;
-  if (o.resumeFromCheckpoint) {
-    resumeDir = o.resumeFromCheckpoint === "last"
-      ? latestCheckpoint(o.outputDir)
-      : o.resumeFromCheckpoint;
-    if (!resumeDir || !existsSync(join(resumeDir, "trainer_state.json"))) {
-      throw new Error(
-        `--resume-from-checkpoint ${o.resumeFromCheckpoint}: no checkpoint with trainer_state.json found`,
-      );
-    }
+  if (resumeState && resumeState.global_step > totalSteps) {
+    throw new Error(
+      `--resume-from-checkpoint ${resumeDir}: its step ${resumeState.global_step} is past this ` +
+        `run's ${totalSteps} steps; raise --max-steps or --num-train-epochs`,
+    );
   }
 
   // The device, the ranks and the memory plan.
@@ -262,21 +282,30 @@ export async function train(
   model.allocate();
   let removeInterrupt = () => {};
   const stats = device.alloc(64);
+  let lock: OutputLock | null = null;
 
   try {
-    const optimizerFile = fullShard
-      ? `optimizer.rank${envRank}-of-${worldSize}.safetensors`
-      : "optimizer.safetensors";
+    // A collective that returns once every rank reached it (the checkpoint saves' barrier).
+    const barrier = async () => {
+      if (world) await allReduceNumber(world, stats, device, 0);
+    };
+    // Rank 0 takes the output folder (lock, run.json); the others read the run id it wrote.
+    if (isMain) {
+      lock = claimOutputDir(o.outputDir, outputPlan, o.overwriteOutputDir, log);
+      for (const line of await recoverInterruptedSaves(o.outputDir, lock.runId)) {
+        log(`note: ${line}`);
+      }
+    }
+    await barrier();
+    const runId = lock?.runId ?? outputRunId(o.outputDir);
+    const optimizerFile = optimizerFileName(envRank, worldSize, fullShard);
     let startStep = 0;
     let history: StepMetrics[] = [];
     if (resumeDir) {
       await loadWeights(model, resumeDir);
       await loadOptimizer(model, join(resumeDir, optimizerFile));
-      const state = JSON.parse(
-        await Deno.readTextFile(join(resumeDir, "trainer_state.json")),
-      ) as TrainerState;
-      startStep = state.global_step;
-      history = state.log_history;
+      startStep = resumeState!.global_step;
+      history = resumeState!.log_history;
       log(`resumed from ${resumeDir} at step ${startStep}`);
     } else if (source.dir) {
       await loadWeights(model, source.dir);
@@ -284,19 +313,30 @@ export async function train(
       initRandom(model, o.seed);
     }
 
-    await Deno.mkdir(o.outputDir, { recursive: true });
     const metricsPath = join(o.outputDir, "metrics.jsonl");
-    if (!resumeDir && isMain) await Deno.writeTextFile(metricsPath, "");
+    // A resumed run's metrics are the checkpoint's history: lines logged after it are dropped.
+    if (isMain) {
+      await writeTextSynced(metricsPath, history.map((m) => JSON.stringify(m) + "\n").join(""));
+    }
     const saveDtype = o.bf16 ? "bfloat16" : "float32";
 
     // Replicated: rank 0 writes everything. Sharded: every rank takes part in gathering the
     // weights (rank 0 writes them) and writes its own optimizer shard.
-    const save = async (dir: string, step: number, withOptimizer: boolean) => {
+    const writeModel = (dir: string) =>
+      saveModel(model, dir, { dtype: saveDtype, tokenizerFrom: source.dir, writer: isMain });
+    const checkpoints = new CheckpointSaver({
+      outputDir: o.outputDir,
+      runId,
+      rank: envRank,
+      worldSize,
+      sharded: fullShard,
+      barrier,
+    });
+    const save = async (step: number): Promise<string> => {
       await model.params.settle(); // the offloaded optimizer's last update has landed
-      if (!isMain && !fullShard) return;
-      await saveModel(model, dir, { dtype: saveDtype, tokenizerFrom: source.dir, writer: isMain });
-      if (withOptimizer) {
-        if (fullShard) await Deno.mkdir(dir, { recursive: true });
+      const dir = await checkpoints.save(step, async (dir) => {
+        if (!isMain && !fullShard) return;
+        await writeModel(dir);
         await saveOptimizer(model, join(dir, optimizerFile));
         if (!isMain) return;
         const state: TrainerState = {
@@ -306,21 +346,38 @@ export async function train(
           model: o.model,
           log_history: history,
         };
-        await Deno.writeTextFile(join(dir, "trainer_state.json"), JSON.stringify(state, null, 2));
+        await writeTextSynced(join(dir, TRAINER_STATE_FILE), JSON.stringify(state, null, 2));
+      });
+      if (isMain) {
+        for (const name of await pruneCheckpoints(o.outputDir, runId, o.saveTotalLimit)) {
+          log(`--save-total-limit ${o.saveTotalLimit}: deleted ${name}`);
+        }
       }
+      return dir;
     };
 
-    // Ctrl-C on a one-process run: finish the step, save a checkpoint, stop (a second Ctrl-C
-    // quits at once). Multi-rank runs are stopped by their launcher instead.
-    let interrupted = false;
-    const onInterrupt = () => {
-      if (interrupted) Deno.exit(130);
-      interrupted = true;
-      log("\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again quits at once)");
-    };
-    if (worldSize === 1) Deno.addSignalListener("SIGINT", onInterrupt);
+    // Ctrl-C or SIGTERM (what Slurm and Kubernetes send before a kill): finish the step, save a
+    // checkpoint on every rank, stop; a second signal quits at once. The ranks decide together
+    // at each step boundary, so a signal to one rank stops them all at the same step. Ranks
+    // under the launcher leave SIGINT (the terminal's Ctrl-C reaches them too) to the launcher,
+    // which forwards it as SIGTERM.
+    let stopSignal: "SIGINT" | "SIGTERM" | null = null;
+    const launched = Deno.env.get("DISTFLASH_LAUNCHED") === "1";
+    const listeners = new Map<Deno.Signal, () => void>();
+    for (const signal of ["SIGINT", "SIGTERM"] as const) {
+      const quitCode = signal === "SIGINT" ? 130 : 143;
+      const handler = launched && signal === "SIGINT" ? () => {} : () => {
+        if (stopSignal) Deno.exit(quitCode);
+        stopSignal = signal;
+        log(
+          `\n${signal}: finishing this step and saving a checkpoint (another ${signal} quits at once)`,
+        );
+      };
+      Deno.addSignalListener(signal, handler);
+      listeners.set(signal, handler);
+    }
     removeInterrupt = () => {
-      if (worldSize === 1) Deno.removeSignalListener("SIGINT", onInterrupt);
+      for (const [signal, handler] of listeners) Deno.removeSignalListener(signal, handler);
     };
 
     const progress = new Progress(totalSteps, startStep, log);
@@ -438,24 +495,22 @@ export async function train(
       const epochEnd = done % stepsPerEpoch === 0;
       const dueSave = (o.saveStrategy === "steps" && done % o.saveSteps === 0) ||
         (o.saveStrategy === "epoch" && epochEnd);
-      if (dueSave && done < totalSteps) {
-        await save(join(o.outputDir, `checkpoint-${done}`), done, true);
-        if (isMain) await pruneCheckpoints(o.outputDir, o.saveTotalLimit);
-      }
-      if (interrupted && done < totalSteps) {
+      let saved: string | null = null;
+      if (dueSave && done < totalSteps) saved = await save(done);
+      // The stop decision, taken together: 1 per rank that saw SIGINT, 1000 per SIGTERM.
+      let stop = stopSignal === null ? 0 : stopSignal === "SIGINT" ? 1 : 1000;
+      if (world) stop = await allReduceNumber(world, stats, device, stop);
+      if (stop > 0 && done < totalSteps) {
         progress.finish();
-        const dir = join(o.outputDir, `checkpoint-${done}`);
-        if (!dueSave) await save(dir, done, true);
-        throw new TrainingInterrupted(dir, done);
+        const dir = saved ?? await save(done);
+        throw new TrainingInterrupted(dir, done, stop >= 1000 ? "SIGTERM" : "SIGINT");
       }
     }
     progress.finish();
-    if (o.saveStrategy !== "no") {
-      await save(join(o.outputDir, `checkpoint-${totalSteps}`), totalSteps, true);
-      if (isMain) await pruneCheckpoints(o.outputDir, o.saveTotalLimit);
-    }
+    if (o.saveStrategy !== "no") await save(totalSteps);
     if (o.saveFinalModel) {
-      await save(o.outputDir, totalSteps, false);
+      await model.params.settle();
+      if (isMain || fullShard) await writeModel(o.outputDir);
       log(`saved the final model to ${o.outputDir}`);
     }
     return { steps: totalSteps, finalLoss: lastLoss, metrics: history, outputDir: o.outputDir };
@@ -465,6 +520,7 @@ export async function train(
     throw error;
   } finally {
     removeInterrupt();
+    lock?.release();
     stats.free();
     await model.params.settle().catch(() => {}); // no host thread may outlive the buffers
     model.free();

@@ -1,0 +1,444 @@
+/**
+ * Checkpoints of a training run: how they are written so that a crash at any moment leaves either
+ * the previous state or a complete new one, how the checkpoint to resume from is found, and which
+ * ones pruning may delete.
+ *
+ * ## A save, in order
+ * 1. Rank 0 empties `checkpoint-N.tmp-<run id>` (a leftover of a crashed save of this run) and
+ *    creates it; all ranks wait for it (a barrier).
+ * 2. Every rank writes its files into that folder and flushes each to disk (fsync).
+ * 3. A barrier: every rank's files are on disk.
+ * 4. Rank 0 checks that every expected file is there and writes `complete.json` last (run id,
+ *    step, world size, each file's size), flushed, then renames the folder to `checkpoint-N`.
+ *    An existing `checkpoint-N` is first renamed to `checkpoint-N.old-<run id>` and deleted only
+ *    once the new folder is in place.
+ *
+ * A folder counts as a checkpoint only with its canonical name `checkpoint-<N>` (no leading
+ * zeros, N a safe integer) and a valid `complete.json` whose files are all present with the
+ * recorded sizes. `last` takes the newest such checkpoint of this run (the run id in the output
+ * folder's run.json, see output_dir.ts); pruning deletes only such checkpoints of this run, never
+ * the newest.
+ *
+ * DISTFLASH_SAVE_PAUSE_MS (a testing aid) sleeps that long between the stages of a save, so a test
+ * can kill a run in the middle of one.
+ *
+ * @module
+ */
+import { existsSync, lstatSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import type { StepMetrics } from "./trainer.ts";
+
+/** The completion record, written last into a checkpoint folder. */
+export const COMPLETE_FILE = "complete.json";
+/** The trainer state of a checkpoint (the Hugging Face name). */
+export const TRAINER_STATE_FILE = "trainer_state.json";
+
+/** What complete.json holds. */
+export interface CompletionRecord {
+  format: 1;
+  run_id: string;
+  step: number;
+  world_size: number;
+  /** Every file of the checkpoint (complete.json aside) and its size in bytes. */
+  files: Record<string, number>;
+}
+
+/** What trainer_state.json holds (the fields distflash reads back). */
+export interface TrainerState {
+  global_step: number;
+  epoch: number;
+  seed: number;
+  model: string;
+  log_history: StepMetrics[];
+}
+
+/** A checkpoint that cannot be used, or a save that failed; the message names the file. */
+export class CheckpointError extends Error {
+  /** Creates the error; `message` names the folder or file. */
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "CheckpointError";
+  }
+}
+
+/** `checkpoint-N`, the folder name of step N. */
+export function checkpointName(step: number): string {
+  return `checkpoint-${step}`;
+}
+
+/** The step of a canonical checkpoint folder name, else null (`checkpoint-0004`, huge numbers). */
+export function parseCheckpointName(name: string): number | null {
+  const m = /^checkpoint-(0|[1-9][0-9]*)$/.exec(name);
+  if (!m) return null;
+  const n = Number(m[1]);
+  return Number.isSafeInteger(n) ? n : null;
+}
+
+/** The optimizer file of `rank`: one per rank when sharded, else one written by rank 0. */
+export function optimizerFileName(rank: number, worldSize: number, sharded: boolean): string {
+  return sharded ? `optimizer.rank${rank}-of-${worldSize}.safetensors` : "optimizer.safetensors";
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> =>
+  typeof v === "object" && v !== null && !Array.isArray(v);
+const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+
+function readJson(path: string): unknown {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch (error) {
+    throw new CheckpointError(`${path}: cannot read: ${(error as Error).message}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new CheckpointError(
+      `${path}: not valid JSON (${(error as Error).message}); the file is damaged or truncated`,
+    );
+  }
+}
+
+/**
+ * Reads and checks `dir`/complete.json and that every file it lists is there with its size.
+ * Throws a CheckpointError saying what is missing or wrong.
+ */
+export function readCompletion(dir: string): CompletionRecord {
+  const path = join(dir, COMPLETE_FILE);
+  if (!existsSync(path)) {
+    throw new CheckpointError(
+      `${dir}: no ${COMPLETE_FILE}, so the checkpoint is incomplete (its save was interrupted) ` +
+        "or was written by a distflash older than 0.2",
+    );
+  }
+  const r = readJson(path);
+  if (
+    !isObject(r) || r.format !== 1 || typeof r.run_id !== "string" || r.run_id === "" ||
+    !isCount(r.step) || !Number.isSafeInteger(r.world_size) || (r.world_size as number) < 1 ||
+    !isObject(r.files) || !Object.values(r.files).every(isCount)
+  ) {
+    throw new CheckpointError(`${path}: not a distflash completion record`);
+  }
+  for (const [name, size] of Object.entries(r.files as Record<string, number>)) {
+    let actual: number;
+    try {
+      const st = lstatSync(join(dir, name));
+      if (!st.isFile()) throw new Error("not a regular file");
+      actual = st.size;
+    } catch (error) {
+      throw new CheckpointError(`${dir}: ${name} is missing (${(error as Error).message})`);
+    }
+    if (actual !== size) {
+      throw new CheckpointError(`${dir}: ${name} has ${actual} bytes, ${size} were written`);
+    }
+  }
+  return r as unknown as CompletionRecord;
+}
+
+/**
+ * Reads and checks `dir`/trainer_state.json: global_step a non-negative integer (equal to
+ * `step` when given), epoch and seed numbers, log_history an array of logged steps.
+ */
+export function readTrainerState(dir: string, step?: number): TrainerState {
+  const path = join(dir, TRAINER_STATE_FILE);
+  const s = readJson(path);
+  const bad = (what: string) => new CheckpointError(`${path}: ${what}`);
+  if (!isObject(s)) throw bad("expected a JSON object");
+  if (!isCount(s.global_step)) {
+    throw bad(`global_step must be a non-negative integer, got ${JSON.stringify(s.global_step)}`);
+  }
+  if (step !== undefined && s.global_step !== step) {
+    throw bad(`global_step ${s.global_step} disagrees with ${COMPLETE_FILE} (step ${step})`);
+  }
+  if (typeof s.epoch !== "number" || !(s.epoch >= 0)) throw bad("epoch must be a number >= 0");
+  if (!isCount(s.seed)) throw bad("seed must be a non-negative integer");
+  if (!Array.isArray(s.log_history)) throw bad("log_history must be an array");
+  for (const [i, m] of s.log_history.entries()) {
+    if (!isObject(m) || !isCount(m.step) || m.step > (s.global_step as number)) {
+      throw bad(`log_history[${i}] is not a logged step up to global_step`);
+    }
+  }
+  return s as unknown as TrainerState;
+}
+
+/** One entry of the output folder that looks like a checkpoint. */
+export interface CheckpointEntry {
+  name: string;
+  path: string;
+  /** The step, for canonical names. */
+  step: number | null;
+  /** A complete checkpoint of this run; else why it does not count. */
+  usable: boolean;
+  reason?: string;
+}
+
+/** Every `checkpoint-*` entry of `outputDir`, newest step first, each judged for run `runId`. */
+export function scanCheckpoints(outputDir: string, runId: string): CheckpointEntry[] {
+  if (!existsSync(outputDir)) return [];
+  const out: CheckpointEntry[] = [];
+  for (const name of readdirSync(outputDir)) {
+    if (!name.startsWith("checkpoint-")) continue;
+    const path = join(outputDir, name), step = parseCheckpointName(name);
+    const entry: CheckpointEntry = { name, path, step, usable: false };
+    out.push(entry);
+    if (step === null) {
+      entry.reason = name.includes(".tmp-")
+        ? "an unfinished save"
+        : "not a canonical checkpoint-<N> name";
+      continue;
+    }
+    if (!lstatSync(path).isDirectory()) {
+      entry.reason = "not a folder";
+      continue;
+    }
+    try {
+      const record = readCompletion(path);
+      if (record.run_id !== runId) entry.reason = `written by another run (${record.run_id})`;
+      else if (record.step !== step) entry.reason = `its ${COMPLETE_FILE} says step ${record.step}`;
+      else entry.usable = true;
+    } catch (error) {
+      entry.reason = `incomplete: ${(error as Error).message}`;
+    }
+  }
+  return out.sort((a, b) => (b.step ?? -1) - (a.step ?? -1));
+}
+
+/**
+ * The newest complete checkpoint of run `runId` in `outputDir`, and a line for each newer or
+ * unfinished one it skipped. Throws when there is none.
+ */
+export function lastCheckpoint(outputDir: string, runId: string): {
+  path: string;
+  skipped: string[];
+} {
+  const entries = scanCheckpoints(outputDir, runId);
+  const found = entries.find((e) => e.usable);
+  const skipped = entries
+    .filter((e) => !e.usable && (found === undefined || e.step === null || e.step > found.step!))
+    .map((e) => `${e.name}: ${e.reason}`);
+  if (!found) {
+    throw new CheckpointError(
+      `--resume-from-checkpoint last: ${outputDir} holds no complete checkpoint of this run` +
+        (skipped.length ? ` (skipped ${skipped.join("; ")})` : ""),
+    );
+  }
+  return { path: found.path, skipped };
+}
+
+/**
+ * Deletes the oldest complete checkpoints of run `runId` beyond `keep` (0: keep all). Other
+ * runs' folders, stray names and incomplete folders are never touched, nor the newest checkpoint.
+ */
+export async function pruneCheckpoints(
+  outputDir: string,
+  runId: string,
+  keep: number,
+): Promise<string[]> {
+  if (keep <= 0) return [];
+  const ours = scanCheckpoints(outputDir, runId).filter((e) => e.usable);
+  const doomed = ours.slice(Math.max(1, keep));
+  for (const e of doomed) {
+    // Renamed first: a crash during the deletion leaves a `.deleting-` folder, never a half
+    // checkpoint under a canonical name.
+    const trash = `${e.path}.deleting-${runId}`;
+    await Deno.rename(e.path, trash);
+    await Deno.remove(trash, { recursive: true });
+  }
+  return doomed.map((e) => e.name);
+}
+
+/**
+ * Finishes or undoes saves of run `runId` that a crash interrupted (call with the output folder
+ * locked, before training): a complete `.tmp-` folder whose final name is free is renamed into
+ * place, an `.old-` folder is deleted when its replacement is complete or else put back, and an
+ * incomplete `.tmp-` folder and a `.deleting-` one (pruned) are deleted. Returns a line per action.
+ */
+export async function recoverInterruptedSaves(outputDir: string, runId: string): Promise<string[]> {
+  const done: string[] = [];
+  const names = existsSync(outputDir) ? readdirSync(outputDir) : [];
+  const finalOf = (name: string, tag: string) => {
+    const cut = name.lastIndexOf(tag);
+    return cut > 0 && name.slice(cut + tag.length) === runId ? name.slice(0, cut) : null;
+  };
+  const complete = (path: string) => {
+    try {
+      readCompletion(path);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  for (const name of names) {
+    const final = finalOf(name, ".tmp-");
+    if (final === null || parseCheckpointName(final) === null) continue;
+    const from = join(outputDir, name), to = join(outputDir, final);
+    if (complete(from) && !existsSync(to)) {
+      await Deno.rename(from, to);
+      done.push(`${name}: a finished save, renamed to ${final}`);
+    } else {
+      await Deno.remove(from, { recursive: true });
+      done.push(`${name}: an unfinished save, deleted`);
+    }
+  }
+  for (const name of names) {
+    if (finalOf(name, ".deleting-") === null) continue;
+    await Deno.remove(join(outputDir, name), { recursive: true });
+    done.push(`${name}: a pruned checkpoint whose deletion was cut short, deleted`);
+  }
+  for (const name of names) {
+    const final = finalOf(name, ".old-");
+    if (final === null || parseCheckpointName(final) === null) continue;
+    const from = join(outputDir, name), to = join(outputDir, final);
+    if (complete(to)) {
+      await Deno.remove(from, { recursive: true });
+      done.push(`${name}: replaced by a complete ${final}, deleted`);
+    } else if (!existsSync(to)) {
+      await Deno.rename(from, to);
+      done.push(`${name}: its replacement never arrived, renamed back to ${final}`);
+    }
+  }
+  return done;
+}
+
+/** Flushes a file or folder to disk. */
+export async function syncPath(path: string): Promise<void> {
+  const file = await Deno.open(path, { read: true });
+  try {
+    await file.sync();
+  } finally {
+    file.close();
+  }
+}
+
+/** Writes a text file and flushes it; an error names the file. */
+export async function writeTextSynced(path: string, text: string): Promise<void> {
+  try {
+    const file = await Deno.open(path, { write: true, create: true, truncate: true });
+    try {
+      const bytes = new TextEncoder().encode(text);
+      let off = 0;
+      while (off < bytes.length) off += await file.write(bytes.subarray(off));
+      await file.sync();
+    } finally {
+      file.close();
+    }
+  } catch (error) {
+    throw new CheckpointError(`writing ${path}: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+const pauseMs = () => Number(Deno.env.get("DISTFLASH_SAVE_PAUSE_MS") ?? 0);
+const pause = () => {
+  const ms = pauseMs();
+  return ms > 0 ? new Promise((resolve) => setTimeout(resolve, ms)) : Promise.resolve();
+};
+
+/** Who takes part in saves, and how they wait for each other. */
+export interface SaverOptions {
+  outputDir: string;
+  runId: string;
+  rank: number;
+  worldSize: number;
+  /** Optimizer state sharded over the ranks (each rank writes its own file). */
+  sharded: boolean;
+  /** Returns once every rank has called it (a collective); a no-op on one rank. */
+  barrier: () => Promise<void>;
+}
+
+/** Writes checkpoints of one run as the module documentation describes. */
+export class CheckpointSaver {
+  constructor(readonly options: SaverOptions) {}
+
+  /** The files this rank writes into a checkpoint folder whose entries are `names`. */
+  #ownFiles(names: string[]): string[] {
+    const { rank, worldSize, sharded } = this.options;
+    const mine = optimizerFileName(rank, worldSize, sharded);
+    const shard = /^optimizer\.rank\d+-of-\d+\.safetensors$/;
+    if (rank !== 0) return names.filter((n) => n === mine);
+    return names.filter((n) => n === mine || !shard.test(n));
+  }
+
+  /**
+   * Saves the checkpoint of `step`: `write` puts this rank's files into the folder it is given.
+   * Collective: every rank calls it. Returns the checkpoint's final path.
+   */
+  async save(step: number, write: (dir: string) => Promise<void>): Promise<string> {
+    const { outputDir, runId, rank, worldSize, sharded, barrier } = this.options;
+    const final = join(outputDir, checkpointName(step));
+    const tmp = `${final}.tmp-${runId}`;
+    try {
+      if (rank === 0) {
+        await Deno.remove(tmp, { recursive: true }).catch((e) => {
+          if (!(e instanceof Deno.errors.NotFound)) throw e;
+        });
+        await Deno.mkdir(tmp, { recursive: true });
+      }
+      await barrier();
+      await write(tmp);
+      for (const name of this.#ownFiles(readdirSync(tmp))) await syncPath(join(tmp, name));
+      await pause();
+    } catch (error) {
+      throw this.#failed(step, tmp, error);
+    }
+    await barrier();
+    if (rank !== 0) return final;
+    try {
+      const names = readdirSync(tmp).filter((n) => n !== COMPLETE_FILE).sort();
+      const expected = [TRAINER_STATE_FILE, "config.json"];
+      for (let r = 0; r < (sharded ? worldSize : 1); r++) {
+        expected.push(optimizerFileName(r, worldSize, sharded));
+      }
+      const missing = expected.filter((n) => !names.includes(n));
+      if (!names.some((n) => /^model(-\d{5}-of-\d{5})?\.safetensors$/.test(n))) {
+        missing.push("model.safetensors");
+      }
+      if (missing.length) throw new Error(`missing ${missing.join(", ")} after every rank wrote`);
+      const files: Record<string, number> = {};
+      for (const n of names) files[n] = lstatSync(join(tmp, n)).size;
+      const record: CompletionRecord = {
+        format: 1,
+        run_id: runId,
+        step,
+        world_size: worldSize,
+        files,
+      };
+      await writeTextSynced(join(tmp, COMPLETE_FILE), JSON.stringify(record, null, 2) + "\n");
+      await syncPath(tmp);
+      await pause();
+      await this.#moveIntoPlace(tmp, final);
+    } catch (error) {
+      throw this.#failed(step, tmp, error);
+    }
+    return final;
+  }
+
+  /** Renames `tmp` to `final`, replacing an existing `final` without a moment of neither. */
+  async #moveIntoPlace(tmp: string, final: string): Promise<void> {
+    const old = `${final}.old-${this.options.runId}`;
+    const replacing = existsSync(final);
+    if (replacing) {
+      await Deno.remove(old, { recursive: true }).catch(() => {});
+      await Deno.rename(final, old);
+      await pause();
+    }
+    await Deno.rename(tmp, final);
+    await syncPath(this.options.outputDir);
+    if (replacing) await Deno.remove(old, { recursive: true });
+  }
+
+  /** A save failure that names the step and the folder; the unfinished folder is removed. */
+  #failed(step: number, tmp: string, error: unknown): CheckpointError {
+    if (this.options.rank === 0) {
+      try {
+        Deno.removeSync(tmp, { recursive: true });
+      } catch { /* nothing left to remove, or the disk refuses: it is not counted either way */ }
+    }
+    const message = (error as Error).message;
+    return new CheckpointError(
+      `saving the checkpoint of step ${step} failed (${
+        message.includes(tmp) ? message : `in ${tmp}: ${message}`
+      }); the unfinished folder is not counted as a checkpoint`,
+      { cause: error },
+    );
+  }
+}
