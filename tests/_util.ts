@@ -2,6 +2,7 @@
 import { Device } from "../src/runtime/device.ts";
 import type { BackendName } from "../ffi/loader.ts";
 import { fileURLToPath } from "node:url";
+import { freePort } from "../src/dist/launcher.ts";
 import { attentionBackward, attentionForward, DType } from "../src/runtime/ops.ts";
 import type { Attention } from "../src/model/attention.ts";
 
@@ -198,4 +199,43 @@ export async function runSequenceParallel(
     for (const b of [...inputs, o, lse, ...grads]) b.free();
     return result;
   });
+}
+
+const CLI_MAIN = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+
+/**
+ * Runs `world` CPU rank processes of the CLI (`args` after `main.ts`), started as srun would start
+ * them (rank variables, a job secret, no launcher), and asserts that every rank exits 0. A port
+ * taken between choosing and binding it is retried.
+ */
+export async function runCpuRanks(world: number, args: string[]): Promise<void> {
+  for (let attempt = 0;; attempt++) {
+    const port = String(freePort());
+    const results = await Promise.all(
+      Array.from({ length: world }, (_, r) =>
+        new Deno.Command(Deno.execPath(), {
+          args: ["run", "-A", CLI_MAIN, ...args],
+          env: {
+            RANK: `${r}`,
+            WORLD_SIZE: `${world}`,
+            LOCAL_RANK: `${r}`,
+            LOCAL_WORLD_SIZE: `${world}`,
+            MASTER_ADDR: "127.0.0.1",
+            MASTER_PORT: port,
+            DISTFLASH_JOB_SECRET: "cpu-ranks-test-secret",
+            // A group whose rank 0 could not start gives up quickly instead of after 300 s.
+            DISTFLASH_RENDEZVOUS_TIMEOUT_S: "30",
+            NO_COLOR: "1",
+          },
+          stdout: "piped",
+          stderr: "piped",
+        }).output()),
+    );
+    const stderr = results.map((r) => new TextDecoder().decode(r.stderr));
+    if (attempt < 2 && stderr[0].includes("Address already in use")) continue;
+    results.forEach((r, i) => {
+      if (r.code !== 0) throw new Error(`rank ${i} exited ${r.code}: ${stderr[i]}`);
+    });
+    return;
+  }
 }

@@ -6,10 +6,14 @@
  */
 import { assert, assertEquals, assertLess } from "./assert.ts";
 import { join } from "node:path";
-import { freePort } from "../src/dist/launcher.ts";
+import { runCpuRanks } from "./_util.ts";
 import { fileURLToPath } from "node:url";
 
 const main = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+
+/** `world` CPU ranks training with the common arguments and `args` into `out`. */
+const runRanksInto = (world: number, args: string[], out: string) =>
+  runCpuRanks(world, [...common, ...args, "--output-dir", out]);
 const common = [
   "train",
   "--model",
@@ -32,40 +36,6 @@ const common = [
   "--lr-scheduler-type",
   "cosine",
 ];
-
-/**
- * Starts `world` rank processes without the launcher (as srun or a user's script would). A port
- * picked free can still be taken by another test in the moment before rank 0 binds it: then the
- * whole group is started again on a new port.
- */
-async function runRanks(world: number, args: string[], out: string): Promise<void> {
-  for (let attempt = 0;; attempt++) {
-    const port = String(freePort());
-    const procs = Array.from({ length: world }, (_, r) =>
-      new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", main, ...common, ...args, "--output-dir", out],
-        env: {
-          RANK: `${r}`,
-          WORLD_SIZE: `${world}`,
-          LOCAL_RANK: `${r}`,
-          LOCAL_WORLD_SIZE: `${world}`,
-          MASTER_ADDR: "127.0.0.1",
-          MASTER_PORT: port,
-          DISTFLASH_JOB_SECRET: "dist-train-test-secret",
-          // A group whose rank 0 could not start gives up quickly instead of after 300 s.
-          DISTFLASH_RENDEZVOUS_TIMEOUT_S: "30",
-          NO_COLOR: "1",
-        },
-        stdout: "piped",
-        stderr: "piped",
-      }).output());
-    const results = await Promise.all(procs);
-    const stderr = results.map((r) => new TextDecoder().decode(r.stderr));
-    if (attempt < 2 && stderr[0].includes("Address already in use")) continue;
-    results.forEach((r, i) => assertEquals(r.code, 0, `rank ${i}: ${stderr[i]}`));
-    return;
-  }
-}
 
 async function metrics(dir: string) {
   return (await Deno.readTextFile(join(dir, "metrics.jsonl"))).trim().split("\n").map((l) =>
@@ -91,16 +61,16 @@ function compare(
 
 Deno.test("dist train: sp = 2, 3, 4 (zigzag), head groups, contiguous sp = 2, 8, offloaded optimizer, dp 2 x sp 2 give the one-rank loss curve", async () => {
   const root = await Deno.makeTempDir();
-  await runRanks(1, ["--per-device-train-batch-size", "2"], join(root, "p1"));
-  await runRanks(1, ["--per-device-train-batch-size", "4"], join(root, "p1b4"));
+  await runRanksInto(1, ["--per-device-train-batch-size", "2"], join(root, "p1"));
+  await runRanksInto(1, ["--per-device-train-batch-size", "4"], join(root, "p1b4"));
   const one = await metrics(join(root, "p1")), oneB4 = await metrics(join(root, "p1b4"));
   // The default zigzag layout needs 2 x sp chunks of the 24 tokens; the contiguous one sp slices.
   for (const sp of [2, 3, 4]) {
-    await runRanks(sp, ["--per-device-train-batch-size", "2"], join(root, `sp${sp}`));
+    await runRanksInto(sp, ["--per-device-train-batch-size", "2"], join(root, `sp${sp}`));
     compare(one, await metrics(join(root, `sp${sp}`)), `sp=${sp} zigzag`);
   }
   // Attention in 2 head groups (debug-tiny has 2 key/value heads).
-  await runRanks(
+  await runRanksInto(
     2,
     ["--per-device-train-batch-size", "2", "--attention-head-groups", "2"],
     join(root, "hg"),
@@ -108,19 +78,27 @@ Deno.test("dist train: sp = 2, 3, 4 (zigzag), head groups, contiguous sp = 2, 8,
   compare(one, await metrics(join(root, "hg")), "sp=2 in 2 head groups");
   const contiguous = ["--distattn-layout", "contiguous"];
   for (const sp of [2, 8]) {
-    await runRanks(sp, ["--per-device-train-batch-size", "2", ...contiguous], join(root, `c${sp}`));
+    await runRanksInto(
+      sp,
+      ["--per-device-train-batch-size", "2", ...contiguous],
+      join(root, `c${sp}`),
+    );
     compare(one, await metrics(join(root, `c${sp}`)), `sp=${sp} contiguous`);
   }
   // The optimizer offloaded (sharded over both ranks, updated on host threads unit by unit).
-  await runRanks(
+  await runRanksInto(
     2,
     ["--per-device-train-batch-size", "2", "--offload-optimizer"],
     join(root, "off"),
   );
   compare(one, await metrics(join(root, "off")), "sp=2, --offload-optimizer");
-  await runRanks(4, ["--per-device-train-batch-size", "2", "--sp-size", "2"], join(root, "dp2sp2"));
+  await runRanksInto(
+    4,
+    ["--per-device-train-batch-size", "2", "--sp-size", "2"],
+    join(root, "dp2sp2"),
+  );
   compare(oneB4, await metrics(join(root, "dp2sp2")), "dp2 x sp2");
-  await runRanks(3, [
+  await runRanksInto(3, [
     "--per-device-train-batch-size",
     "2",
     ...contiguous,
@@ -194,7 +172,7 @@ Deno.test("dist train: a full_shard run saves a transformers-layout model and re
     "--save-strategy",
     "steps",
   ];
-  await runRanks(2, args, join(root, "a"));
+  await runRanksInto(2, args, join(root, "a"));
   const full = await metrics(join(root, "a"));
   const ckpt = join(root, "a", "checkpoint-10");
   for (
@@ -209,7 +187,7 @@ Deno.test("dist train: a full_shard run saves a transformers-layout model and re
     assert((await Deno.stat(join(ckpt, f))).isFile, f);
   }
   // The saved weights equal what a one-rank run of the same steps saves.
-  await runRanks(1, [
+  await runRanksInto(1, [
     "--per-device-train-batch-size",
     "2",
     "--save-steps",
@@ -231,7 +209,7 @@ Deno.test("dist train: a full_shard run saves a transformers-layout model and re
   }
   a.close();
   b.close();
-  await runRanks(2, [...args, "--resume-from-checkpoint", ckpt], join(root, "a"));
+  await runRanksInto(2, [...args, "--resume-from-checkpoint", ckpt], join(root, "a"));
   const resumed = (await metrics(join(root, "a"))).slice(10);
   compare(full.slice(10), resumed, "full_shard resumed");
   await Deno.remove(root, { recursive: true });

@@ -15,11 +15,10 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadTokenizer, openDataset } from "../src/data/mod.ts";
 import { SafetensorsFile } from "../src/io/safetensors.ts";
-import { freePort } from "../src/dist/launcher.ts";
+import { runCpuRanks } from "./_util.ts";
 import { train } from "../src/train/trainer.ts";
 
 const fixture = (p: string) => fileURLToPath(new URL(`fixtures/${p}`, import.meta.url));
-const main = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
 const REF = fixture("train/reference.safetensors");
 const CHAT = fixture("train/chat.jsonl");
 const L = 64;
@@ -212,35 +211,6 @@ Deno.test("train reference: one rank reproduces the reference's losses, grad nor
   }
 });
 
-/** Runs `world` CPU rank processes of `distflash train` (as tests/dist_train.test.ts does). */
-async function runRanks(world: number, args: string[]): Promise<void> {
-  for (let attempt = 0;; attempt++) {
-    const port = String(freePort());
-    const results = await Promise.all(
-      Array.from({ length: world }, (_, r) =>
-        new Deno.Command(Deno.execPath(), {
-          args: ["run", "-A", main, "train", ...args],
-          env: {
-            RANK: `${r}`,
-            WORLD_SIZE: `${world}`,
-            LOCAL_RANK: `${r}`,
-            LOCAL_WORLD_SIZE: `${world}`,
-            MASTER_ADDR: "127.0.0.1",
-            MASTER_PORT: port,
-            DISTFLASH_RENDEZVOUS_TIMEOUT_S: "30",
-            NO_COLOR: "1",
-          },
-          stdout: "piped",
-          stderr: "piped",
-        }).output()),
-    );
-    const stderr = results.map((r) => new TextDecoder().decode(r.stderr));
-    if (attempt < 2 && stderr[0].includes("Address already in use")) continue;
-    results.forEach((r, i) => assertEquals(r.code, 0, `rank ${i}: ${stderr[i]}`));
-    return;
-  }
-}
-
 Deno.test("train reference: P CPU ranks (zigzag full_shard; contiguous, offloaded optimizer) reproduce the reference", async () => {
   const ref = await reference(), dir = await modelDir();
   const initial = await initialWeights(dir);
@@ -257,7 +227,7 @@ Deno.test("train reference: P CPU ranks (zigzag full_shard; contiguous, offloade
     ];
     for (const [what, world, extra] of runs) {
       const out = join(root, what.replace(/\W+/g, "_"));
-      await runRanks(world, [...base, ...extra, "--output-dir", out]);
+      await runCpuRanks(world, ["train", ...base, ...extra, "--output-dir", out]);
       await compare(ref, out, initial, what);
     }
   } finally {
