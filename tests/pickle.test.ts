@@ -87,7 +87,7 @@ Deno.test("pickle: malformed input says where", () => {
   throwsWith(() => pickleRecords([[1, 2], [3, -1]], "text", "d.pkl"), "element 1: item 1 is -1");
 });
 
-async function tokens(ds: Dataset): Promise<number[]> {
+function tokens(ds: Dataset): number[] {
   const out: number[] = [];
   for (let i = 0; i < ds.numWindows; i++) out.push(...ds.window(i).inputs);
   return out;
@@ -107,13 +107,13 @@ Deno.test("pickle: a .pkl dataset packs like the same records in JSON Lines", as
       const b = await openDataset({ dataPath: jsonl, tokenizer, seqLen: 16 });
       assert(a.numWindows > 2, `${name}: ${a.numWindows} windows`);
       assertEquals(a.numWindows, b.numWindows);
-      assertEquals(await tokens(a), await tokens(b), name);
+      assertEquals(tokens(a), tokens(b), name);
       assertEquals(a.stats.documents, b.stats.documents);
     }
     // Token-id lists go in as they are, concatenated (as .npy files are).
     const ds = await openDataset({ dataPath: join(DIR, "tokens.p3.pkl"), seqLen: 7 });
     const flat = (expected["tokens.p3.pkl"] as number[][]).flat();
-    const got = await tokens(ds);
+    const got = tokens(ds);
     for (let w = 0; w < ds.numWindows; w++) {
       assertEquals(got.slice(w * 7, w * 7 + 7), flat.slice(w * 8, w * 8 + 7), `window ${w}`);
     }

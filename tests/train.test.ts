@@ -90,7 +90,7 @@ Deno.test("train: the CLI accepts the paper's snake_case flags and stops after -
   assert(r.stderr.includes("--tf32 is accepted for compatibility and has no effect"), r.stderr);
   const m = await metrics(out);
   assertEquals(m.map((x) => x.step), [1, 2]);
-  for (const key of ["loss", "lr", "grad_norm", "tokens_per_s"]) {
+  for (const key of ["loss", "learning_rate", "grad_norm", "tokens_per_s"]) {
     assert(Number.isFinite(m[0][key]), key);
   }
   assert((await Deno.stat(join(out, "config.json"))).isFile);

@@ -10,7 +10,6 @@ import { join } from "node:path";
 import { ByteTokenizer, loadTokenizer, openDataset, type Tokenizer } from "../data/mod.ts";
 import type { Dataset } from "../data/mod.ts";
 import { openBackend } from "../runtime/info.ts";
-import type { Device, DeviceBuffer } from "../runtime/device.ts";
 import { formatBytes } from "../runtime/memory.ts";
 import { DType } from "../runtime/ops.ts";
 import { LlamaModel } from "../model/llama.ts";
@@ -23,11 +22,14 @@ import {
   saveOptimizer,
 } from "../model/hf.ts";
 import { lrMultiplier, warmupStepsFor } from "./lr.ts";
-import { resolveTrainOptions, type TrainOptions } from "./options.ts";
+import { reportsToTensorBoard, resolveTrainOptions, type TrainOptions } from "./options.ts";
 import { Progress, StepProgress } from "./progress.ts";
 import { formatPlan, hostAvailableBytes, modelOptions, WORKSPACE_ALLOWANCE_BYTES } from "./plan.ts";
 import { initDistributed } from "../dist/env.ts";
-import { zigzagChunks } from "../dist/zigzag.ts";
+import { allReduceNumber, sliceForRank } from "./ranks.ts";
+import { type EvalMetrics, evaluate, evaluationDue, splitEvalData } from "./eval.ts";
+import { RunReport, type StepMetrics } from "./report.ts";
+import { saveTrainingArgs, trainerState, upgradeLogHistory } from "./state.ts";
 import {
   buildSequenceAttention,
   checkHeadGroups,
@@ -35,25 +37,7 @@ import {
 } from "../dist/sequence_attention.ts";
 import type { Communicator } from "../dist/comm.ts";
 
-/** One line of metrics.jsonl. */
-export interface StepMetrics {
-  /** Optimizer steps done, counting this one. */
-  step: number;
-  /** Epochs done, fractional (step / steps per epoch). */
-  epoch: number;
-  /** Mean loss over the step's labelled tokens, before the step's update. */
-  loss: number;
-  /** Learning rate of the step's update, after the schedule. */
-  lr: number;
-  /** Global gradient norm of the step, before clipping. */
-  grad_norm: number;
-  /** Training tokens per second since the previous logged step, over all data-parallel groups. */
-  tokens_per_s: number;
-  /** Device memory held by the memory plan, bytes. */
-  memory_bytes: number;
-  /** Seconds since this run's training loop started (a resumed run restarts the clock). */
-  elapsed_s: number;
-}
+export type { StepMetrics } from "./report.ts";
 
 /** What `train` returns once the final model is saved. */
 export interface TrainResult {
@@ -63,6 +47,8 @@ export interface TrainResult {
   finalLoss: number;
   /** Every logged step's metrics, including the history of a resumed checkpoint. */
   metrics: StepMetrics[];
+  /** Every evaluation's metrics (empty without validation data), including a resumed history. */
+  evalMetrics: EvalMetrics[];
   /** Where the final model, checkpoints and metrics.jsonl were written. */
   outputDir: string;
 }
@@ -86,6 +72,8 @@ export class TrainingInterrupted extends Error {
 export interface TrainHooks {
   /** Called with every logged step (after it is written to metrics.jsonl). */
   onLog?: (m: StepMetrics) => void;
+  /** Called with every evaluation (after it is written to metrics.jsonl). */
+  onEval?: (m: EvalMetrics) => void;
   /** Where human-readable lines go (default: stderr). */
   log?: (line: string) => void;
   /** Seconds of a step after which, and between which, a line says which layer it is at (30). */
@@ -94,10 +82,7 @@ export interface TrainHooks {
 
 interface TrainerState {
   global_step: number;
-  epoch: number;
-  seed: number;
-  model: string;
-  log_history: StepMetrics[];
+  log_history: Record<string, unknown>[];
 }
 
 function latestCheckpoint(outputDir: string): string | null {
@@ -188,7 +173,7 @@ export async function train(
       );
     }
   }
-  const dataset: Dataset = await openDataset({
+  const allData: Dataset = await openDataset({
     dataPath: o.dataPath,
     synthetic: o.synthetic,
     tokenizer,
@@ -198,9 +183,15 @@ export async function train(
     seed: o.seed,
     onProgress: tokenizingProgress(log),
   });
-  if (dataset.stats.maxTokenId >= cfg.vocabSize) {
+  if (allData.stats.maxTokenId >= cfg.vocabSize) {
     throw new Error(
-      `--data-path: token id ${dataset.stats.maxTokenId} is outside the model's vocabulary (${cfg.vocabSize})`,
+      `--data-path: token id ${allData.stats.maxTokenId} is outside the model's vocabulary (${cfg.vocabSize})`,
+    );
+  }
+  const { training: dataset, evaluation } = await splitEvalData(o, allData, tokenizer, log);
+  if (evaluation && evaluation.stats.maxTokenId >= cfg.vocabSize) {
+    throw new Error(
+      `--eval-data-path: token id ${evaluation.stats.maxTokenId} is outside the model's vocabulary`,
     );
   }
   const B = o.perDeviceTrainBatchSize, accum = o.gradientAccumulationSteps;
@@ -292,6 +283,7 @@ export async function train(
   attention?.allocate();
   model.allocate();
   let removeInterrupt = () => {};
+  let closeReport = (): string | null => null;
   const stats = device.alloc(64);
 
   try {
@@ -299,7 +291,7 @@ export async function train(
       ? `optimizer.rank${envRank}-of-${worldSize}.safetensors`
       : "optimizer.safetensors";
     let startStep = 0;
-    let history: StepMetrics[] = [];
+    let history: StepMetrics[] = [], evals: EvalMetrics[] = [];
     if (resumeDir) {
       await loadWeights(model, resumeDir);
       await loadOptimizer(model, join(resumeDir, optimizerFile));
@@ -307,7 +299,9 @@ export async function train(
         await Deno.readTextFile(join(resumeDir, "trainer_state.json")),
       ) as TrainerState;
       startStep = state.global_step;
-      history = state.log_history;
+      const past = upgradeLogHistory<StepMetrics | EvalMetrics>(state.log_history);
+      history = past.filter((e): e is StepMetrics => !("eval_loss" in e));
+      evals = past.filter((e): e is EvalMetrics => "eval_loss" in e);
       log(`resumed from ${resumeDir} at step ${startStep}`);
     } else if (source.dir) {
       await loadWeights(model, source.dir);
@@ -316,8 +310,13 @@ export async function train(
     }
 
     await Deno.mkdir(o.outputDir, { recursive: true });
-    const metricsPath = join(o.outputDir, "metrics.jsonl");
-    if (!resumeDir && isMain) await Deno.writeTextFile(metricsPath, "");
+    if (isMain) await saveTrainingArgs(o.outputDir, o);
+    const report = await RunReport.open(o.outputDir, {
+      active: isMain,
+      fresh: !resumeDir,
+      tensorboard: reportsToTensorBoard(o),
+    });
+    closeReport = () => report.close();
     const saveDtype = o.bf16 ? "bfloat16" : "float32";
 
     // Replicated: rank 0 writes everything. Sharded: every rank takes part in gathering the
@@ -330,13 +329,13 @@ export async function train(
         if (fullShard) await Deno.mkdir(dir, { recursive: true });
         await saveOptimizer(model, join(dir, optimizerFile));
         if (!isMain) return;
-        const state: TrainerState = {
-          global_step: step,
-          epoch: step / stepsPerEpoch,
-          seed: o.seed,
-          model: o.model,
-          log_history: history,
+        const numbers = {
+          globalStep: step,
+          maxSteps: totalSteps,
+          stepsPerEpoch,
+          tokensSeen: step * tokensPerStep,
         };
+        const state = trainerState(o, numbers, logHistory(history, evals));
         await Deno.writeTextFile(join(dir, "trainer_state.json"), JSON.stringify(state, null, 2));
       }
     };
@@ -452,7 +451,7 @@ export async function train(
           step: done,
           epoch: done / stepsPerEpoch,
           loss,
-          lr,
+          learning_rate: lr,
           grad_norm: gradNorm,
           tokens_per_s: windowTokens / ((now - windowStart) / 1000),
           memory_bytes: model.plan.totalBytes,
@@ -461,11 +460,38 @@ export async function train(
         windowStart = now;
         windowTokens = 0;
         history.push(m);
-        if (isMain) {
-          await Deno.writeTextFile(metricsPath, JSON.stringify(m) + "\n", { append: true });
-          progress.log(m);
-        }
+        await report.step(m);
+        if (isMain) progress.log(m);
         hooks.onLog?.(m);
+      }
+      if (evaluation && evaluationDue(o, done, totalSteps, stepsPerEpoch)) {
+        const e = await evaluate(
+          evaluation,
+          {
+            device,
+            model,
+            world,
+            scratch: stats,
+            batch: B,
+            dp,
+            dpIdx,
+            sp,
+            spIdx,
+            layout: o.distattnLayout,
+          },
+          done,
+          done / stepsPerEpoch,
+        );
+        evals.push(e);
+        await report.eval(e);
+        if (isMain) {
+          progress.line(
+            `eval at step ${done}: eval_loss ${e.eval_loss.toFixed(4)} perplexity ${
+              e.perplexity.toFixed(3)
+            }`,
+          );
+        }
+        hooks.onEval?.(e);
       }
       if (isMain) progress.tick(done, loss);
 
@@ -492,13 +518,23 @@ export async function train(
       await save(o.outputDir, totalSteps, false);
       log(`saved the final model to ${o.outputDir}`);
     }
-    return { steps: totalSteps, finalLoss: lastLoss, metrics: history, outputDir: o.outputDir };
+    const chart = closeReport();
+    closeReport = () => null;
+    if (chart) log(chart);
+    return {
+      steps: totalSteps,
+      finalLoss: lastLoss,
+      metrics: history,
+      evalMetrics: evals,
+      outputDir: o.outputDir,
+    };
   } catch (error) {
     world?.abort(); // peers learn at once instead of waiting for a timeout
     world = null;
     throw error;
   } finally {
     removeInterrupt();
+    closeReport();
     stats.free();
     await model.params.settle().catch(() => {}); // no host thread may outlive the buffers
     model.free();
@@ -530,45 +566,8 @@ export function tokenizingProgress(
   };
 }
 
-/** This rank's slice of every row: tokens [spIdx*S, (spIdx+1)*S) and their global positions. */
-function sliceForRank(
-  batch: { inputs: Int32Array; labels: Int32Array },
-  B: number,
-  L: number,
-  sp: number,
-  spIdx: number,
-  layout: "contiguous" | "zigzag",
-): { inputs: Int32Array; labels: Int32Array; positions: Int32Array } {
-  const S = L / sp;
-  // contiguous: tokens [spIdx*S, (spIdx+1)*S); zigzag: chunks spIdx and 2sp-1-spIdx of S/2.
-  const pieces: [number, number][] = layout === "zigzag"
-    ? zigzagChunks(spIdx, sp).map((c) => [c * (S / 2), S / 2])
-    : [[spIdx * S, S]];
-  const inputs = new Int32Array(B * S), labels = new Int32Array(B * S);
-  const positions = new Int32Array(B * S);
-  for (let b = 0; b < B; b++) {
-    let at = b * S;
-    for (const [start, n] of pieces) {
-      inputs.set(batch.inputs.subarray(b * L + start, b * L + start + n), at);
-      labels.set(batch.labels.subarray(b * L + start, b * L + start + n), at);
-      for (let t = 0; t < n; t++) positions[at + t] = start + t;
-      at += n;
-    }
-  }
-  return { inputs, labels, positions };
-}
-
-/**
- * Sum of one number over all ranks, through a device scalar (the transports move device memory).
- * fp32 keeps token counts exact up to 2^24 per step, far above any step's size.
- */
-async function allReduceNumber(
-  world: Communicator,
-  scratch: DeviceBuffer,
-  device: Device,
-  value: number,
-): Promise<number> {
-  device.upload(scratch.ptr, new Float32Array([value]));
-  await world.allReduceSum(scratch.ptr, 1, "f32");
-  return device.download(new Float32Array(1), scratch.ptr)[0];
+/** log_history as HF orders it: by step, a step's training entry before its evaluation. */
+function logHistory(steps: StepMetrics[], evals: EvalMetrics[]): object[] {
+  const all: (StepMetrics | EvalMetrics)[] = [...steps, ...evals];
+  return all.sort((a, b) => a.step - b.step || Number("eval_loss" in a) - Number("eval_loss" in b));
 }
