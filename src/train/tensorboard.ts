@@ -96,6 +96,11 @@ class Proto {
   }
 }
 
+/** The first Event of every file: TensorBoard reads a file only after this version record. */
+export function fileVersionEvent(wallTime: number): Uint8Array {
+  return new Proto().double(1, wallTime).string(3, "brain.Event:2").finish();
+}
+
 /** An Event holding scalars at one step. */
 export function scalarEvent(
   wallTime: number,
@@ -132,7 +137,7 @@ export class TensorBoardWriter {
     );
     const file = await Deno.open(path, { write: true, createNew: true });
     const writer = new TensorBoardWriter(path, file);
-    await writer.#write(new Proto().double(1, now).string(3, "brain.Event:2").finish());
+    await writer.#write(fileVersionEvent(now));
     return writer;
   }
 
