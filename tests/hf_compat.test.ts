@@ -6,6 +6,31 @@ import { join } from "node:path";
 import { existsSync } from "node:fs";
 import { ByteTokenizer, openDataset } from "../src/data/mod.ts";
 import { runCli } from "./_util.ts";
+import { upgradeLogHistory } from "../src/train/state.ts";
+
+/** The keys of transformers' TrainerState (5.x) as trainer_state.json holds them. */
+const HF_STATE_FIELDS = [
+  "best_global_step",
+  "best_metric",
+  "best_model_checkpoint",
+  "epoch",
+  "eval_steps",
+  "global_step",
+  "is_hyper_param_search",
+  "is_local_process_zero",
+  "is_world_process_zero",
+  "log_history",
+  "logging_steps",
+  "max_steps",
+  "num_input_tokens_seen",
+  "num_train_epochs",
+  "save_steps",
+  "stateful_callbacks",
+  "total_flos",
+  "train_batch_size",
+  "trial_name",
+  "trial_params",
+];
 
 const PICKLE = new URL("./fixtures/pickle/train_chat.pkl", import.meta.url).pathname;
 
@@ -52,9 +77,38 @@ Deno.test("hf: the paper's seed command runs verbatim on 2 ranks with a .pkl dat
     const checkpoints = [...Deno.readDirSync(out)].filter((e) => e.name.startsWith("checkpoint-"));
     assertEquals(checkpoints.map((e) => e.name), [`checkpoint-${steps}`]);
     assert(existsSync(join(out, "model.safetensors")));
+    // trainer_state.json has HF TrainerState's fields; the arguments are saved beside it.
+    const state = JSON.parse(
+      await Deno.readTextFile(join(out, `checkpoint-${steps}`, "trainer_state.json")),
+    );
+    for (const key of HF_STATE_FIELDS) assert(key in state, `trainer_state.json lacks ${key}`);
+    assertEquals(
+      [state.global_step, state.max_steps, state.train_batch_size, state.logging_steps],
+      [steps, steps, 1, 1],
+    );
+    assertEquals([state.save_steps, state.best_metric, state.num_train_epochs], [10, null, 1]);
+    assertEquals(
+      state.log_history.map((e: { step: number }) => e.step),
+      metrics.map((m) => m.step),
+    );
+    assert("learning_rate" in state.log_history[0] && !("lr" in state.log_history[0]));
+    const args = JSON.parse(await Deno.readTextFile(join(out, "training_args.json")));
+    assertEquals([args.model, args.learning_rate, args.fsdp], [
+      "debug-tiny",
+      2e-5,
+      "full_shard auto_wrap",
+    ]);
     // The HF trainer's flags without an effect are named once.
     assert(r.stderr.includes("--tf32 is accepted for compatibility"), r.stderr);
   } finally {
     await Deno.remove(out, { recursive: true });
   }
+});
+
+Deno.test("hf: a log history saved with the old name lr reads as learning_rate", () => {
+  const old = [{ step: 1, loss: 2, lr: 1e-3 }, { step: 1, eval_loss: 2.5 }];
+  assertEquals(upgradeLogHistory(old), [
+    { step: 1, loss: 2, learning_rate: 1e-3 },
+    { step: 1, eval_loss: 2.5 },
+  ]);
 });
