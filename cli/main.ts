@@ -12,6 +12,7 @@ import { registerTrain } from "./train.ts";
 import { registerBench } from "./bench.ts";
 import { registerPlan } from "./plan.ts";
 import { registerTokenize } from "./tokenize.ts";
+import { registerPlot } from "./plot.ts";
 import { normalizeFlags } from "../src/train/options.ts";
 
 export function buildProgram(argv: string[] = []): Command {
@@ -29,6 +30,7 @@ export function buildProgram(argv: string[] = []): Command {
   registerBench(program, argv);
   registerPlan(program);
   registerTokenize(program);
+  registerPlot(program);
   return program;
 }
 
