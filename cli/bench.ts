@@ -4,7 +4,7 @@
  * this process launches the ranks, then runs the PyTorch baseline in bench/ on the same GPUs so the
  * peers' figures come from the same run.
  */
-import type { Command } from "commander";
+import type { Command } from "npm:commander@^14.0.0";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";

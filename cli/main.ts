@@ -4,7 +4,7 @@
  * Built on the npm package commander: JSR packages (cliffy, @std/cli) cannot be installed on the
  * machines this project is developed on.
  */
-import { Command, CommanderError } from "commander";
+import { Command, CommanderError } from "npm:commander@^14.0.0";
 import { VERSION } from "../src/runtime/info.ts";
 import { registerInfo } from "./info.ts";
 import { registerDemo } from "./demo.ts";

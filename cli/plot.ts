@@ -1,5 +1,5 @@
 /** `distflash plot <output-dir>`: an SVG of a run's curves (src/train/plot.ts). */
-import type { Command } from "commander";
+import type { Command } from "npm:commander@^14.0.0";
 import { join } from "node:path";
 import { plotRun, readRunRecords } from "../src/train/plot.ts";
 

@@ -27,8 +27,8 @@ import {
   parquetMetadataAsync,
   parquetReadObjects,
   parquetSchema,
-} from "hyparquet";
-import { compressors } from "hyparquet-compressors";
+} from "npm:hyparquet@^1.33.0";
+import { compressors } from "npm:hyparquet-compressors@^1.1.2";
 
 /** The text field used when none is named. */
 export const DEFAULT_TEXT_FIELD = "text";

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { Tokenizer as HfTokenizerImpl } from "@huggingface/tokenizers";
+import { Tokenizer as HfTokenizerImpl } from "npm:@huggingface/tokenizers@^0.2.0";
 import { dirname, join } from "node:path";
 
 /** What the data pipeline needs from a tokenizer. */
