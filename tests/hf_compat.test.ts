@@ -4,7 +4,7 @@
 import { assert, assertEquals, assertLess } from "./assert.ts";
 import { join } from "node:path";
 import { existsSync } from "node:fs";
-import { ByteTokenizer, openDataset } from "../src/data/mod.ts";
+import { ByteTokenizer, loadTokenizer, openDataset } from "../src/data/mod.ts";
 import { runCli } from "./_util.ts";
 import { upgradeLogHistory } from "../src/train/state.ts";
 
@@ -77,6 +77,22 @@ Deno.test("hf: the paper's seed command runs verbatim on 2 ranks with a .pkl dat
     const checkpoints = [...Deno.readDirSync(out)].filter((e) => e.name.startsWith("checkpoint-"));
     assertEquals(checkpoints.map((e) => e.name), [`checkpoint-${steps}`]);
     assert(existsSync(join(out, "model.safetensors")));
+    // The model trained with the byte tokenizer carries it: config.json's ids are its ids, and
+    // the saved tokenizer.json (what transformers loads; checked once with transformers 5.18:
+    // same ids, BOS prepended) encodes and packs exactly as the byte tokenizer does.
+    const config = JSON.parse(await Deno.readTextFile(join(out, "config.json")));
+    const bytes = new ByteTokenizer();
+    assertEquals(
+      [config.bos_token_id, config.eos_token_id, config.pad_token_id, config.vocab_size],
+      [bytes.bosId, bytes.eosId, bytes.padId, bytes.vocabSize],
+    );
+    const saved = await loadTokenizer(out);
+    assertEquals([saved.bosId, saved.eosId, saved.padId, saved.addBos], [0, 1, 2, true]);
+    const again = await openDataset({ dataPath: jsonl, tokenizer: saved, seqLen: L });
+    assertEquals(again.numWindows, ds.numWindows);
+    for (let w = 0; w < ds.numWindows; w++) {
+      assertEquals(again.window(w).inputs, ds.window(w).inputs, `window ${w}`);
+    }
     // trainer_state.json has HF TrainerState's fields; the arguments are saved beside it.
     const state = JSON.parse(
       await Deno.readTextFile(join(out, `checkpoint-${steps}`, "trainer_state.json")),

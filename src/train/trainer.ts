@@ -324,7 +324,12 @@ export async function train(
     const save = async (dir: string, step: number, withOptimizer: boolean) => {
       await model.params.settle(); // the offloaded optimizer's last update has landed
       if (!isMain && !fullShard) return;
-      await saveModel(model, dir, { dtype: saveDtype, tokenizerFrom: source.dir, writer: isMain });
+      await saveModel(model, dir, {
+        dtype: saveDtype,
+        tokenizerFrom: source.dir,
+        writer: isMain,
+        byteTokenizer: tokenizer instanceof ByteTokenizer,
+      });
       if (withOptimizer) {
         if (fullShard) await Deno.mkdir(dir, { recursive: true });
         await saveOptimizer(model, join(dir, optimizerFile));
