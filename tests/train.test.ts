@@ -382,7 +382,7 @@ Deno.test({
     const error = await assertRejects(() =>
       train({ model: "debug-tiny", dataPath: "/no/such/file.jsonl", device: "cuda" }, quiet)
     );
-    assert(error.message.includes("--device cuda"), error.message);
+    assert(error.message.includes("--device cuda: no CUDA GPU found"), error.message);
   },
 });
 
