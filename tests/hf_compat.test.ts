@@ -1,7 +1,8 @@
 // What Hugging Face users type: the paper's seed command, verbatim (snake_case flags, the HF
 // trainer's names, a .pkl dataset of FastChat conversations), on 2 CPU ranks with a small model.
 
-import { assert, assertEquals, assertLess } from "./assert.ts";
+import { assert, assertEquals, assertLess, assertThrows } from "./assert.ts";
+import { OptionError, reportsToTensorBoard, resolveTrainOptions } from "../src/train/options.ts";
 import { join } from "node:path";
 import { existsSync } from "node:fs";
 import { ByteTokenizer, loadTokenizer, openDataset } from "../src/data/mod.ts";
@@ -127,4 +128,31 @@ Deno.test("hf: a log history saved with the old name lr reads as learning_rate",
     { step: 1, loss: 2, learning_rate: 1e-3 },
     { step: 1, eval_loss: 2.5 },
   ]);
+});
+
+Deno.test("hf: the HF names resolve to distflash's options, and conflicts are errors", () => {
+  const base = { synthetic: true };
+  const r = resolveTrainOptions({
+    ...base,
+    modelNameOrPath: "debug-tiny",
+    evalStrategy: "epoch",
+    validationSplitPercentage: 10,
+    reportTo: "tensorboard,wandb",
+  });
+  assertEquals([r.options.model, r.options.evaluationStrategy], ["debug-tiny", "epoch"]);
+  assert(reportsToTensorBoard(r.options));
+  assert(r.noEffect.some((n) => n.includes("--report-to wandb")), r.noEffect.join("\n"));
+  assert(!reportsToTensorBoard(resolveTrainOptions({ ...base, model: "debug-tiny" }).options));
+  const bad: [Record<string, unknown>, string][] = [
+    [{ model: "a", modelNameOrPath: "b" }, "--model and --model-name-or-path"],
+    [{ model: "a", evaluationStrategy: "steps" }, "needs validation data"],
+    [{ model: "a", evaluationStrategy: "steps", evalStrategy: "no" }, "--eval-strategy and"],
+    [{ model: "a", evalDataPath: "x", validationSplitPercentage: 5 }, "exclude each other"],
+    [{ model: "a", validationSplitPercentage: 60 }, "--validation-split-percentage"],
+    [{ model: "a", evalSteps: 0 }, "--eval-steps"],
+  ];
+  for (const [input, text] of bad) {
+    const e = assertThrows(() => resolveTrainOptions({ ...base, ...input }), OptionError);
+    assert(e.message.includes(text), `${JSON.stringify(input)}: ${e.message}`);
+  }
 });
