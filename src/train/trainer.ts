@@ -359,6 +359,18 @@ export async function train(
     };
 
     const progress = new Progress(totalSteps, startStep, log);
+    const evalPlacement = {
+      device,
+      model,
+      world,
+      scratch: stats,
+      batch: B,
+      dp,
+      dpIdx,
+      sp,
+      spIdx,
+      layout: o.distattnLayout,
+    };
     const within = new StepProgress(
       cfg.numLayers,
       hooks.withinStepSeconds ?? 30,
@@ -470,23 +482,7 @@ export async function train(
         hooks.onLog?.(m);
       }
       if (evaluation && evaluationDue(o, done, totalSteps, stepsPerEpoch)) {
-        const e = await evaluate(
-          evaluation,
-          {
-            device,
-            model,
-            world,
-            scratch: stats,
-            batch: B,
-            dp,
-            dpIdx,
-            sp,
-            spIdx,
-            layout: o.distattnLayout,
-          },
-          done,
-          done / stepsPerEpoch,
-        );
+        const e = await evaluate(evaluation, evalPlacement, done, done / stepsPerEpoch);
         evals.push(e);
         await report.eval(e);
         if (isMain) {
