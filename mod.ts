@@ -43,8 +43,10 @@ export {
   TrainingInterrupted,
   type TrainResult,
 } from "./src/train/trainer.ts";
+export { type EvalMetrics } from "./src/train/eval.ts";
 export {
   type DeviceChoice,
+  type EvalStrategy,
   type LrSchedulerType,
   OptionError,
   type SaveStrategy,

@@ -4,7 +4,7 @@
  * this process launches the ranks, then runs the PyTorch baseline in bench/ on the same GPUs so the
  * peers' figures come from the same run.
  */
-import { Command } from "commander";
+import { Command } from "npm:commander@^14.0.0";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -33,18 +33,37 @@ function positiveInt(flag: string, text: string): number {
   return intList(flag, text)[0];
 }
 
-/** Runs a Python baseline if python3 with torch is available; returns its output or why not. */
-async function runBaseline(args: string[]): Promise<string> {
-  try {
-    const probe = await new Deno.Command("python3", {
-      args: ["-c", "import torch"],
-      stderr: "null",
-    }).output();
-    if (!probe.success) return "baseline skipped: python3 cannot import torch here";
-  } catch {
-    return "baseline skipped: python3 not found";
+/**
+ * The Python that runs the PyTorch baseline: $DISTFLASH_PYTHON when set, else the first of
+ * python3 and python on PATH that imports torch. Returns it, or why there is none.
+ */
+export async function findPython(): Promise<{ python: string } | { skipped: string }> {
+  const chosen = Deno.env.get("DISTFLASH_PYTHON");
+  const candidates = chosen ? [chosen] : ["python3", "python"];
+  const why: string[] = [];
+  for (const python of candidates) {
+    try {
+      const probe = await new Deno.Command(python, {
+        args: ["-c", "import torch"],
+        stdout: "null",
+        stderr: "null",
+      }).output();
+      if (probe.success) return { python };
+      why.push(`${python} cannot import torch`);
+    } catch {
+      why.push(`${python} not found`);
+    }
   }
-  const out = await new Deno.Command("python3", {
+  return {
+    skipped: `baseline skipped: ${why.join(", ")} (set DISTFLASH_PYTHON to a Python with torch)`,
+  };
+}
+
+/** Runs a Python baseline if a Python with torch is available; returns its output or why not. */
+async function runBaseline(args: string[]): Promise<string> {
+  const found = await findPython();
+  if ("skipped" in found) return found.skipped;
+  const out = await new Deno.Command(found.python, {
     args,
     stdout: "piped",
     stderr: "piped",

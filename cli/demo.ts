@@ -3,7 +3,7 @@
  * backend, then trains a debug-size Llama on the corpus bundled in examples/ (GPU if present,
  * else CPU) and shows the loss falling.
  */
-import type { Command } from "commander";
+import type { Command } from "npm:commander@^14.0.0";
 import { fileURLToPath } from "node:url";
 import { formatInfo, gatherInfo } from "../src/runtime/info.ts";
 import { Device } from "../src/runtime/device.ts";

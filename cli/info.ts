@@ -1,5 +1,5 @@
 /** `distflash info`: what this machine offers distflash. */
-import type { Command } from "commander";
+import type { Command } from "npm:commander@^14.0.0";
 import { formatInfo, gatherInfo } from "../src/runtime/info.ts";
 
 export function registerInfo(program: Command): void {

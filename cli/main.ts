@@ -4,7 +4,7 @@
  * Built on the npm package commander: JSR packages (cliffy, @std/cli) cannot be installed on the
  * machines this project is developed on.
  */
-import { Command, CommanderError } from "commander";
+import { Command, CommanderError } from "npm:commander@^14.0.0";
 import { VERSION } from "../src/runtime/info.ts";
 import { registerInfo } from "./info.ts";
 import { registerDemo } from "./demo.ts";
@@ -12,6 +12,7 @@ import { registerTrain } from "./train.ts";
 import { registerBench } from "./bench.ts";
 import { registerPlan } from "./plan.ts";
 import { registerTokenize } from "./tokenize.ts";
+import { registerPlot } from "./plot.ts";
 import { normalizeFlags } from "../src/train/options.ts";
 
 export function buildProgram(argv: string[] = []): Command {
@@ -29,6 +30,7 @@ export function buildProgram(argv: string[] = []): Command {
   registerBench(program, argv);
   registerPlan(program);
   registerTokenize(program);
+  registerPlot(program);
   return program;
 }
 

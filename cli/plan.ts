@@ -2,7 +2,7 @@
  * `distflash plan`: the per-GPU memory of a training run by kind, the total against the GPU's
  * memory, and the longest --model-max-length that fits; takes the same flags as `train`.
  */
-import type { Command } from "commander";
+import type { Command } from "npm:commander@^14.0.0";
 import { flagName, resolveTrainOptions, TRAIN_SPECS } from "../src/train/options.ts";
 import { formatPlan, hostAvailableBytes, type HostBudget } from "../src/train/plan.ts";
 import { resolveModel } from "../src/model/hf.ts";

@@ -3,7 +3,7 @@
  * file, packed exactly as `train` packs it (BOS/EOS between documents), so large corpora are
  * tokenised once instead of at the start of every run.
  */
-import type { Command } from "commander";
+import type { Command } from "npm:commander@^14.0.0";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import {

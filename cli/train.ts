@@ -3,7 +3,7 @@
  * --nproc-per-node > 1 this process becomes the launcher: it starts one rank process per GPU (or
  * CPU rank) running the same command, shows rank 0's output and stops every rank if one fails.
  */
-import type { Command } from "commander";
+import type { Command } from "npm:commander@^14.0.0";
 import {
   flagName,
   resolveTrainOptions,

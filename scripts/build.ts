@@ -1,19 +1,22 @@
 /**
  * Builds the native libraries for this machine:
  *   lib/libdistflash_cpu.so   with cc, always;
- *   lib/libdistflash_cuda.so  with nvcc, wherever nvcc is found (sm_80 and sm_90a code).
+ *   lib/libdistflash_cuda.so  with nvcc, when nvcc is found and this machine has an NVIDIA GPU
+ *                             driver (sm_80 and sm_90a code), or when asked.
  *
  * Each source compiles to its own object under lib/obj/, rebuilt only when the source, any header,
  * or the flags changed; the libraries are relinked only when an object changed.
  *
  * Environment: CC (default cc), NVCC (default nvcc on PATH or /usr/local/cuda/bin/nvcc),
- * DISTFLASH_BUILD_CUDA=0 to skip the CUDA library, DISTFLASH_CUDA_ARCHS (default "80,90a").
+ * DISTFLASH_BUILD_CUDA=0 to skip the CUDA library, =1 to build it without a GPU here (default:
+ * build it when there is a GPU driver), DISTFLASH_CUDA_ARCHS (default "80,90a").
  *
  * Usage: deno run -A scripts/build.ts [--quiet] [--force]
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { gpuDriverPresent } from "../src/runtime/gpu_driver.ts";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const libDir = join(root, "lib");
@@ -153,10 +156,16 @@ export async function build(): Promise<{ cpu: string; cuda: string | null }> {
 
   const nvcc = Deno.env.get("NVCC") ?? which("nvcc") ??
     (existsSync("/usr/local/cuda/bin/nvcc") ? "/usr/local/cuda/bin/nvcc" : null);
-  if (Deno.env.get("DISTFLASH_BUILD_CUDA") === "0" || !nvcc) {
-    log(
-      nvcc ? "CUDA build skipped (DISTFLASH_BUILD_CUDA=0)" : "nvcc not found: CUDA build skipped",
-    );
+  const asked = Deno.env.get("DISTFLASH_BUILD_CUDA");
+  const skip = asked === "0"
+    ? "CUDA build skipped (DISTFLASH_BUILD_CUDA=0)"
+    : !nvcc
+    ? "nvcc not found: CUDA build skipped"
+    : asked !== "1" && !gpuDriverPresent()
+    ? "no NVIDIA GPU driver here: CUDA build skipped (DISTFLASH_BUILD_CUDA=1 builds it anyway)"
+    : null;
+  if (skip !== null || !nvcc) {
+    log(skip ?? "");
     return { cpu: cpuOutput, cuda: null };
   }
   const archs = (Deno.env.get("DISTFLASH_CUDA_ARCHS") ?? "80,90a").split(",").map((a) => a.trim());

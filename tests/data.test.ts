@@ -580,7 +580,7 @@ Deno.test("openDataset: errors", async () => {
     await Deno.writeTextFile(txt, "hello");
     await rejectsWith(
       openDataset({ dataPath: txt, seqLen: 4, tokenizer: new ByteTokenizer() }),
-      /notes\.txt: unsupported data file type "\.txt"; supported: \.jsonl, \.json, \.parquet, \.npy, or a folder/,
+      /notes\.txt: unsupported data file type "\.txt"; supported: \.jsonl, \.json, \.parquet, \.npy, \.pkl, or a folder/,
     );
     await rejectsWith(
       openDataset({ dataPath: dir, seqLen: 4 }),

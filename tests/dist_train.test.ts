@@ -2,7 +2,10 @@
  * Multi-rank training on CPU ranks (host transport) equals one rank: the same loss curve and
  * gradient norms over 20 steps for sp = 2, 3, 4 and for dp 2 x sp 2 (whose two groups read
  * different windows, together the same ones a single rank with twice the batch reads).
- * fp32 throughout; ranks only change summation order, so 1e-4 relative is a loose bound.
+ * fp32 throughout; ranks only change summation order, so 1e-4 relative is a loose bound, except
+ * at a step whose gradient is ill-conditioned (debug-tiny's step 16 on these tokens: reordering
+ * the sums on ONE rank, through smaller tiles, moves its gradient norm by 1.4e-3). The bound of
+ * each step is therefore max(1e-4, 10 x the deviation that reordering alone causes on one rank).
  */
 import { assert, assertEquals, assertLess } from "./assert.ts";
 import { join } from "node:path";
@@ -43,19 +46,24 @@ async function metrics(dir: string) {
   );
 }
 
-function compare(
-  a: { loss: number; grad_norm: number }[],
-  b: { loss: number; grad_norm: number }[],
-  what: string,
-) {
+type Curve = { loss: number; grad_norm: number }[];
+
+/** Per step, the relative deviation of loss and gradient norm between two runs. */
+function deviation(a: Curve, b: Curve): { loss: number; grad_norm: number }[] {
+  return a.map((m, i) => ({
+    loss: Math.abs(m.loss - b[i].loss) / m.loss,
+    grad_norm: Math.abs(m.grad_norm - b[i].grad_norm) / m.grad_norm,
+  }));
+}
+
+/** `b` follows `a` within max(1e-4, 10 x the one-rank reordering noise) at every step. */
+function compare(a: Curve, b: Curve, what: string, noise: Curve) {
   assertEquals(a.length, b.length);
+  const d = deviation(a, b);
   for (let i = 0; i < a.length; i++) {
-    assertLess(Math.abs(a[i].loss - b[i].loss) / a[i].loss, 1e-4, `${what} step ${i + 1} loss`);
-    assertLess(
-      Math.abs(a[i].grad_norm - b[i].grad_norm) / a[i].grad_norm,
-      1e-4,
-      `${what} step ${i + 1} grad_norm`,
-    );
+    for (const key of ["loss", "grad_norm"] as const) {
+      assertLess(d[i][key], Math.max(1e-4, 10 * noise[i][key]), `${what} step ${i + 1} ${key}`);
+    }
   }
 }
 
@@ -64,10 +72,16 @@ Deno.test("dist train: sp = 2, 3, 4 (zigzag), head groups, contiguous sp = 2, 8,
   await runRanksInto(1, ["--per-device-train-batch-size", "2"], join(root, "p1"));
   await runRanksInto(1, ["--per-device-train-batch-size", "4"], join(root, "p1b4"));
   const one = await metrics(join(root, "p1")), oneB4 = await metrics(join(root, "p1b4"));
+  // The same runs with every sum reordered (smaller tiles and vocabulary chunks): their noise.
+  const reorder = ["--mlp-tile", "8", "--vocab-chunk", "100"];
+  await runRanksInto(1, ["--per-device-train-batch-size", "2", ...reorder], join(root, "r1"));
+  await runRanksInto(1, ["--per-device-train-batch-size", "4", ...reorder], join(root, "r1b4"));
+  const noise = deviation(one, await metrics(join(root, "r1")));
+  const noiseB4 = deviation(oneB4, await metrics(join(root, "r1b4")));
   // The default zigzag layout needs 2 x sp chunks of the 24 tokens; the contiguous one sp slices.
   for (const sp of [2, 3, 4]) {
     await runRanksInto(sp, ["--per-device-train-batch-size", "2"], join(root, `sp${sp}`));
-    compare(one, await metrics(join(root, `sp${sp}`)), `sp=${sp} zigzag`);
+    compare(one, await metrics(join(root, `sp${sp}`)), `sp=${sp} zigzag`, noise);
   }
   // Attention in 2 head groups (debug-tiny has 2 key/value heads).
   await runRanksInto(
@@ -75,7 +89,7 @@ Deno.test("dist train: sp = 2, 3, 4 (zigzag), head groups, contiguous sp = 2, 8,
     ["--per-device-train-batch-size", "2", "--attention-head-groups", "2"],
     join(root, "hg"),
   );
-  compare(one, await metrics(join(root, "hg")), "sp=2 in 2 head groups");
+  compare(one, await metrics(join(root, "hg")), "sp=2 in 2 head groups", noise);
   const contiguous = ["--distattn-layout", "contiguous"];
   for (const sp of [2, 8]) {
     await runRanksInto(
@@ -83,7 +97,7 @@ Deno.test("dist train: sp = 2, 3, 4 (zigzag), head groups, contiguous sp = 2, 8,
       ["--per-device-train-batch-size", "2", ...contiguous],
       join(root, `c${sp}`),
     );
-    compare(one, await metrics(join(root, `c${sp}`)), `sp=${sp} contiguous`);
+    compare(one, await metrics(join(root, `c${sp}`)), `sp=${sp} contiguous`, noise);
   }
   // The optimizer offloaded (sharded over both ranks, updated on host threads unit by unit).
   await runRanksInto(
@@ -91,13 +105,13 @@ Deno.test("dist train: sp = 2, 3, 4 (zigzag), head groups, contiguous sp = 2, 8,
     ["--per-device-train-batch-size", "2", "--offload-optimizer"],
     join(root, "off"),
   );
-  compare(one, await metrics(join(root, "off")), "sp=2, --offload-optimizer");
+  compare(one, await metrics(join(root, "off")), "sp=2, --offload-optimizer", noise);
   await runRanksInto(
     4,
     ["--per-device-train-batch-size", "2", "--sp-size", "2"],
     join(root, "dp2sp2"),
   );
-  compare(oneB4, await metrics(join(root, "dp2sp2")), "dp2 x sp2");
+  compare(oneB4, await metrics(join(root, "dp2sp2")), "dp2 x sp2", noiseB4);
   await runRanksInto(3, [
     "--per-device-train-batch-size",
     "2",
@@ -107,7 +121,7 @@ Deno.test("dist train: sp = 2, 3, 4 (zigzag), head groups, contiguous sp = 2, 8,
     "--distattn-overlap",
     "false",
   ], join(root, "sp3u"));
-  compare(one, await metrics(join(root, "sp3u")), "sp=3 unbalanced, no overlap");
+  compare(one, await metrics(join(root, "sp3u")), "sp=3 unbalanced, no overlap", noise);
   await Deno.remove(root, { recursive: true });
 });
 
@@ -211,6 +225,7 @@ Deno.test("dist train: a full_shard run saves a transformers-layout model and re
   b.close();
   await runRanksInto(2, [...args, "--resume-from-checkpoint", ckpt], join(root, "a"));
   const resumed = (await metrics(join(root, "a"))).slice(10);
-  compare(full.slice(10), resumed, "full_shard resumed");
+  const exact = full.slice(10).map(() => ({ loss: 0, grad_norm: 0 })); // resuming reorders nothing
+  compare(full.slice(10), resumed, "full_shard resumed", exact);
   await Deno.remove(root, { recursive: true });
 });

@@ -749,12 +749,12 @@ Deno.test("config: presets, parameter counts and shapes", () => {
       tiny.numHeads,
       tiny.numKvHeads,
     ],
-    [256, 64, 176, 2, 4, 2],
+    [259, 64, 176, 2, 4, 2],
   );
   const shapes = parameterShapes(tiny);
   assert.equal(shapes.length, 1 + 2 * 9 + 2);
   assert.deepEqual(shapes.slice(0, 10), [
-    { name: "model.embed_tokens.weight", shape: [256, 64] },
+    { name: "model.embed_tokens.weight", shape: [259, 64] },
     { name: "model.layers.0.input_layernorm.weight", shape: [64] },
     { name: "model.layers.0.self_attn.q_proj.weight", shape: [64, 64] },
     { name: "model.layers.0.self_attn.k_proj.weight", shape: [32, 64] },
@@ -767,11 +767,11 @@ Deno.test("config: presets, parameter counts and shapes", () => {
   ]);
   assert.deepEqual(shapes.slice(-2), [
     { name: "model.norm.weight", shape: [64] },
-    { name: "lm_head.weight", shape: [256, 64] },
+    { name: "lm_head.weight", shape: [259, 64] },
   ]);
   const tied = parameterShapes({ ...tiny, tieWordEmbeddings: true });
   assert.equal(tied.at(-1)!.name, "model.norm.weight");
-  assert.equal(paramCount({ ...tiny, tieWordEmbeddings: true }), paramCount(tiny) - 256 * 64);
+  assert.equal(paramCount({ ...tiny, tieWordEmbeddings: true }), paramCount(tiny) - 259 * 64);
   // toFloat32 of integer tensors (used when reading checkpoints with integer buffers).
   assert.deepEqual([...toFloat32("I32", new Uint8Array(new Int32Array([-3, 7]).buffer))], [-3, 7]);
 });

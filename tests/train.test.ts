@@ -90,7 +90,7 @@ Deno.test("train: the CLI accepts the paper's snake_case flags and stops after -
   assert(r.stderr.includes("--tf32 is accepted for compatibility and has no effect"), r.stderr);
   const m = await metrics(out);
   assertEquals(m.map((x) => x.step), [1, 2]);
-  for (const key of ["loss", "lr", "grad_norm", "tokens_per_s"]) {
+  for (const key of ["loss", "learning_rate", "grad_norm", "tokens_per_s"]) {
     assert(Number.isFinite(m[0][key]), key);
   }
   // The flags' effects: --warmup_ratio 0.03 of 2 steps rounds up to 1 warmup step, whose update
@@ -404,7 +404,7 @@ Deno.test({
     const error = await assertRejects(() =>
       train({ model: "debug-tiny", dataPath: "/no/such/file.jsonl", device: "cuda" }, quiet)
     );
-    assert(error.message.includes("--device cuda"), error.message);
+    assert(error.message.includes("--device cuda: no CUDA GPU found"), error.message);
   },
 });
 

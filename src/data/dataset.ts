@@ -20,7 +20,8 @@ import { extname, join, relative } from "node:path";
 import { NpyTokenFile } from "../io/npy.ts";
 import { checkSeqLen, SequencePacker, windowCount } from "./packing.ts";
 import { hashInts, permutation, Rng } from "./random.ts";
-import { DataError, DEFAULT_TEXT_FIELD, TEXT_READERS } from "./readers.ts";
+import { type DataDocument, DataError, DEFAULT_TEXT_FIELD, TEXT_READERS } from "./readers.ts";
+import { pickleRecords, readPickleFile } from "./pickle.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 
 /** One training sequence: L input ids and the L ids that follow each of them. */
@@ -311,7 +312,13 @@ export class SyntheticDataset extends Dataset {
 }
 
 /** File types `openDataset` reads. */
-export const SUPPORTED_EXTENSIONS: readonly string[] = [".jsonl", ".json", ".parquet", ".npy"];
+export const SUPPORTED_EXTENSIONS: readonly string[] = [
+  ".jsonl",
+  ".json",
+  ".parquet",
+  ".npy",
+  ".pkl",
+];
 
 /** Names in a data folder that are dataset metadata, not data. */
 const METADATA_FILES = new Set(["dataset_info.json", "dataset_dict.json", "state.json"]);
@@ -405,6 +412,10 @@ async function addNpyFile(packer: SequencePacker, path: string): Promise<void> {
   }
 }
 
+async function* iterate<T>(items: readonly T[]): AsyncGenerator<T> {
+  yield* items;
+}
+
 /**
  * Opens training data: synthetic tokens, or the file(s) at `dataPath` tokenised up front and
  * packed into windows of `seqLen` + 1 tokens.
@@ -429,7 +440,8 @@ export async function openDataset(options: OpenDatasetOptions): Promise<Dataset>
   const { files, skipped } = await listDataFiles(dataPath);
   const sizes = await Promise.all(files.map(async (f) => (await Deno.stat(f)).size));
   const total = sizes.reduce((a, b) => a + b, 0);
-  const textFiles = files.filter((f) => extname(f).toLowerCase() !== ".npy");
+  // .pkl files may hold token ids: they are checked when read.
+  const textFiles = files.filter((f) => ![".npy", ".pkl"].includes(extname(f).toLowerCase()));
   if (textFiles.length > 0 && !tokenizer) {
     throw new DataError(`${textFiles[0]}: text data needs a tokenizer`);
   }
@@ -444,13 +456,25 @@ export async function openDataset(options: OpenDatasetOptions): Promise<Dataset>
     if (ext === ".npy") {
       await addNpyFile(packer, file);
     } else {
-      const read = TEXT_READERS[ext];
-      const docs = read(file, {
-        textField: options.textField ?? DEFAULT_TEXT_FIELD,
-        onProgress: options.onProgress
-          ? (done) => options.onProgress!(before + Math.min(done, sizes[k]), total)
-          : undefined,
-      });
+      let docs: AsyncIterable<DataDocument>;
+      const onProgress = options.onProgress
+        ? (done: number) => options.onProgress!(before + Math.min(done, sizes[k]), total)
+        : undefined;
+      const textField = options.textField ?? DEFAULT_TEXT_FIELD;
+      if (ext === ".pkl") {
+        // A pickle holds documents (read like JSON records) or token-id lists (added as .npy's).
+        const records = pickleRecords(await readPickleFile(file), textField, file);
+        if (records.kind === "tokens") {
+          for (const ids of records.lists) packer.addTokens(ids);
+          docs = iterate<DataDocument>([]);
+        } else if (!tokenizer) {
+          throw new DataError(`${file}: text data needs a tokenizer`);
+        } else {
+          docs = iterate(records.documents);
+        }
+      } else {
+        docs = TEXT_READERS[ext](file, { textField, onProgress });
+      }
       for await (const doc of docs) {
         if (typeof doc === "string") packer.addText(doc);
         else packer.addConversation(doc);

@@ -30,8 +30,8 @@ import {
   parquetMetadataAsync,
   parquetReadObjects,
   parquetSchema,
-} from "hyparquet";
-import { compressors } from "hyparquet-compressors";
+} from "npm:hyparquet@^1.33.0";
+import { compressors } from "npm:hyparquet-compressors@^1.1.2";
 import { type ChatTurn, conversationText } from "./chat.ts";
 
 /** The text field used when none is named. */

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { Tokenizer as HfTokenizerImpl } from "@huggingface/tokenizers";
+import { Tokenizer as HfTokenizerImpl } from "npm:@huggingface/tokenizers@^0.2.0";
 import { dirname, join } from "node:path";
 
 /** What the data pipeline needs from a tokenizer. */
@@ -89,6 +89,70 @@ export class ByteTokenizer implements Tokenizer {
     }
     return this.#decoder.decode(new Uint8Array(bytes));
   }
+}
+
+/**
+ * The byte tokenizer as Hugging Face files, saved beside a model trained with it so transformers
+ * (and `loadTokenizer`) encode the same ids: a BPE model with no merges whose vocabulary is the
+ * three specials and the 256 byte tokens `<0xNN>`, so every character falls back to its UTF-8
+ * bytes; BOS is prepended (as the packer does), the decoder fuses bytes back into text.
+ */
+export function byteTokenizerFiles(): Record<string, object> {
+  const specials = ["<s>", "</s>", "<pad>"];
+  const vocab: Record<string, number> = {};
+  specials.forEach((t, id) => (vocab[t] = id));
+  for (let b = 0; b < 256; b++) {
+    vocab[`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`] = b + ByteTokenizer.BYTE_OFFSET;
+  }
+  const added = specials.map((content, id) => ({
+    id,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
+  }));
+  const bos = { SpecialToken: { id: "<s>", type_id: 0 } };
+  const tokenizer = {
+    version: "1.0",
+    truncation: null,
+    padding: null,
+    added_tokens: added,
+    normalizer: null,
+    pre_tokenizer: null,
+    post_processor: {
+      type: "TemplateProcessing",
+      single: [bos, { Sequence: { id: "A", type_id: 0 } }],
+      pair: [bos, { Sequence: { id: "A", type_id: 0 } }, bos, {
+        Sequence: { id: "B", type_id: 1 },
+      }],
+      special_tokens: { "<s>": { id: "<s>", ids: [0], tokens: ["<s>"] } },
+    },
+    decoder: { type: "Sequence", decoders: [{ type: "ByteFallback" }, { type: "Fuse" }] },
+    model: {
+      type: "BPE",
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: false,
+      byte_fallback: true,
+      ignore_merges: false,
+      vocab,
+      merges: [],
+    },
+  };
+  const config = {
+    tokenizer_class: "PreTrainedTokenizerFast",
+    bos_token: "<s>",
+    eos_token: "</s>",
+    pad_token: "<pad>",
+    add_bos_token: true,
+    model_max_length: 1e30,
+    clean_up_tokenization_spaces: false,
+  };
+  return { "tokenizer.json": tokenizer, "tokenizer_config.json": config };
 }
 
 type Json = Record<string, unknown>;

@@ -422,8 +422,9 @@ const DEBUG_BASE = {
   ropeScaling: null,
   maxPositionEmbeddings: 131072,
   tieWordEmbeddings: false,
-  bosTokenId: 1,
-  eosTokenId: 2,
+  // The debug sizes train with the byte tokenizer (src/data/tokenizer.ts): BOS 0, EOS 1.
+  bosTokenId: 0,
+  eosTokenId: 1,
 } as const;
 
 /**
@@ -477,7 +478,7 @@ export const PRESETS: Readonly<Record<string, Readonly<LlamaConfig>>> = Object.f
   }),
   "debug-tiny": preset({
     ...DEBUG_BASE,
-    vocabSize: 256,
+    vocabSize: 259, // the byte tokenizer's vocabulary
     hiddenSize: 64,
     intermediateSize: 176,
     numLayers: 2,

@@ -22,6 +22,7 @@ import {
   toHfConfig,
 } from "./config.ts";
 import type { LlamaModel } from "./llama.ts";
+import { ByteTokenizer, byteTokenizerFiles } from "../data/tokenizer.ts";
 
 /** What `--model` resolved to. */
 export interface ModelSource {
@@ -98,6 +99,11 @@ export interface CheckpointOptions {
    * (gathering each tensor is a collective); only the writer touches the disk.
    */
   writer?: boolean;
+  /**
+   * The model was trained with the built-in byte tokenizer: save it as tokenizer.json (and
+   * tokenizer_config.json), and its BOS/EOS/PAD ids (0/1/2) in config.json.
+   */
+  byteTokenizer?: boolean;
 }
 
 const TOKENIZER_FILES = [
@@ -132,6 +138,17 @@ export async function saveModel(
   }));
   await writeShardedSafetensors(dir, tensors, opts.maxShardBytes ?? 5e9);
   const config = toHfConfig(model.cfg, { dtype: opts.dtype });
+  if (opts.byteTokenizer) {
+    const bytes = new ByteTokenizer();
+    Object.assign(config, {
+      bos_token_id: bytes.bosId,
+      eos_token_id: bytes.eosId,
+      pad_token_id: bytes.padId,
+    });
+    for (const [file, json] of Object.entries(byteTokenizerFiles())) {
+      await Deno.writeTextFile(join(dir, file), JSON.stringify(json, null, 2) + "\n");
+    }
+  }
   await Deno.writeTextFile(join(dir, "config.json"), JSON.stringify(config, null, 2) + "\n");
   if (opts.tokenizerFrom) {
     for (const file of TOKENIZER_FILES) {

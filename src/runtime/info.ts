@@ -2,6 +2,7 @@
 import { type BackendName, LibraryNotFoundError, openNccl } from "../../ffi/loader.ts";
 import { formatNcclVersion } from "../../ffi/nccl.ts";
 import { Device, type DeviceProps } from "./device.ts";
+import { gpuDriverPresent } from "./gpu_driver.ts";
 import denoJson from "../../deno.json" with { type: "json" };
 
 /** distflash's version (from deno.json). */
@@ -58,6 +59,13 @@ function cudaVersion(code: number): string {
  */
 export function openBackend(choice: "auto" | BackendName): Device {
   if (choice === "cpu") return Device.open("cpu");
+  if (!gpuDriverPresent()) {
+    // Without a driver the CUDA runtime can only say "driver version is insufficient".
+    if (choice === "cuda") {
+      throw new Error("--device cuda: no CUDA GPU found (this machine has no NVIDIA driver)");
+    }
+    return Device.open("cpu");
+  }
   let cudaError = "";
   try {
     const device = Device.open("cuda");
@@ -67,7 +75,7 @@ export function openBackend(choice: "auto" | BackendName): Device {
   } catch (error) {
     cudaError = (error as Error).message;
   }
-  if (choice === "cuda") throw new Error(`--device cuda: no usable CUDA GPU (${cudaError})`);
+  if (choice === "cuda") throw new Error(`--device cuda: no CUDA GPU found (${cudaError})`);
   return Device.open("cpu");
 }
 

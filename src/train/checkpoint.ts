@@ -26,7 +26,6 @@
  */
 import { existsSync, lstatSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import type { StepMetrics } from "./trainer.ts";
 
 /** The completion record, written last into a checkpoint folder. */
 export const COMPLETE_FILE = "complete.json";
@@ -49,7 +48,8 @@ export interface TrainerState {
   epoch: number;
   seed: number;
   model: string;
-  log_history: StepMetrics[];
+  /** Logged steps and evaluations, as written (older checkpoints say `lr`: see state.ts). */
+  log_history: Record<string, unknown>[];
 }
 
 /** A checkpoint that cannot be used, or a save that failed; the message names the file. */

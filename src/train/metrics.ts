@@ -5,7 +5,7 @@
  * @module
  */
 
-/** One line of metrics.jsonl. */
+/** One logged training step: a line of metrics.jsonl and an entry of log_history (HF's names). */
 export interface StepMetrics {
   /** Optimizer steps done, counting this one. */
   step: number;
@@ -14,7 +14,7 @@ export interface StepMetrics {
   /** Mean loss over the step's labelled tokens, before the step's update. */
   loss: number;
   /** Learning rate of the step's update, after the schedule. */
-  lr: number;
+  learning_rate: number;
   /** Global gradient norm of the step, before clipping. */
   grad_norm: number;
   /** Training tokens per second since the previous logged step, over all data-parallel groups. */

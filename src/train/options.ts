@@ -122,11 +122,32 @@ export interface TrainOptions {
   tf32?: string;
   /** Hugging Face trainer flag; accepted and reported as having no effect. */
   lazyPreprocess?: string;
-  /** Hugging Face trainer flag; accepted and reported as having no effect. */
-  evaluationStrategy?: string;
   /** Hugging Face trainer flag; no effect (every layer is a unit). */
   fsdpTransformerLayerClsToWrap?: string;
+  // Evaluation, tracking and the Hugging Face spellings of the paper's command (src/train/eval.ts,
+  // src/train/tensorboard.ts).
+  /** Hugging Face's name for `model`; give one of the two. */
+  modelNameOrPath?: string;
+  /** Validation data, in the formats of dataPath. */
+  evalDataPath?: string;
+  /** Hold out this share (percent) of the training windows for evaluation when no evalDataPath. */
+  validationSplitPercentage: number;
+  /** When to evaluate: "no", every evalSteps ("steps"), or at each epoch's end; always at the end when there is validation data. */
+  evaluationStrategy: EvalStrategy;
+  /** Hugging Face's newer name for evaluationStrategy. */
+  evalStrategy?: EvalStrategy;
+  /** Evaluate every this many steps under the "steps" strategy (default: loggingSteps). */
+  evalSteps?: number;
+  /** Sequences per evaluation micro-batch (at most perDeviceTrainBatchSize run at once). */
+  perDeviceEvalBatchSize: number;
+  /** Experiment tracking: "none", "tensorboard" or "all" (TensorBoard is the one integration). */
+  reportTo: string;
 }
+
+/** When evaluation runs, as Hugging Face's eval_strategy. */
+export type EvalStrategy = "no" | "steps" | "epoch";
+
+const EVAL_STRATEGIES = ["no", "steps", "epoch"] as const;
 
 type Kind = "string" | "int" | "float" | "bool" | "choice";
 
@@ -188,6 +209,10 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   mlpTile: 4096,
   offloadOptimizer: false,
   offloadCheckpoints: false,
+  validationSplitPercentage: 0,
+  evaluationStrategy: "no",
+  perDeviceEvalBatchSize: 8,
+  reportTo: "none",
 };
 
 export const TRAIN_SPECS: readonly Spec[] = [
@@ -300,14 +325,106 @@ export const TRAIN_SPECS: readonly Spec[] = [
   },
   { key: "tf32", kind: "string", help: "HF trainer flag; no effect", noEffect: true },
   { key: "lazyPreprocess", kind: "string", help: "HF trainer flag; no effect", noEffect: true },
-  { key: "evaluationStrategy", kind: "string", help: "HF trainer flag; no effect", noEffect: true },
   {
     key: "fsdpTransformerLayerClsToWrap",
     kind: "string",
     help: "HF trainer flag; no effect (every layer is a unit)",
     noEffect: true,
   },
+  { key: "modelNameOrPath", kind: "string", help: "Hugging Face's name for --model" },
+  { key: "evalDataPath", kind: "string", help: "validation data (formats of --data-path)" },
+  {
+    key: "validationSplitPercentage",
+    kind: "float",
+    help: "hold out this % of the training sequences for evaluation",
+    min: 0,
+    max: 50,
+  },
+  {
+    key: "evaluationStrategy",
+    kind: "choice",
+    help: "when to evaluate (and always at the end when there is validation data)",
+    choices: EVAL_STRATEGIES,
+  },
+  {
+    key: "evalStrategy",
+    kind: "choice",
+    help: "same as --evaluation-strategy",
+    choices: EVAL_STRATEGIES,
+  },
+  {
+    key: "evalSteps",
+    kind: "int",
+    help: "evaluate every N steps (default: --logging-steps)",
+    min: 1,
+  },
+  { key: "perDeviceEvalBatchSize", kind: "int", help: "sequences per evaluation batch", min: 1 },
+  {
+    key: "reportTo",
+    kind: "string",
+    help: "tracking: none, tensorboard or all (TensorBoard event files in <output-dir>/runs)",
+  },
 ];
+
+/** Integrations `--report-to` names that this trainer has; others are noted and ignored. */
+const REPORT_TARGETS = ["none", "tensorboard", "all"];
+
+/**
+ * Checks the evaluation and tracking options and resolves their aliases (model_name_or_path,
+ * eval_strategy) in place; returns a note for each accepted name that has no effect.
+ */
+function resolveHfOptions(
+  options: TrainOptions,
+  input: Partial<Record<keyof TrainOptions, unknown>>,
+): string[] {
+  const notes: string[] = [];
+  if (options.modelNameOrPath) {
+    if (input.model !== undefined && input.model !== options.modelNameOrPath) {
+      throw new OptionError(
+        "--model and --model-name-or-path name different models: give one of the two",
+      );
+    }
+    options.model = options.modelNameOrPath;
+  }
+  if (options.evalStrategy) {
+    if (
+      input.evaluationStrategy !== undefined && input.evaluationStrategy !== options.evalStrategy
+    ) {
+      throw new OptionError(
+        "--eval-strategy and --evaluation-strategy differ: give one of the two",
+      );
+    }
+    options.evaluationStrategy = options.evalStrategy;
+  }
+  if (options.evalDataPath && options.validationSplitPercentage > 0) {
+    throw new OptionError(
+      "--eval-data-path and --validation-split-percentage exclude each other: choose one",
+    );
+  }
+  const hasEvalData = !!options.evalDataPath || options.validationSplitPercentage > 0;
+  if (options.evaluationStrategy !== "no" && !hasEvalData) {
+    throw new OptionError(
+      `--evaluation-strategy ${options.evaluationStrategy} needs validation data: ` +
+        "--eval-data-path or --validation-split-percentage",
+    );
+  }
+  if (options.evalDataPath && options.synthetic) {
+    throw new OptionError("--eval-data-path needs real training data, not --synthetic");
+  }
+  const words = options.reportTo.split(/[\s,]+/).filter((w) => w !== "");
+  for (const w of words) {
+    if (!REPORT_TARGETS.includes(w)) {
+      notes.push(`--report-to ${w}: not available here (only tensorboard); ignored`);
+    }
+  }
+  return notes;
+}
+
+/** True when TensorBoard event files are to be written. */
+export function reportsToTensorBoard(options: TrainOptions): boolean {
+  const words = options.reportTo.split(/[\s,]+/);
+  return words.includes("tensorboard") || words.includes("all");
+}
 
 /** camelCase -> --kebab-case */
 export function flagName(key: string): string {
@@ -401,7 +518,12 @@ export function resolveTrainOptions(
     out[spec.key] = value;
   }
   const options = out as unknown as TrainOptions;
-  if (!options.model) throw new OptionError("--model is required (a preset name or a folder)");
+  noEffect.push(...resolveHfOptions(options, input));
+  if (!options.model) {
+    throw new OptionError(
+      "--model (or --model-name-or-path) is required (a preset name or a folder)",
+    );
+  }
   if (options.synthetic && options.dataPath) {
     throw new OptionError("--synthetic and --data-path exclude each other: choose one");
   }

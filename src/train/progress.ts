@@ -27,7 +27,9 @@ export class Progress {
   log(m: StepMetrics): void {
     this.#tokensPerS = m.tokens_per_s;
     const line =
-      `step ${m.step}/${this.total} loss ${m.loss.toFixed(4)} lr ${m.lr.toExponential(2)} ` +
+      `step ${m.step}/${this.total} loss ${m.loss.toFixed(4)} lr ${
+        m.learning_rate.toExponential(2)
+      } ` +
       `grad_norm ${m.grad_norm.toFixed(3)} tokens/s ${Math.round(m.tokens_per_s)}`;
     if (this.#tty) this.#clear();
     this.write(line);

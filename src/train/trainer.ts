@@ -10,7 +10,6 @@ import { join } from "node:path";
 import { ByteTokenizer, loadTokenizer, openDataset, type Tokenizer } from "../data/mod.ts";
 import type { Dataset } from "../data/mod.ts";
 import { openBackend } from "../runtime/info.ts";
-import type { Device, DeviceBuffer } from "../runtime/device.ts";
 import { formatBytes } from "../runtime/memory.ts";
 import { DType } from "../runtime/ops.ts";
 import { LlamaModel } from "../model/llama.ts";
@@ -23,12 +22,16 @@ import {
   saveOptimizer,
 } from "../model/hf.ts";
 import { lrMultiplier, warmupStepsFor } from "./lr.ts";
-import { resolveTrainOptions, type TrainOptions } from "./options.ts";
+import { reportsToTensorBoard, resolveTrainOptions, type TrainOptions } from "./options.ts";
 import { Progress, StepProgress } from "./progress.ts";
 import type { StepMetrics } from "./metrics.ts";
 import { formatPlan, hostAvailableBytes, modelOptions, WORKSPACE_ALLOWANCE_BYTES } from "./plan.ts";
 import { initDistributed } from "../dist/env.ts";
 import { ParallelLayout } from "../dist/layout.ts";
+import { allReduceNumber } from "./ranks.ts";
+import { type EvalMetrics, evaluate, evaluationDue, splitEvalData } from "./eval.ts";
+import { RunReport } from "./report.ts";
+import { saveTrainingArgs, trainerState, upgradeLogHistory } from "./state.ts";
 import {
   buildSequenceAttention,
   checkHeadGroups,
@@ -64,6 +67,8 @@ export interface TrainResult {
   finalLoss: number;
   /** Every logged step's metrics, including the history of a resumed checkpoint. */
   metrics: StepMetrics[];
+  /** Every evaluation's metrics (empty without validation data), including a resumed history. */
+  evalMetrics: EvalMetrics[];
   /** Where the final model, checkpoints and metrics.jsonl were written. */
   outputDir: string;
 }
@@ -102,6 +107,8 @@ export class TrainingInterrupted extends Error {
 export interface TrainHooks {
   /** Called with every logged step (after it is written to metrics.jsonl). */
   onLog?: (m: StepMetrics) => void;
+  /** Called with every evaluation (after it is written to metrics.jsonl). */
+  onEval?: (m: EvalMetrics) => void;
   /** Where human-readable lines go (default: stderr). */
   log?: (line: string) => void;
   /** Seconds of a step after which, and between which, a line says which layer it is at (30). */
@@ -183,7 +190,7 @@ export async function train(
       );
     }
   }
-  const dataset: Dataset = await openDataset({
+  const allData: Dataset = await openDataset({
     dataPath: o.dataPath,
     synthetic: o.synthetic,
     tokenizer,
@@ -193,9 +200,15 @@ export async function train(
     seed: o.seed,
     onProgress: tokenizingProgress(log),
   });
-  if (dataset.stats.maxTokenId >= cfg.vocabSize) {
+  if (allData.stats.maxTokenId >= cfg.vocabSize) {
     throw new Error(
-      `--data-path: token id ${dataset.stats.maxTokenId} is outside the model's vocabulary (${cfg.vocabSize})`,
+      `--data-path: token id ${allData.stats.maxTokenId} is outside the model's vocabulary (${cfg.vocabSize})`,
+    );
+  }
+  const { training: dataset, evaluation } = await splitEvalData(o, allData, tokenizer, log);
+  if (evaluation && evaluation.stats.maxTokenId >= cfg.vocabSize) {
+    throw new Error(
+      `--eval-data-path: token id ${evaluation.stats.maxTokenId} is outside the model's vocabulary`,
     );
   }
   const B = o.perDeviceTrainBatchSize, accum = o.gradientAccumulationSteps;
@@ -281,6 +294,7 @@ export async function train(
   attention?.allocate();
   model.allocate();
   let removeInterrupt = () => {};
+  let closeReport = (): string | null => null;
   const stats = device.alloc(64);
   let lock: OutputLock | null = null;
 
@@ -300,12 +314,14 @@ export async function train(
     const runId = lock?.runId ?? outputRunId(o.outputDir);
     const optimizerFile = optimizerFileName(envRank, worldSize, fullShard);
     let startStep = 0;
-    let history: StepMetrics[] = [];
+    let history: StepMetrics[] = [], evals: EvalMetrics[] = [];
     if (resumeDir) {
       await loadWeights(model, resumeDir);
       await loadOptimizer(model, join(resumeDir, optimizerFile));
       startStep = resumeState!.global_step;
-      history = resumeState!.log_history;
+      const past = upgradeLogHistory<StepMetrics | EvalMetrics>(resumeState!.log_history);
+      history = past.filter((e): e is StepMetrics => !("eval_loss" in e));
+      evals = past.filter((e): e is EvalMetrics => "eval_loss" in e);
       log(`resumed from ${resumeDir} at step ${startStep}`);
     } else if (source.dir) {
       await loadWeights(model, source.dir);
@@ -313,17 +329,31 @@ export async function train(
       initRandom(model, o.seed);
     }
 
-    const metricsPath = join(o.outputDir, "metrics.jsonl");
+    if (isMain) await saveTrainingArgs(o.outputDir, o);
     // A resumed run's metrics are the checkpoint's history: lines logged after it are dropped.
-    if (isMain) {
-      await writeTextSynced(metricsPath, history.map((m) => JSON.stringify(m) + "\n").join(""));
+    if (isMain && resumeDir) {
+      await writeTextSynced(
+        join(o.outputDir, "metrics.jsonl"),
+        logHistory(history, evals).map((m) => JSON.stringify(m) + "\n").join(""),
+      );
     }
+    const report = await RunReport.open(o.outputDir, {
+      active: isMain,
+      fresh: !resumeDir,
+      tensorboard: reportsToTensorBoard(o),
+    });
+    closeReport = () => report.close();
     const saveDtype = o.bf16 ? "bfloat16" : "float32";
 
     // Replicated: rank 0 writes everything. Sharded: every rank takes part in gathering the
     // weights (rank 0 writes them) and writes its own optimizer shard.
     const writeModel = (dir: string) =>
-      saveModel(model, dir, { dtype: saveDtype, tokenizerFrom: source.dir, writer: isMain });
+      saveModel(model, dir, {
+        dtype: saveDtype,
+        tokenizerFrom: source.dir,
+        writer: isMain,
+        byteTokenizer: tokenizer instanceof ByteTokenizer,
+      });
     const checkpoints = new CheckpointSaver({
       outputDir: o.outputDir,
       runId,
@@ -339,13 +369,13 @@ export async function train(
         await writeModel(dir);
         await saveOptimizer(model, join(dir, optimizerFile));
         if (!isMain) return;
-        const state: TrainerState = {
-          global_step: step,
-          epoch: step / stepsPerEpoch,
-          seed: o.seed,
-          model: o.model,
-          log_history: history,
+        const numbers = {
+          globalStep: step,
+          maxSteps: totalSteps,
+          stepsPerEpoch,
+          tokensSeen: step * tokensPerStep,
         };
+        const state = trainerState(o, numbers, logHistory(history, evals));
         await writeTextSynced(join(dir, TRAINER_STATE_FILE), JSON.stringify(state, null, 2));
       });
       if (isMain) {
@@ -381,6 +411,14 @@ export async function train(
     };
 
     const progress = new Progress(totalSteps, startStep, log);
+    const evalPlacement = {
+      device,
+      model,
+      world,
+      scratch: stats,
+      batch: B,
+      parallel,
+    };
     const within = new StepProgress(
       cfg.numLayers,
       hooks.withinStepSeconds ?? 30,
@@ -475,7 +513,7 @@ export async function train(
           step: done,
           epoch: done / stepsPerEpoch,
           loss,
-          lr,
+          learning_rate: lr,
           grad_norm: gradNorm,
           tokens_per_s: windowTokens / ((now - windowStart) / 1000),
           memory_bytes: model.plan.totalBytes,
@@ -484,11 +522,22 @@ export async function train(
         windowStart = now;
         windowTokens = 0;
         history.push(m);
-        if (isMain) {
-          await Deno.writeTextFile(metricsPath, JSON.stringify(m) + "\n", { append: true });
-          progress.log(m);
-        }
+        await report.step(m);
+        if (isMain) progress.log(m);
         hooks.onLog?.(m);
+      }
+      if (evaluation && evaluationDue(o, done, totalSteps, stepsPerEpoch)) {
+        const e = await evaluate(evaluation, evalPlacement, done, done / stepsPerEpoch);
+        evals.push(e);
+        await report.eval(e);
+        if (isMain) {
+          progress.line(
+            `eval at step ${done}: eval_loss ${e.eval_loss.toFixed(4)} perplexity ${
+              e.perplexity.toFixed(3)
+            }`,
+          );
+        }
+        hooks.onEval?.(e);
       }
       if (isMain) progress.tick(done, loss);
 
@@ -513,13 +562,23 @@ export async function train(
       if (isMain || fullShard) await writeModel(o.outputDir);
       log(`saved the final model to ${o.outputDir}`);
     }
-    return { steps: totalSteps, finalLoss: lastLoss, metrics: history, outputDir: o.outputDir };
+    const chart = closeReport();
+    closeReport = () => null;
+    if (chart) log(chart);
+    return {
+      steps: totalSteps,
+      finalLoss: lastLoss,
+      metrics: history,
+      evalMetrics: evals,
+      outputDir: o.outputDir,
+    };
   } catch (error) {
     world?.abort(); // peers learn at once instead of waiting for a timeout
     world = null;
     throw error;
   } finally {
     removeInterrupt();
+    closeReport();
     lock?.release();
     stats.free();
     await model.params.settle().catch(() => {}); // no host thread may outlive the buffers
@@ -552,17 +611,8 @@ export function tokenizingProgress(
   };
 }
 
-/**
- * Sum of one number over all ranks, through a device scalar (the transports move device memory).
- * fp32 keeps token counts exact up to 2^24 per step, far above any step's size.
- */
-async function allReduceNumber(
-  world: Communicator,
-  scratch: DeviceBuffer,
-  device: Device,
-  value: number,
-): Promise<number> {
-  device.upload(scratch.ptr, new Float32Array([value]));
-  await world.allReduceSum(scratch.ptr, 1, "f32");
-  return device.download(new Float32Array(1), scratch.ptr)[0];
+/** log_history as HF orders it: by step, a step's training entry before its evaluation. */
+function logHistory(steps: StepMetrics[], evals: EvalMetrics[]): (StepMetrics | EvalMetrics)[] {
+  const all: (StepMetrics | EvalMetrics)[] = [...steps, ...evals];
+  return all.sort((a, b) => a.step - b.step || Number("eval_loss" in a) - Number("eval_loss" in b));
 }

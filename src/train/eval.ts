@@ -1,0 +1,163 @@
+/**
+ * Evaluation: the mean loss over validation windows, forward only, on every rank of a (dp x sp)
+ * run. The windows come from --eval-data-path or are held out of the training data
+ * (--validation-split-percentage); the loss is summed over all ranks and divided by all labelled
+ * tokens, exactly as a training step's loss is, so a 2-rank evaluation equals a 1-rank one.
+ */
+import { Dataset, type DatasetStats, openDataset, type Tokenizer } from "../data/mod.ts";
+import type { Communicator } from "../dist/comm.ts";
+import type { LlamaModel } from "../model/llama.ts";
+import type { Device, DeviceBuffer } from "../runtime/device.ts";
+import type { TrainOptions } from "./options.ts";
+import { allReduceNumber } from "./ranks.ts";
+import type { ParallelLayout } from "../dist/layout.ts";
+
+/** One evaluation, as a line of metrics.jsonl and an entry of log_history (HF's names). */
+export interface EvalMetrics {
+  /** Optimizer steps done when it ran. */
+  step: number;
+  /** Epochs done, fractional. */
+  epoch: number;
+  /** Mean loss over every labelled token of the validation windows. */
+  eval_loss: number;
+  /** exp(eval_loss). */
+  perplexity: number;
+  /** Labelled tokens the loss is the mean over (all ranks). */
+  eval_tokens: number;
+  /** Seconds the evaluation took. */
+  eval_runtime: number;
+}
+
+/** Windows [start, start + count) of another dataset. */
+class WindowRange extends Dataset {
+  readonly seqLen: number;
+  readonly stats: DatasetStats;
+  constructor(
+    readonly base: Dataset,
+    readonly start: number,
+    readonly numWindows: number,
+    what: string,
+  ) {
+    super();
+    this.seqLen = base.seqLen;
+    this.stats = { ...base.stats, source: `${base.stats.source} (${what})` };
+  }
+  window(i: number) {
+    this.checkIndex(i);
+    return this.base.window(this.start + i);
+  }
+}
+
+/**
+ * The training and validation windows: validation from `evalDataPath`, or the first
+ * `validationSplitPercentage` % of the training windows (as Hugging Face's run_clm splits
+ * `train[:p%]` off), which training then skips. No validation data: `evaluation` is null.
+ */
+export async function splitEvalData(
+  o: TrainOptions,
+  train: Dataset,
+  tokenizer: Tokenizer | undefined,
+  log: (line: string) => void,
+): Promise<{ training: Dataset; evaluation: Dataset | null }> {
+  if (o.evalDataPath) {
+    const evaluation = await openDataset({
+      dataPath: o.evalDataPath,
+      tokenizer,
+      seqLen: train.seqLen,
+      textField: o.textField,
+    });
+    log(`evaluation data: ${evaluation.describe()}`);
+    return { training: train, evaluation };
+  }
+  if (o.validationSplitPercentage > 0) {
+    const n = train.numWindows, held = Math.ceil((n * o.validationSplitPercentage) / 100);
+    if (held >= n) {
+      throw new Error(
+        `--validation-split-percentage ${o.validationSplitPercentage}: the data has ${n} ` +
+          "sequences, too few to hold any out and still train",
+      );
+    }
+    log(`evaluation data: the first ${held} of ${n} training sequences, held out`);
+    return {
+      training: new WindowRange(train, held, n - held, "training split"),
+      evaluation: new WindowRange(train, 0, held, "validation split"),
+    };
+  }
+  return { training: train, evaluation: null };
+}
+
+/** Whether an evaluation is due after optimizer step `done` (always after the last step). */
+export function evaluationDue(
+  o: TrainOptions,
+  done: number,
+  totalSteps: number,
+  stepsPerEpoch: number,
+): boolean {
+  if (done === totalSteps) return true;
+  if (o.evaluationStrategy === "steps") return done % (o.evalSteps ?? o.loggingSteps) === 0;
+  if (o.evaluationStrategy === "epoch") return done % stepsPerEpoch === 0;
+  return false;
+}
+
+/** Where this rank sits and what the model's micro-batch holds. */
+export interface EvalPlacement {
+  device: Device;
+  model: LlamaModel;
+  /** All ranks (null on one rank). */
+  world: Communicator | null;
+  /** A device scratch of at least 4 bytes for the sums. */
+  scratch: DeviceBuffer;
+  /** Sequences per forward (the model's micro-batch). */
+  batch: number;
+  /** This rank's place in dp x sp and how a window is sliced for it. */
+  parallel: ParallelLayout;
+}
+
+/**
+ * Mean loss over all validation windows. Each data-parallel group takes every dp-th window; every
+ * group runs the same number of forwards (collectives span all ranks), the missing windows of a
+ * last batch filled with windows whose labels are all ignored.
+ */
+export async function evaluate(
+  data: Dataset,
+  at: EvalPlacement,
+  step: number,
+  epoch: number,
+): Promise<EvalMetrics> {
+  const t0 = performance.now();
+  const L = data.seqLen, B = at.batch;
+  const mine = data.indices({
+    shuffle: false,
+    rank: at.parallel.dpRank,
+    worldSize: at.parallel.dp,
+    dropRemainder: false,
+  });
+  const forwards = Math.ceil(Math.ceil(data.numWindows / at.parallel.dp) / B);
+  let lossSum = 0, labelled = 0;
+  for (let f = 0; f < forwards; f++) {
+    const ids = mine.subarray(f * B, (f + 1) * B);
+    const full = data.batch(ids);
+    const inputs = new Int32Array(B * L), labels = new Int32Array(B * L).fill(-100);
+    inputs.set(full.inputs);
+    labels.set(full.labels);
+    const batch = at.parallel.sliceBatch({ inputs, labels }, B, L);
+    for (const label of batch.labels) if (label >= 0) labelled++;
+    at.model.setBatch(batch.inputs, batch.labels, batch.positions);
+    await at.model.forward();
+    lossSum += at.model.lossSum();
+  }
+  if (at.world) {
+    lossSum = await allReduceNumber(at.world, at.scratch, at.device, lossSum);
+    labelled = await allReduceNumber(at.world, at.scratch, at.device, labelled);
+  }
+  if (labelled === 0) throw new Error("evaluation: the validation data has no labelled token");
+  const loss = lossSum / labelled;
+  return {
+    step,
+    epoch,
+    eval_loss: loss,
+    perplexity: Math.exp(loss),
+    eval_tokens: labelled,
+    eval_runtime: (performance.now() - t0) / 1000,
+  };
+}
