@@ -46,7 +46,6 @@ import {
   readTrainerState,
   recoverInterruptedSaves,
   TRAINER_STATE_FILE,
-  type TrainerState,
   writeTextSynced,
 } from "./checkpoint.ts";
 import {
