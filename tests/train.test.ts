@@ -95,7 +95,7 @@ Deno.test("train: the CLI accepts the paper's snake_case flags and stops after -
   }
   // The flags' effects: --warmup_ratio 0.03 of 2 steps rounds up to 1 warmup step, whose update
   // uses lr 0; the second step runs at --learning_rate (cosine at progress 0).
-  assertEquals(m.map((x) => x.lr), [0, 1e-3]);
+  assertEquals(m.map((x) => x.learning_rate), [0, 1e-3]);
   assert(r.stderr.includes("2x32 tokens x 1 accumulation"), r.stderr); // batch, length, accum
   assert(r.stderr.includes('--fsdp "full_shard auto_wrap" has no effect on a single device'));
   assert((await Deno.stat(join(out, "config.json"))).isFile);

@@ -111,7 +111,7 @@ function flags(options: Record<string, unknown>): string[] {
 interface Metrics {
   loss: number;
   grad_norm: number;
-  lr: number;
+  learning_rate: number;
 }
 
 async function metrics(dir: string): Promise<Metrics[]> {
@@ -150,7 +150,11 @@ async function compare(ref: Reference, dir: string, initial: Map<string, Float32
       5e-5,
       `${at} grad_norm ${m[i].grad_norm} vs ${ref.gradNorm[i]}`,
     );
-    assertLess(Math.abs(m[i].lr - ref.lr[i]), 1e-12, `${at} lr ${m[i].lr} vs ${ref.lr[i]}`);
+    assertLess(
+      Math.abs(m[i].learning_rate - ref.lr[i]),
+      1e-12,
+      `${at} lr ${m[i].learning_rate} vs ${ref.lr[i]}`,
+    );
   }
   const out = await SafetensorsFile.open(join(dir, "model.safetensors"));
   try {
