@@ -12,8 +12,8 @@ import {
 } from "../src/train/options.ts";
 import { checkRun, train, TrainingInterrupted } from "../src/train/trainer.ts";
 import { openBackend } from "../src/runtime/info.ts";
-import { isLaunchedRank, launch } from "../src/dist/launcher.ts";
-import { COMM_FAILURE_EXIT_CODE, CommError } from "../src/dist/comm.ts";
+import { isLaunchedRank, launch } from "../src/launch/launcher.ts";
+import { COMM_FAILURE_EXIT_CODE, CommError } from "../src/comm/comm.ts";
 
 export function registerTrain(program: Command, argv: string[]): void {
   const cmd = program

@@ -8,9 +8,9 @@
  */
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { isLaunchedRank, launch } from "../src/dist/launcher.ts";
-import { initDistributed } from "../src/dist/env.ts";
-import { DistAttention } from "../src/dist/distattn.ts";
+import { isLaunchedRank, launch } from "../src/launch/launcher.ts";
+import { initDistributed } from "../src/comm/env.ts";
+import { DistAttention } from "../src/parallel/distattn.ts";
 import { openBackend } from "../src/runtime/info.ts";
 import type { Device, DeviceBuffer } from "../src/runtime/device.ts";
 import * as op from "../src/runtime/ops.ts";

@@ -17,8 +17,9 @@ import { Device } from "../src/runtime/device.ts";
 import { DType } from "../src/runtime/ops.ts";
 import { LlamaModel } from "../src/model/llama.ts";
 import { resolveModel } from "../src/model/hf.ts";
-import { ZigzagAttention } from "../src/dist/zigzag.ts";
-import type { Communicator } from "../src/dist/comm.ts";
+import { ZigzagAttention } from "../src/parallel/zigzag.ts";
+import { shardedParamStore } from "../src/parallel/zero3.ts";
+import type { Communicator } from "../src/comm/comm.ts";
 
 const { values } = parseArgs({
   options: {
@@ -100,8 +101,7 @@ const model = new LlamaModel(device, cfg, {
   dtype,
   batch: 1,
   seqLen: tokens,
-  comm,
-  fullShard: world > 1,
+  params: comm ? shardedParamStore(comm, false) : undefined,
 }, attention);
 attention?.allocate();
 model.allocate();

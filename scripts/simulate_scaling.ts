@@ -1,5 +1,5 @@
 /**
- * Predicted DistAttn scaling from the schedule (src/dist/schedule.ts `simulate`) and measured
+ * Predicted DistAttn scaling from the schedule (src/parallel/schedule.ts `simulate`) and measured
  * single-GPU rates: per-GPU forward+backward TFLOP/s for P ranks, balanced vs unbalanced, with
  * and without overlap. A model, not a measurement: diagonal blocks cost half a full block; kernel
  * launch gaps and merges are ignored, and assumes one link per direction per GPU at --link-gbs.
@@ -12,7 +12,7 @@ import {
   forwardSchedule,
   simulate,
   type Transfer,
-} from "../src/dist/schedule.ts";
+} from "../src/parallel/schedule.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -76,7 +76,7 @@ for (const T of values.seq.split(",").map(Number)) {
         }%)`,
       );
     }
-    // Zigzag ring (src/dist/zigzag.ts): every step costs each rank S^2/2 of causal work (two
+    // Zigzag ring (src/parallel/zigzag.ts): every step costs each rank S^2/2 of causal work (two
     // (S/2)^2 sub-blocks), overlapped with passing K/V on; backward also returns dK/dV partials.
     const h = S / 2, kvBytes = 2 * S * KV * D * 2;
     const fwdStep = Math.max((2 * 2 * 2 * H * h * h * D) / fwdRate, kvBytes / link);

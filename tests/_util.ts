@@ -2,7 +2,7 @@
 import { Device } from "../src/runtime/device.ts";
 import type { BackendName } from "../ffi/loader.ts";
 import { fileURLToPath } from "node:url";
-import { freePort } from "../src/dist/launcher.ts";
+import { freePort } from "../src/launch/launcher.ts";
 import { attentionBackward, attentionForward, DType } from "../src/runtime/ops.ts";
 import type { Attention } from "../src/model/attention.ts";
 

@@ -5,11 +5,11 @@
  */
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { TEST_BACKEND, testDevice } from "./_util.ts";
-import { launch } from "../src/dist/launcher.ts";
-import { COMM_FAILURE_EXIT_CODE, type CommDType, CommError, sumHost } from "../src/dist/comm.ts";
-import { TcpStore } from "../src/dist/rendezvous.ts";
-import { createHostCommunicator, type HostCommunicator } from "../src/dist/host_transport.ts";
-import { NcclCommunicator, NcclError } from "../src/dist/nccl_comm.ts";
+import { launch } from "../src/launch/launcher.ts";
+import { COMM_FAILURE_EXIT_CODE, type CommDType, CommError, sumHost } from "../src/comm/comm.ts";
+import { TcpStore } from "../src/comm/rendezvous.ts";
+import { createHostCommunicator, type HostCommunicator } from "../src/comm/host_transport.ts";
+import { NcclCommunicator, NcclError } from "../src/comm/nccl_comm.ts";
 import type { NcclSymbols } from "../ffi/nccl.ts";
 import type { Device } from "../src/runtime/device.ts";
 import { bf16ToF32, f32ToBf16 } from "../src/io/dtype.ts";

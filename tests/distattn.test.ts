@@ -13,8 +13,8 @@ import {
   singleRankAttention,
   testDevice,
 } from "./_util.ts";
-import { DistAttention } from "../src/dist/distattn.ts";
-import { LocalGroup } from "../src/dist/local_comm.ts";
+import { DistAttention } from "../src/parallel/distattn.ts";
+import { LocalGroup } from "../src/comm/local_comm.ts";
 import { presetConfig } from "../src/model/config.ts";
 import { DType } from "../src/runtime/ops.ts";
 

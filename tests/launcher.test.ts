@@ -11,15 +11,15 @@ import {
   rankEnv,
   type RankExit,
   stoppedByLauncher,
-} from "../src/dist/launcher.ts";
-import { COMM_FAILURE_EXIT_CODE } from "../src/dist/comm.ts";
+} from "../src/launch/launcher.ts";
+import { COMM_FAILURE_EXIT_CODE } from "../src/comm/comm.ts";
 import {
   expandSlurmNodelist,
   parseRankEnv,
   parseSlurmTasksPerNode,
   RankEnvError,
-} from "../src/dist/env.ts";
-import { RendezvousError, TcpStore } from "../src/dist/rendezvous.ts";
+} from "../src/comm/env.ts";
+import { RendezvousError, TcpStore } from "../src/comm/rendezvous.ts";
 
 /** The rendezvous secret of the in-process stores. */
 const secret = "launcher-test-secret";

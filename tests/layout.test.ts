@@ -1,10 +1,10 @@
 /**
- * The parallel layout (src/dist/layout.ts) against rules written out here: rank placement in
+ * The parallel layout (src/parallel/layout.ts) against rules written out here: rank placement in
  * dp x sp, the flags named by validation, and each rank's tokens and global positions of a batch
  * checked against a direct enumeration of the chunks (independent of the code's piece lists).
  */
 import { assert, assertEquals, assertThrows } from "./assert.ts";
-import { ParallelLayout, type ParallelOptions } from "../src/dist/layout.ts";
+import { ParallelLayout, type ParallelOptions } from "../src/parallel/layout.ts";
 
 const opts = (o: Partial<ParallelOptions> = {}): ParallelOptions => ({
   spSize: 0,

@@ -5,8 +5,8 @@
  * for P = 2..8.
  */
 import { assert, assertEquals, assertLess } from "./assert.ts";
-import { taskPlan } from "../src/dist/schedule.ts";
-import { zigzagChunks } from "../src/dist/zigzag.ts";
+import { taskPlan } from "../src/parallel/schedule.ts";
+import { zigzagChunks } from "../src/parallel/zigzag.ts";
 
 const S = 16; // tokens a rank holds (any even number gives the same conclusions)
 

@@ -1,4 +1,4 @@
-// Tests of the DistAttn schedule (src/dist/schedule.ts). The checks here are written
+// Tests of the DistAttn schedule (src/parallel/schedule.ts). The checks here are written
 // independently of validateSchedule() — they recompute what each task needs from first principles
 // — and then validateSchedule() itself is checked to accept every built schedule and to reject
 // broken ones.
@@ -15,7 +15,7 @@ import {
   stepCount,
   type Transfer,
   validateSchedule,
-} from "../src/dist/schedule.ts";
+} from "../src/parallel/schedule.ts";
 
 const MAX_P = 16;
 const KINDS: ScheduleKind[] = ["forward", "backward"];

@@ -12,9 +12,9 @@ import {
   singleRankAttention,
   testDevice,
 } from "./_util.ts";
-import { ZigzagAttention, zigzagChunks } from "../src/dist/zigzag.ts";
-import { HeadGroupedAttention } from "../src/dist/sequence_attention.ts";
-import { LocalGroup } from "../src/dist/local_comm.ts";
+import { ZigzagAttention, zigzagChunks } from "../src/parallel/zigzag.ts";
+import { HeadGroupedAttention } from "../src/parallel/sequence_attention.ts";
+import { LocalGroup } from "../src/comm/local_comm.ts";
 import { presetConfig } from "../src/model/config.ts";
 import { DType } from "../src/runtime/ops.ts";
 

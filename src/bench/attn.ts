@@ -9,9 +9,9 @@
 import type { Device } from "../runtime/device.ts";
 import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
-import type { Communicator } from "../dist/comm.ts";
-import { DistAttention } from "../dist/distattn.ts";
-import { ZigzagAttention } from "../dist/zigzag.ts";
+import type { Communicator } from "../comm/comm.ts";
+import { DistAttention } from "../parallel/distattn.ts";
+import { ZigzagAttention } from "../parallel/zigzag.ts";
 import type { LlamaConfig } from "../model/config.ts";
 
 export interface AttnBenchOptions {

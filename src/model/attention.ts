@@ -1,7 +1,7 @@
 /**
  * The attention seam between the model and the sequence-parallel algorithms: the model calls an
  * `Attention` per sequence of its micro-batch; LocalAttention runs the whole sequence on this
- * device, src/dist's DistAttn and zigzag ring split it over ranks. Both sides import this file and
+ * device, src/parallel's DistAttn and zigzag ring split it over ranks. Both sides import this file and
  * not each other.
  */
 import type { Device, DevicePtr } from "../runtime/device.ts";

@@ -18,10 +18,10 @@ import {
   type ParamEntry,
   ParamLayout,
   type ParamStore,
+  type ParamStoreSpec,
   ReplicatedParams,
-  ShardedParams,
+  replicatedParamStore,
 } from "./params.ts";
-import type { Communicator } from "../runtime/communicator.ts";
 import { CheckpointOffload } from "./host_state.ts";
 import { type Attention, LocalAttention } from "./attention.ts";
 import {
@@ -59,19 +59,12 @@ export interface ModelOptions {
    */
   mlpTile?: number;
   /**
-   * Ranks that hold parameters together: gradients are all-reduced over them (or sharded). The
-   * caller creates it (the model makes no communicators); with `offloadOptimizer` on one device,
-   * a world of one (src/dist's SelfComm).
+   * Where parameters, gradients and the AdamW state live (default: all on this device, nothing
+   * all-reduced). Parallelism is applied from outside: the caller passes a replicated store over
+   * its data-parallel ranks or ZeRO-3 (src/parallel/zero3.ts, with the optimizer offloaded or
+   * not); the model makes no communicators.
    */
-  comm?: Communicator | null;
-  /** ZeRO-3 over `comm`: shard parameters, gradients and AdamW state (FSDP full_shard). */
-  fullShard?: boolean;
-  /**
-   * Keep the fp32 master weights and AdamW moments (of this rank's shard) in host memory and
-   * update them there with the CPU backend's AdamW; the device keeps the gradients and the
-   * compute-dtype weights. Implies sharding over `comm`, which it requires.
-   */
-  offloadOptimizer?: boolean;
+  params?: ParamStoreSpec;
   /**
    * Keep each layer's saved tensors (its input, and its attention output and LSE) in host memory:
    * copied out after the layer's forward and back before its backward. The device then holds two
@@ -118,21 +111,15 @@ export class LlamaModel {
     attention?: Attention,
   ) {
     const { dtype, batch, seqLen } = opts;
-    // Offloading shards over all ranks (the caller passes a world of one on a single device).
-    if (opts.offloadOptimizer && !opts.comm) {
-      throw new Error("offloadOptimizer needs a communicator (a world of one on a single device)");
-    }
-    const shardOver = opts.offloadOptimizer || opts.fullShard ? (opts.comm ?? null) : null;
-    this.layout = new ParamLayout(cfg, 64 * (shardOver?.size ?? 1));
+    const store = opts.params ?? replicatedParamStore();
+    this.layout = new ParamLayout(cfg, store.align);
     this.tokens = batch * seqLen;
     this.vocabChunk = Math.min(opts.vocabChunk ?? 4096, cfg.vocabSize);
     this.mlpTile = Math.max(1, Math.min(opts.mlpTile ?? 4096, batch * seqLen));
     const T = this.tokens, H = cfg.hiddenSize, I = cfg.intermediateSize, tile = this.mlpTile;
     const qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
     const p = this.plan, f32 = DType.f32;
-    this.params = shardOver
-      ? new ShardedParams(device, this.layout, dtype, p, shardOver, opts.offloadOptimizer ?? false)
-      : new ReplicatedParams(device, this.layout, dtype, p, opts.comm ?? null);
+    this.params = store.create(device, this.layout, dtype, p);
 
     const saved = "saved activations";
     this.xs = [];

@@ -1,8 +1,8 @@
 /**
  * The communicator interface shared by the parameter stores, DistAttn and every transport (in
- * src/dist): NCCL on GPUs (nccl_comm.ts), a TCP host transport for CPU ranks (host_transport.ts)
+ * src/comm): NCCL on GPUs (nccl_comm.ts), a TCP host transport for CPU ranks (host_transport.ts)
  * and the in-process group used by unit tests (local_comm.ts). It lives here, below the model and
- * src/dist, so that both depend on it and not on each other.
+ * src/parallel, so that both depend on it and not on each other.
  *
  * ## Rules every caller must follow (the same as NCCL's)
  *

@@ -353,7 +353,9 @@ export class CheckpointSaver {
   #ownFiles(names: string[]): string[] {
     const { rank, worldSize, sharded } = this.options;
     const mine = optimizerFileName(rank, worldSize, sharded);
-    const shard = /^optimizer\.rank\d+-of-\d+\.safetensors$/;
+    // Another rank's shard, finished or still being written (its atomic-write temporary, which
+    // that rank renames at any moment): never this rank's to sync.
+    const shard = /^optimizer\.rank\d+-of-\d+\.safetensors/;
     if (rank !== 0) return names.filter((n) => n === mine);
     return names.filter((n) => n === mine || !shard.test(n));
   }

@@ -5,12 +5,12 @@
  * tokens, exactly as a training step's loss is, so a 2-rank evaluation equals a 1-rank one.
  */
 import { Dataset, type DatasetStats, openDataset, type Tokenizer } from "../data/mod.ts";
-import type { Communicator } from "../dist/comm.ts";
+import type { Communicator } from "../comm/comm.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import type { Device, DeviceBuffer } from "../runtime/device.ts";
 import type { TrainOptions } from "./options.ts";
 import { allReduceNumber } from "./ranks.ts";
-import type { ParallelLayout } from "../dist/layout.ts";
+import type { ParallelLayout } from "../parallel/layout.ts";
 
 /** One evaluation, as a line of metrics.jsonl and an entry of log_history (HF's names). */
 export interface EvalMetrics {

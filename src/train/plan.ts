@@ -9,9 +9,10 @@ import { DType } from "../runtime/ops.ts";
 import { formatBytes } from "../runtime/memory.ts";
 import type { LlamaConfig } from "../model/config.ts";
 import { LlamaModel, type ModelOptions } from "../model/llama.ts";
-import { buildSequenceAttention, type SequenceAttention } from "../dist/sequence_attention.ts";
-import type { Communicator } from "../dist/comm.ts";
-import { ParallelLayout } from "../dist/layout.ts";
+import type { ParamStoreSpec } from "../model/params.ts";
+import { buildSequenceAttention, type SequenceAttention } from "../parallel/sequence_attention.ts";
+import type { Communicator } from "../comm/comm.ts";
+import { ParallelLayout } from "../parallel/layout.ts";
 import type { TrainOptions } from "./options.ts";
 import { freemem } from "node:os";
 
@@ -41,12 +42,14 @@ function fakeComm(size: number, rank = 0): Communicator {
   return { rank, size } as unknown as Communicator;
 }
 
-/** The model a run's options select, for `seqLen` tokens per rank (train builds it, plan sizes it). */
+/**
+ * The model a run's options select, for `seqLen` tokens per rank, with its parameter store
+ * (train builds it, plan sizes it).
+ */
 export function modelOptions(
   o: TrainOptions,
   seqLen: number,
-  comm: Communicator | null,
-  fullShard: boolean,
+  params: ParamStoreSpec,
 ): ModelOptions {
   return {
     dtype: o.bf16 ? DType.bf16 : DType.f32,
@@ -54,11 +57,9 @@ export function modelOptions(
     seqLen,
     vocabChunk: o.vocabChunk,
     mlpTile: o.mlpTile,
-    offloadOptimizer: o.offloadOptimizer,
     offloadCheckpoints: o.offloadCheckpoints,
     checkpointBoundary: o.checkpointBoundary,
-    comm,
-    fullShard,
+    params,
   };
 }
 
@@ -101,7 +102,7 @@ export function estimateMemory(
   const model = new LlamaModel(
     PLAN_ONLY_DEVICE,
     cfg,
-    modelOptions(o, S, comm, fullShard),
+    modelOptions(o, S, parallel.paramStore(comm, o.offloadOptimizer)),
     attention,
   );
   const kinds = [...model.plan.totals(), ...(attention?.plan.totals() ?? [])];

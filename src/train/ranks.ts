@@ -1,9 +1,9 @@
 /**
  * Sums of one number over all ranks (token counts, losses, the stop decision), shared by the
  * training loop and evaluation. How a batch is sliced for a rank is the ParallelLayout's
- * (src/dist/layout.ts).
+ * (src/parallel/layout.ts).
  */
-import type { Communicator } from "../dist/comm.ts";
+import type { Communicator } from "../comm/comm.ts";
 import type { Device, DeviceBuffer } from "../runtime/device.ts";
 
 /**

@@ -26,8 +26,8 @@ import { reportsToTensorBoard, resolveTrainOptions, type TrainOptions } from "./
 import { Progress, StepProgress } from "./progress.ts";
 import type { StepMetrics } from "./metrics.ts";
 import { formatPlan, hostAvailableBytes, modelOptions, WORKSPACE_ALLOWANCE_BYTES } from "./plan.ts";
-import { initDistributed } from "../dist/env.ts";
-import { ParallelLayout } from "../dist/layout.ts";
+import { initDistributed } from "../comm/env.ts";
+import { ParallelLayout } from "../parallel/layout.ts";
 import { allReduceNumber } from "./ranks.ts";
 import { type EvalMetrics, evaluate, evaluationDue, splitEvalData } from "./eval.ts";
 import { RunReport } from "./report.ts";
@@ -36,9 +36,9 @@ import {
   buildSequenceAttention,
   checkHeadGroups,
   type SequenceAttention,
-} from "../dist/sequence_attention.ts";
-import type { Communicator } from "../dist/comm.ts";
-import { SelfComm } from "../dist/self_comm.ts";
+} from "../parallel/sequence_attention.ts";
+import type { Communicator } from "../comm/comm.ts";
+import { SelfComm } from "../comm/self_comm.ts";
 import {
   CheckpointSaver,
   optimizerFileName,
@@ -262,7 +262,8 @@ export async function train(
   }
   // The model makes no communicators: on one device, offloading shards over a world of one.
   const paramComm = world ?? (o.offloadOptimizer ? new SelfComm(device) : null);
-  const model = new LlamaModel(device, cfg, modelOptions(o, S, paramComm, fullShard), attention);
+  const params = parallel.paramStore(paramComm, o.offloadOptimizer);
+  const model = new LlamaModel(device, cfg, modelOptions(o, S, params), attention);
   const props = device.props(0);
   log(
     `distflash train: ${source.name} (${(model.layout.count / 1e6).toFixed(1)}M parameters) on ` +

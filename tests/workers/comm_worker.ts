@@ -13,14 +13,14 @@
  * - `launcher <outdir> <nproc>`: runs the launcher itself over `sleep` ranks.
  */
 import { Device } from "../../src/runtime/device.ts";
-import { initDistributed } from "../../src/dist/env.ts";
+import { initDistributed } from "../../src/comm/env.ts";
 import {
   COMM_FAILURE_EXIT_CODE,
   type CommDType,
   CommError,
   type Communicator,
-} from "../../src/dist/comm.ts";
-import { launch } from "../../src/dist/launcher.ts";
+} from "../../src/comm/comm.ts";
+import { launch } from "../../src/launch/launcher.ts";
 import { bf16ToF32, f32ToBf16 } from "../../src/io/dtype.ts";
 
 const mode = Deno.args[0] ?? "check";

@@ -1,6 +1,6 @@
 /**
  * DistAttn: exact causal attention over a sequence split into P contiguous slices, one per rank of
- * a sequence-parallel group, driven by the schedule of src/dist/schedule.ts.
+ * a sequence-parallel group, driven by the schedule of src/parallel/schedule.ts.
  *
  * Forward: each rank merges the partial results of its queries against every earlier slice by
  * log-sum-exp in fp32. A helper rank (balanced schedule) computes a busy rank's queries against
@@ -23,8 +23,8 @@ import { axpyF32 } from "../runtime/ops_basic.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
 import type { LlamaConfig } from "../model/config.ts";
 import type { Attention, AttentionGrads, AttentionTensors } from "../model/attention.ts";
-import type { Communicator, P2P } from "./comm.ts";
-import { CommStreams } from "./streams.ts";
+import type { Communicator, P2P } from "../comm/comm.ts";
+import { CommStreams } from "../comm/streams.ts";
 import { backwardSchedule, forwardSchedule, type Step, type Transfer } from "./schedule.ts";
 
 export interface DistAttnOptions {

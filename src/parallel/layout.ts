@@ -3,8 +3,12 @@
  * whether parameters are sharded (ZeRO-3), and the sequence layout's rules (which tokens of a
  * window a rank holds, at which global positions, which window lengths are allowed). The trainer,
  * the planner and the launcher ask it; nothing else derives these. Like torchtitan's ParallelDims,
- * it validates the degrees and names the flag that is wrong.
+ * it validates the degrees and names the flag that is wrong. It also chooses the parameter store
+ * (replicated or ZeRO-3) the model is given.
  */
+import type { Communicator } from "../runtime/communicator.ts";
+import { type ParamStoreSpec, replicatedParamStore } from "../model/params.ts";
+import { shardedParamStore } from "./zero3.ts";
 
 /** How a sequence is cut over the sp ranks of a group. */
 export type SequenceLayout = "zigzag" | "contiguous";
@@ -143,6 +147,19 @@ export class ParallelLayout {
       }
     }
     return { inputs, labels, positions };
+  }
+
+  /**
+   * The parameter store of this run: ZeRO-3 over `comm` when sharded, or when the optimizer is
+   * offloaded (on one device `comm` is then a world of one); else every rank holds everything
+   * and gradients are all-reduced over `comm` (null: one device).
+   */
+  paramStore(comm: Communicator | null, offloadOptimizer: boolean): ParamStoreSpec {
+    if (this.fullShard || offloadOptimizer) {
+      if (!comm) throw new Error("a sharded parameter store needs a communicator");
+      return shardedParamStore(comm, offloadOptimizer);
+    }
+    return replicatedParamStore(comm);
   }
 
   /** One line for the run's log. */

@@ -15,11 +15,11 @@ import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
 import { axpyF32 } from "../runtime/ops_basic.ts";
 import type { LlamaConfig } from "../model/config.ts";
 import type { Attention, AttentionGrads, AttentionTensors } from "../model/attention.ts";
-import type { Communicator, P2P } from "./comm.ts";
-import { CommStreams } from "./streams.ts";
+import type { Communicator, P2P } from "../comm/comm.ts";
+import { CommStreams } from "../comm/streams.ts";
 import { zigzagChunks } from "./layout.ts";
 
-// The chunk rule is the layout's (src/dist/layout.ts owns it); re-exported for this class's readers.
+// The chunk rule is the layout's (src/parallel/layout.ts owns it); re-exported for this class's readers.
 export { zigzagChunks };
 
 export class ZigzagAttention implements Attention {

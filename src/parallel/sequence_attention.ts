@@ -8,7 +8,7 @@ import type { MemoryPlan, Slot } from "../runtime/memory.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
 import type { LlamaConfig } from "../model/config.ts";
 import type { Attention, AttentionGrads, AttentionTensors } from "../model/attention.ts";
-import type { Communicator } from "./comm.ts";
+import type { Communicator } from "../comm/comm.ts";
 import { DistAttention } from "./distattn.ts";
 import { ZigzagAttention } from "./zigzag.ts";
 
