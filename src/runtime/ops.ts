@@ -268,50 +268,13 @@ export function attentionForward(
   s: Stream = 0n,
 ): void {
   if (a.docs) {
-    d.check(
-      d.sym.df_attention_forward_docs(
-        out,
-        lse,
-        q,
-        k,
-        v,
-        B(a.tq),
-        B(a.tk),
-        B(a.nh),
-        B(a.nkv),
-        B(a.hd),
-        B(a.qPos0),
-        B(a.kPos0),
-        a.scale,
-        a.dtype,
-        a.docs.starts,
-        B(a.docs.count),
-        s,
-      ),
-      "df_attention_forward_docs",
-    );
-    return;
+    const docs = [a.docs.starts, B(a.docs.count)] as const;
+    const fn = "df_attention_forward_docs";
+    d.check(d.sym.df_attention_forward_docs(out, lse, q, k, v, ...shapeArgs(a), ...docs, s), fn);
+  } else {
+    const fn = "df_attention_forward";
+    d.check(d.sym.df_attention_forward(out, lse, q, k, v, ...shapeArgs(a), s), fn);
   }
-  d.check(
-    d.sym.df_attention_forward(
-      out,
-      lse,
-      q,
-      k,
-      v,
-      B(a.tq),
-      B(a.tk),
-      B(a.nh),
-      B(a.nkv),
-      B(a.hd),
-      B(a.qPos0),
-      B(a.kPos0),
-      a.scale,
-      a.dtype,
-      s,
-    ),
-    "df_attention_forward",
-  );
 }
 
 export function attentionBackward(
@@ -328,59 +291,30 @@ export function attentionBackward(
   a: AttentionShape,
   s: Stream = 0n,
 ): void {
+  const tensors = [dq, dk, dv, dout, q, k, v, out, lse] as const;
   if (a.docs) {
-    d.check(
-      d.sym.df_attention_backward_docs(
-        dq,
-        dk,
-        dv,
-        dout,
-        q,
-        k,
-        v,
-        out,
-        lse,
-        B(a.tq),
-        B(a.tk),
-        B(a.nh),
-        B(a.nkv),
-        B(a.hd),
-        B(a.qPos0),
-        B(a.kPos0),
-        a.scale,
-        a.dtype,
-        a.docs.starts,
-        B(a.docs.count),
-        s,
-      ),
-      "df_attention_backward_docs",
-    );
-    return;
+    const docs = [a.docs.starts, B(a.docs.count)] as const;
+    const fn = "df_attention_backward_docs";
+    d.check(d.sym.df_attention_backward_docs(...tensors, ...shapeArgs(a), ...docs, s), fn);
+  } else {
+    const fn = "df_attention_backward";
+    d.check(d.sym.df_attention_backward(...tensors, ...shapeArgs(a), s), fn);
   }
-  d.check(
-    d.sym.df_attention_backward(
-      dq,
-      dk,
-      dv,
-      dout,
-      q,
-      k,
-      v,
-      out,
-      lse,
-      B(a.tq),
-      B(a.tk),
-      B(a.nh),
-      B(a.nkv),
-      B(a.hd),
-      B(a.qPos0),
-      B(a.kPos0),
-      a.scale,
-      a.dtype,
-      s,
-    ),
-    "df_attention_backward",
-  );
+}
+
+/** The block pair's shape arguments, in the order every attention entry takes them. */
+function shapeArgs(a: AttentionShape) {
+  return [
+    B(a.tq),
+    B(a.tk),
+    B(a.nh),
+    B(a.nkv),
+    B(a.hd),
+    B(a.qPos0),
+    B(a.kPos0),
+    a.scale,
+    a.dtype,
+  ] as const;
 }
 
 export function attentionMerge(
