@@ -143,6 +143,24 @@ Deno.test("tokenizer: special ids from config.json, add_bos_token, and missing f
   });
 });
 
+Deno.test("tokenizer: fractional or negative token ids are refused, naming the token", async () => {
+  const tj = JSON.parse(await Deno.readTextFile(join(TOK_DIR, "bytelevel/tokenizer.json")));
+  const vocab = tj.model.vocab as Record<string, number>;
+  const [first] = Object.keys(vocab);
+  const fractional = structuredClone(tj);
+  fractional.model.vocab[first] = 1.5;
+  assert.throws(
+    () => new HfTokenizer(fractional),
+    new RegExp(
+      `token ${JSON.stringify(first).replace(/[\\^$.*+?()[\]{}|]/g, "\\$&")} has id 1\\.5`,
+    ),
+  );
+  const negative = structuredClone(tj);
+  negative.added_tokens[0].id = -1;
+  assert.throws(() => new HfTokenizer(negative), /added token .* has id -1, not a non-negative/);
+  new HfTokenizer(tj); // the untouched file loads
+});
+
 Deno.test("tokenizer: ByteTokenizer layout (0 BOS, 1 EOS, 2 PAD, 3 + byte)", () => {
   const tok = new ByteTokenizer();
   assert.equal(tok.vocabSize, BYTE_TOKENIZER_VOCAB);

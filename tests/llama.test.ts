@@ -11,7 +11,7 @@
  */
 import { assert, assertLess } from "./assert.ts";
 import { relError, TEST_BACKEND, testDevice } from "./_util.ts";
-import { openSafetensors } from "../src/io/safetensors.ts";
+import { openSafetensors, writeSafetensors } from "../src/io/safetensors.ts";
 import { readHfConfig } from "../src/model/config.ts";
 import { LlamaModel } from "../src/model/llama.ts";
 import { initRandom, loadWeights, saveModel } from "../src/model/hf.ts";
@@ -218,4 +218,37 @@ Deno.test(`llama ${TEST_BACKEND}: offloaded checkpoints reuse their device slots
   // The same arithmetic in the same order: equal up to rounding (1e-6 as above).
   assertLess(relError(grads[1], grads[0]), 1e-6, "offloaded checkpoints");
   assertLess(relError(grads[2], grads[0]), 1e-6, "offloaded, layer boundary");
+});
+
+Deno.test(`llama ${TEST_BACKEND}: integer-typed weights are refused, naming the tensor`, async () => {
+  // The mha fixture with one float32 tensor relabelled I32 (same bytes): without the dtype check
+  // it would load as integers converted to floats and train nonsense.
+  const dir = `${fixtures}mha`, out = await Deno.makeTempDir();
+  const src = await openSafetensors(dir);
+  const bad = "model.layers.0.mlp.up_proj.weight";
+  try {
+    const tensors = [];
+    for (const name of src.names()) {
+      const info = src.info(name);
+      const dtype = name === bad ? "I32" as const : info.dtype;
+      tensors.push({ name, dtype, shape: info.shape, data: await src.readBytes(name) });
+    }
+    await writeSafetensors(`${out}/model.safetensors`, tensors);
+    await Deno.copyFile(`${dir}/config.json`, `${out}/config.json`);
+    const model = new LlamaModel(testDevice(), await readHfConfig(out), {
+      dtype: DType.f32,
+      batch: 1,
+      seqLen: 8,
+    });
+    model.allocate();
+    try {
+      const error = await loadWeights(model, out).then(() => null, (e: Error) => e);
+      assert(error?.message.includes(`tensor ${bad} is stored as I32`), String(error));
+    } finally {
+      model.free();
+    }
+  } finally {
+    src.close();
+    await Deno.remove(out, { recursive: true });
+  }
 });

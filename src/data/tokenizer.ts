@@ -192,6 +192,30 @@ function firstId(v: unknown): number | null {
   return null;
 }
 
+/**
+ * Token ids in tokenizer.json (the model's vocabulary map and the added tokens) must be
+ * non-negative integers: the library would truncate 1.5 to 1 silently and two tokens would share
+ * an id.
+ */
+function checkTokenIds(tokenizerJson: Json, name: string): void {
+  const bad = (where: string, id: unknown) =>
+    new Error(`${name}: ${where} has id ${JSON.stringify(id)}, not a non-negative integer`);
+  const ok = (id: unknown) => typeof id === "number" && Number.isInteger(id) && id >= 0;
+  const vocab = (tokenizerJson.model as Json | undefined)?.vocab;
+  if (vocab !== null && typeof vocab === "object" && !Array.isArray(vocab)) {
+    for (const [token, id] of Object.entries(vocab)) {
+      if (!ok(id)) throw bad(`token ${JSON.stringify(token)}`, id);
+    }
+  }
+  const added = tokenizerJson.added_tokens;
+  if (Array.isArray(added)) {
+    for (const t of added) {
+      const id = (t as Json)?.id;
+      if (!ok(id)) throw bad(`added token ${JSON.stringify((t as Json)?.content)}`, id);
+    }
+  }
+}
+
 /** A Hugging Face tokenizer.json, through @huggingface/tokenizers. */
 export class HfTokenizer implements Tokenizer {
   /** "<path> (<model type>, <n> tokens)". */
@@ -223,6 +247,7 @@ export class HfTokenizer implements Tokenizer {
     modelConfig: Record<string, unknown> = {},
     name = "",
   ) {
+    checkTokenIds(tokenizerJson, name || "tokenizer.json");
     this.#impl = new HfTokenizerImpl(tokenizerJson, tokenizerConfig);
     let maxId = -1;
     for (const id of this.#impl.get_vocab(true).values()) if (id > maxId) maxId = id;

@@ -48,6 +48,9 @@ export async function resolveModel(spec: string): Promise<ModelSource> {
   );
 }
 
+/** The safetensors dtypes a parameter may be stored as. */
+const FLOAT_DTYPES = new Set(["F32", "BF16", "F16", "F64"]);
+
 /** Loads every parameter from the folder's safetensors (fp32, bf16 or fp16) into the master. */
 export async function loadWeights(model: LlamaModel, dir: string): Promise<void> {
   const source = await openSafetensors(dir);
@@ -60,6 +63,14 @@ export async function loadWeights(model: LlamaModel, dir: string): Promise<void>
     }
     for (const e of model.layout.entries) {
       const info = source.info(e.name);
+      if (!FLOAT_DTYPES.has(info.dtype)) {
+        // Integer tensors would convert to floats without complaint and train nonsense (a
+        // quantised or corrupted checkpoint): refuse, naming the tensor.
+        throw new Error(
+          `${info.file}: tensor ${e.name} is stored as ${info.dtype}; a Llama parameter must be ` +
+            `a floating-point tensor (F32, BF16, F16 or F64)`,
+        );
+      }
       if (info.shape.join(",") !== e.shape.join(",")) {
         throw new Error(
           `${info.file}: tensor ${e.name} has shape [${info.shape}], the config needs [${e.shape}]`,
