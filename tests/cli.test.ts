@@ -48,3 +48,42 @@ Deno.test("cli: a missing native library is reported with the paths tried", asyn
   assertEquals(info.backends.cpu.available, false);
   assert(info.backends.cpu.error.includes("/nonexistent/lib/libdistflash_cpu.so"));
 });
+
+Deno.test("cli: the launcher refuses a bad multi-rank run before any rank starts", async () => {
+  const out = await Deno.makeTempDir();
+  const base = ["train", "--model", "debug-tiny", "--synthetic", "--device", "cpu"];
+  try {
+    // More CPU ranks than 4 per core: refused by the launcher, and no rank log exists.
+    const cores = navigator.hardwareConcurrency;
+    const many = await runCli([
+      ...base,
+      "--nproc-per-node",
+      `${4 * cores + 1}`,
+      "--output-dir",
+      out,
+    ]);
+    assert(many.code !== 0);
+    assert(
+      many.stderr.includes(`--nproc-per-node ${4 * cores + 1}: CPU ranks are limited`),
+      many.stderr,
+    );
+    // A length the zigzag layout cannot cut on 2 ranks: named once, by the launcher.
+    const odd = await runCli([
+      ...base,
+      "--nproc-per-node",
+      "2",
+      "--model-max-length",
+      "30",
+      "--output-dir",
+      out,
+    ]);
+    assert(odd.code !== 0);
+    const message = "--model-max-length 30 must be a multiple of 4";
+    assertEquals(odd.stderr.split(message).length - 1, 1, odd.stderr);
+    let entries = 0;
+    for await (const _ of Deno.readDir(out)) entries++;
+    assertEquals(entries, 0, "no rank started: nothing written to the output folder");
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
