@@ -188,6 +188,141 @@ export async function setupRun(
         `(${cfg.maxPositionEmbeddings}); RoPE extrapolates beyond it`,
     );
   }
+  const data = await openTrainingData(o, source, parallel, log);
+  const { tokenizer, dataset, evaluation, windowsPerStep, stepsPerEpoch, totalSteps } = data;
+
+  if (resumeState && resumeState.global_step > totalSteps) {
+    throw new Error(
+      `--resume-from-checkpoint ${resumeDir}: its step ${resumeState.global_step} is past this ` +
+        `run's ${totalSteps} steps; raise --max-steps or --num-train-epochs`,
+    );
+  }
+
+  const { device, world, attention, model, memory } = await buildModel(
+    o,
+    worldSize,
+    parallel,
+    source,
+    data,
+    log,
+  );
+  const stats = device.alloc(64);
+  let lock: OutputLock | null = null;
+
+  try {
+    // A collective that returns once every rank reached it (the checkpoint saves' barrier).
+    const barrier = async () => {
+      if (world) await allReduceNumber(world, stats, device, 0);
+    };
+    // Rank 0 takes the output folder (lock, run.json); the others read the run id it wrote.
+    if (isMain) {
+      lock = claimOutputDir(o.outputDir, outputPlan, o.overwriteOutputDir, log);
+      for (const line of await recoverInterruptedSaves(o.outputDir, lock.runId)) {
+        log(`note: ${line}`);
+      }
+    }
+    await barrier();
+    const runId = lock?.runId ?? outputRunId(o.outputDir);
+    const optimizerFile = optimizerFileName(envRank, worldSize, fullShard);
+    let startStep = 0;
+    let history: StepMetrics[] = [], evals: EvalMetrics[] = [];
+    if (resumeDir) {
+      await loadWeights(model, resumeDir);
+      await loadOptimizer(model, join(resumeDir, optimizerFile));
+      startStep = resumeState!.global_step;
+      const past = upgradeLogHistory<StepMetrics | EvalMetrics>(resumeState!.log_history);
+      history = past.filter((e): e is StepMetrics => !("eval_loss" in e));
+      evals = past.filter((e): e is EvalMetrics => "eval_loss" in e);
+      log(`resumed from ${resumeDir} at step ${startStep}`);
+    } else if (source.dir) {
+      await loadWeights(model, source.dir);
+    } else {
+      initRandom(model, o.seed);
+    }
+
+    if (isMain) await saveTrainingArgs(o.outputDir, o);
+    // A resumed run's metrics are the checkpoint's history: lines logged after it are dropped.
+    if (isMain && resumeDir) {
+      await writeTextSynced(
+        join(o.outputDir, "metrics.jsonl"),
+        logHistory(history, evals).map((m) => JSON.stringify(m) + "\n").join(""),
+      );
+    }
+    const report = await RunReport.open(o.outputDir, {
+      active: isMain,
+      fresh: !resumeDir,
+      tensorboard: reportsToTensorBoard(o),
+    });
+    return {
+      options: o,
+      worldSize,
+      rank: envRank,
+      isMain,
+      log,
+      parallel,
+      source,
+      tokenizer,
+      dataset,
+      evaluation,
+      windowsPerStep,
+      stepsPerEpoch,
+      totalSteps,
+      warmupSteps: data.warmupSteps,
+      tokensPerStep: windowsPerStep * L * dp, // all data-parallel groups together
+      memory,
+      device,
+      world,
+      attention,
+      model,
+      scratch: stats,
+      lock,
+      report,
+      runId,
+      optimizerFile,
+      barrier,
+      resumeDir,
+      startStep,
+      history,
+      evals,
+      debugGrads: Deno.env.get("DISTFLASH_DEBUG_GRADS") === "1",
+    };
+  } catch (error) {
+    world?.abort(); // peers learn at once instead of waiting for a timeout
+    await teardownRun({
+      device,
+      world: null,
+      attention,
+      model,
+      scratch: stats,
+      lock,
+      report: null,
+    });
+    throw error;
+  }
+}
+
+/** The training and evaluation data of a run, and the step counts they give. */
+interface TrainingData {
+  tokenizer: Tokenizer | undefined;
+  dataset: Dataset;
+  evaluation: Dataset | null;
+  windowsPerStep: number;
+  stepsPerEpoch: number;
+  totalSteps: number;
+  warmupSteps: number;
+}
+
+/**
+ * The tokenizer (text data only), the training data and the evaluation data, checked against the
+ * model's vocabulary, and the run's step counts (at least one step per epoch).
+ */
+async function openTrainingData(
+  o: TrainOptions,
+  source: ModelSource,
+  parallel: ParallelLayout,
+  log: (line: string) => void,
+): Promise<TrainingData> {
+  const cfg = source.config, L = o.modelMaxLength, dp = parallel.dp;
   let tokenizer: Tokenizer | undefined;
   if (!o.synthetic && !o.dataPath!.endsWith(".npy")) {
     const hasTokenizer = source.dir && existsSync(join(source.dir, "tokenizer.json"));
@@ -232,14 +367,38 @@ export async function setupRun(
   }
   const totalSteps = o.maxSteps > 0 ? o.maxSteps : Math.ceil(o.numTrainEpochs * stepsPerEpoch);
   const warmup = warmupStepsFor(totalSteps, o.warmupSteps, o.warmupRatio);
+  return {
+    tokenizer,
+    dataset,
+    evaluation,
+    windowsPerStep,
+    stepsPerEpoch,
+    totalSteps,
+    warmupSteps: warmup,
+  };
+}
 
-  if (resumeState && resumeState.global_step > totalSteps) {
-    throw new Error(
-      `--resume-from-checkpoint ${resumeDir}: its step ${resumeState.global_step} is past this ` +
-        `run's ${totalSteps} steps; raise --max-steps or --num-train-epochs`,
-    );
-  }
-
+/**
+ * Opens the device, joins the ranks (sp subgroup, sequence attention), builds the model with the
+ * parameter store the layout chooses, and allocates them once the memory check passed.
+ */
+async function buildModel(
+  o: TrainOptions,
+  worldSize: number,
+  parallel: ParallelLayout,
+  source: ModelSource,
+  data: TrainingData,
+  log: (line: string) => void,
+): Promise<{
+  device: Device;
+  world: Communicator | null;
+  attention: SequenceAttention | undefined;
+  model: LlamaModel;
+  memory: { freeBefore: number; planned: number };
+}> {
+  const cfg = source.config, L = o.modelMaxLength, sp = parallel.sp;
+  const B = o.perDeviceTrainBatchSize, accum = o.gradientAccumulationSteps;
+  const { dataset, totalSteps, stepsPerEpoch } = data;
   // The device, the ranks and the memory plan.
   const device = openBackend(o.device);
   const dtype = o.bf16 ? DType.bf16 : DType.f32;
@@ -303,99 +462,7 @@ export async function setupRun(
   }
   attention?.allocate();
   model.allocate();
-  const stats = device.alloc(64);
-  let lock: OutputLock | null = null;
-
-  try {
-    // A collective that returns once every rank reached it (the checkpoint saves' barrier).
-    const barrier = async () => {
-      if (world) await allReduceNumber(world, stats, device, 0);
-    };
-    // Rank 0 takes the output folder (lock, run.json); the others read the run id it wrote.
-    if (isMain) {
-      lock = claimOutputDir(o.outputDir, outputPlan, o.overwriteOutputDir, log);
-      for (const line of await recoverInterruptedSaves(o.outputDir, lock.runId)) {
-        log(`note: ${line}`);
-      }
-    }
-    await barrier();
-    const runId = lock?.runId ?? outputRunId(o.outputDir);
-    const optimizerFile = optimizerFileName(envRank, worldSize, fullShard);
-    let startStep = 0;
-    let history: StepMetrics[] = [], evals: EvalMetrics[] = [];
-    if (resumeDir) {
-      await loadWeights(model, resumeDir);
-      await loadOptimizer(model, join(resumeDir, optimizerFile));
-      startStep = resumeState!.global_step;
-      const past = upgradeLogHistory<StepMetrics | EvalMetrics>(resumeState!.log_history);
-      history = past.filter((e): e is StepMetrics => !("eval_loss" in e));
-      evals = past.filter((e): e is EvalMetrics => "eval_loss" in e);
-      log(`resumed from ${resumeDir} at step ${startStep}`);
-    } else if (source.dir) {
-      await loadWeights(model, source.dir);
-    } else {
-      initRandom(model, o.seed);
-    }
-
-    if (isMain) await saveTrainingArgs(o.outputDir, o);
-    // A resumed run's metrics are the checkpoint's history: lines logged after it are dropped.
-    if (isMain && resumeDir) {
-      await writeTextSynced(
-        join(o.outputDir, "metrics.jsonl"),
-        logHistory(history, evals).map((m) => JSON.stringify(m) + "\n").join(""),
-      );
-    }
-    const report = await RunReport.open(o.outputDir, {
-      active: isMain,
-      fresh: !resumeDir,
-      tensorboard: reportsToTensorBoard(o),
-    });
-    return {
-      options: o,
-      worldSize,
-      rank: envRank,
-      isMain,
-      log,
-      parallel,
-      source,
-      tokenizer,
-      dataset,
-      evaluation,
-      windowsPerStep,
-      stepsPerEpoch,
-      totalSteps,
-      warmupSteps: warmup,
-      tokensPerStep: windowsPerStep * L * dp, // all data-parallel groups together
-      memory: { freeBefore: free, planned },
-      device,
-      world,
-      attention,
-      model,
-      scratch: stats,
-      lock,
-      report,
-      runId,
-      optimizerFile,
-      barrier,
-      resumeDir,
-      startStep,
-      history,
-      evals,
-      debugGrads: Deno.env.get("DISTFLASH_DEBUG_GRADS") === "1",
-    };
-  } catch (error) {
-    world?.abort(); // peers learn at once instead of waiting for a timeout
-    await teardownRun({
-      device,
-      world: null,
-      attention,
-      model,
-      scratch: stats,
-      lock,
-      report: null,
-    });
-    throw error;
-  }
+  return { device, world, attention, model, memory: { freeBefore: free, planned } };
 }
 
 /** After a failure on this rank: tells the other ranks at once instead of leaving them to time out. */
