@@ -15,7 +15,7 @@ import {
 } from "../src/data/mod.ts";
 import { writeNpy } from "../src/io/npy.ts";
 import { resolveModel } from "../src/model/hf.ts";
-import { tokenizingProgress } from "../src/train/trainer.ts";
+import { tokenizingProgress } from "../src/train/progress.ts";
 
 export function registerTokenize(program: Command): void {
   program

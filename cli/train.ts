@@ -10,7 +10,8 @@ import {
   TRAIN_DEFAULTS,
   TRAIN_SPECS,
 } from "../src/train/options.ts";
-import { checkRun, train, TrainingInterrupted } from "../src/train/trainer.ts";
+import { checkRun } from "../src/train/setup.ts";
+import { train, TrainingInterrupted } from "../src/train/trainer.ts";
 import { openBackend } from "../src/runtime/info.ts";
 import { isLaunchedRank, launch } from "../src/launch/launcher.ts";
 import { COMM_FAILURE_EXIT_CODE, CommError } from "../src/comm/comm.ts";

@@ -100,3 +100,25 @@ export class StepProgress {
     );
   }
 }
+
+/**
+ * Progress of tokenising large text data: a line every 5 seconds with the share done and the
+ * rate (silent for data read in under 5 seconds).
+ */
+export function tokenizingProgress(
+  log: (line: string) => void,
+): (done: number, total: number) => void {
+  const start = performance.now();
+  let last = start;
+  return (done, total) => {
+    const now = performance.now();
+    if (now - last < 5000 || total === 0) return;
+    last = now;
+    const mbPerS = done / 1e6 / ((now - start) / 1000);
+    const left = mbPerS > 0 ? (total - done) / 1e6 / mbPerS : NaN;
+    log(
+      `tokenizing: ${(100 * done / total).toFixed(0)}% of ${(total / 1e6).toFixed(0)} MB, ` +
+        `${mbPerS.toFixed(2)} MB/s, about ${Math.round(left)} s left`,
+    );
+  };
+}

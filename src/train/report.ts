@@ -13,6 +13,7 @@ import { TensorBoardWriter } from "./tensorboard.ts";
 export class RunReport {
   readonly #metricsPath: string;
   readonly #losses: number[] = [];
+  #closed = false;
 
   private constructor(
     readonly outputDir: string,
@@ -67,8 +68,13 @@ export class RunReport {
     });
   }
 
-  /** Closes the event file; on a terminal, returns a text chart of this run's logged losses. */
+  /**
+   * Closes the event file; on a terminal, returns a text chart of this run's logged losses. A
+   * second call (the run's teardown after the loop closed it) does nothing and returns null.
+   */
   close(): string | null {
+    if (this.#closed) return null;
+    this.#closed = true;
     this.tensorboard?.close();
     if (!this.active || this.#losses.length < 2 || !Deno.stderr.isTerminal()) return null;
     return lossChart(this.#losses);

@@ -5,6 +5,8 @@
  */
 import { join } from "node:path";
 import type { TrainOptions } from "./options.ts";
+import type { EvalMetrics } from "./eval.ts";
+import type { StepMetrics } from "./metrics.ts";
 
 /** The training loop's numbers that trainer_state.json reports. */
 export interface StateNumbers {
@@ -74,4 +76,13 @@ export async function saveTrainingArgs(dir: string, o: TrainOptions): Promise<vo
   }
   await Deno.mkdir(dir, { recursive: true });
   await Deno.writeTextFile(join(dir, "training_args.json"), JSON.stringify(args, null, 2) + "\n");
+}
+
+/** log_history as HF orders it: by step, a step's training entry before its evaluation. */
+export function logHistory(
+  steps: StepMetrics[],
+  evals: EvalMetrics[],
+): (StepMetrics | EvalMetrics)[] {
+  const all: (StepMetrics | EvalMetrics)[] = [...steps, ...evals];
+  return all.sort((a, b) => a.step - b.step || Number("eval_loss" in a) - Number("eval_loss" in b));
 }
