@@ -47,8 +47,9 @@ interface Run {
   logits: Float32Array;
   loss: number;
   grads: Map<string, Float32Array>;
-  /** Rank 0's labels after slicing (P = 1: the whole batch's). */
+  /** Rank 0's labels and positions after slicing (P = 1: the whole batch's). */
   labels: Int32Array;
+  positions: Int32Array;
 }
 
 /**
@@ -126,7 +127,13 @@ async function run(
       }
       grads.set(e.name, sum);
     }
-    return { logits, loss: lossSum / count, grads, labels: ranks[0].batch.labels };
+    return {
+      logits,
+      loss: lossSum / count,
+      grads,
+      labels: ranks[0].batch.labels,
+      positions: ranks[0].batch.positions,
+    };
   } finally {
     for (const { model, attention } of ranks) {
       model.free();
@@ -158,6 +165,15 @@ for (const variant of ["mha", "gqa"]) {
     const got = await run(variant, ref.ids, ref.nextIds, { P: 1 });
     // The layout ignores exactly the labels whose target is a BOS (inside the window and at its edge).
     assertEquals(Array.from(got.labels), Array.from(ref.labels));
+    // RoPE positions restart at every BOS and at each window's start. (Attention scores depend only
+    // on position differences inside a document, so logits alone cannot see this; the rule can.)
+    const bos = (await readHfConfig(`${fixtures}${variant}`)).bosTokenId!;
+    const want = Array.from(ref.ids, (_, i) => {
+      let start = i - (i % L);
+      for (let p = start + 1; p <= i; p++) if (ref.ids[p] === bos) start = p;
+      return i - start;
+    });
+    assertEquals(Array.from(got.positions), want, "positions restart per document");
     const e = assertMatches(got, ref, `${variant} 1 rank`);
     console.log(`${variant} documents, 1 rank: ${JSON.stringify(e)}`);
   });
