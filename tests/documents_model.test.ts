@@ -20,6 +20,11 @@ import { DType } from "../src/runtime/ops.ts";
 import { ParallelLayout, type SequenceLayout } from "../src/parallel/layout.ts";
 import { buildSequenceAttention } from "../src/parallel/sequence_attention.ts";
 import { LocalGroup } from "../src/comm/local_comm.ts";
+import {
+  attentionWorkPerRank,
+  imbalance,
+  randomDocumentStarts,
+} from "../src/parallel/document_work.ts";
 import { fileURLToPath } from "node:url";
 
 const fixtures = fileURLToPath(new URL("./fixtures/", import.meta.url));
@@ -215,4 +220,39 @@ Deno.test("documents: a window of a single document is today's causal result, bi
   // And it is the transformers result of that window (its rows of the fixture).
   const V = 256, one = await run("gqa", ids, next, { P: 1 });
   assertLess(relError(one.logits, ref.logits.subarray(L * V)), 1e-4, "logits of window 1");
+});
+
+Deno.test("documents: per-rank attention work (plan's imbalance) counts every visible pair once", () => {
+  const L = 48, starts = randomDocumentStarts(L, 6, 3);
+  assert(starts.length > 4, "several documents");
+  // Brute force: visible (query, key) pairs by the rule, per position.
+  const sees = (p: number, s: number) => s <= p && !starts.some((x) => x > s && x <= p);
+  for (const sequence of ["zigzag", "contiguous"] as const) {
+    for (const P of [2, 3, 4]) {
+      if (L % (sequence === "zigzag" ? 2 * P : P) !== 0) continue;
+      const layout = new ParallelLayout(P, 0, {
+        spSize: P,
+        distattnLayout: sequence,
+        fsdp: "",
+        offloadOptimizer: false,
+      });
+      const work = attentionWorkPerRank(layout, L, starts);
+      const want = Array.from({ length: P }, (_, r) => {
+        let n = 0;
+        for (const [q0, len] of layout.forRank(r).pieces(L)) {
+          for (let p = q0; p < q0 + len; p++) for (let s = 0; s < L; s++) if (sees(p, s)) n++;
+        }
+        return n;
+      });
+      assertEquals(work, want, `${sequence} P=${P}`);
+    }
+  }
+  // Causal attention under zigzag: every rank the same work.
+  const zig = new ParallelLayout(4, 0, {
+    spSize: 4,
+    distattnLayout: "zigzag",
+    fsdp: "",
+    offloadOptimizer: false,
+  });
+  assertEquals(imbalance(attentionWorkPerRank(zig, L, [0])), 1);
 });

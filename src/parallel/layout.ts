@@ -34,6 +34,28 @@ export function zigzagChunks(r: number, P: number): [number, number] {
   return [r, 2 * P - 1 - r];
 }
 
+/** What `sliceBatch` needs to cut windows into documents: the BOS token that begins each one. */
+export interface DocumentSplit {
+  bos: number;
+}
+
+/**
+ * The document split of `--attention-mask` (undefined for causal): the model's bos_token_id
+ * begins documents. Throws when document masking is asked of a model without one.
+ */
+export function documentSplit(
+  mask: "causal" | "document",
+  bosTokenId: number | undefined,
+): DocumentSplit | undefined {
+  if (mask === "causal") return undefined;
+  if (bosTokenId === undefined) {
+    throw new Error(
+      "--attention-mask document: the model's config has no bos_token_id, which begins documents",
+    );
+  }
+  return { bos: bosTokenId };
+}
+
 /** A run's parallel degrees and this rank's place in them. */
 export class ParallelLayout {
   /** Ranks sharing one sequence. */
@@ -141,7 +163,7 @@ export class ParallelLayout {
     batch: { inputs: Int32Array; labels: Int32Array },
     B: number,
     length: number,
-    documents?: { bos: number },
+    documents?: DocumentSplit,
   ): { inputs: Int32Array; labels: Int32Array; positions: Int32Array; documents?: number[][] } {
     this.checkLength(length);
     const S = this.tokensPerRank(length), pieces = this.pieces(length);
@@ -158,7 +180,9 @@ export class ParallelLayout {
         labels.set(batch.labels.subarray(b * length + start, b * length + start + n), at);
         if (docs) {
           positions.set(positionsWithinDocuments(docs, start, n), at);
-          for (let t = at; t < at + n; t++) if (labels[t] === documents!.bos) labels[t] = IGNORED_LABEL;
+          for (let t = at; t < at + n; t++) {
+            if (labels[t] === documents!.bos) labels[t] = IGNORED_LABEL;
+          }
         } else {
           for (let t = 0; t < n; t++) positions[at + t] = start + t;
         }

@@ -27,7 +27,7 @@ import { Progress, StepProgress } from "./progress.ts";
 import type { StepMetrics } from "./metrics.ts";
 import { formatPlan, hostAvailableBytes, modelOptions, WORKSPACE_ALLOWANCE_BYTES } from "./plan.ts";
 import { initDistributed } from "../comm/env.ts";
-import { ParallelLayout } from "../parallel/layout.ts";
+import { documentSplit, ParallelLayout } from "../parallel/layout.ts";
 import { allReduceNumber } from "./ranks.ts";
 import { type EvalMetrics, evaluate, evaluationDue, splitEvalData } from "./eval.ts";
 import { RunReport } from "./report.ts";
@@ -128,6 +128,7 @@ export async function checkRun(o: TrainOptions, worldSize: number, rank = 0): Pr
   parallel.checkLength(o.modelMaxLength);
   const source = await resolveModel(o.model);
   checkHeadGroups(source.config, o.attentionHeadGroups);
+  documentSplit(o.attentionMask, source.config.bosTokenId);
   if (o.dataPath && !existsSync(o.dataPath)) {
     throw new Error(`--data-path ${o.dataPath}: no such file or folder`);
   }
@@ -168,7 +169,7 @@ export async function train(
   for (const note of outputPlan.notes) log(`note: ${note}`);
   const resumeDir = outputPlan.resumeDir;
   const resumeState = resumeDir ? readTrainerState(resumeDir) : null;
-  const L = o.modelMaxLength;
+  const L = o.modelMaxLength, documents = documentSplit(o.attentionMask, cfg.bosTokenId);
   if (o.attentionHeadGroups > 1 && sp === 1) {
     log("note: --attention-head-groups applies to sequence-parallel attention (sp > 1): no effect");
   }
@@ -418,6 +419,7 @@ export async function train(
       scratch: stats,
       batch: B,
       parallel,
+      documents,
     };
     const within = new StepProgress(
       cfg.numLayers,
@@ -447,6 +449,7 @@ export async function train(
           dataset.batch(order!.subarray(first + a * B, first + (a + 1) * B)),
           B,
           L,
+          documents,
         );
         for (const label of batch.labels) if (label >= 0) labelled++;
         micro.push(batch);
@@ -459,7 +462,7 @@ export async function train(
       let lossSum = 0;
       for (const [i, batch] of micro.entries()) {
         within.begin(step + 1, totalSteps, i, micro.length);
-        model.setBatch(batch.inputs, batch.labels, batch.positions);
+        model.setBatch(batch.inputs, batch.labels, batch.positions, batch.documents);
         await model.forward();
         lossSum += model.lossSum();
         await model.backward(1 / labelled);
