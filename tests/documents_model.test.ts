@@ -11,7 +11,8 @@
  * relative to the float64 reference; sequence parallelism only reorders sums.
  */
 import { assert, assertEquals, assertLess } from "./assert.ts";
-import { relError, testDevice } from "./_util.ts";
+import { relError, rng, runCpuRanks, testDevice } from "./_util.ts";
+import { join } from "node:path";
 import { openSafetensors } from "../src/io/safetensors.ts";
 import { readHfConfig } from "../src/model/config.ts";
 import { LlamaModel } from "../src/model/llama.ts";
@@ -255,4 +256,43 @@ Deno.test("documents: per-rank attention work (plan's imbalance) counts every vi
     offloadOptimizer: false,
   });
   assertEquals(imbalance(attentionWorkPerRank(zig, L, [0])), 1);
+});
+
+Deno.test("documents: train --attention-mask document on 2 CPU ranks follows 1 rank, and differs from causal", async () => {
+  const root = await Deno.makeTempDir();
+  // Short JSONL documents (1..30 bytes): several per 32-token window, packed with a BOS before each.
+  const data = join(root, "docs.jsonl"), next = rng(7);
+  const letters = "abcdefgh ";
+  const lines = Array.from({ length: 40 }, () => {
+    const n = 1 + Math.floor(next() * 30);
+    const text = Array.from({ length: n }, () => letters[Math.floor(next() * letters.length)]);
+    return JSON.stringify({ text: text.join("") });
+  });
+  await Deno.writeTextFile(data, lines.join("\n"));
+  // deno-fmt-ignore
+  const args = (mask: string, out: string) => [
+    "train", "--model", "debug-tiny", "--data-path", data, "--model-max-length", "32",
+    "--max-steps", "4", "--logging-steps", "1", "--learning-rate", "1e-2", "--device", "cpu",
+    "--save-strategy", "no", "--attention-mask", mask, "--output-dir", join(root, out),
+  ];
+  const curve = async (out: string) =>
+    (await Deno.readTextFile(join(root, out, "metrics.jsonl"))).trim().split("\n").map((l) =>
+      JSON.parse(l) as { loss: number; grad_norm: number }
+    );
+  await runCpuRanks(1, args("document", "one"));
+  await runCpuRanks(2, args("document", "two"));
+  await runCpuRanks(1, args("causal", "causal"));
+  const [one, two, causal] = [await curve("one"), await curve("two"), await curve("causal")];
+  assertEquals(one.length, 4);
+  one.forEach((m, i) => {
+    // fp32, ranks only reorder sums (tests/dist_train.test.ts bounds the same at 1e-4).
+    assertLess(Math.abs(two[i].loss - m.loss) / m.loss, 1e-4, `step ${i + 1} loss`);
+    assertLess(Math.abs(two[i].grad_norm - m.grad_norm) / m.grad_norm, 1e-4, `step ${i + 1} grad`);
+  });
+  assertLess(
+    1e-3,
+    Math.abs(causal[0].loss - one[0].loss) / one[0].loss,
+    "the mask changes the loss",
+  );
+  await Deno.remove(root, { recursive: true });
 });
