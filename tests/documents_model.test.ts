@@ -29,7 +29,7 @@ import {
 import { fileURLToPath } from "node:url";
 
 const fixtures = fileURLToPath(new URL("./fixtures/", import.meta.url));
-const B = 2, L = 24;
+const L = 24;
 
 async function fixture(variant: string) {
   const f = await openSafetensors(`${fixtures}documents/${variant}.safetensors`);
