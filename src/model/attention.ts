@@ -8,6 +8,34 @@ import type { Device, DevicePtr } from "../runtime/device.ts";
 import * as op from "../runtime/ops.ts";
 import type { DType } from "../runtime/ops.ts";
 import type { LlamaConfig } from "./config.ts";
+import { blockPairVisible, type DocStarts } from "./documents.ts";
+
+/**
+ * The documents of one sequence (src/model/documents.ts has the rule): the global starts of the
+ * whole sequence, on the host for deciding which block pairs to skip and on the device for the
+ * kernels. Every rank of a sequence holds the same starts.
+ */
+export interface SequenceDocuments {
+  /** Global document starts of the whole sequence (ascending, the first 0). */
+  starts: DocStarts;
+  /** The same starts as the kernels read them (int64 device memory). */
+  device: op.AttentionDocuments;
+}
+
+/**
+ * The attention shape of the block pair (queries [qPos0, qPos0 + tq), keys [kPos0, kPos0 + tk)) with
+ * the sequence's documents, or null when no query of the block sees a key of it (skip the pair).
+ * Without documents it is the plain causal block pair (keys entirely after the queries: null).
+ */
+export function blockPair(
+  shape: op.AttentionShape,
+  docs: SequenceDocuments | undefined,
+): op.AttentionShape | null {
+  const { qPos0, kPos0, tq, tk } = shape;
+  if (!docs) return kPos0 < qPos0 + tq ? shape : null;
+  if (!blockPairVisible(docs.starts, qPos0, qPos0 + tq, kPos0, kPos0 + tk)) return null;
+  return { ...shape, docs: docs.device };
+}
 
 /**
  * The tensors of one sequence's attention (or of this rank's slice of it): q [T,nh,hd], k and v
@@ -20,6 +48,8 @@ export interface AttentionTensors {
   v: DevicePtr;
   out: DevicePtr;
   lse: DevicePtr;
+  /** The sequence's documents; absent: plain causal attention over the whole sequence. */
+  docs?: SequenceDocuments;
 }
 
 /** What backward reads and adds to: dout like out; dq, dk, dv in fp32, accumulated (+=). */
@@ -38,7 +68,7 @@ export interface Attention {
   backward(t: AttentionTensors, g: AttentionGrads): void | Promise<void>;
 }
 
-/** Plain causal attention of a whole sequence on this device. */
+/** Causal (or document-masked) attention of a whole sequence on this device. */
 export class LocalAttention implements Attention {
   readonly shape: op.AttentionShape;
   constructor(readonly device: Device, cfg: LlamaConfig, seqLen: number, dtype: DType) {
@@ -54,10 +84,16 @@ export class LocalAttention implements Attention {
       dtype,
     };
   }
-  forward({ q, k, v, out, lse }: AttentionTensors): void {
-    op.attentionForward(this.device, out, lse, q, k, v, this.shape);
+  forward({ q, k, v, out, lse, docs }: AttentionTensors): void {
+    op.attentionForward(this.device, out, lse, q, k, v, this.#shape(docs));
   }
-  backward({ q, k, v, out, lse }: AttentionTensors, { dout, dq, dk, dv }: AttentionGrads): void {
-    op.attentionBackward(this.device, dq, dk, dv, dout, q, k, v, out, lse, this.shape);
+  backward(
+    { q, k, v, out, lse, docs }: AttentionTensors,
+    { dout, dq, dk, dv }: AttentionGrads,
+  ): void {
+    op.attentionBackward(this.device, dq, dk, dv, dout, q, k, v, out, lse, this.#shape(docs));
+  }
+  #shape(docs: SequenceDocuments | undefined): op.AttentionShape {
+    return docs ? { ...this.shape, docs: docs.device } : this.shape;
   }
 }

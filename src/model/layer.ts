@@ -11,7 +11,7 @@ import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
 import type { Tensor } from "../runtime/tensor.ts";
 import type { LlamaConfig } from "./config.ts";
-import type { Attention, AttentionTensors } from "./attention.ts";
+import type { Attention, AttentionTensors, SequenceDocuments } from "./attention.ts";
 
 /** Layer l's weights (or their fp32 gradients), resolved once per layer. */
 export interface LayerWeights {
@@ -104,6 +104,8 @@ export class DecoderLayer {
     readonly g: LayerGradScratch,
     /** Token positions [tokens] (int32) and the RoPE inverse frequencies. */
     readonly rope: { pos: Tensor; invFreq: Tensor },
+    /** The documents of each sequence of the current micro-batch (null: plain causal). */
+    readonly documents: () => readonly SequenceDocuments[] | null,
   ) {
     this.tokens = shape.batch * shape.seqLen;
     this.qDim = cfg.numHeads * cfg.headDim;
@@ -239,6 +241,7 @@ export class DecoderLayer {
       v: s.v.rows(b * S, S).ptr,
       out: io.o.rows(b * S, S).ptr,
       lse: io.lse.rows(b * nh, nh).ptr,
+      docs: this.documents()?.[b],
     };
   }
 

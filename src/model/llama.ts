@@ -23,7 +23,9 @@ import {
   replicatedParamStore,
 } from "./params.ts";
 import { CheckpointOffload } from "./host_state.ts";
-import { type Attention, LocalAttention } from "./attention.ts";
+import { type Attention, LocalAttention, type SequenceDocuments } from "./attention.ts";
+import { type DocStarts, docStartsInt64, validateDocStarts } from "./documents.ts";
+import type { DeviceBuffer } from "../runtime/device.ts";
 import {
   DecoderLayer,
   LAYER_PARAM_NAMES,
@@ -88,6 +90,10 @@ export class LlamaModel {
   /** Sizes of the per-layer host copies when checkpoints are offloaded. */
   readonly #hostCheckpoints: { x: number; o?: number; lse?: number } | null;
   #host: CheckpointOffload | null = null;
+  /** The current micro-batch's documents per sequence (null: plain causal attention). */
+  #documents: SequenceDocuments[] | null = null;
+  /** Device memory of their starts (grown as needed; tiny: one int64 per document). */
+  #docStarts: DeviceBuffer | null = null;
 
   /** Parameters, gradients and AdamW state (replicated or sharded). */
   readonly params: ParamStore;
@@ -258,6 +264,7 @@ export class LlamaModel {
       s,
       g,
       rope,
+      () => this.#documents,
     );
     this.attention = attention ?? new LocalAttention(device, cfg, seqLen, dtype);
   }
@@ -279,6 +286,9 @@ export class LlamaModel {
     this.params.release();
     this.#host?.free();
     this.#host = null;
+    this.#docStarts?.free();
+    this.#docStarts = null;
+    this.#documents = null;
   }
 
   get dtype(): DType {
@@ -315,8 +325,18 @@ export class LlamaModel {
     this.params.syncWeights();
   }
 
-  /** Uploads a micro-batch: ids and labels [batch * seqLen]; positions default to 0..T-1. */
-  setBatch(ids: Int32Array, labels: Int32Array, positions?: Int32Array): void {
+  /**
+   * Uploads a micro-batch: ids and labels [batch * seqLen]; positions default to 0..T-1.
+   * `documents`: per sequence of the micro-batch, the global starts of its documents (the whole
+   * sequence's, on every rank; src/model/documents.ts), so attention masks by document; absent:
+   * causal attention over the whole sequence. RoPE positions are the caller's (`positions`).
+   */
+  setBatch(
+    ids: Int32Array,
+    labels: Int32Array,
+    positions?: Int32Array,
+    documents?: readonly DocStarts[],
+  ): void {
     const T = this.tokens;
     if (ids.length !== T || labels.length !== T) {
       throw new Error(
@@ -341,9 +361,39 @@ export class LlamaModel {
       pos = new Int32Array(T);
       for (let i = 0; i < T; i++) pos[i] = i % this.opts.seqLen;
     }
+    if (documents && documents.length !== this.opts.batch) {
+      throw new Error(
+        `documents: one list of starts per sequence (${this.opts.batch}), got ${documents.length}`,
+      );
+    }
+    for (const starts of documents ?? []) validateDocStarts(starts, Infinity);
     this.device.upload(this.ids.ptr, ids);
     this.device.upload(this.labels.ptr, labels);
     this.device.upload(this.pos.ptr, pos);
+    this.#uploadDocuments(documents);
+  }
+
+  /** Uploads every sequence's document starts into one device buffer (grown when too small). */
+  #uploadDocuments(documents: readonly DocStarts[] | undefined): void {
+    if (!documents) {
+      this.#documents = null;
+      return;
+    }
+    const all = docStartsInt64(documents.flatMap((starts) => Array.from(starts)));
+    if (!this.#docStarts || this.#docStarts.bytes < all.byteLength) {
+      this.#docStarts?.free();
+      this.#docStarts = this.device.alloc(all.byteLength);
+    }
+    this.device.upload(this.#docStarts.ptr, all);
+    let at = 0;
+    this.#documents = documents.map((starts) => {
+      const docs = {
+        starts,
+        device: { starts: this.#docStarts!.ptr + BigInt(at * 8), count: starts.length },
+      };
+      at += starts.length;
+      return docs;
+    });
   }
 
   /** Layer l's weights (or, `grads`, their fp32 gradients), after its unit is gathered. */

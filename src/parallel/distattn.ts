@@ -22,10 +22,22 @@ import * as op from "../runtime/ops.ts";
 import { axpyF32 } from "../runtime/ops_basic.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
 import type { LlamaConfig } from "../model/config.ts";
-import type { Attention, AttentionGrads, AttentionTensors } from "../model/attention.ts";
+import {
+  type Attention,
+  type AttentionGrads,
+  type AttentionTensors,
+  blockPair,
+  type SequenceDocuments,
+} from "../model/attention.ts";
 import type { Communicator, P2P } from "../comm/comm.ts";
 import { CommStreams } from "../comm/streams.ts";
-import { backwardSchedule, forwardSchedule, type Step, type Transfer } from "./schedule.ts";
+import {
+  backwardSchedule,
+  forwardSchedule,
+  type Step,
+  type Task,
+  type Transfer,
+} from "./schedule.ts";
 
 export interface DistAttnOptions {
   /** The paper's load-balanced schedule (default) or the plain ring-like one. */
@@ -160,8 +172,28 @@ export class DistAttention implements Attention {
     this.#streams.free();
   }
 
-  #blockShape(q: number, kv: number): op.AttentionShape {
-    return { ...this.shape, qPos0: q * this.sliceLen, kPos0: kv * this.sliceLen };
+  /**
+   * The shape of the block pair (query block q, key block kv) with the sequence's documents, or
+   * null when no query of q sees a key of kv: the task is skipped, and so are the transfers that
+   * feed it and carry its result (every rank knows the boundaries, so sender and receiver agree).
+   */
+  #blockShape(q: number, kv: number, docs?: SequenceDocuments): op.AttentionShape | null {
+    const shape = { ...this.shape, qPos0: q * this.sliceLen, kPos0: kv * this.sliceLen };
+    return blockPair(shape, docs);
+  }
+
+  /**
+   * A step's input (`fetch`) or result transfers that serve a task with work: an input feeds its
+   * receiver's task, a result comes from its sender's.
+   */
+  #live(step: Step, which: "fetch" | "results", docs?: SequenceDocuments): Transfer[] {
+    const transfers = step[which];
+    if (!docs) return transfers;
+    const fetch = which === "fetch";
+    return transfers.filter((t) => {
+      const task: Task | undefined = step.tasks.find((x) => x.worker === (fetch ? t.to : t.from));
+      return task !== undefined && this.#blockShape(task.q, task.kv, docs) !== null;
+    });
   }
 
   #bytes(elems: number, dtype: DType = this.dtype): number {
@@ -199,12 +231,12 @@ export class DistAttention implements Attention {
     return ops;
   }
 
-  async forward({ q, k, v, out, lse }: AttentionTensors) {
+  async forward({ q, k, v, out, lse, docs }: AttentionTensors) {
     const d = this.device, r = this.rank, s0 = this.computeStream, steps = this.#fwd;
     d.memset(this.#outAcc.ptr, 0, this.#outAcc.bytes, s0);
     d.upload(this.#lseAcc.ptr, new Float32Array(this.#lseElems).fill(-Infinity), s0);
     const mine = { q, k, v };
-    const fetch = (s: number) => this.#fetch(steps[s].fetch, s, mine, false);
+    const fetch = (s: number) => this.#fetch(this.#live(steps[s], "fetch", docs), s, mine, false);
     // The first sends read what the caller has just computed on the compute stream.
     this.#streams.commWaitsCompute();
     await fetch(0);
@@ -215,7 +247,8 @@ export class DistAttention implements Attention {
       // whose compute the comm stream has already waited for).
       if (this.opts.overlap && s + 1 < steps.length) await fetch(s + 1);
       const task = steps[s].tasks.find((t) => t.worker === r);
-      if (task) {
+      const shape = task ? this.#blockShape(task.q, task.kv, docs) : null;
+      if (task && shape) {
         const qp = task.q === r ? q : slot.q.ptr;
         const kp = task.kv === r ? k : slot.k.ptr, vp = task.kv === r ? v : slot.v.ptr;
         op.attentionForward(
@@ -225,7 +258,7 @@ export class DistAttention implements Attention {
           qp,
           kp,
           vp,
-          this.#blockShape(task.q, task.kv),
+          shape,
           s0,
         );
         if (task.q === r) {
@@ -246,7 +279,7 @@ export class DistAttention implements Attention {
       // Partial results back to their owners.
       const ops: P2P[] = [];
       let receives = false;
-      for (const t of steps[s].results) {
+      for (const t of this.#live(steps[s], "results", docs)) {
         if (t.from === r) {
           ops.push({
             kind: "send",
@@ -296,10 +329,13 @@ export class DistAttention implements Attention {
     this.#streams.computeWaitsComm(); // the caller may reuse q, k, v once this returns
   }
 
-  async backward({ q, k, v, out, lse }: AttentionTensors, { dout, dq, dk, dv }: AttentionGrads) {
+  async backward(
+    { q, k, v, out, lse, docs }: AttentionTensors,
+    { dout, dq, dk, dv }: AttentionGrads,
+  ) {
     const d = this.device, r = this.rank, s0 = this.computeStream, steps = this.#bwd;
     const mine = { q, k, v, dout, out, lse };
-    const fetch = (s: number) => this.#fetch(steps[s].fetch, s, mine, true);
+    const fetch = (s: number) => this.#fetch(this.#live(steps[s], "fetch", docs), s, mine, true);
     // The first sends read what the caller has just computed on the compute stream.
     this.#streams.commWaitsCompute();
     await fetch(0);
@@ -308,8 +344,9 @@ export class DistAttention implements Attention {
       this.#streams.computeWaitsComm();
       if (this.opts.overlap && s + 1 < steps.length) await fetch(s + 1);
       const task = steps[s].tasks.find((t) => t.worker === r);
+      const shape = task ? this.#blockShape(task.q, task.kv, docs) : null;
       const ops: P2P[] = [];
-      if (task) {
+      if (task && shape) {
         const ownQ = task.q === r, ownKv = task.kv === r;
         const qp = ownQ ? q : slot.q.ptr, dop = ownQ ? dout : slot.dout.ptr;
         const op_ = ownQ ? out : slot.out.ptr, lp = ownQ ? lse : slot.lse.ptr;
@@ -334,12 +371,12 @@ export class DistAttention implements Attention {
           vp,
           op_,
           lp,
-          this.#blockShape(task.q, task.kv),
+          shape,
           s0,
         );
       }
       let recvDq = false, recvDkv = false;
-      for (const t of steps[s].results) {
+      for (const t of this.#live(steps[s], "results", docs)) {
         const send = t.from === r, recv = t.to === r;
         if (!send && !recv) continue;
         const kind = send ? "send" : "recv", peer = send ? t.to : t.from;

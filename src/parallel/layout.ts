@@ -9,6 +9,8 @@
 import type { Communicator } from "../runtime/communicator.ts";
 import { type ParamStoreSpec, replicatedParamStore } from "../model/params.ts";
 import { shardedParamStore } from "./zero3.ts";
+import { docStartsFromTokens, positionsWithinDocuments } from "../model/documents.ts";
+import { IGNORED_LABEL } from "../data/dataset.ts";
 
 /** How a sequence is cut over the sp ranks of a group. */
 export type SequenceLayout = "zigzag" | "contiguous";
@@ -30,6 +32,28 @@ export interface ParallelOptions {
  */
 export function zigzagChunks(r: number, P: number): [number, number] {
   return [r, 2 * P - 1 - r];
+}
+
+/** What `sliceBatch` needs to cut windows into documents: the BOS token that begins each one. */
+export interface DocumentSplit {
+  bos: number;
+}
+
+/**
+ * The document split of `--attention-mask` (undefined for causal): the model's bos_token_id
+ * begins documents. Throws when document masking is asked of a model without one.
+ */
+export function documentSplit(
+  mask: "causal" | "document",
+  bosTokenId: number | undefined,
+): DocumentSplit | undefined {
+  if (mask === "causal") return undefined;
+  if (bosTokenId === undefined) {
+    throw new Error(
+      "--attention-mask document: the model's config has no bos_token_id, which begins documents",
+    );
+  }
+  return { bos: bosTokenId };
 }
 
 /** A run's parallel degrees and this rank's place in them. */
@@ -126,27 +150,50 @@ export class ParallelLayout {
 
   /**
    * This rank's tokens of each of the B windows of a batch ([B, length] row-major inputs and
-   * labels) with their global positions, laid out [B, tokensPerRank].
+   * labels) with their RoPE positions, laid out [B, tokensPerRank].
+   *
+   * With `documents` (document masking: --attention-mask document), a document begins at every
+   * `bos` token and at the first token of each window; then `documents` of the result holds each
+   * window's global document starts (the whole window's, the same on every rank), positions
+   * restart at 0 per document, and a label whose target is a BOS (the prediction of the next
+   * document's first token from the previous one, inside the window or at its edge) is ignored.
+   * Without, positions are the global positions and `documents` is absent.
    */
   sliceBatch(
     batch: { inputs: Int32Array; labels: Int32Array },
     B: number,
     length: number,
-  ): { inputs: Int32Array; labels: Int32Array; positions: Int32Array } {
+    documents?: DocumentSplit,
+  ): { inputs: Int32Array; labels: Int32Array; positions: Int32Array; documents?: number[][] } {
     this.checkLength(length);
     const S = this.tokensPerRank(length), pieces = this.pieces(length);
     const inputs = new Int32Array(B * S), labels = new Int32Array(B * S);
     const positions = new Int32Array(B * S);
+    const starts: number[][] = [];
     for (let b = 0; b < B; b++) {
+      const window = batch.inputs.subarray(b * length, (b + 1) * length);
+      const docs = documents ? docStartsFromTokens(window, documents.bos) : null;
+      if (docs) starts.push(docs);
       let at = b * S;
       for (const [start, n] of pieces) {
-        inputs.set(batch.inputs.subarray(b * length + start, b * length + start + n), at);
+        inputs.set(window.subarray(start, start + n), at);
         labels.set(batch.labels.subarray(b * length + start, b * length + start + n), at);
-        for (let t = 0; t < n; t++) positions[at + t] = start + t;
+        if (docs) {
+          positions.set(positionsWithinDocuments(docs, start, n), at);
+          for (let t = at; t < at + n; t++) {
+            if (labels[t] === documents!.bos) labels[t] = IGNORED_LABEL;
+          }
+        } else {
+          for (let t = 0; t < n; t++) positions[at + t] = start + t;
+        }
         at += n;
       }
     }
-    return { inputs, labels, positions };
+    return documents ? { inputs, labels, positions, documents: starts } : {
+      inputs,
+      labels,
+      positions,
+    };
   }
 
   /**

@@ -123,9 +123,13 @@ export class HeadGroupedAttention implements SequenceAttention {
     else this.device.copy2d(slot.ptr, width, at, row, width, this.tokens);
   }
 
-  /** The inner attention's tensors for group g: the slots, and g's rows of the caller's LSE. */
-  #group(lse: DevicePtr, g: number): AttentionTensors {
+  /**
+   * The inner attention's tensors for group g: the slots, g's rows of the caller's LSE, and the
+   * sequence's documents (the same for every head).
+   */
+  #group({ lse, docs }: AttentionTensors, g: number): AttentionTensors {
     return {
+      docs,
       q: this.#q.ptr,
       k: this.#k.ptr,
       v: this.#v.ptr,
@@ -135,7 +139,8 @@ export class HeadGroupedAttention implements SequenceAttention {
     };
   }
 
-  async forward({ q, k, v, out, lse }: AttentionTensors) {
+  async forward(t: AttentionTensors) {
+    const { q, k, v, out } = t;
     const nh = this.cfg.numHeads, nkv = this.cfg.numKvHeads, b = DTYPE_BYTES[this.dtype];
     for (let g = 0; g < this.groups; g++) {
       this.#move(q, this.#q, nh, g, b, false);
@@ -143,12 +148,13 @@ export class HeadGroupedAttention implements SequenceAttention {
       this.#move(v, this.#v, nkv, g, b, false);
       // The inner attention orders its transfers after these copies and returns with the compute
       // stream waiting for them, so the next group may overwrite the slots.
-      await this.inner.forward(this.#group(lse, g));
+      await this.inner.forward(this.#group(t, g));
       this.#move(out, this.#out, nh, g, b, true);
     }
   }
 
-  async backward({ q, k, v, out, lse }: AttentionTensors, { dout, dq, dk, dv }: AttentionGrads) {
+  async backward(t: AttentionTensors, { dout, dq, dk, dv }: AttentionGrads) {
+    const { q, k, v, out } = t;
     const nh = this.cfg.numHeads, nkv = this.cfg.numKvHeads, b = DTYPE_BYTES[this.dtype];
     const inputs: [DevicePtr, Slot, number][] = [
       [q, this.#q, nh],
@@ -164,7 +170,7 @@ export class HeadGroupedAttention implements SequenceAttention {
       this.#move(dk, this.#dk, nkv, g, 4, false);
       this.#move(dv, this.#dv, nkv, g, 4, false);
       const grads = { dout: this.#dout.ptr, dq: this.#dq.ptr, dk: this.#dk.ptr, dv: this.#dv.ptr };
-      await this.inner.backward(this.#group(lse, g), grads);
+      await this.inner.backward(this.#group(t, g), grads);
       this.#move(dq, this.#dq, nh, g, 4, true);
       this.#move(dk, this.#dk, nkv, g, 4, true);
       this.#move(dv, this.#dv, nkv, g, 4, true);

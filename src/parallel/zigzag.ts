@@ -14,7 +14,13 @@ import * as op from "../runtime/ops.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
 import { axpyF32 } from "../runtime/ops_basic.ts";
 import type { LlamaConfig } from "../model/config.ts";
-import type { Attention, AttentionGrads, AttentionTensors } from "../model/attention.ts";
+import {
+  type Attention,
+  type AttentionGrads,
+  type AttentionTensors,
+  blockPair,
+  type SequenceDocuments,
+} from "../model/attention.ts";
 import type { Communicator, P2P } from "../comm/comm.ts";
 import { CommStreams } from "../comm/streams.ts";
 import { zigzagChunks } from "./layout.ts";
@@ -86,11 +92,19 @@ export class ZigzagAttention implements Attention {
     this.#streams.free();
   }
 
-  /** Shape of the sub-block (local query chunk qc, source rank src's key chunk kc), or null if masked. */
-  #pair(qc: number, src: number, kc: number): op.AttentionShape | null {
-    const cq = zigzagChunks(this.rank, this.P)[qc], ck = zigzagChunks(src, this.P)[kc];
-    if (ck > cq) return null; // keys entirely after the queries
-    return {
+  /**
+   * Shape of the sub-block (query chunk qc of rank qRank, key chunk kc of rank kRank), or null when
+   * no query of it sees a key of it (causally masked, or, with documents, no shared document).
+   */
+  #pair(
+    qc: number,
+    kc: number,
+    docs: SequenceDocuments | undefined,
+    kRank: number,
+    qRank = this.rank,
+  ): op.AttentionShape | null {
+    const cq = zigzagChunks(qRank, this.P)[qc], ck = zigzagChunks(kRank, this.P)[kc];
+    return blockPair({
       tq: this.h,
       tk: this.h,
       nh: this.cfg.numHeads,
@@ -100,7 +114,15 @@ export class ZigzagAttention implements Attention {
       kPos0: ck * this.h,
       scale: 1 / Math.sqrt(this.cfg.headDim),
       dtype: this.dtype,
-    };
+    }, docs);
+  }
+
+  /** Whether any query of rank qRank sees any key of rank kRank (else no dK/dV partial travels). */
+  #ranksSee(qRank: number, kRank: number, docs: SequenceDocuments | undefined): boolean {
+    for (let qc = 0; qc < 2; qc++) {
+      for (let kc = 0; kc < 2; kc++) if (this.#pair(qc, kc, docs, kRank, qRank)) return true;
+    }
+    return false;
   }
 
   /** The ring step's K/V exchange: pass what was used at step t on to r+1, receive into a slot. */
@@ -119,7 +141,7 @@ export class ZigzagAttention implements Attention {
     return ptr + BigInt(row0 * rowElems * DTYPE_BYTES[dtype]);
   }
 
-  async forward({ q, k, v, out, lse }: AttentionTensors) {
+  async forward({ q, k, v, out, lse, docs }: AttentionTensors) {
     const d = this.device, s0 = this.computeStream, P = this.P, r = this.rank, h = this.h;
     const nh = this.cfg.numHeads;
     d.memset(this.#outAcc.ptr, 0, this.#outAcc.bytes, s0);
@@ -133,7 +155,7 @@ export class ZigzagAttention implements Attention {
       }
       for (let qc = 0; qc < 2; qc++) {
         for (let kc = 0; kc < 2; kc++) {
-          const shape = this.#pair(qc, src, kc);
+          const shape = this.#pair(qc, kc, docs, src);
           if (!shape) continue;
           op.attentionForward(
             d,
@@ -170,7 +192,10 @@ export class ZigzagAttention implements Attention {
     d.copy(lse, this.#lseAcc.ptr, this.#lseAcc.bytes, s0);
   }
 
-  async backward({ q, k, v, out, lse }: AttentionTensors, { dout, dq, dk, dv }: AttentionGrads) {
+  async backward(
+    { q, k, v, out, lse, docs }: AttentionTensors,
+    { dout, dq, dk, dv }: AttentionGrads,
+  ) {
     const d = this.device, s0 = this.computeStream, P = this.P, r = this.rank, h = this.h;
     const nh = this.cfg.numHeads, kvBytes = this.sliceLen * this.#rowKv * 4;
     let kCur = k, vCur = v;
@@ -180,16 +205,21 @@ export class ZigzagAttention implements Attention {
         this.#streams.commWaitsCompute();
         await this.comm.exchange(this.#ringOps(t, kCur, vCur), this.#streams.comm);
       }
-      // dK/dV of our own keys go straight into the accumulators; others' into partials.
-      const own = t === 0;
+      // dK/dV of our own keys go straight into the accumulators; others' into partials. With
+      // documents, partials that would be zero (our queries see none of src's keys) are neither
+      // computed nor sent, and the rank t places ahead skips them likewise (every rank knows the
+      // boundaries, so both sides agree).
+      const own = t === 0, from = (r + t) % P;
+      const send = !own && this.#ranksSee(r, src, docs);
+      const receive = !own && this.#ranksSee(from, r, docs);
       const dkT = own ? dk : this.#dkPart.ptr, dvT = own ? dv : this.#dvPart.ptr;
-      if (!own) {
+      if (send) {
         d.memset(this.#dkPart.ptr, 0, kvBytes, s0);
         d.memset(this.#dvPart.ptr, 0, kvBytes, s0);
       }
       for (let qc = 0; qc < 2; qc++) {
         for (let kc = 0; kc < 2; kc++) {
-          const shape = this.#pair(qc, src, kc);
+          const shape = this.#pair(qc, kc, docs, src);
           if (!shape) continue;
           op.attentionBackward(
             d,
@@ -207,18 +237,24 @@ export class ZigzagAttention implements Attention {
           );
         }
       }
-      if (!own) {
+      if (send || receive) {
         // Partials for src's keys go back to src; ours come from the rank t places ahead.
+        const ops: P2P[] = [];
+        if (send) {
+          ops.push({ kind: "send", peer: src, ptr: this.#dkPart.ptr, bytes: kvBytes });
+          ops.push({ kind: "send", peer: src, ptr: this.#dvPart.ptr, bytes: kvBytes });
+        }
+        if (receive) {
+          ops.push({ kind: "recv", peer: from, ptr: this.#recvDk.ptr, bytes: kvBytes });
+          ops.push({ kind: "recv", peer: from, ptr: this.#recvDv.ptr, bytes: kvBytes });
+        }
         this.#streams.commWaitsCompute();
-        await this.comm.exchange([
-          { kind: "send", peer: src, ptr: this.#dkPart.ptr, bytes: kvBytes },
-          { kind: "send", peer: src, ptr: this.#dvPart.ptr, bytes: kvBytes },
-          { kind: "recv", peer: (r + t) % P, ptr: this.#recvDk.ptr, bytes: kvBytes },
-          { kind: "recv", peer: (r + t) % P, ptr: this.#recvDv.ptr, bytes: kvBytes },
-        ], this.#streams.comm);
+        await this.comm.exchange(ops, this.#streams.comm);
         this.#streams.computeWaitsComm();
-        axpyF32(d, dk, this.#recvDk.ptr, 1, this.sliceLen * this.#rowKv, s0);
-        axpyF32(d, dv, this.#recvDv.ptr, 1, this.sliceLen * this.#rowKv, s0);
+        if (receive) {
+          axpyF32(d, dk, this.#recvDk.ptr, 1, this.sliceLen * this.#rowKv, s0);
+          axpyF32(d, dv, this.#recvDv.ptr, 1, this.sliceLen * this.#rowKv, s0);
+        }
       }
       if (t + 1 < P) {
         this.#streams.computeWaitsComm();

@@ -10,7 +10,7 @@ import type { LlamaModel } from "../model/llama.ts";
 import type { Device, DeviceBuffer } from "../runtime/device.ts";
 import type { TrainOptions } from "./options.ts";
 import { allReduceNumber } from "./ranks.ts";
-import type { ParallelLayout } from "../parallel/layout.ts";
+import type { DocumentSplit, ParallelLayout } from "../parallel/layout.ts";
 
 /** One evaluation, as a line of metrics.jsonl and an entry of log_history (HF's names). */
 export interface EvalMetrics {
@@ -111,6 +111,8 @@ export interface EvalPlacement {
   batch: number;
   /** This rank's place in dp x sp and how a window is sliced for it. */
   parallel: ParallelLayout;
+  /** --attention-mask document: where documents begin (absent: causal over the window). */
+  documents?: DocumentSplit;
 }
 
 /**
@@ -140,9 +142,9 @@ export async function evaluate(
     const inputs = new Int32Array(B * L), labels = new Int32Array(B * L).fill(-100);
     inputs.set(full.inputs);
     labels.set(full.labels);
-    const batch = at.parallel.sliceBatch({ inputs, labels }, B, L);
+    const batch = at.parallel.sliceBatch({ inputs, labels }, B, L, at.documents);
     for (const label of batch.labels) if (label >= 0) labelled++;
-    at.model.setBatch(batch.inputs, batch.labels, batch.positions);
+    at.model.setBatch(batch.inputs, batch.labels, batch.positions, batch.documents);
     await at.model.forward();
     lossSum += at.model.lossSum();
   }

@@ -108,6 +108,13 @@ export interface TrainOptions {
   distattnLayout: "contiguous" | "zigzag";
   /** Sequence-parallel attention runs in this many head groups (its buffers that many times smaller). */
   attentionHeadGroups: number;
+  /**
+   * "causal" (default): every token attends to every earlier token of its window. "document":
+   * packed documents do not see each other (a document begins at every BOS of the model's
+   * bos_token_id and at each window's start), RoPE positions restart per document, and the
+   * prediction of a document's first token from the previous document is not trained on.
+   */
+  attentionMask: "causal" | "document";
   /** "attention" (rematerialisation-aware, default) or "layer" (classic, for comparison). */
   checkpointBoundary: "attention" | "layer";
   /** Vocabulary rows per LM-head chunk. */
@@ -204,6 +211,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   distattnOverlap: true,
   distattnLayout: "zigzag",
   attentionHeadGroups: 1,
+  attentionMask: "causal",
   checkpointBoundary: "attention",
   vocabChunk: 4096,
   mlpTile: 4096,
@@ -299,6 +307,13 @@ export const TRAIN_SPECS: readonly Spec[] = [
     kind: "int",
     help: "run sequence-parallel attention in G head groups: its buffers G x smaller (long runs)",
     min: 1,
+  },
+  {
+    key: "attentionMask",
+    kind: "choice",
+    help:
+      "causal over the whole window, or document: packed documents (split at BOS) do not see each other",
+    choices: ["causal", "document"],
   },
   {
     key: "checkpointBoundary",

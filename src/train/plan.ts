@@ -13,6 +13,11 @@ import type { ParamStoreSpec } from "../model/params.ts";
 import { buildSequenceAttention, type SequenceAttention } from "../parallel/sequence_attention.ts";
 import type { Communicator } from "../comm/comm.ts";
 import { ParallelLayout } from "../parallel/layout.ts";
+import {
+  attentionWorkPerRank,
+  imbalance,
+  randomDocumentStarts,
+} from "../parallel/document_work.ts";
 import type { TrainOptions } from "./options.ts";
 import { freemem } from "node:os";
 
@@ -199,6 +204,7 @@ export function formatPlan(
         `${formatBytes(host.bytes)} (${host.source}): ${hostFits ? "fits" : "does NOT fit"}`,
     );
   }
+  lines.push(...documentWorkLines(o, world));
   const fits = gpuFits && hostFits;
   const longest = longestFitting(cfg, o, world, budgetBytes);
   lines.push(
@@ -250,4 +256,21 @@ export function formatPlan(
     lines.push(`to make it fit: ${hints.join("; ") || "a larger GPU"}`);
   }
   return { text: lines.join("\n"), fits };
+}
+
+/**
+ * With --attention-mask document on several sp ranks: the attention work of the busiest rank over
+ * the mean, for windows packing random documents of a few mean lengths (causal zigzag: 1.00).
+ */
+function documentWorkLines(o: TrainOptions, world: number): string[] {
+  const layout = new ParallelLayout(world, 0, o), L = o.modelMaxLength;
+  if (o.attentionMask !== "document" || layout.sp === 1 || L % layout.lengthUnit !== 0) return [];
+  const cases = [L / 64, L / 16, L / 4].filter((n) => n >= 1).map((mean) => {
+    const work = attentionWorkPerRank(layout, L, randomDocumentStarts(L, Math.round(mean)));
+    return `${imbalance(work).toFixed(2)} (documents of ~${Math.round(mean)} tokens)`;
+  });
+  return [
+    `attention work per rank with documents, busiest / mean over the ${layout.sp} sp ranks ` +
+    `(${layout.sequence}, random lengths): ${cases.join(", ")}`,
+  ];
 }

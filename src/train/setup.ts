@@ -27,7 +27,7 @@ import { tokenizingProgress } from "./progress.ts";
 import type { StepMetrics } from "./metrics.ts";
 import { formatPlan, hostAvailableBytes, modelOptions, WORKSPACE_ALLOWANCE_BYTES } from "./plan.ts";
 import { initDistributed } from "../comm/env.ts";
-import { ParallelLayout } from "../parallel/layout.ts";
+import { type DocumentSplit, documentSplit, ParallelLayout } from "../parallel/layout.ts";
 import { allReduceNumber } from "./ranks.ts";
 import { type EvalMetrics, splitEvalData } from "./eval.ts";
 import { RunReport } from "./report.ts";
@@ -81,6 +81,8 @@ export interface Run extends RunResources {
   log: (line: string) => void;
   /** This rank's place in dp x sp, and how a batch is sliced for it. */
   parallel: ParallelLayout;
+  /** How windows split into documents (`--attention-mask document`; undefined: causal). */
+  documents: DocumentSplit | undefined;
   /** What `--model` resolved to. */
   source: ModelSource;
   /** The tokenizer of text data (undefined for synthetic and .npy token data). */
@@ -132,6 +134,7 @@ export async function checkRun(o: TrainOptions, worldSize: number, rank = 0): Pr
   parallel.checkLength(o.modelMaxLength);
   const source = await resolveModel(o.model);
   checkHeadGroups(source.config, o.attentionHeadGroups);
+  documentSplit(o.attentionMask, source.config.bosTokenId);
   if (o.dataPath && !existsSync(o.dataPath)) {
     throw new Error(`--data-path ${o.dataPath}: no such file or folder`);
   }
@@ -260,6 +263,7 @@ export async function setupRun(
       isMain,
       log,
       parallel,
+      documents: documentSplit(o.attentionMask, source.config.bosTokenId),
       source,
       tokenizer,
       dataset,

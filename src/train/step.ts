@@ -42,6 +42,7 @@ export async function trainStep(
       dataset.batch(order.subarray(first + a * B, first + (a + 1) * B)),
       B,
       L,
+      run.documents,
     );
     for (const label of batch.labels) if (label >= 0) labelled++;
     micro.push(batch);
@@ -54,7 +55,7 @@ export async function trainStep(
   let lossSum = 0;
   for (const [i, batch] of micro.entries()) {
     within.begin(step + 1, totalSteps, i, micro.length);
-    model.setBatch(batch.inputs, batch.labels, batch.positions);
+    model.setBatch(batch.inputs, batch.labels, batch.positions, batch.documents);
     await model.forward();
     lossSum += model.lossSum();
     await model.backward(1 / labelled);

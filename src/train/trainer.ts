@@ -104,6 +104,7 @@ export async function train(
       scratch: run.scratch,
       batch: o.perDeviceTrainBatchSize,
       parallel,
+      documents: run.documents,
     };
     const within = new StepProgress(
       run.source.config.numLayers,
