@@ -380,7 +380,11 @@ export class ShardedParams implements ParamStore {
   #download(unit: number, n: number): void {
     const host = this.#host!, at = this.shardOffset[unit];
     if (!this.#arrived[unit]) {
-      this.device.downloadAsync(host.f32("grads").subarray(at, at + n), this.#rsOut.ptr, this.#stream);
+      this.device.downloadAsync(
+        host.f32("grads").subarray(at, at + n),
+        this.#rsOut.ptr,
+        this.#stream,
+      );
       this.#arrived[unit] = true;
       return;
     }
@@ -432,7 +436,9 @@ export class ShardedParams implements ParamStore {
     const host = this.#host!, cpu = host.cpu, units = this.layout.units;
     const grads = host.f32("grads");
     units.forEach((u, i) => {
-      if (!this.#arrived[i]) grads.fill(0, this.shardOffset[i], this.shardOffset[i] + u.size / this.W);
+      if (!this.#arrived[i]) {
+        grads.fill(0, this.shardOffset[i], this.shardOffset[i] + u.size / this.W);
+      }
     });
     const sums = cpu.alloc(units.length * 4);
     try {
