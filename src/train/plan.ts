@@ -227,7 +227,9 @@ export function formatPlan(
       ? `longest --model-max-length that fits with these options: ${longest}`
       : "not even 1024 tokens fit with these options",
   );
-  if (!hostFits) lines.push(`to fit the host: ${hostHints(cfg, o, world, budgetBytes, host, longest)}`);
+  if (!hostFits) {
+    lines.push(`to fit the host: ${hostHints(cfg, o, world, budgetBytes, host, longest)}`);
+  }
   if (!gpuFits) {
     const hints: string[] = [];
     if (!e.fullShard && world > 1) {
@@ -277,7 +279,8 @@ export function formatPlan(
 
 /**
  * What makes a run fit its node's host memory: dropping an offload whose state then fits the GPU
- * (the one that keeps the most off the GPU is dropped last), else the longest length that fits.
+ * (the gradient offload first: it saves the least host memory), else the longest length that fits
+ * with these options or with one offload dropped, whichever is longer.
  */
 function hostHints(
   cfg: LlamaConfig,
@@ -294,14 +297,22 @@ function hostHints(
       { offloadGradients: false, offloadOptimizer: false },
       "without --offload-optimizer (nor --offload-gradients)",
     ],
-  ];
+  ].filter(([change]) =>
+    Object.entries(change).some(([k, v]) => o[k as keyof TrainOptions] !== v)
+  ) as [Partial<TrainOptions>, string][];
   for (const [change, text] of drops) {
-    if (!Object.entries(change).some(([k, v]) => o[k as keyof TrainOptions] !== v)) continue;
     const changed = { ...o, ...change };
     if (fitsBoth(estimateMemory(cfg, changed, world), changed, gpuBytes, host.bytes)) return text;
   }
   const fewer = o.nprocPerNode > 1 ? ", or fewer ranks per node" : "";
-  return longest > 0
-    ? `--model-max-length ${longest} or less (no offload can be dropped)${fewer}`
+  let best = { length: longest, text: "" };
+  for (const [change, text] of drops) {
+    const length = longestFitting(cfg, { ...o, ...change }, world, gpuBytes, {
+      hostBudgetBytes: host.bytes,
+    });
+    if (length > best.length) best = { length, text: ` ${text}` };
+  }
+  return best.length > 0
+    ? `--model-max-length ${best.length} or less${best.text}${fewer}`
     : `no length fits this host's memory with these options${fewer}`;
 }
