@@ -32,7 +32,7 @@ export function registerPlan(program: Command): void {
     )
     .option(
       "--gpu-memory <GiB>",
-      "memory per GPU to plan for (default: GPU 0's free memory, else 80)",
+      "memory per GPU to plan for (default: GPU 0's free memory, else 80; --device cpu: the host's)",
     )
     .option(
       "--host-memory <GiB>",
@@ -56,6 +56,10 @@ export function registerPlan(program: Command): void {
       }
       budget = gib * 2 ** 30;
       source = "--gpu-memory";
+    } else if (options.device === "cpu") {
+      // The CPU backend's device memory is this host's memory.
+      budget = hostAvailableBytes();
+      source = "--device cpu: available on this host";
     } else {
       const free = gpuFreeBytes();
       budget = free ?? 80 * 2 ** 30;

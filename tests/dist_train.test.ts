@@ -125,6 +125,64 @@ Deno.test("dist train: sp = 2, 3, 4 (zigzag), head groups, contiguous sp = 2, 8,
   await Deno.remove(root, { recursive: true });
 });
 
+Deno.test("dist train: 2 ranks (full_shard) with --offload-gradients give the offloaded run's curve and weights, and resume exactly", async () => {
+  const root = await Deno.makeTempDir();
+  // Two micro-batches per step (the second arrival is added on the host), clipping active.
+  const args = [
+    "--per-device-train-batch-size",
+    "2",
+    "--gradient-accumulation-steps",
+    "2",
+    "--max-grad-norm",
+    "0.5",
+    "--fsdp",
+    "full_shard",
+    "--offload-optimizer",
+    "--save-strategy",
+    "steps",
+    "--save-steps",
+    "5",
+  ];
+  const short = common.map((a) => (a === "20" ? "8" : a)).slice(1);
+  const run = (extra: string[], out: string) =>
+    runCpuRanks(2, ["train", ...short, ...args, ...extra, "--output-dir", out]);
+  await run([], join(root, "plain"));
+  await run(["--offload-gradients"], join(root, "grads"));
+  const plain = await metrics(join(root, "plain")), grads = await metrics(join(root, "grads"));
+  assertEquals(grads.length, 8);
+  // Only the gradient norm's summation order differs (unit by unit on the host): fp32 rounding.
+  const none = plain.map(() => ({ loss: 1e-6, grad_norm: 1e-6 }));
+  compare(plain, grads, "2 ranks, --offload-gradients", none);
+  const { openSafetensors } = await import("../src/io/safetensors.ts");
+  const weightsOf = (dir: string) => openSafetensors(join(root, dir, "model.safetensors"));
+  const distance = async (x: string, y: string) => {
+    const [a, b] = [await weightsOf(x), await weightsOf(y)];
+    let worst = 0;
+    for (const name of b.names()) {
+      const [u, v] = [await a.readFloat32(name), await b.readFloat32(name)];
+      let num = 0, den = 0;
+      for (let i = 0; i < v.length; i++) {
+        num += (u[i] - v[i]) ** 2;
+        den += v[i] ** 2;
+      }
+      worst = Math.max(worst, Math.sqrt(num / den));
+    }
+    a.close();
+    b.close();
+    return worst;
+  };
+  assertLess(await distance("grads", "plain"), 1e-5, "final weights");
+  // Resumed from step 5 into a fresh folder: steps 6-8 and the final weights repeat exactly.
+  const ckpt = join(root, "grads", "checkpoint-5");
+  await run(["--offload-gradients", "--resume-from-checkpoint", ckpt], join(root, "resumed"));
+  const resumed = (await metrics(join(root, "resumed"))).slice(-3);
+  assertEquals(resumed.map((m) => m.step), [6, 7, 8]);
+  const exact = resumed.map(() => ({ loss: 0, grad_norm: 0 }));
+  compare(grads.slice(5), resumed, "--offload-gradients resumed", exact);
+  assertEquals(await distance("resumed", "grads"), 0, "resumed final weights");
+  await Deno.remove(root, { recursive: true });
+});
+
 Deno.test("dist train: killing one rank of a running job stops it with an error naming the rank", async () => {
   const out = await Deno.makeTempDir();
   const launcher = new Deno.Command(Deno.execPath(), {

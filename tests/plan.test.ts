@@ -113,6 +113,73 @@ Deno.test("plan: the CLI reports the kinds, and exits 3 naming the fixes when it
   assert(badHost.code !== 0 && badHost.stderr.includes("--host-memory"), badHost.stderr);
 });
 
+Deno.test("plan: host memory of a node, counted by hand for debug-small on 2 ranks", async () => {
+  // debug-small: H 256, I 688, V 4096, 4 layers, 8 heads and 4 key/value heads of 32, untied.
+  // Every parameter and unit is a multiple of 64 x 2 elements: no padding in the shards.
+  const H = 256, I = 688, V = 4096, L = 4, kv = 128, W = 2, len = 2048;
+  const layer = H * (H + kv + kv + H) + 3 * H * I + 2 * H;
+  const units = [V * H, ...Array(L).fill(layer), H + V * H];
+  const P = units.reduce((a, b) => a + b, 0);
+  const shard = P / W, largestShard = Math.max(...units) / W;
+  const tokens = len / W, checkpoints = L * tokens * H * 2; // each layer's bf16 input
+  const small = presetConfig("debug-small");
+  const base = {
+    model: "debug-small",
+    synthetic: true,
+    bf16: true,
+    nprocPerNode: W,
+    modelMaxLength: len,
+    offloadCheckpoints: true,
+    checkpointBoundary: "layer",
+  };
+  const at = (extra: Record<string, unknown>) =>
+    estimateMemory(small, resolveTrainOptions({ ...base, ...extra }).options, W);
+  // Optimizer offloaded: fp32 master, m, v and gradient copy plus the bf16 copy, 18 B each.
+  const opt = at({ offloadOptimizer: true });
+  assertEquals(opt.hostBytes, 18 * shard + checkpoints);
+  // Gradients offloaded too: the device's fp32 gradient shard is gone, two landing buffers of
+  // the largest unit's shard join the host side.
+  const grads = at({ offloadGradients: true });
+  assertEquals(grads.hostBytes, 18 * shard + 2 * 4 * largestShard + checkpoints);
+  const kind = (e: typeof opt, name: string) => e.kinds.find((k) => k.kind === name)?.bytes ?? 0;
+  assertEquals(kind(opt, "gradients (shard)"), 4 * shard);
+  assertEquals(kind(grads, "gradients (shard)"), 0);
+  assertEquals(opt.totalBytes - grads.totalBytes, 4 * shard);
+  // The CLI: the node needs 2 x the per-rank count; a host 1 MiB short does not fit and the
+  // hint drops the gradient offload when that fits (its host cost is the landing buffers only).
+  const node = W * (18 * shard + 2 * 4 * largestShard + checkpoints);
+  const gib = (bytes: number) => String(bytes / 2 ** 30);
+  const args = [
+    "plan",
+    "--model",
+    "debug-small",
+    "--bf16",
+    "--nproc-per-node",
+    "2",
+    "--model-max-length",
+    String(len),
+    "--offload-gradients",
+    "--offload-checkpoints",
+    "--checkpoint-boundary",
+    "layer",
+    "--gpu-memory",
+    "8",
+    "--host-memory",
+  ];
+  const short = await runCli([...args, gib(node - 2 ** 20)]);
+  assertEquals(short.code, 3, short.stdout);
+  assert(short.stdout.includes("to fit the host: without --offload-gradients"), short.stdout);
+  assertEquals((await runCli([...args, gib(node)])).code, 0);
+  // The longest length whose node state fits: the checkpoints take L x H x 2 bytes per token of
+  // the window over the node (searched in steps of 1024 tokens).
+  const o = resolveTrainOptions({ ...base, offloadGradients: true }).options;
+  const fixed = W * (18 * shard + 2 * 4 * largestShard), perToken = L * H * 2;
+  for (const [tokensOfRoom, want] of [[1500, 1024], [5000, 4096], [1000, 0]]) {
+    const hostBudgetBytes = fixed + perToken * tokensOfRoom;
+    assertEquals(longestFitting(small, o, W, 8 * 2 ** 30, { hostBudgetBytes }), want);
+  }
+});
+
 Deno.test({
   name: "plan: on a GPU the plan is within 10% of the memory a training step takes",
   ignore: TEST_BACKEND !== "cuda",

@@ -336,6 +336,84 @@ Deno.test("train: --offload-optimizer gives the same run, saves and resumes it e
   }
 });
 
+/** Relative L2 distance of every saved weight of two output folders (the largest). */
+async function weightDistance(a: string, b: string): Promise<number> {
+  const { openSafetensors } = await import("../src/io/safetensors.ts");
+  const [x, y] = [
+    await openSafetensors(join(a, "model.safetensors")),
+    await openSafetensors(join(b, "model.safetensors")),
+  ];
+  let worst = 0;
+  for (const name of y.names()) {
+    const [u, v] = [await x.readFloat32(name), await y.readFloat32(name)];
+    let num = 0, den = 0;
+    for (let i = 0; i < v.length; i++) {
+      num += (u[i] - v[i]) ** 2;
+      den += v[i] ** 2;
+    }
+    worst = Math.max(worst, Math.sqrt(num / den));
+  }
+  x.close();
+  y.close();
+  return worst;
+}
+
+Deno.test("train: --offload-gradients gives the offloaded run's loss curve and weights, and resumes exactly", async () => {
+  // Two micro-batches per step: the second arrival of each unit's gradient is added on the host.
+  // Clipping is active (norms > 0.5), so the norm, computed unit by unit on the host, steers the
+  // update; only its summation order differs from the device norm: fp32 rounding, 1e-6 relative.
+  const base = {
+    model: "debug-tiny",
+    synthetic: true,
+    modelMaxLength: 16,
+    perDeviceTrainBatchSize: 2,
+    gradientAccumulationSteps: 2,
+    maxSteps: 6,
+    learningRate: 1e-2,
+    maxGradNorm: 0.5,
+    loggingSteps: 1,
+    device: "cpu",
+    saveSteps: 3,
+    weightDecay: 0.1,
+    offloadOptimizer: true,
+  };
+  for (const bf16 of [false, true]) {
+    const a = await Deno.makeTempDir(), b = await Deno.makeTempDir();
+    await train({ ...base, bf16, outputDir: a }, quiet);
+    await train({ ...base, bf16, outputDir: b, offloadGradients: true }, quiet);
+    const [ma, mb] = [await metrics(a), await metrics(b)];
+    assertEquals(mb.length, 6);
+    for (let i = 0; i < ma.length; i++) {
+      assert(ma[i].grad_norm > base.maxGradNorm, `step ${i + 1} is clipped`);
+      for (const key of ["loss", "grad_norm"]) {
+        assertLess(
+          Math.abs(ma[i][key] - mb[i][key]),
+          1e-5 * ma[i][key],
+          `bf16=${bf16} step ${i + 1} ${key}`,
+        );
+      }
+    }
+    assertLess(await weightDistance(b, a), 1e-5, `bf16=${bf16} final weights`);
+    // Resume from step 3: steps 4-6 and the final weights repeat exactly.
+    const c = await Deno.makeTempDir();
+    await train({
+      ...base,
+      bf16,
+      outputDir: c,
+      offloadGradients: true,
+      resumeFromCheckpoint: join(b, "checkpoint-3"),
+    }, quiet);
+    const resumed = (await metrics(c)).slice(-3);
+    assertEquals(resumed.map((m) => m.step), [4, 5, 6]);
+    for (let i = 0; i < 3; i++) {
+      assertEquals(resumed[i].loss, mb[3 + i].loss, `resumed step ${4 + i} loss`);
+      assertEquals(resumed[i].grad_norm, mb[3 + i].grad_norm, `resumed step ${4 + i} norm`);
+    }
+    assertEquals(await weightDistance(c, b), 0, `bf16=${bf16} resumed weights`);
+    for (const dir of [a, b, c]) await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("train: --save-strategy epoch saves at epoch ends, and --resume-from-checkpoint last finds the newest", async () => {
   const dir = await Deno.makeTempDir();
   const L = 8;

@@ -127,6 +127,18 @@ export class HostArena {
     return entry.view;
   }
 
+  /** Address of byte `at` of a buffer (for the CPU library's ops). */
+  ptr(name: string, at = 0): bigint {
+    const entry = this.#buffers.get(name);
+    if (!entry) throw new Error(`no host buffer ${name}`);
+    return entry.buffer.at(at);
+  }
+
+  /** The CPU device whose library allocated the buffers (its ops run on them). */
+  get cpu(): Device {
+    return this.#cpu;
+  }
+
   free(): void {
     for (const { buffer } of this.#buffers.values()) {
       this.device.unpinHost(buffer.ptr);

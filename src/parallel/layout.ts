@@ -24,6 +24,8 @@ export interface ParallelOptions {
   fsdp: string;
   /** Offloading the optimizer shards it over all ranks, as full_shard does. */
   offloadOptimizer: boolean;
+  /** The gradient shard in host memory as well (with offloadOptimizer). */
+  offloadGradients?: boolean;
 }
 
 /**
@@ -69,6 +71,8 @@ export class ParallelLayout {
   /** Parameters, gradients and optimizer states sharded over all ranks. */
   readonly fullShard: boolean;
   readonly sequence: SequenceLayout;
+  /** Gradients go to host memory unit by unit (with an offloaded optimizer). */
+  readonly offloadGradients: boolean;
 
   /**
    * Validates the degrees (naming the wrong flag) and places `rank`.
@@ -90,6 +94,7 @@ export class ParallelLayout {
     this.spRank = rank % this.sp;
     this.dpRank = Math.floor(rank / this.sp);
     this.sequence = o.distattnLayout;
+    this.offloadGradients = o.offloadGradients ?? false;
     this.fullShard = (o.fsdp.split(/\s+/).includes("full_shard") || o.offloadOptimizer) &&
       world > 1;
   }
@@ -199,12 +204,13 @@ export class ParallelLayout {
   /**
    * The parameter store of this run: ZeRO-3 over `comm` when sharded, or when the optimizer is
    * offloaded (on one device `comm` is then a world of one); else every rank holds everything
-   * and gradients are all-reduced over `comm` (null: one device).
+   * and gradients are all-reduced over `comm` (null: one device). Offloaded gradients (the
+   * layout's offloadGradients) go with an offloaded optimizer only.
    */
   paramStore(comm: Communicator | null, offloadOptimizer: boolean): ParamStoreSpec {
     if (this.fullShard || offloadOptimizer) {
       if (!comm) throw new Error("a sharded parameter store needs a communicator");
-      return shardedParamStore(comm, offloadOptimizer);
+      return shardedParamStore(comm, offloadOptimizer, offloadOptimizer && this.offloadGradients);
     }
     return replicatedParamStore(comm);
   }

@@ -6,7 +6,10 @@
  * just before use into one of a few unit buffers, and its gradients are reduce-scattered into the
  * shards right after its backward. Memory per rank: 16 bytes per parameter / world, plus the unit
  * buffers. With the optimizer offloaded, the shard's master and moments live in host memory
- * (src/model/host_state.ts) and the CPU backend's AdamW updates them.
+ * (src/model/host_state.ts) and the CPU backend's AdamW updates them. With the gradients offloaded
+ * too, each unit's reduce-scattered gradient goes down to host memory as soon as it exists (on the
+ * collective stream, behind the reduce-scatter) and the device holds no gradient shard at all:
+ * the unit gradient buffers are all it keeps.
  *
  * The model is written for one device and reads weights and writes gradients through the
  * ParamStore interface (src/model/params.ts); this store is given to it from outside
@@ -18,7 +21,7 @@ import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
 import { axpyF32, fillNormal } from "../runtime/ops_basic.ts";
 import type { Communicator } from "../runtime/communicator.ts";
-import { HostState } from "../model/host_state.ts";
+import { HostArena, HostState } from "../model/host_state.ts";
 import {
   checkSize,
   decayed,
@@ -30,13 +33,29 @@ import {
   type StateTensor,
 } from "../model/params.ts";
 
-/** ZeRO-3 over the ranks of `comm` (a world of one on a single device with the optimizer offloaded). */
-export function shardedParamStore(comm: Communicator, offloadOptimizer: boolean): ParamStoreSpec {
+/**
+ * ZeRO-3 over the ranks of `comm` (a world of one on a single device with the optimizer
+ * offloaded); `offloadGradients` (needs `offloadOptimizer`) keeps the gradient shard on the host.
+ */
+export function shardedParamStore(
+  comm: Communicator,
+  offloadOptimizer: boolean,
+  offloadGradients = false,
+): ParamStoreSpec {
   return {
     align: 64 * comm.size,
     create: (device, layout, dtype, plan) =>
-      new ShardedParams(device, layout, dtype, plan, comm, offloadOptimizer),
+      new ShardedParams(device, layout, dtype, plan, comm, offloadOptimizer, offloadGradients),
   };
+}
+
+/** A gradient download whose values still have to be added into the host gradient shard. */
+interface PendingAdd {
+  /** Landing buffer (0 or 1) it went into. */
+  landing: number;
+  /** Element offset in the host shard, and count. */
+  at: number;
+  n: number;
 }
 
 /**
@@ -60,7 +79,21 @@ export class ShardedParams implements ParamStore {
   readonly #copy: Slot | null;
   /** Offloaded: master, moments and a gradient copy in host memory. */
   #host: HostState | null = null;
-  readonly grads: Slot;
+  /** fp32 gradient shard on the device (null with --offload-gradients: it lives on the host). */
+  readonly grads: Slot | null;
+  /**
+   * --offload-gradients: two pinned landing buffers of one unit's shard, for gradients that must be
+   * added to what earlier micro-batches left (the first arrival goes straight into the shard).
+   */
+  #landing: HostArena | null = null;
+  /** Per landing buffer: its download has finished (CUDA). */
+  #landed: Event[] = [];
+  readonly #pendingAdds: PendingAdd[] = [];
+  /** Per unit: its gradient of this step has arrived on the host at least once. */
+  readonly #arrived: boolean[];
+  /** Per unit: the squared gradient norm over all ranks, from finishGrads (offloaded gradients). */
+  #unitSquares: Float64Array | null = null;
+  #nextLanding = 0;
   readonly #scalar: Slot;
   readonly #rsOut: Slot;
   /** Gathered compute weights: [embedding, head, layer A, layer B]. */
@@ -95,7 +128,12 @@ export class ShardedParams implements ParamStore {
     readonly comm: Communicator,
     /** --offload-optimizer: fp32 master and AdamW moments live in host memory. */
     readonly offload = false,
+    /** --offload-gradients: the gradient shard lives in host memory too. */
+    readonly offloadGrads = false,
   ) {
+    if (offloadGrads && !offload) {
+      throw new Error("offloading the gradients needs the optimizer offloaded (host AdamW)");
+    }
     this.W = comm.size;
     this.rank = comm.rank;
     if (layout.unitAlign % (64 * this.W) !== 0) {
@@ -108,6 +146,7 @@ export class ShardedParams implements ParamStore {
     }
     this.shardSize = off;
     this.#updates = layout.units.map(() => null);
+    this.#arrived = layout.units.map(() => false);
     this.#pieces = layout.units.map((_, u) =>
       layout.entries.filter((e) => e.unit === u).flatMap((e) => {
         const own = this.#owned(e);
@@ -131,8 +170,8 @@ export class ShardedParams implements ParamStore {
         ? null
         : plan.reserve("gathered layers", "staging", maxUnit / this.W, dtype);
     }
-    this.grads = plan.reserve("gradients (shard)", "grads", off, f32);
-    this.#scalar = plan.reserve("gradients (shard)", "norms", layout.units.length, f32);
+    this.grads = offloadGrads ? null : plan.reserve("gradients (shard)", "grads", off, f32);
+    this.#scalar = plan.reserve("unit gradients", "norms", layout.units.length, f32);
     const units = layout.units;
     const layerMax = Math.max(...units.slice(1, L + 1).map((u) => u.size), 64);
     const head = units[L + 1].size, emb = units[0].size;
@@ -186,7 +225,7 @@ export class ShardedParams implements ParamStore {
       this.#gathered = this.#bufs.map(() => d.createEvent());
       this.#reduced = this.#gradBufs.map(() => d.createEvent());
     }
-    this.device.memset(this.grads.ptr, 0, this.grads.bytes);
+    if (this.grads) this.device.memset(this.grads.ptr, 0, this.grads.bytes);
     if (this.#dev) {
       for (const s of [this.#dev.master, this.#dev.m, this.#dev.v]) {
         this.device.memset(s.ptr, 0, s.bytes);
@@ -194,17 +233,40 @@ export class ShardedParams implements ParamStore {
     } else {
       this.#host = new HostState(this.device, this.shardSize, this.dtype);
     }
+    if (this.offloadGrads) {
+      this.#landing = new HostArena(d);
+      for (const k of [0, 1]) this.#landing.add(`landing${k}`, this.#maxShard * 4);
+      if (d.backend === "cuda") this.#landed = [d.createEvent(), d.createEvent()];
+    }
+  }
+
+  /** Elements of the largest unit's shard. */
+  get #maxShard(): number {
+    return Math.max(...this.layout.units.map((u) => u.size)) / this.W;
   }
 
   release(): void {
     // A host thread may still be writing into the host buffers: settle() first.
     this.#assertSettled();
+    const d = this.device;
+    // Downloads may still be landing in the host buffers.
+    if (this.#stream !== 0n) d.syncStream(this.#stream);
     this.#host?.free();
     this.#host = null;
-    const d = this.device;
-    for (const e of [this.#computeMark, this.#commMark, ...this.#gathered, ...this.#reduced]) {
+    this.#landing?.free();
+    this.#landing = null;
+    for (
+      const e of [
+        this.#computeMark,
+        this.#commMark,
+        ...this.#gathered,
+        ...this.#reduced,
+        ...this.#landed,
+      ]
+    ) {
       if (e !== 0n) d.destroyEvent(e);
     }
+    this.#landed = [];
     this.#gathered = [];
     this.#reduced = [];
     this.#computeMark = this.#commMark = 0n;
@@ -225,8 +287,11 @@ export class ShardedParams implements ParamStore {
   }
 
   get hostBytes(): number {
-    // master, m, v and the gradient copy in fp32, and the bf16 copy when computing in bf16
-    return this.offload ? this.shardSize * (16 + (this.dtype === DType.bf16 ? 2 : 0)) : 0;
+    // master, m, v and the gradient copy in fp32, and the bf16 copy when computing in bf16; with
+    // the gradients offloaded, two landing buffers of the largest unit's shard
+    if (!this.offload) return 0;
+    const landing = this.offloadGrads ? 2 * this.#maxShard * 4 : 0;
+    return this.shardSize * (16 + (this.dtype === DType.bf16 ? 2 : 0)) + landing;
   }
 
   #bufIndex(unit: number): number {
@@ -296,29 +361,116 @@ export class ShardedParams implements ParamStore {
     const g = this.#gradIndex(unit), n = this.layout.units[unit].size / this.W, s = this.#stream;
     this.#commAfterCompute();
     await this.comm.reduceScatterSum(this.#gradBufs[g].ptr, this.#rsOut.ptr, n, "f32", s);
-    // Accumulate over micro-batches: the shard gradient is zeroed once per step.
-    axpyF32(this.device, this.grads.at(this.shardOffset[unit]), this.#rsOut.ptr, 1, n, s);
+    if (this.grads) {
+      // Accumulate over micro-batches: the shard gradient is zeroed once per step.
+      axpyF32(this.device, this.grads.at(this.shardOffset[unit]), this.#rsOut.ptr, 1, n, s);
+    } else this.#download(unit, n);
     if (this.#async) {
       this.device.recordEvent(this.#reduced[g], s);
       this.#gradBusy[g] = true;
     }
   }
 
-  finishGrads(): Promise<void> {
+  /**
+   * --offload-gradients: the unit's reduce-scattered shard (in #rsOut) goes down to the host on the
+   * collective stream, behind the reduce-scatter and ahead of the next one that overwrites #rsOut.
+   * Its first arrival of the step lands straight in the host shard (0 + g is g); later ones
+   * (gradient accumulation) land in a buffer and are added on the host once they are there.
+   */
+  #download(unit: number, n: number): void {
+    const host = this.#host!, at = this.shardOffset[unit];
+    if (!this.#arrived[unit]) {
+      this.device.downloadAsync(
+        host.f32("grads").subarray(at, at + n),
+        this.#rsOut.ptr,
+        this.#stream,
+      );
+      this.#arrived[unit] = true;
+      return;
+    }
+    const k = this.#nextLanding;
+    this.#nextLanding ^= 1;
+    this.#addLanded(k); // the buffer's previous download is added before it is reused
+    const view = this.#landing!.view(`landing${k}`);
+    const landing = new Float32Array(view.buffer, view.byteOffset, n);
+    this.device.downloadAsync(landing, this.#rsOut.ptr, this.#stream);
+    if (this.#async) this.device.recordEvent(this.#landed[k], this.#stream);
+    this.#pendingAdds.push({ landing: k, at, n });
+  }
+
+  /** Adds the pending download of landing buffer `k` (every one when omitted) into the shard. */
+  #addLanded(k?: number): void {
+    const host = this.#host!, arena = this.#landing!;
+    for (let i = 0; i < this.#pendingAdds.length;) {
+      const p = this.#pendingAdds[i];
+      if (k !== undefined && p.landing !== k) {
+        i++;
+        continue;
+      }
+      if (this.#async) this.device.syncEvent(this.#landed[p.landing]);
+      axpyF32(arena.cpu, host.ptr("grads", p.at), arena.ptr(`landing${p.landing}`), 1, p.n);
+      this.#pendingAdds.splice(i, 1);
+    }
+  }
+
+  async finishGrads(): Promise<void> {
     // Every reduce-scatter (and gather) issued so far lands before the norm and the update.
     if (this.#async) {
       this.device.recordEvent(this.#commMark, this.#stream);
       this.device.waitEvent(0n, this.#commMark);
       this.#gradBusy.fill(false);
     }
-    return Promise.resolve();
+    if (!this.grads) {
+      // The host shard is complete once every download has landed and been added.
+      if (this.#async) this.device.syncStream(this.#stream);
+      this.#addLanded();
+      await this.#hostUnitSquares();
+    }
+  }
+
+  /**
+   * Offloaded gradients: each unit's squared norm over this rank's host shard, summed over the
+   * ranks (a unit no rank received this step has a zero gradient).
+   */
+  async #hostUnitSquares(): Promise<void> {
+    const host = this.#host!, cpu = host.cpu, units = this.layout.units;
+    const grads = host.f32("grads");
+    units.forEach((u, i) => {
+      if (!this.#arrived[i]) {
+        grads.fill(0, this.shardOffset[i], this.shardOffset[i] + u.size / this.W);
+      }
+    });
+    const sums = cpu.alloc(units.length * 4);
+    try {
+      cpu.memset(sums.ptr, 0, units.length * 4);
+      units.forEach((u, i) =>
+        op.sumSquares(cpu, sums.at(i * 4), host.ptr("grads", this.shardOffset[i]), u.size / this.W)
+      );
+      const local = cpu.download(new Float32Array(units.length), sums.ptr);
+      this.device.upload(this.#scalar.ptr, local);
+    } finally {
+      sums.free();
+    }
+    await this.comm.allReduceSum(this.#scalar.ptr, units.length, "f32");
+    this.#unitSquares = Float64Array.from(
+      this.device.download(new Float32Array(units.length), this.#scalar.ptr),
+    );
   }
 
   zeroGrads(): void {
-    this.device.memset(this.grads.ptr, 0, this.grads.bytes);
+    if (this.grads) this.device.memset(this.grads.ptr, 0, this.grads.bytes);
+    // Offloaded: each unit's first arrival of the step overwrites its host shard.
+    this.#arrived.fill(false);
+    this.#unitSquares = null;
+  }
+
+  #squaresAfterFinish(): Float64Array {
+    if (!this.#unitSquares) throw new Error("internal: gradient norms before finishGrads");
+    return this.#unitSquares;
   }
 
   async gradNorm(): Promise<number> {
+    if (!this.grads) return Math.sqrt(this.#squaresAfterFinish().reduce((a, b) => a + b, 0));
     const d = this.device;
     d.memset(this.#scalar.ptr, 0, 4);
     op.sumSquares(d, this.#scalar.ptr, this.grads.ptr, this.shardSize);
@@ -327,10 +479,11 @@ export class ShardedParams implements ParamStore {
   }
 
   async unitGradNorms(): Promise<number[]> {
+    if (!this.grads) return Array.from(this.#squaresAfterFinish(), Math.sqrt);
     const d = this.device, units = this.layout.units;
     d.memset(this.#scalar.ptr, 0, units.length * 4);
     units.forEach((u, i) =>
-      op.sumSquares(d, this.#scalar.at(i), this.grads.at(this.shardOffset[i]), u.size / this.W)
+      op.sumSquares(d, this.#scalar.at(i), this.grads!.at(this.shardOffset[i]), u.size / this.W)
     );
     await this.comm.allReduceSum(this.#scalar.ptr, units.length, "f32");
     return Array.from(d.download(new Float32Array(units.length), this.#scalar.ptr), Math.sqrt);
@@ -349,7 +502,8 @@ export class ShardedParams implements ParamStore {
     const host = this.#host;
     if (host) {
       this.#assertSettled();
-      this.device.download(host.f32("grads"), this.grads.ptr); // waits for the device
+      // Offloaded gradients are on the host already (finishGrads); else they come down now.
+      if (this.grads) this.device.download(host.f32("grads"), this.grads.ptr); // waits for the device
       this.#updateOnHost(host, args);
     } else {
       const dev = this.#dev!;
@@ -357,7 +511,7 @@ export class ShardedParams implements ParamStore {
         op.adamw(
           this.device,
           dev.master.at(p.at),
-          this.grads.at(p.at),
+          this.grads!.at(p.at),
           dev.m.at(p.at),
           dev.v.at(p.at),
           p.n,

@@ -123,6 +123,11 @@ export interface TrainOptions {
   mlpTile: number;
   /** fp32 master weights and AdamW moments in host memory, updated on the CPU (implies full_shard). */
   offloadOptimizer: boolean;
+  /**
+   * Each unit's gradient goes to host memory as soon as its backward produces it; the device keeps
+   * no gradient shard (implies offloadOptimizer).
+   */
+  offloadGradients: boolean;
   /** Each layer's saved tensors in host memory between its forward and its backward. */
   offloadCheckpoints: boolean;
   /** Flags of the Hugging Face trainer that have no effect here (reported once). */
@@ -216,6 +221,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   vocabChunk: 4096,
   mlpTile: 4096,
   offloadOptimizer: false,
+  offloadGradients: false,
   offloadCheckpoints: false,
   validationSplitPercentage: 0,
   evaluationStrategy: "no",
@@ -332,6 +338,11 @@ export const TRAIN_SPECS: readonly Spec[] = [
     key: "offloadOptimizer",
     kind: "bool",
     help: "fp32 master weights and AdamW state in host memory, updated on the CPU",
+  },
+  {
+    key: "offloadGradients",
+    kind: "bool",
+    help: "each unit's gradient to host memory as its backward ends (implies --offload-optimizer)",
   },
   {
     key: "offloadCheckpoints",
@@ -561,6 +572,14 @@ export function resolveTrainOptions(
         noEffect.push(`${flagName(key)} applies to --distattn-layout contiguous: no effect here`);
       }
     }
+  }
+  if (options.offloadGradients) {
+    if (input.offloadOptimizer !== undefined && !options.offloadOptimizer) {
+      throw new OptionError(
+        "--offload-gradients needs the host AdamW of --offload-optimizer: drop --offload-optimizer false",
+      );
+    }
+    options.offloadOptimizer = true; // the host AdamW consumes the offloaded gradients
   }
   if (options.nodeRank >= options.nnodes) {
     throw new OptionError(

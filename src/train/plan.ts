@@ -111,7 +111,10 @@ export function estimateMemory(
     attention,
   );
   const kinds = [...model.plan.totals(), ...(attention?.plan.totals() ?? [])];
-  kinds.push({ kind: "library workspaces (allowance)", bytes: WORKSPACE_ALLOWANCE_BYTES });
+  // The CPU backend has no library workspaces (train adds the allowance on CUDA only).
+  if (o.device !== "cpu") {
+    kinds.push({ kind: "library workspaces (allowance)", bytes: WORKSPACE_ALLOWANCE_BYTES });
+  }
   return {
     kinds,
     totalBytes: kinds.reduce((a, k) => a + k.bytes, 0),
@@ -123,20 +126,41 @@ export function estimateMemory(
 }
 
 /**
+ * Host memory a node needs for a run: the offloaded state of each of its ranks (optimizer,
+ * gradients, checkpoints) and, on the CPU backend, where device memory is host memory, each
+ * rank's device plan as well (`backend`: the one the run uses; the planner infers it from
+ * `--device`). `train` checks the same sum before it allocates.
+ */
+export function nodeHostBytes(
+  hostBytes: number,
+  deviceBytes: number,
+  o: TrainOptions,
+  backend: "cuda" | "cpu" = o.device === "cpu" ? "cpu" : "cuda",
+): number {
+  return (hostBytes + (backend === "cpu" ? deviceBytes : 0)) * o.nprocPerNode;
+}
+
+/** Whether an estimate fits one GPU's budget and its node's host memory. */
+function fitsBoth(e: MemoryEstimate, o: TrainOptions, gpuBytes: number, hostBytes: number) {
+  return e.totalBytes <= gpuBytes && nodeHostBytes(e.hostBytes, e.totalBytes, o) <= hostBytes;
+}
+
+/**
  * The longest sequence (a multiple of `step`, at most `limit`) whose estimate fits in
- * `budgetBytes`, or 0 when even `step` tokens do not fit. Memory grows monotonically with length,
- * so a binary search over multiples of `step` finds it.
+ * `budgetBytes` per GPU (and the node's host memory `hostBudgetBytes`), or 0 when even `step`
+ * tokens do not fit. Memory grows monotonically with length, so a binary search over multiples
+ * of `step` finds it.
  */
 export function longestFitting(
   cfg: LlamaConfig,
   o: TrainOptions,
   world: number,
   budgetBytes: number,
-  step = 1024,
-  limit = 16 * 2 ** 20,
+  { step = 1024, limit = 16 * 2 ** 20, hostBudgetBytes = Infinity } = {},
 ): number {
   const unit = Math.max(step, new ParallelLayout(world, 0, o).sp);
-  const fits = (n: number) => estimateMemory(cfg, o, world, n * unit).totalBytes <= budgetBytes;
+  const fits = (n: number) =>
+    fitsBoth(estimateMemory(cfg, o, world, n * unit), o, budgetBytes, hostBudgetBytes);
   if (!fits(1)) return 0;
   let lo = 1, hi = 2;
   while (hi * unit <= limit && fits(hi)) {
@@ -195,28 +219,28 @@ export function formatPlan(
     } (${budgetSource}): ${gpuFits ? "fits" : "does NOT fit"}`,
   );
   // Every rank of a node offloads into the same host memory.
-  const nodeHostBytes = e.hostBytes * o.nprocPerNode;
-  const hostFits = nodeHostBytes <= host.bytes;
-  if (e.hostBytes > 0) {
+  const node = nodeHostBytes(e.hostBytes, e.totalBytes, o);
+  const hostFits = node <= host.bytes;
+  if (node > 0) {
+    const what = o.device === "cpu"
+      ? "host memory (--device cpu: the device plan and offloaded state)"
+      : "host memory for offloaded state";
     lines.push(
-      `host memory for offloaded state: ${formatBytes(e.hostBytes)} per rank, ` +
-        `${formatBytes(nodeHostBytes)} for the ${o.nprocPerNode} rank(s) of a node, of ` +
+      `${what}: ${formatBytes(node / o.nprocPerNode)} per rank, ` +
+        `${formatBytes(node)} for the ${o.nprocPerNode} rank(s) of a node, of ` +
         `${formatBytes(host.bytes)} (${host.source}): ${hostFits ? "fits" : "does NOT fit"}`,
     );
   }
   lines.push(...documentWorkLines(o, world));
   const fits = gpuFits && hostFits;
-  const longest = longestFitting(cfg, o, world, budgetBytes);
+  const longest = longestFitting(cfg, o, world, budgetBytes, { hostBudgetBytes: host.bytes });
   lines.push(
     longest > 0
       ? `longest --model-max-length that fits with these options: ${longest}`
       : "not even 1024 tokens fit with these options",
   );
   if (!hostFits) {
-    lines.push(
-      "to fit the host: a shorter --model-max-length, fewer ranks per node, or without " +
-        (o.offloadCheckpoints ? "--offload-checkpoints" : "--offload-optimizer"),
-    );
+    lines.push(`to fit the host: ${hostHints(cfg, o, world, budgetBytes, host, longest)}`);
   }
   if (!gpuFits) {
     const hints: string[] = [];
@@ -239,15 +263,22 @@ export function formatPlan(
       ]),
       [{ offloadCheckpoints: true }, "--offload-checkpoints"],
       [{ offloadOptimizer: true }, "--offload-optimizer"],
+      [{ offloadOptimizer: true, offloadGradients: true }, "--offload-gradients"],
       [
         { offloadOptimizer: true, offloadCheckpoints: true },
         "--offload-optimizer --offload-checkpoints",
+      ],
+      [
+        { offloadOptimizer: true, offloadGradients: true, offloadCheckpoints: true },
+        "--offload-gradients --offload-checkpoints",
       ],
     ];
     for (const [change, flags] of alternatives) {
       const changed = Object.entries(change).some(([k, v]) => o[k as keyof TrainOptions] !== v);
       if (!changed) continue;
-      if (estimateMemory(cfg, { ...o, ...change }, world).totalBytes <= budgetBytes) {
+      const changedOptions = { ...o, ...change };
+      const other = estimateMemory(cfg, changedOptions, world);
+      if (fitsBoth(other, changedOptions, budgetBytes, host.bytes)) {
         hints.push(flags);
         break; // the first that fits: the others cost more speed
       }
@@ -273,4 +304,44 @@ function documentWorkLines(o: TrainOptions, world: number): string[] {
     `attention work per rank with documents, busiest / mean over the ${layout.sp} sp ranks ` +
     `(${layout.sequence}, random lengths): ${cases.join(", ")}`,
   ];
+}
+
+/**
+ * What makes a run fit its node's host memory: dropping an offload whose state then fits the GPU
+ * (the gradient offload first: it saves the least host memory), else the longest length that fits
+ * with these options or with one offload dropped, whichever is longer.
+ */
+function hostHints(
+  cfg: LlamaConfig,
+  o: TrainOptions,
+  world: number,
+  gpuBytes: number,
+  host: HostBudget,
+  longest: number,
+): string {
+  const drops: [Partial<TrainOptions>, string][] = [
+    [{ offloadGradients: false }, "without --offload-gradients"],
+    [{ offloadCheckpoints: false }, "without --offload-checkpoints"],
+    [
+      { offloadGradients: false, offloadOptimizer: false },
+      "without --offload-optimizer (nor --offload-gradients)",
+    ],
+  ].filter(([change]) =>
+    Object.entries(change).some(([k, v]) => o[k as keyof TrainOptions] !== v)
+  ) as [Partial<TrainOptions>, string][];
+  for (const [change, text] of drops) {
+    const changed = { ...o, ...change };
+    if (fitsBoth(estimateMemory(cfg, changed, world), changed, gpuBytes, host.bytes)) return text;
+  }
+  const fewer = o.nprocPerNode > 1 ? ", or fewer ranks per node" : "";
+  let best = { length: longest, text: "" };
+  for (const [change, text] of drops) {
+    const length = longestFitting(cfg, { ...o, ...change }, world, gpuBytes, {
+      hostBudgetBytes: host.bytes,
+    });
+    if (length > best.length) best = { length, text: ` ${text}` };
+  }
+  return best.length > 0
+    ? `--model-max-length ${best.length} or less${best.text}${fewer}`
+    : `no length fits this host's memory with these options${fewer}`;
 }

@@ -25,7 +25,13 @@ import { warmupStepsFor } from "./lr.ts";
 import { reportsToTensorBoard, type TrainOptions } from "./options.ts";
 import { tokenizingProgress } from "./progress.ts";
 import type { StepMetrics } from "./metrics.ts";
-import { formatPlan, hostAvailableBytes, modelOptions, WORKSPACE_ALLOWANCE_BYTES } from "./plan.ts";
+import {
+  formatPlan,
+  hostAvailableBytes,
+  modelOptions,
+  nodeHostBytes,
+  WORKSPACE_ALLOWANCE_BYTES,
+} from "./plan.ts";
 import { initDistributed } from "../comm/env.ts";
 import { type DocumentSplit, documentSplit, ParallelLayout } from "../parallel/layout.ts";
 import { allReduceNumber } from "./ranks.ts";
@@ -456,7 +462,8 @@ async function buildModel(
   // plan rejects got past this check and ran out of memory in its first collective.
   const planned = model.plan.totalBytes + (attention?.plan.totalBytes ?? 0);
   const needed = planned + (device.backend === "cuda" ? WORKSPACE_ALLOWANCE_BYTES : 0);
-  const hostNeeded = model.hostBytes * o.nprocPerNode, hostFree = hostAvailableBytes();
+  const hostNeeded = nodeHostBytes(model.hostBytes, planned, o, device.backend);
+  const hostFree = hostAvailableBytes();
   if (needed > free || hostNeeded > hostFree) {
     // The planner's report names the options that would make the run fit.
     const host = { bytes: hostFree, source: "available on this host" };
