@@ -83,3 +83,21 @@ export function currentAttentionKernel(device: Device): AttentionKernel {
   const code = device.sym.df_attention_kernel_get();
   return ATTENTION_KERNELS[code] ?? "auto";
 }
+
+/** What the plan sets aside for cuDNN's own workspace per stream (it asks for a few MiB). */
+export const CUDNN_WORKSPACE_ALLOWANCE_BYTES = 64 * 2 ** 20;
+
+/**
+ * The cuDNN path's scratch for one attention backward of `tokens` queries and keys (its largest
+ * call; one growing buffer per stream, csrc/cuda/cudnn_attention.cu): bf16 dq, dk, dv, the fp32
+ * row sums and dQ accumulator, plus the workspace allowance.
+ */
+export function cudnnScratchBytes(
+  tokens: number,
+  heads: number,
+  kvHeads: number,
+  headDim: number,
+): number {
+  const q = tokens * heads * headDim, kv = tokens * kvHeads * headDim;
+  return 2 * q + 4 * kv + 4 * tokens * heads + 4 * q + CUDNN_WORKSPACE_ALLOWANCE_BYTES;
+}

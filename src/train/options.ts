@@ -108,6 +108,8 @@ export interface TrainOptions {
   distattnLayout: "contiguous" | "zigzag";
   /** Sequence-parallel attention runs in this many head groups (its buffers that many times smaller). */
   attentionHeadGroups: number;
+  /** Attention kernels: "auto" (cuDNN where it loads and takes the shape), "native" or "cudnn". */
+  attentionKernel: "auto" | "native" | "cudnn";
   /** "attention" (rematerialisation-aware, default) or "layer" (classic, for comparison). */
   checkpointBoundary: "attention" | "layer";
   /** Vocabulary rows per LM-head chunk. */
@@ -204,6 +206,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   distattnOverlap: true,
   distattnLayout: "zigzag",
   attentionHeadGroups: 1,
+  attentionKernel: "auto",
   checkpointBoundary: "attention",
   vocabChunk: 4096,
   mlpTile: 4096,
@@ -299,6 +302,12 @@ export const TRAIN_SPECS: readonly Spec[] = [
     kind: "int",
     help: "run sequence-parallel attention in G head groups: its buffers G x smaller (long runs)",
     min: 1,
+  },
+  {
+    key: "attentionKernel",
+    kind: "choice",
+    help: "attention kernels: cuDNN where it loads and takes the shape (auto), native, or cudnn",
+    choices: ["auto", "native", "cudnn"],
   },
   {
     key: "checkpointBoundary",

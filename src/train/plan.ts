@@ -4,6 +4,7 @@
  * model and DistAttn reserve (nothing is allocated), plus the libraries' workspaces, and the
  * longest --model-max-length that fits.
  */
+import { cudnnScratchBytes } from "../runtime/attention_kernel.ts";
 import type { Device } from "../runtime/device.ts";
 import { DType } from "../runtime/ops.ts";
 import { formatBytes } from "../runtime/memory.ts";
@@ -107,6 +108,12 @@ export function estimateMemory(
   );
   const kinds = [...model.plan.totals(), ...(attention?.plan.totals() ?? [])];
   kinds.push({ kind: "library workspaces (allowance)", bytes: WORKSPACE_ALLOWANCE_BYTES });
+  if (o.bf16 && o.attentionKernel !== "native") {
+    // cuDNN attention's scratch: its largest call is one block pair of a rank's tokens.
+    const g = o.attentionHeadGroups;
+    const bytes = cudnnScratchBytes(S, cfg.numHeads / g, cfg.numKvHeads / g, cfg.headDim);
+    kinds.push({ kind: "cuDNN attention scratch", bytes });
+  }
   return {
     kinds,
     totalBytes: kinds.reduce((a, k) => a + k.bytes, 0),

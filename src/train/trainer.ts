@@ -39,6 +39,7 @@ import {
 } from "../parallel/sequence_attention.ts";
 import type { Communicator } from "../comm/comm.ts";
 import { SelfComm } from "../comm/self_comm.ts";
+import { selectAttentionKernel } from "../runtime/attention_kernel.ts";
 import {
   CheckpointSaver,
   optimizerFileName,
@@ -232,6 +233,7 @@ export async function train(
 
   // The device, the ranks and the memory plan.
   const device = openBackend(o.device);
+  const attentionKernelLine = selectAttentionKernel(device, o.attentionKernel);
   const dtype = o.bf16 ? DType.bf16 : DType.f32;
   let world: Communicator | null = null, attention: SequenceAttention | undefined;
   const S = parallel.tokensPerRank(L); // tokens of a sequence on this rank
@@ -272,6 +274,7 @@ export async function train(
       }, ${B}x${L} tokens x ${accum} ` +
       `accumulation, ${totalSteps} steps (${stepsPerEpoch} per epoch), ${dataset.describe()}`,
   );
+  log(attentionKernelLine);
   const totals = model.plan.totals();
   if (attention) totals.push(...attention.plan.totals());
   log(
