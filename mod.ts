@@ -82,5 +82,12 @@ export {
   openBackend,
   VERSION,
 } from "./src/runtime/info.ts";
+export {
+  ATTENTION_KERNELS,
+  type AttentionKernel,
+  type CudnnProbe,
+  probeCudnn,
+  selectAttentionKernel,
+} from "./src/runtime/attention_kernel.ts";
 export { DistflashError } from "./ffi/unwrap.ts";
 export { LibraryNotFoundError } from "./ffi/loader.ts";

@@ -15,6 +15,7 @@ import { isLaunchedRank, launch } from "../src/launch/launcher.ts";
 import { resolveModel } from "../src/model/hf.ts";
 import { paramCount } from "../src/model/config.ts";
 import { normalizeFlags } from "../src/train/options.ts";
+import { type AttentionKernel, selectAttentionKernel } from "../src/runtime/attention_kernel.ts";
 import { registerTrain } from "./train.ts";
 
 const benchDir = fileURLToPath(new URL("../bench/", import.meta.url));
@@ -103,6 +104,7 @@ export function registerBench(program: Command, argv: string[]): void {
       "balanced,unbalanced,no-overlap,zigzag",
     )
     .option("--device <choice>", "auto, cuda or cpu", "auto")
+    .option("--attention-kernel <choice>", "auto (cuDNN where it loads), native or cudnn", "auto")
     .option("--output-dir <dir>", "logs and results", "outputs/bench")
     .option("--no-baseline", "skip the PyTorch baseline")
     .action(async (o: Record<string, string | boolean | undefined>) => {
@@ -144,6 +146,10 @@ export function registerBench(program: Command, argv: string[]): void {
         return;
       }
       const device = openBackend(String(o.device) as "auto" | "cuda" | "cpu");
+      const kernelLine = selectAttentionKernel(
+        device,
+        String(o.attentionKernel) as AttentionKernel,
+      );
       let comm = null;
       if (nproc > 1) comm = (await initDistributed({ backend: device.backend, device })).world;
       const rows = await benchAttention(device, comm, {
@@ -161,6 +167,7 @@ export function registerBench(program: Command, argv: string[]): void {
             device.props(0).name
           }, bf16, causal, ${heads} heads (${kvHeads} kv) of ${headDim}:`,
         );
+        console.log(kernelLine);
         console.log(formatAttnRows(rows));
         await Deno.mkdir(outputDir, { recursive: true });
         await Deno.writeTextFile(
@@ -200,6 +207,7 @@ export function registerBench(program: Command, argv: string[]): void {
       "sequence split: zigzag (ring) or contiguous (DistAttn)",
       "zigzag",
     )
+    .option("--attention-kernel <choice>", "auto (cuDNN where it loads), native or cudnn", "auto")
     .option("--peak-tflops <x>", "peak bf16 TFLOP/s per GPU for MFU (H100 SXM dense: 989)", "989")
     .option("--output-dir <dir>", "logs and results", "outputs/bench-train")
     .option("--no-baseline", "skip the HF transformers + FSDP2 + context-parallel baseline")
@@ -236,6 +244,8 @@ export function registerBench(program: Command, argv: string[]): void {
         String(o.fsdp),
         "--distattn-layout",
         String(o.distattnLayout),
+        "--attention-kernel",
+        String(o.attentionKernel),
       ];
       // The train subcommand alone, in this process (the launcher starts the ranks), as
       // `distflash train` would parse it; an error propagates to this command's caller.

@@ -281,6 +281,12 @@ export const DISTFLASH_SYMBOLS = {
     ],
     result: status,
   },
+  // df_status df_attention_kernel_set(int32_t kernel)
+  df_attention_kernel_set: { parameters: ["i32"], result: status },
+  // int32_t df_attention_kernel_get(void)
+  df_attention_kernel_get: { parameters: [], result: "i32" },
+  // df_status df_cudnn_probe(int64_t *version, char *path, uint64_t path_bytes)
+  df_cudnn_probe: { parameters: ["buffer", "buffer", "u64"], result: status },
   // df_status df_attention_merge(float *out, float *lse, const void *part_out,
   //   const float *part_lse, int64_t tq, int64_t nh, int64_t hd, df_dtype dtype, void *stream)
   df_attention_merge: {

@@ -1,5 +1,6 @@
 /** Shared test helpers: the backend under test and error norms. */
 import { Device } from "../src/runtime/device.ts";
+import { type AttentionKernel, selectAttentionKernel } from "../src/runtime/attention_kernel.ts";
 import type { BackendName } from "../ffi/loader.ts";
 import { fileURLToPath } from "node:url";
 import { freePort } from "../src/launch/launcher.ts";
@@ -14,7 +15,12 @@ export const TEST_BACKEND: BackendName = Deno.env.get("DISTFLASH_TEST_BACKEND") 
 let shared: Device | undefined;
 /** One opened device per test process (opening is cheap, but CUDA contexts are not). */
 export function testDevice(): Device {
-  shared ??= Device.open(TEST_BACKEND);
+  if (!shared) {
+    shared = Device.open(TEST_BACKEND);
+    // scripts/gpu_cudnn.sh runs the attention tests once more with cuDNN's kernels.
+    const kernel = Deno.env.get("DISTFLASH_TEST_ATTENTION_KERNEL");
+    if (kernel) selectAttentionKernel(shared, kernel as AttentionKernel);
+  }
   return shared;
 }
 

@@ -29,11 +29,13 @@
  * THE DOCUMENT PATH IS COMPILED BUT HAS NEVER RUN: no GPU was available when it was written; the CPU
  * backend (csrc/cpu/attention.c) is its tested reference.
  *
- * bf16 with hd 64 or 128 (16-byte aligned tensors, positive scale) and no documents runs the
- * tensor-core kernels of flash_attention.cu instead; these kernels remain the path for fp32, for the
+ * bf16 with hd 64 or 128 (16-byte aligned tensors, positive scale) and no documents runs cuDNN's fused
+ * attention where it is loaded and chosen (cudnn_attention.cu, df_attention_kernel_set), else the
+ * tensor-core kernels of flash_attention.cu; these kernels remain the path for fp32, for the
  * other head dims and for every document-masked call. */
 #include <math.h>
 
+#include "cudnn_attention.cuh"
 #include "flash_attention.cuh"
 #include "kernel_utils.cuh"
 
@@ -593,6 +595,10 @@ static df_status attention_forward(const char *fn, void *out, float *lse, const 
   cudaStream_t s = df_stream(stream);
   if (dtype == DF_BF16 && n_docs == 0) {
     bool handled = false;
+    DF_CHECK(cudnn_attention_forward(&handled, (__nv_bfloat16 *)out, lse, (const __nv_bfloat16 *)q,
+                                     (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, tq, tk, (int)nh, (int)nkv,
+                                     (int)hd, q_pos0, k_pos0, scale, s));
+    if (handled) return DF_OK;
     DF_CHECK(flash_attention_forward(&handled, (__nv_bfloat16 *)out, lse, (const __nv_bfloat16 *)q,
                                      (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, tq, tk, (int)nh, (int)nkv,
                                      (int)hd, q_pos0, k_pos0, scale, s));
@@ -631,6 +637,11 @@ static df_status attention_backward(const char *fn, float *dq, float *dk, float 
   cudaStream_t s = df_stream(stream);
   if (dtype == DF_BF16 && n_docs == 0) {
     bool handled = false;
+    DF_CHECK(cudnn_attention_backward(&handled, dq, dk, dv, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)q,
+                                      (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v,
+                                      (const __nv_bfloat16 *)out, lse, tq, tk, (int)nh, (int)nkv, (int)hd, q_pos0,
+                                      k_pos0, scale, s));
+    if (handled) return DF_OK;
     DF_CHECK(flash_attention_backward(&handled, dq, dk, dv, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)q,
                                       (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v,
                                       (const __nv_bfloat16 *)out, lse, tq, tk, (int)nh, (int)nkv, (int)hd, q_pos0,

@@ -183,6 +183,22 @@ DF_API df_status df_attention_backward_docs(float *dq, float *dk, float *dv, con
                                             int64_t q_pos0, int64_t k_pos0, float scale,
                                             df_dtype dtype, const int64_t *doc_starts,
                                             int64_t n_docs, void *stream);
+/* Which kernels run df_attention_forward / df_attention_backward (not the _docs entries) on the
+ * CUDA backend, process-wide: DF_ATTENTION_AUTO (default) runs cuDNN's fused attention where libcudnn
+ * 9 loads and takes the call (bf16, hd 64 or 128, a block pair whose mask it can express), else the
+ * native kernels; DF_ATTENTION_NATIVE never uses cuDNN; DF_ATTENTION_CUDNN is AUTO that insists
+ * cuDNN loads: setting it fails with DF_ERR_LIBRARY (why it did not load) or, on the CPU backend,
+ * DF_ERR_UNSUPPORTED. A call cuDNN cannot take still runs the native kernels. THE cuDNN PATH IS
+ * COMPILED BUT HAS NEVER RUN: no GPU was available when it was written. */
+typedef enum { DF_ATTENTION_AUTO = 0, DF_ATTENTION_NATIVE = 1, DF_ATTENTION_CUDNN = 2 } df_attention_kernel;
+DF_API df_status df_attention_kernel_set(int32_t kernel);
+DF_API int32_t df_attention_kernel_get(void);
+/* Opens libcudnn once per process (the search order is in README.md: DISTFLASH_CUDNN_PATH, the
+ * dynamic loader's libcudnn.so.9, the nvidia/cudnn/lib folder of Python environments). DF_OK with
+ * its version (cudnnGetVersion: major*10000 + minor*100 + patch) and the file opened (path, up to
+ * path_bytes with the NUL; path may be NULL), or DF_ERR_LIBRARY saying where it looked and why
+ * each place failed. Both backends export it (the CPU backend only looks: the loader is tested there). */
+DF_API df_status df_cudnn_probe(int64_t *version, char *path, uint64_t path_bytes);
 /* Merge a partial result into a running one by log-sum-exp, in fp32:
  * out [Tq,nh,hd] f32 and lse [nh,Tq] are updated with part_out (dtype) and part_lse. */
 DF_API df_status df_attention_merge(float *out, float *lse, const void *part_out,

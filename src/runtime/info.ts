@@ -3,6 +3,7 @@ import { type BackendName, LibraryNotFoundError, openNccl } from "../../ffi/load
 import { formatNcclVersion } from "../../ffi/nccl.ts";
 import { Device, type DeviceProps } from "./device.ts";
 import { gpuDriverPresent } from "./gpu_driver.ts";
+import { type CudnnProbe, probeCudnn } from "./attention_kernel.ts";
 import denoJson from "../../deno.json" with { type: "json" };
 
 /** distflash's version (from deno.json). */
@@ -47,6 +48,8 @@ export interface Info {
    * did, or `error` when it did not.
    */
   backends: Record<BackendName, BackendInfo>;
+  /** What the cuDNN loader of the backend in use found (cuDNN runs attention on CUDA only). */
+  cudnn: CudnnProbe;
 }
 
 function cudaVersion(code: number): string {
@@ -89,6 +92,7 @@ export function gatherInfo(): Info {
     gpus: [],
     nccl: { available: false },
     backends: { cpu: { available: false }, cuda: { available: false } },
+    cudnn: { available: false, error: "not probed" },
   };
   for (const name of ["cpu", "cuda"] as const) {
     try {
@@ -116,6 +120,13 @@ export function gatherInfo(): Info {
       info.backends[name] = { available: false, error: (error as Error).message };
       if (name === "cuda") info.noGpuReason = "the CUDA library is not available";
     }
+  }
+  try {
+    const device = Device.open(info.backend);
+    info.cudnn = probeCudnn(device);
+    device.close();
+  } catch (error) {
+    info.cudnn = { available: false, error: (error as Error).message };
   }
   try {
     const { lib, path } = openNccl();
@@ -156,6 +167,14 @@ export function formatInfo(info: Info): string {
     info.nccl.available
       ? `NCCL ${info.nccl.version} (${info.nccl.path})`
       : `NCCL: not found\n  ${(info.nccl.error ?? "").replaceAll("\n", "\n  ")}`,
+  );
+  const c = info.cudnn;
+  lines.push(
+    !c.available
+      ? `cuDNN: not used (${c.error})`
+      : info.backend === "cuda"
+      ? `cuDNN ${c.version} (${c.path}): fused attention for bf16 (--attention-kernel auto or cudnn)`
+      : `cuDNN ${c.version} (${c.path}): not used (the cpu backend runs attention natively)`,
   );
   for (const [name, b] of Object.entries(info.backends)) {
     lines.push(

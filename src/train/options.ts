@@ -115,6 +115,8 @@ export interface TrainOptions {
    * prediction of a document's first token from the previous document is not trained on.
    */
   attentionMask: "causal" | "document";
+  /** Attention kernels: "auto" (cuDNN where it loads and takes the shape), "native" or "cudnn". */
+  attentionKernel: "auto" | "native" | "cudnn";
   /** "attention" (rematerialisation-aware, default) or "layer" (classic, for comparison). */
   checkpointBoundary: "attention" | "layer";
   /** Vocabulary rows per LM-head chunk. */
@@ -217,6 +219,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   distattnLayout: "zigzag",
   attentionHeadGroups: 1,
   attentionMask: "causal",
+  attentionKernel: "auto",
   checkpointBoundary: "attention",
   vocabChunk: 4096,
   mlpTile: 4096,
@@ -320,6 +323,12 @@ export const TRAIN_SPECS: readonly Spec[] = [
     help:
       "causal over the whole window, or document: packed documents (split at BOS) do not see each other",
     choices: ["causal", "document"],
+  },
+  {
+    key: "attentionKernel",
+    kind: "choice",
+    help: "attention kernels: cuDNN where it loads and takes the shape (auto), native, or cudnn",
+    choices: ["auto", "native", "cudnn"],
   },
   {
     key: "checkpointBoundary",

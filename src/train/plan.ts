@@ -4,6 +4,7 @@
  * model and DistAttn reserve (nothing is allocated), plus the libraries' workspaces, and the
  * longest --model-max-length that fits.
  */
+import { cudnnScratchBytes } from "../runtime/attention_kernel.ts";
 import type { Device } from "../runtime/device.ts";
 import { DType } from "../runtime/ops.ts";
 import { formatBytes } from "../runtime/memory.ts";
@@ -111,9 +112,15 @@ export function estimateMemory(
     attention,
   );
   const kinds = [...model.plan.totals(), ...(attention?.plan.totals() ?? [])];
-  // The CPU backend has no library workspaces (train adds the allowance on CUDA only).
+  // The CPU backend has no library workspaces nor cuDNN (train adds the allowance on CUDA only).
   if (o.device !== "cpu") {
     kinds.push({ kind: "library workspaces (allowance)", bytes: WORKSPACE_ALLOWANCE_BYTES });
+    if (o.bf16 && o.attentionKernel !== "native") {
+      // cuDNN attention's scratch: its largest call is one block pair of a rank's tokens.
+      const g = o.attentionHeadGroups;
+      const bytes = cudnnScratchBytes(S, cfg.numHeads / g, cfg.numKvHeads / g, cfg.headDim);
+      kinds.push({ kind: "cuDNN attention scratch", bytes });
+    }
   }
   return {
     kinds,

@@ -45,6 +45,7 @@ import {
 } from "../parallel/sequence_attention.ts";
 import type { Communicator } from "../comm/comm.ts";
 import { SelfComm } from "../comm/self_comm.ts";
+import { selectAttentionKernel } from "../runtime/attention_kernel.ts";
 import {
   optimizerFileName,
   readTrainerState,
@@ -411,6 +412,7 @@ async function buildModel(
   const { dataset, totalSteps, stepsPerEpoch } = data;
   // The device, the ranks and the memory plan.
   const device = openBackend(o.device);
+  const attentionKernelLine = selectAttentionKernel(device, o.attentionKernel);
   const dtype = o.bf16 ? DType.bf16 : DType.f32;
   let world: Communicator | null = null, attention: SequenceAttention | undefined;
   const S = parallel.tokensPerRank(L); // tokens of a sequence on this rank
@@ -451,6 +453,7 @@ async function buildModel(
       }, ${B}x${L} tokens x ${accum} ` +
       `accumulation, ${totalSteps} steps (${stepsPerEpoch} per epoch), ${dataset.describe()}`,
   );
+  log(attentionKernelLine);
   const totals = model.plan.totals();
   if (attention) totals.push(...attention.plan.totals());
   log(

@@ -1,0 +1,103 @@
+/**
+ * Which kernels run attention (`--attention-kernel auto|native|cudnn`): the choice reaches the C
+ * library once per process through df_attention_kernel_set (a process-wide setting; the per-call
+ * environment knobs DISTFLASH_FLASH_* stay for benchmarking kernel variants), and is described in
+ * one line that the run prints once.
+ *
+ * auto: cuDNN's fused attention (cuDNN 9, opened at run time) where it loads and takes the call,
+ * else the native kernels; native: never cuDNN; cudnn: like auto, but an error when cuDNN is not
+ * available (the message says why). The cuDNN path has not yet run on a GPU.
+ */
+import type { Device } from "./device.ts";
+
+/** The values of `--attention-kernel`. */
+export const ATTENTION_KERNELS = ["auto", "native", "cudnn"] as const;
+/** One value of `--attention-kernel`. */
+export type AttentionKernel = typeof ATTENTION_KERNELS[number];
+
+const CODES: Record<AttentionKernel, number> = { auto: 0, native: 1, cudnn: 2 };
+
+/** What the cuDNN loader found: the version and file, or why none. */
+export interface CudnnProbe {
+  /** Whether cuDNN 9 opened. */
+  available: boolean;
+  /** "major.minor.patch" when it did. */
+  version?: string;
+  /** The file opened. */
+  path?: string;
+  /** Why it did not open (every place looked at). */
+  error?: string;
+}
+
+/** cudnnGetVersion's encoding (major*10000 + minor*100 + patch) as "major.minor.patch". */
+export function formatCudnnVersion(code: number): string {
+  return `${Math.floor(code / 10000)}.${Math.floor((code % 10000) / 100)}.${code % 100}`;
+}
+
+/** Asks the library's loader for cuDNN (loaded once per process; never throws). */
+export function probeCudnn(device: Device): CudnnProbe {
+  const version = new BigInt64Array(1);
+  const path = new Uint8Array(1024);
+  const status = device.sym.df_cudnn_probe(version, path, BigInt(path.length));
+  if (status !== 0) return { available: false, error: device.lastError() };
+  const end = path.indexOf(0);
+  return {
+    available: true,
+    version: formatCudnnVersion(Number(version[0])),
+    path: new TextDecoder().decode(path.subarray(0, end < 0 ? path.length : end)),
+  };
+}
+
+/**
+ * Sets the attention kernel for this process and returns the line to print once. Throws for
+ * `cudnn` on the CPU backend or when cuDNN does not load, saying why.
+ */
+export function selectAttentionKernel(device: Device, choice: AttentionKernel): string {
+  if (!(choice in CODES)) {
+    throw new Error(`--attention-kernel: ${choice} is not one of ${ATTENTION_KERNELS.join(", ")}`);
+  }
+  if (choice === "native" || device.backend !== "cuda") {
+    if (choice === "cudnn") {
+      throw new Error(
+        `--attention-kernel cudnn: cuDNN attention runs only on the CUDA backend (this run uses the ${device.backend} backend)`,
+      );
+    }
+    device.check(device.sym.df_attention_kernel_set(CODES.native), "df_attention_kernel_set");
+    return choice === "native"
+      ? "attention: native kernels (--attention-kernel native)"
+      : `attention: native kernels (the ${device.backend} backend has no cuDNN path)`;
+  }
+  const probe = probeCudnn(device);
+  if (!probe.available) {
+    if (choice === "cudnn") throw new Error(`--attention-kernel cudnn: ${probe.error}`);
+    device.check(device.sym.df_attention_kernel_set(CODES.native), "df_attention_kernel_set");
+    return `attention: native kernels (cuDNN not used: ${probe.error})`;
+  }
+  device.check(device.sym.df_attention_kernel_set(CODES[choice]), "df_attention_kernel_set");
+  return `attention: cuDNN ${probe.version} fused attention (${probe.path}) for the bf16 block ` +
+    `pairs it takes, native kernels for the rest (--attention-kernel ${choice})`;
+}
+
+/** The kernel setting the library holds now (after {@link selectAttentionKernel}). */
+export function currentAttentionKernel(device: Device): AttentionKernel {
+  const code = device.sym.df_attention_kernel_get();
+  return ATTENTION_KERNELS[code] ?? "auto";
+}
+
+/** What the plan sets aside for cuDNN's own workspace per stream (it asks for a few MiB). */
+export const CUDNN_WORKSPACE_ALLOWANCE_BYTES = 64 * 2 ** 20;
+
+/**
+ * The cuDNN path's scratch for one attention backward of `tokens` queries and keys (its largest
+ * call; one growing buffer per stream, csrc/cuda/cudnn_attention.cu): bf16 dq, dk, dv, the fp32
+ * row sums and dQ accumulator, plus the workspace allowance.
+ */
+export function cudnnScratchBytes(
+  tokens: number,
+  heads: number,
+  kvHeads: number,
+  headDim: number,
+): number {
+  const q = tokens * heads * headDim, kv = tokens * kvHeads * headDim;
+  return 2 * q + 4 * kv + 4 * tokens * heads + 4 * q + CUDNN_WORKSPACE_ALLOWANCE_BYTES;
+}

@@ -1,0 +1,26 @@
+/**
+ * Prints, as JSON, what this process's cuDNN loader finds and what each --attention-kernel choice
+ * gives on the backend named by argv[0] (the loader answers once per process, so each environment
+ * under test runs its own copy: tests/cudnn_loader.test.ts).
+ */
+import { Device } from "../../src/runtime/device.ts";
+import {
+  ATTENTION_KERNELS,
+  currentAttentionKernel,
+  probeCudnn,
+  selectAttentionKernel,
+} from "../../src/runtime/attention_kernel.ts";
+
+const device = Device.open(Deno.args[0] === "cuda" ? "cuda" : "cpu");
+const probe = probeCudnn(device);
+const choices: Record<string, { line?: string; error?: string; set?: string }> = {};
+for (const choice of ATTENTION_KERNELS) {
+  try {
+    choices[choice] = { line: selectAttentionKernel(device, choice) };
+    choices[choice].set = currentAttentionKernel(device);
+  } catch (error) {
+    choices[choice] = { error: (error as Error).message };
+  }
+}
+console.log(JSON.stringify({ probe, choices }));
+device.close();
