@@ -34,9 +34,11 @@ def time_ms(fn, warmup, reps, before=None):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="16384,32768,65536")
+    # --seq, --head-dim and --kv-heads are the spellings `distflash bench attn` passes.
+    ap.add_argument("--sizes", "--seq", dest="sizes", default="16384,32768,65536")
     ap.add_argument("--heads", type=int, default=32)
-    ap.add_argument("--hd", default="128")
+    ap.add_argument("--kv-heads", type=int, default=0, help="key/value heads (GQA); 0: --heads")
+    ap.add_argument("--hd", "--head-dim", dest="hd", default="128")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
@@ -48,22 +50,24 @@ def main():
         hd = int(hd_s)
         for s_s in args.sizes.split(","):
             S, H = int(s_s), args.heads
+            Hkv = args.kv_heads or H
             g = torch.Generator(device=dev).manual_seed(S + hd)
-            mk = lambda: torch.randn(1, S, H, hd, device=dev, dtype=torch.bfloat16, generator=g)
-            q, k, v, dout = mk(), mk(), mk(), mk()
+            mk = lambda h: torch.randn(1, S, h, hd, device=dev, dtype=torch.bfloat16, generator=g)
+            q, k, v, dout = mk(H), mk(Hkv), mk(Hkv), mk(H)
+            gqa = {"enable_gqa": True} if Hkv != H else {}
             qt, kt, vt, dot = (x.transpose(1, 2) for x in (q, k, v, dout))
             flops = 2.0 * H * S * S * hd
             for name, backend in backends:
-                rec = {"backend": name, "S": S, "D": hd, "H": H}
+                rec = {"backend": name, "S": S, "D": hd, "H": H, "Hkv": Hkv}
                 try:
                     with sdpa_kernel([backend]):
                         qg, kg, vg = (x.detach().requires_grad_(True) for x in (qt, kt, vt))
 
                         def fwd():
-                            F.scaled_dot_product_attention(qg, kg, vg, is_causal=True)
+                            F.scaled_dot_product_attention(qg, kg, vg, is_causal=True, **gqa)
 
                         def fwdbwd():
-                            out = F.scaled_dot_product_attention(qg, kg, vg, is_causal=True)
+                            out = F.scaled_dot_product_attention(qg, kg, vg, is_causal=True, **gqa)
                             out.backward(dot)
 
                         def clear():

@@ -177,7 +177,9 @@ df_status df_cudnn_probe(int64_t *version, char *path, uint64_t path_bytes) {
   return DF_OK;
 }
 
-static _Atomic int32_t attention_kernel = DF_ATTENTION_AUTO;
+/* Native until the cuDNN path has passed its GPU tests (scripts/gpu_cudnn.sh): a caller that sets
+ * nothing measures the kernels it has always measured. */
+static _Atomic int32_t attention_kernel = DF_ATTENTION_NATIVE;
 
 df_status df_attention_kernel_set(int32_t kernel) {
   if (kernel != DF_ATTENTION_AUTO && kernel != DF_ATTENTION_NATIVE && kernel != DF_ATTENTION_CUDNN)

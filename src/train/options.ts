@@ -219,7 +219,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   distattnLayout: "zigzag",
   attentionHeadGroups: 1,
   attentionMask: "causal",
-  attentionKernel: "auto",
+  attentionKernel: "native",
   checkpointBoundary: "attention",
   vocabChunk: 4096,
   mlpTile: 4096,
