@@ -138,8 +138,14 @@ Deno.test("attention kernel: the C setter validates, and the CPU backend refuses
 });
 
 Deno.test("attention kernel: --attention-kernel parses auto, native, cudnn and nothing else", () => {
+  // native by default until the cuDNN path has passed its GPU tests
   assertEquals(
     resolveTrainOptions({ model: "debug", synthetic: true }).options.attentionKernel,
+    "native",
+  );
+  assertEquals(
+    resolveTrainOptions({ model: "debug", synthetic: true, attentionKernel: "auto" }).options
+      .attentionKernel,
     "auto",
   );
   assertEquals(
