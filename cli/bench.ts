@@ -104,7 +104,11 @@ export function registerBench(program: Command, argv: string[]): void {
       "balanced,unbalanced,no-overlap,zigzag",
     )
     .option("--device <choice>", "auto, cuda or cpu", "auto")
-    .option("--attention-kernel <choice>", "native (default), auto (cuDNN where it loads) or cudnn", "native")
+    .option(
+      "--attention-kernel <choice>",
+      "native (default), auto (cuDNN where it loads) or cudnn",
+      "native",
+    )
     .option("--output-dir <dir>", "logs and results", "outputs/bench")
     .option("--no-baseline", "skip the PyTorch baseline")
     .action(async (o: Record<string, string | boolean | undefined>) => {
@@ -207,7 +211,11 @@ export function registerBench(program: Command, argv: string[]): void {
       "sequence split: zigzag (ring) or contiguous (DistAttn)",
       "zigzag",
     )
-    .option("--attention-kernel <choice>", "native (default), auto (cuDNN where it loads) or cudnn", "native")
+    .option(
+      "--attention-kernel <choice>",
+      "native (default), auto (cuDNN where it loads) or cudnn",
+      "native",
+    )
     .option("--peak-tflops <x>", "peak bf16 TFLOP/s per GPU for MFU (H100 SXM dense: 989)", "989")
     .option("--output-dir <dir>", "logs and results", "outputs/bench-train")
     .option("--no-baseline", "skip the HF transformers + FSDP2 + context-parallel baseline")
