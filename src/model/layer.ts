@@ -175,9 +175,9 @@ export class DecoderLayer {
     recomputeAttention: boolean,
   ): Promise<void> {
     const d = this.device, c = this.cfg, s = this.s, g = this.g, dt = this.shape.dtype;
-    const T = this.tokens, H = c.hiddenSize, I = c.intermediateSize;
+    const H = c.hiddenSize, I = c.intermediateSize;
     const qDim = this.qDim, kvDim = this.kvDim, f32 = DType.f32;
-    const pos = this.rope.pos.ptr, inv = this.rope.invFreq.ptr;
+    const inv = this.rope.invFreq.ptr;
 
     // Recompute q, k, v (and, at the layer boundary, attention) from the saved input.
     this.preAttention(io, w);
