@@ -5,7 +5,10 @@
 # includes warm-up; tokens/s from the second), then a table of tokens/s and device memory in use
 # against the plan's total (the issue asks for 3%). When the host cannot hold the 256K state the
 # train step refuses before allocating and names the length that fits: LEN=<tokens> reruns at it,
-# OFFLOAD_CKPT=0 drops --offload-checkpoints. Per-step limits sum to 495 s. Logs under $OUT.
+# OFFLOAD_CKPT=0 drops --offload-checkpoints. The plan (80 GB GPU): 47.3 GiB on the GPU at 256K
+# but 178.5 GiB of host state, more than the one-GPU machine's 128 GiB: there, OFFLOAD_CKPT=0 with
+# the length train names (about 172K; 176128 needs 79.8 GiB). LEN=524288 fits a 250 GiB host
+# (75.4 GiB GPU, 242.5 GiB host). Per-step limits sum to 495 s. Logs under $OUT.
 source "$(dirname "$0")/gpu_lib.sh"
 SHOW='memory|step [0-9]+/|tokens|fit|rc=|rror'
 SHOW_LINES=14

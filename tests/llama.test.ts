@@ -181,6 +181,55 @@ Deno.test(`llama ${TEST_BACKEND}: checkpoint boundary, MLP tiling and offloaded 
   );
 });
 
+for (const dtype of [DType.f32, DType.bf16]) {
+  const name = dtype === DType.f32 ? "fp32" : "bf16";
+  Deno.test(`llama ${TEST_BACKEND} ${name}: token tiles that do not divide the sequence give the untiled model`, async () => {
+    // Everything but attention runs in token tiles (layer.ts): 64 tokens in tiles of 24, 24 and 16
+    // against one tile of 64, with GQA (k, v narrower than q), packed documents and both checkpoint
+    // boundaries. Tiles change no per-token arithmetic; only the weight gradients' fp32 sums over
+    // tokens are regrouped by tile, so both dtypes agree to float reordering (seen: 2e-7; a
+    // mishandled tile boundary gives 1e-3 or more).
+    const dir = `${fixtures}gqa`;
+    const cfg = await readHfConfig(dir);
+    const ref = await reference("gqa");
+    const documents = [[0, 11, 29], [0, 20]]; // per sequence of 32 tokens
+    for (const checkpointBoundary of ["attention", "layer"] as const) {
+      const runs: { logits: Float32Array; loss: number; grads: Map<string, Float32Array> }[] = [];
+      for (const mlpTile of [64, 24]) {
+        const model = new LlamaModel(testDevice(), cfg, {
+          dtype,
+          batch: 2,
+          seqLen: 32,
+          vocabChunk: 100,
+          mlpTile,
+          checkpointBoundary,
+        });
+        model.allocate();
+        try {
+          await loadWeights(model, dir);
+          model.setBatch(ref.ids, ref.labels, undefined, documents);
+          await model.forward();
+          const logits = model.fullLogits(), loss = model.lossSum();
+          model.zeroGrads();
+          await model.backward(1 / 64);
+          const grads = new Map(model.layout.entries.map((e) => [e.name, model.gradOf(e.name)]));
+          runs.push({ logits, loss, grads });
+        } finally {
+          model.free();
+        }
+      }
+      const [whole, tiled] = runs, at = `${name}, ${checkpointBoundary} boundary`;
+      assertLess(relError(tiled.logits, whole.logits), 1e-6, `logits (${at})`);
+      assertLess(Math.abs(tiled.loss - whole.loss) / whole.loss, 1e-6, `loss (${at})`);
+      // Every parameter's gradient on its own (a small one could hide in a global error).
+      for (const [param, want] of whole.grads) {
+        const got = tiled.grads.get(param)!;
+        assertLess(relError(got, want), 1e-6, `gradient of ${param} (${at})`);
+      }
+    }
+  });
+}
+
 Deno.test(`llama ${TEST_BACKEND}: offloaded checkpoints reuse their device slots safely (5 layers, 2 micro-batches)`, async () => {
   // Five layers cycle each parity slot more than once, and a second micro-batch runs its forward
   // after the first one's backward loads: a slot read after being refilled would change a gradient.

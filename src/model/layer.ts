@@ -5,6 +5,13 @@
  *
  * Backward recomputes the layer's cheap parts (norms, projections, RoPE, MLP) from its saved input
  * and attention output, but never attention itself at the default "attention" checkpoint boundary.
+ *
+ * Everything but attention runs in token tiles (`LayerShape.tile` rows at a time): the norms, the
+ * projections, RoPE, the residual adds and the MLP are row-wise, so only what attention reads or
+ * writes for the whole sequence exists for every token: q, k, v, the attention output and its
+ * LSE, their gradients (dO and the fp32 dq, dk, dv that attention's backward accumulates), and
+ * the residual stream (the layer's input and output, and backward's d(residual), which crosses
+ * attention's backward). Every other intermediate is one tile's.
  */
 import type { Device, DevicePtr } from "../runtime/device.ts";
 import * as op from "../runtime/ops.ts";
@@ -48,7 +55,10 @@ export interface LayerSaved {
   y: Tensor;
 }
 
-/** The per-layer intermediates, recomputed in backward (one shared set). */
+/**
+ * The per-layer intermediates, recomputed in backward (one shared set): q, k, v of every token
+ * [tokens, qDim or kvDim] (attention reads them whole); the rest of one token tile, [tile, width].
+ */
 export interface LayerScratch {
   ln1: Tensor;
   rstd1: Tensor;
@@ -58,20 +68,28 @@ export interface LayerScratch {
   xMid: Tensor;
   ln2: Tensor;
   rstd2: Tensor;
-  /** MLP intermediates of one token tile: [mlpTile, intermediate]. */
+  /** MLP intermediates of one token tile: [tile, intermediate]. */
   gate: Tensor;
   up: Tensor;
   h: Tensor;
   tmp: Tensor;
 }
 
-/** Backward's buffers. dres holds d(layer output) on entry and d(layer input) on exit. */
+/**
+ * Backward's buffers. dres [tokens, hidden] holds d(layer output) on entry and d(layer input) on
+ * exit; dO and the fp32 dq, dk, dv are of every token; dh, dgate, dup, dlnF32 and dln of one tile.
+ */
 export interface LayerGradScratch {
   dres: Tensor;
   dh: Tensor;
   dgate: Tensor;
   dup: Tensor;
-  /** d(norm output) summed over the linears that read it, fp32 (may share dqF32's buffer). */
+  /**
+   * d(norm output) of one tile summed over the linears that read it, fp32 [tile, hidden]. It may
+   * be the first rows of dqF32's buffer (bf16 with qDim >= hidden): the MLP's backward writes it
+   * before attention's backward zeroes dqF32, the QKV projections' after tile 0's dq has been
+   * rounded out of those rows.
+   */
   dlnF32: Tensor;
   dln: Tensor;
   dO: Tensor;
@@ -88,7 +106,8 @@ export interface LayerShape {
   dtype: DType;
   batch: number;
   seqLen: number;
-  mlpTile: number;
+  /** Token rows per tile of everything but attention (the `mlpTile` model option). */
+  tile: number;
 }
 
 export class DecoderLayer {
@@ -112,16 +131,20 @@ export class DecoderLayer {
     this.kvDim = cfg.numKvHeads * cfg.headDim;
   }
 
-  /** Everything up to attention: ln1, then q, k, v after RoPE. */
+  /** Everything up to attention, tile by tile: ln1, then q, k, v (of every token) after RoPE. */
   preAttention(io: LayerSaved, w: LayerWeights): void {
-    const d = this.device, c = this.cfg, s = this.s, dt = this.shape.dtype, T = this.tokens;
-    const H = c.hiddenSize, pos = this.rope.pos.ptr, inv = this.rope.invFreq.ptr;
-    op.rmsnormForward(d, s.ln1.ptr, s.rstd1.ptr, io.x.ptr, w.ln1, T, H, c.rmsNormEps, dt);
-    op.linear(d, s.q.ptr, s.ln1.ptr, w.q, T, H, this.qDim, dt);
-    op.linear(d, s.k.ptr, s.ln1.ptr, w.k, T, H, this.kvDim, dt);
-    op.linear(d, s.v.ptr, s.ln1.ptr, w.v, T, H, this.kvDim, dt);
-    op.rope(d, s.q.ptr, pos, inv, T, c.numHeads, c.headDim, false, dt);
-    op.rope(d, s.k.ptr, pos, inv, T, c.numKvHeads, c.headDim, false, dt);
+    const d = this.device, c = this.cfg, s = this.s, dt = this.shape.dtype;
+    const H = c.hiddenSize, inv = this.rope.invFreq.ptr;
+    this.#tiles((t0, n) => {
+      this.#norm1Tile(io, w, t0, n);
+      const pos = this.rope.pos.rows(t0, n).ptr;
+      const [q, k, v] = [s.q, s.k, s.v].map((t) => t.rows(t0, n).ptr);
+      op.linear(d, q, s.ln1.ptr, w.q, n, H, this.qDim, dt);
+      op.linear(d, k, s.ln1.ptr, w.k, n, H, this.kvDim, dt);
+      op.linear(d, v, s.ln1.ptr, w.v, n, H, this.kvDim, dt);
+      op.rope(d, q, pos, inv, n, c.numHeads, c.headDim, false, dt);
+      op.rope(d, k, pos, inv, n, c.numKvHeads, c.headDim, false, dt);
+    });
   }
 
   /** Attention of every sequence of the micro-batch: io.o and io.lse from q, k, v. */
@@ -129,22 +152,15 @@ export class DecoderLayer {
     for (let b = 0; b < this.shape.batch; b++) await attention.forward(this.#sequence(io, b));
   }
 
-  /**
-   * Everything after attention: O-proj, residual, ln2, and (unless `mlp` is false, as in
-   * backward's recomputation) the MLP tile by tile with its residual into io.y.
-   */
-  postAttention(io: LayerSaved, w: LayerWeights, mlp = true): void {
-    const d = this.device, c = this.cfg, s = this.s, dt = this.shape.dtype, T = this.tokens;
+  /** Everything after attention, tile by tile: O-proj, residual, ln2, the MLP and its residual. */
+  postAttention(io: LayerSaved, w: LayerWeights): void {
+    const d = this.device, c = this.cfg, s = this.s, dt = this.shape.dtype;
     const H = c.hiddenSize, I = c.intermediateSize;
-    op.linear(d, s.tmp.ptr, io.o.ptr, w.o, T, this.qDim, H, dt);
-    op.add(d, s.xMid.ptr, io.x.ptr, s.tmp.ptr, T * H, dt);
-    op.rmsnormForward(d, s.ln2.ptr, s.rstd2.ptr, s.xMid.ptr, w.ln2, T, H, c.rmsNormEps, dt);
-    if (!mlp) return;
     this.#tiles((t0, n) => {
-      this.#mlpTileForward(w, s.ln2.rows(t0, n), n);
-      op.linear(d, s.tmp.rows(t0, n).ptr, s.h.ptr, w.down, n, I, H, dt);
+      this.#preMlpTile(io, w, t0, n);
+      op.linear(d, s.tmp.ptr, s.h.ptr, w.down, n, I, H, dt);
+      op.add(d, io.y.rows(t0, n).ptr, s.xMid.ptr, s.tmp.ptr, n * H, dt);
     });
-    op.add(d, io.y.ptr, s.xMid.ptr, s.tmp.ptr, T * H, dt);
   }
 
   /**
@@ -159,37 +175,30 @@ export class DecoderLayer {
     recomputeAttention: boolean,
   ): Promise<void> {
     const d = this.device, c = this.cfg, s = this.s, g = this.g, dt = this.shape.dtype;
-    const T = this.tokens, H = c.hiddenSize, I = c.intermediateSize;
+    const H = c.hiddenSize, I = c.intermediateSize;
     const qDim = this.qDim, kvDim = this.kvDim, f32 = DType.f32;
-    const pos = this.rope.pos.ptr, inv = this.rope.invFreq.ptr;
+    const inv = this.rope.invFreq.ptr;
 
-    // Recompute the layer's cheap parts from its saved input and attention output.
+    // Recompute q, k, v (and, at the layer boundary, attention) from the saved input.
     this.preAttention(io, w);
     if (recomputeAttention) await this.attend(attention, io);
-    this.postAttention(io, w, false);
 
-    // MLP, tile by tile, each tile's intermediates recomputed from ln2.
+    // After attention, tile by tile: recompute the tile's O-proj, residual, ln2 and MLP from the
+    // saved input and attention output, then backward through the MLP, ln2 (into dres, which
+    // becomes d(xMid)) and the O-proj (into dO).
     this.#tiles((t0, n) => {
-      this.#mlpTileForward(w, s.ln2.rows(t0, n), n);
-      op.linearBackward(d, g.dh.ptr, gw.down, g.dres.rows(t0, n).ptr, s.h.ptr, w.down, n, I, H, dt);
+      this.#preMlpTile(io, w, t0, n);
+      const dres = g.dres.rows(t0, n).ptr;
+      op.linearBackward(d, g.dh.ptr, gw.down, dres, s.h.ptr, w.down, n, I, H, dt);
       op.swigluBackward(d, g.dgate.ptr, g.dup.ptr, g.dh.ptr, s.gate.ptr, s.up.ptr, n * I, dt);
-      this.#sharedInputBackward(
-        s.ln2,
-        [[g.dgate, w.gate, gw.gate, I], [
-          g.dup,
-          w.up,
-          gw.up,
-          I,
-        ]],
-        t0,
-        n,
-      );
+      this.#sharedInputBackward(s.ln2, [[g.dgate, w.gate, gw.gate, I], [g.dup, w.up, gw.up, I]], n);
+      op.convert(d, g.dln.ptr, dt, g.dlnF32.ptr, f32, n * H);
+      op.rmsnormBackward(d, dres, gw.ln2, g.dln.ptr, s.xMid.ptr, w.ln2, s.rstd2.ptr, n, H, dt);
+      const o = io.o.rows(t0, n).ptr, dO = g.dO.rows(t0, n).ptr;
+      op.linearBackward(d, dO, gw.o, dres, o, w.o, n, qDim, H, dt);
     });
-    op.convert(d, g.dln.ptr, dt, g.dlnF32.ptr, f32, T * H);
-    op.rmsnormBackward(d, g.dres.ptr, gw.ln2, g.dln.ptr, s.xMid.ptr, w.ln2, s.rstd2.ptr, T, H, dt);
 
-    // Attention block: out = o_proj(attn(rope(q), rope(k), v)), added to the residual.
-    op.linearBackward(d, g.dO.ptr, gw.o, g.dres.ptr, io.o.ptr, w.o, T, qDim, H, dt);
+    // Attention: out = attn(rope(q), rope(k), v), of every token.
     for (const t of [g.dqF32, g.dkF32, g.dvF32]) d.memset(t.ptr, 0, t.bytes);
     const S = this.shape.seqLen;
     for (let b = 0; b < this.shape.batch; b++) {
@@ -200,35 +209,66 @@ export class DecoderLayer {
         dv: g.dvF32.rows(b * S, S).ptr,
       });
     }
-    // RoPE is a rotation: its backward rotates the gradient back (in fp32, before rounding).
-    op.rope(d, g.dqF32.ptr, pos, inv, T, c.numHeads, c.headDim, true, f32);
-    op.rope(d, g.dkF32.ptr, pos, inv, T, c.numKvHeads, c.headDim, true, f32);
-    if (dt !== f32) {
-      op.convert(d, g.dq.ptr, dt, g.dqF32.ptr, f32, T * qDim);
-      op.convert(d, g.dk.ptr, dt, g.dkF32.ptr, f32, T * kvDim);
-      op.convert(d, g.dv.ptr, dt, g.dvF32.ptr, f32, T * kvDim);
-    }
-    this.#sharedInputBackward(s.ln1, [
-      [g.dq, w.q, gw.q, qDim],
-      [g.dk, w.k, gw.k, kvDim],
-      [g.dv, w.v, gw.v, kvDim],
-    ]);
-    op.convert(d, g.dln.ptr, dt, g.dlnF32.ptr, f32, T * H);
-    op.rmsnormBackward(d, g.dres.ptr, gw.ln1, g.dln.ptr, io.x.ptr, w.ln1, s.rstd1.ptr, T, H, dt);
+
+    // Before attention, tile by tile: RoPE, the QKV projections (ln1 recomputed) and ln1.
+    this.#tiles((t0, n) => {
+      const pos = this.rope.pos.rows(t0, n).ptr;
+      const [dqF32, dkF32, dvF32] = [g.dqF32, g.dkF32, g.dvF32].map((t) => t.rows(t0, n));
+      // RoPE is a rotation: its backward rotates the gradient back (in fp32, before rounding).
+      op.rope(d, dqF32.ptr, pos, inv, n, c.numHeads, c.headDim, true, f32);
+      op.rope(d, dkF32.ptr, pos, inv, n, c.numKvHeads, c.headDim, true, f32);
+      const [dq, dk, dv] = [g.dq, g.dk, g.dv].map((t) => t.rows(t0, n));
+      if (dt !== f32) {
+        op.convert(d, dq.ptr, dt, dqF32.ptr, f32, n * qDim);
+        op.convert(d, dk.ptr, dt, dkF32.ptr, f32, n * kvDim);
+        op.convert(d, dv.ptr, dt, dvF32.ptr, f32, n * kvDim);
+      }
+      this.#norm1Tile(io, w, t0, n);
+      this.#sharedInputBackward(s.ln1, [
+        [dq, w.q, gw.q, qDim],
+        [dk, w.k, gw.k, kvDim],
+        [dv, w.v, gw.v, kvDim],
+      ], n);
+      op.convert(d, g.dln.ptr, dt, g.dlnF32.ptr, f32, n * H);
+      const dres = g.dres.rows(t0, n).ptr, x = io.x.rows(t0, n).ptr;
+      op.rmsnormBackward(d, dres, gw.ln1, g.dln.ptr, x, w.ln1, s.rstd1.ptr, n, H, dt);
+    });
   }
 
-  /** Calls fn(t0, n) for each MLP token tile. */
+  /** Calls fn(t0, n) for each token tile. */
   #tiles(fn: (t0: number, n: number) => void): void {
-    const T = this.tokens, tile = this.shape.mlpTile;
+    const T = this.tokens, tile = this.shape.tile;
     for (let t0 = 0; t0 < T; t0 += tile) fn(t0, Math.min(tile, T - t0));
   }
 
-  /** gate, up and h = silu(gate) * up of the `n` token rows `ln2`. */
-  #mlpTileForward(w: LayerWeights, ln2: Tensor, n: number): void {
-    const d = this.device, s = this.s, dt = this.shape.dtype;
-    const H = this.cfg.hiddenSize, I = this.cfg.intermediateSize;
-    op.linear(d, s.gate.ptr, ln2.ptr, w.gate, n, H, I, dt);
-    op.linear(d, s.up.ptr, ln2.ptr, w.up, n, H, I, dt);
+  /** s.ln1 and s.rstd1 of the `n` token rows from t0 of the layer input. */
+  #norm1Tile(io: LayerSaved, w: LayerWeights, t0: number, n: number): void {
+    const c = this.cfg, s = this.s, x = io.x.rows(t0, n).ptr;
+    op.rmsnormForward(
+      this.device,
+      s.ln1.ptr,
+      s.rstd1.ptr,
+      x,
+      w.ln1,
+      n,
+      c.hiddenSize,
+      c.rmsNormEps,
+      this.shape.dtype,
+    );
+  }
+
+  /**
+   * The `n` token rows from t0 after attention up to the MLP's down projection: s.xMid = x +
+   * o_proj(o), s.ln2 and s.rstd2, then gate, up and h = silu(gate) * up.
+   */
+  #preMlpTile(io: LayerSaved, w: LayerWeights, t0: number, n: number): void {
+    const d = this.device, c = this.cfg, s = this.s, dt = this.shape.dtype;
+    const H = c.hiddenSize, I = c.intermediateSize;
+    op.linear(d, s.tmp.ptr, io.o.rows(t0, n).ptr, w.o, n, this.qDim, H, dt);
+    op.add(d, s.xMid.ptr, io.x.rows(t0, n).ptr, s.tmp.ptr, n * H, dt);
+    op.rmsnormForward(d, s.ln2.ptr, s.rstd2.ptr, s.xMid.ptr, w.ln2, n, H, c.rmsNormEps, dt);
+    op.linear(d, s.gate.ptr, s.ln2.ptr, w.gate, n, H, I, dt);
+    op.linear(d, s.up.ptr, s.ln2.ptr, w.up, n, H, I, dt);
     op.swigluForward(d, s.h.ptr, s.gate.ptr, s.up.ptr, n * I, dt);
   }
 
@@ -246,19 +286,18 @@ export class DecoderLayer {
   }
 
   /**
-   * Backward of linears reading the same input x [T, H], for the `n` token rows from `row0` (each
-   * dy holds exactly those rows): [dy, weight, its gradient, output features] each. Accumulates
-   * weight gradients, and writes rows of g.dlnF32 = sum of dy_i W_i in fp32 (the caller converts
-   * it to the compute dtype).
+   * Backward of linears reading the same input: the tile's `n` rows of it, x [n, H], and each dy
+   * [n, out] ([dy, weight, its gradient, output features] each). Accumulates weight gradients,
+   * and writes g.dlnF32's first n rows = sum of dy_i W_i in fp32 (the caller converts it to the
+   * compute dtype).
    */
   #sharedInputBackward(
     x: Tensor,
     parts: [Tensor, DevicePtr, DevicePtr, number][],
-    row0 = 0,
-    n = this.tokens,
+    n: number,
   ): void {
     const d = this.device, dt = this.shape.dtype, H = this.cfg.hiddenSize, f32 = DType.f32;
-    const dx = this.g.dlnF32.rows(row0, n).ptr, xRows = x.rows(row0, n).ptr;
+    const dx = this.g.dlnF32.ptr, xRows = x.ptr;
     parts.forEach(([dy, w, gw, out], i) => {
       const beta = i === 0 ? 0 : 1;
       op.gemm(d, {

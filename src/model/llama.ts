@@ -55,9 +55,11 @@ export interface ModelOptions {
    */
   checkpointBoundary?: "attention" | "layer";
   /**
-   * Tokens per tile of the MLP and the LM head (default 4096): their [tokens, intermediate] and
-   * [tokens, vocabulary chunk] intermediates exist for one tile at a time, in forward and
-   * backward, so their memory does not grow with the sequence.
+   * Tokens per tile of everything but attention (default 4096): the norms, projections, RoPE,
+   * residual adds, the MLP and the LM head run tile by tile, in forward and backward, so their
+   * intermediates ([tokens, hidden], [tokens, intermediate], [tokens, vocabulary chunk]) exist for
+   * one tile at a time and do not grow with the sequence. What attention reads and writes (q, k,
+   * v, its output and LSE, and their gradients) and the residual stream stay whole.
    */
   mlpTile?: number;
   /**
@@ -166,30 +168,32 @@ export class LlamaModel {
       new Tensor(slot, dt, [rows, cols]);
     const layer = (name: string, rows: number, cols: number, dt = dtype) =>
       view(p.reserve("layer scratch", name, rows * cols, dt), rows, cols);
+    // q, k and v are attention's, of every token; the rest are one token tile's.
     const s: LayerScratch = {
-      ln1: layer("ln1", T, H),
-      rstd1: layer("rstd1", T, 1, f32),
+      ln1: layer("ln1", tile, H),
+      rstd1: layer("rstd1", tile, 1, f32),
       q: layer("q", T, qDim),
       k: layer("k", T, kvDim),
       v: layer("v", T, kvDim),
-      xMid: layer("xMid", T, H),
-      ln2: layer("ln2", T, H),
-      rstd2: layer("rstd2", T, 1, f32),
+      xMid: layer("xMid", tile, H),
+      ln2: layer("ln2", tile, H),
+      rstd2: layer("rstd2", tile, 1, f32),
       gate: layer("gate", tile, I),
       up: layer("up", tile, I),
       h: layer("h", tile, I),
-      tmp: layer("tmp", T, H),
+      tmp: layer("tmp", tile, H),
     };
     const backSlot = (name: string, numel: number, dt = dtype) =>
       p.reserve("backward scratch", name, numel, dt);
     const dres = backSlot("dres", T * H), dh = backSlot("dh", tile * I);
     const dgate = backSlot("dgate", tile * I), dup = backSlot("dup", tile * I);
-    const dln = backSlot("dln", T * H), dO = backSlot("dO", T * qDim);
+    const dln = backSlot("dln", tile * H), dO = backSlot("dO", T * qDim);
     const dqF32 = backSlot("dqF32", T * qDim, f32);
-    // d(norm output) in fp32 is written by the MLP's backward before attention's backward zeroes
-    // dqF32, and by the QKV projections' backward after dq has been rounded into q's buffer (bf16
-    // only: in fp32 dq is dqF32 itself): the two share one buffer when it is large enough.
-    const dlnF32 = dtype !== f32 && qDim >= H ? dqF32 : backSlot("dlnF32", T * H, f32);
+    // d(norm output) of a tile in fp32 is written by the MLP's backward before attention's
+    // backward zeroes dqF32, and by the QKV projections' backward after tile 0's dq has been
+    // rounded into q's buffer (bf16 only: in fp32 dq is dqF32 itself): it can be dqF32's first
+    // rows (layer.ts, LayerGradScratch).
+    const dlnF32 = dtype !== f32 && qDim >= H ? dqF32 : backSlot("dlnF32", tile * H, f32);
     const dkF32 = backSlot("dkF32", T * kvDim, f32), dvF32 = backSlot("dvF32", T * kvDim, f32);
     // In bf16 the rounded dq, dk, dv take the place of q, k, v, which attention's backward was
     // the last to read (DistAttn makes the compute stream wait for its transfers before returning).
@@ -200,8 +204,8 @@ export class LlamaModel {
       dh: view(dh, tile, I),
       dgate: view(dgate, tile, I),
       dup: view(dup, tile, I),
-      dlnF32: view(dlnF32, T, H, f32),
-      dln: view(dln, T, H),
+      dlnF32: view(dlnF32, tile, H, f32),
+      dln: view(dln, tile, H),
       dO: view(dO, T, qDim),
       dqF32: view(dqF32, T, qDim),
       dkF32: view(dkF32, T, kvDim),
@@ -214,9 +218,11 @@ export class LlamaModel {
     const headSlot = (name: string, numel: number, dt: DType = f32) =>
       p.reserve("LM head and loss", name, numel, dt);
     const C = this.vocabChunk;
-    // The final norm's output lives from the end of the forward to the LM head's backward, while
-    // no layer runs: it shares the first layer norm's scratch.
-    const xf = s.ln1;
+    // The final norm's output [tokens, hidden] lives from the end of the forward to the LM head's
+    // backward, while no layer runs: it shares q's buffer when that is large enough.
+    const xf = qDim >= H
+      ? new Tensor(s.q.base, dtype, [T, H])
+      : view(headSlot("xf", T * H, dtype), T, H);
     this.rstdF = headSlot("rstdF", T);
     // Logits exist for one (token tile, vocabulary chunk) at a time.
     const logits = headSlot("logits", tile * C);
@@ -260,7 +266,7 @@ export class LlamaModel {
     this.#layer = new DecoderLayer(
       device,
       cfg,
-      { dtype, batch, seqLen, mlpTile: tile },
+      { dtype, batch, seqLen, tile },
       s,
       g,
       rope,
@@ -481,12 +487,16 @@ export class LlamaModel {
     this.params.beginGrads(0);
     this.params.beginGrads(c.numLayers + 1);
     this.#head.backward(this.#headWeight(), this.#headWeight(true), lossScale);
-    // Final norm: dres = d(x_L).
-    op.convert(d, g.dln.ptr, dt, head.dxfF32.ptr, DType.f32, T * H);
+    // Final norm, tile by tile: dres = d(x_L).
     d.memset(g.dres.ptr, 0, g.dres.bytes);
-    const normF = L.get("model.norm.weight"), x = this.xs[c.numLayers].ptr;
+    const normF = L.get("model.norm.weight"), x = new Tensor(this.xs[c.numLayers], dt, [T, H]);
     const [normW, normG] = [this.params.weight(normF), this.params.grad(normF)];
-    op.rmsnormBackward(d, g.dres.ptr, normG, g.dln.ptr, x, normW, this.rstdF.ptr, T, H, dt);
+    for (let t0 = 0; t0 < T; t0 += this.mlpTile) {
+      const n = Math.min(this.mlpTile, T - t0), rows = (t: Tensor) => t.rows(t0, n).ptr;
+      op.convert(d, g.dln.ptr, dt, rows(head.dxfF32), DType.f32, n * H);
+      const rstd = this.rstdF.ptr + BigInt(t0 * 4);
+      op.rmsnormBackward(d, rows(g.dres), normG, g.dln.ptr, rows(x), normW, rstd, n, H, dt);
+    }
     await this.params.reduceGrads(c.numLayers + 1);
 
     const recomputeAttention = this.opts.checkpointBoundary === "layer";

@@ -340,7 +340,7 @@ export const TRAIN_SPECS: readonly Spec[] = [
   {
     key: "mlpTile",
     kind: "int",
-    help: "tokens per tile of the MLP and the LM head (bounds their scratch)",
+    help: "tokens per tile of everything but attention: norms, projections, MLP, LM head",
     min: 1,
   },
   {
