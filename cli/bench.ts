@@ -83,6 +83,24 @@ async function runBaseline(args: string[]): Promise<string> {
   return text;
 }
 
+/** --attention-mask and --doc-length of bench attn: the mean document length, or undefined (causal). */
+function documentLength(
+  mask: string | boolean | undefined,
+  docLength: string | boolean | undefined,
+): number | undefined {
+  if (mask !== "causal" && mask !== "document") {
+    throw new Error(`--attention-mask: ${mask} is not one of causal, document`);
+  }
+  if (mask === "causal") {
+    if (docLength !== undefined) throw new Error("--doc-length needs --attention-mask document");
+    return undefined;
+  }
+  if (docLength === undefined) {
+    throw new Error("--attention-mask document needs --doc-length (the mean document length)");
+  }
+  return positiveInt("--doc-length", String(docLength));
+}
+
 export function registerBench(program: Command, argv: string[]): void {
   const bench = program.command("bench").description("throughput benchmarks (GPUs)");
 
@@ -103,6 +121,15 @@ export function registerBench(program: Command, argv: string[]): void {
       "DistAttn variants: balanced,unbalanced,no-overlap,zigzag",
       "balanced,unbalanced,no-overlap,zigzag",
     )
+    .option(
+      "--attention-mask <mask>",
+      "causal, or document: each configuration also with the sequence packed into documents",
+      "causal",
+    )
+    .option(
+      "--doc-length <n>",
+      "with --attention-mask document: mean document length (random lengths)",
+    )
     .option("--device <choice>", "auto, cuda or cpu", "auto")
     .option(
       "--attention-kernel <choice>",
@@ -113,6 +140,7 @@ export function registerBench(program: Command, argv: string[]): void {
     .option("--no-baseline", "skip the PyTorch baseline")
     .action(async (o: Record<string, string | boolean | undefined>) => {
       const nproc = positiveInt("--nproc-per-node", String(o.nprocPerNode));
+      const docLength = documentLength(o.attentionMask, o.docLength);
       const seq = intList("--seq", String(o.seq));
       const heads = positiveInt("--heads", String(o.heads));
       const kvHeads = o.kvHeads ? positiveInt("--kv-heads", String(o.kvHeads)) : heads;
@@ -164,12 +192,13 @@ export function registerBench(program: Command, argv: string[]): void {
         reps: positiveInt("--reps", String(o.reps)),
         warmup: Number(o.warmup),
         variants,
+        docLength,
       });
       if ((comm?.rank ?? 0) === 0) {
         console.log(
-          `distflash attention, ${
-            device.props(0).name
-          }, bf16, causal, ${heads} heads (${kvHeads} kv) of ${headDim}:`,
+          `distflash attention, ${device.props(0).name}, bf16, ${
+            docLength ? `causal and documents of ~${docLength} tokens` : "causal"
+          }, ${heads} heads (${kvHeads} kv) of ${headDim}:`,
         );
         console.log(kernelLine);
         console.log(formatAttnRows(rows));

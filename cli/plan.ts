@@ -37,16 +37,30 @@ export function registerPlan(program: Command): void {
     .option(
       "--host-memory <GiB>",
       "host memory of a node for offloaded state (default: what this host has available)",
+    )
+    .option(
+      "--doc-length <n>",
+      "with --attention-mask document: mean document length to report the attention work for",
     );
   for (const spec of TRAIN_SPECS) {
     const flag = flagName(spec.key);
     cmd.option(spec.kind === "bool" ? `${flag} [bool]` : `${flag} <value>`, spec.help);
   }
   cmd.action(async (raw: Record<string, unknown>) => {
-    const { gpuMemory, hostMemory, ...rest } = raw;
+    const { gpuMemory, hostMemory, docLength, ...rest } = raw;
     // Planning needs no data: a placeholder keeps the data-path check quiet.
     if (!rest.dataPath && !rest.synthetic) rest.synthetic = true;
     const { options } = resolveTrainOptions(rest);
+    let meanDocLength: number | undefined;
+    if (docLength !== undefined) {
+      meanDocLength = Number(docLength);
+      if (!Number.isInteger(meanDocLength) || meanDocLength < 1) {
+        throw new Error(`--doc-length: expected a positive integer, got ${docLength}`);
+      }
+      if (options.attentionMask !== "document") {
+        throw new Error("--doc-length needs --attention-mask document");
+      }
+    }
     const cfg = (await resolveModel(options.model)).config;
     let budget: number, source: string;
     if (gpuMemory !== undefined) {
@@ -74,7 +88,7 @@ export function registerPlan(program: Command): void {
       host = { bytes: gib * 2 ** 30, source: "--host-memory" };
     }
     const world = options.nprocPerNode * options.nnodes;
-    const { text, fits } = formatPlan(cfg, options, world, budget, source, host);
+    const { text, fits } = formatPlan(cfg, options, world, budget, source, host, meanDocLength);
     console.log(text);
     if (!fits) Deno.exit(3);
   });

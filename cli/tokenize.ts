@@ -1,7 +1,8 @@
 /**
  * `distflash tokenize`: text data (JSONL/JSON/chat/Parquet, a file or a folder) to a .npy token
  * file, packed exactly as `train` packs it (BOS/EOS between documents), so large corpora are
- * tokenised once instead of at the start of every run.
+ * tokenised once instead of at the start of every run. `train --attention-mask document` needs
+ * nothing more: the BOS before every document in the .npy is where it finds the documents.
  */
 import type { Command } from "npm:commander@^14.0.0";
 import { existsSync } from "node:fs";

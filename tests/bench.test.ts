@@ -1,6 +1,8 @@
 /** The benchmark commands run end to end on CPU ranks (their numbers mean nothing there). */
 import { assert, assertEquals } from "./assert.ts";
 import { runCli } from "./_util.ts";
+import { join } from "node:path";
+import { type AttnBenchRow, benchDocumentStarts } from "../src/bench/attn.ts";
 
 Deno.test("bench attn: one rank and DistAttn over 3 CPU ranks print a row per variant", async () => {
   const out = await Deno.makeTempDir();
@@ -36,6 +38,43 @@ Deno.test("bench attn: one rank and DistAttn over 3 CPU ranks print a row per va
   }
   const bad = await runCli(["bench", "attn", "--variants", "striped"]);
   assert(bad.code !== 0 && bad.stderr.includes("--variants"), bad.stderr);
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("bench attn --attention-mask document: causal and document rows, the visible-pair ratio, flags", async () => {
+  const out = await Deno.makeTempDir();
+  // deno-fmt-ignore
+  const r = await runCli([
+    "bench", "attn", "--seq", "512", "--attention-mask", "document", "--doc-length", "8",
+    "--heads", "2", "--head-dim", "16", "--device", "cpu", "--no-baseline", "--reps", "3",
+    "--warmup", "1", "--output-dir", out,
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  const rows = JSON.parse(await Deno.readTextFile(join(out, "attn_p1.json"))) as AttnBenchRow[];
+  assertEquals(rows.map((x) => x.mask), ["causal", "document"]);
+  // The visible pairs by brute force over the documents every rank packs the sequence with.
+  const starts = benchDocumentStarts(512, 8);
+  const docOf = (p: number) => starts.filter((s) => s <= p).length;
+  let pairs = 0;
+  for (let p = 0; p < 512; p++) for (let s = 0; s <= p; s++) if (docOf(s) === docOf(p)) pairs++;
+  assertEquals(rows[1].visiblePairs, pairs);
+  assertEquals(rows[0].visiblePairs, (512 * 513) / 2);
+  assertEquals(rows[1].documents, starts.length);
+  const ratio = (rows[0].visiblePairs / rows[1].visiblePairs).toFixed(2);
+  assert(r.stdout.includes(`attention work ratio ${ratio}x`), r.stdout);
+  // ~60x less work: the document rows must be faster, or the kernels were not given documents.
+  assert(rows[1].fwdBwdMs < rows[0].fwdBwdMs, JSON.stringify(rows));
+  for (
+    const [args, flag] of <[string[], string][]> [
+      [["--attention-mask", "document"], "--doc-length"],
+      [["--doc-length", "8"], "--attention-mask document"],
+      [["--attention-mask", "documents", "--doc-length", "8"], "--attention-mask"],
+      [["--attention-mask", "document", "--doc-length", "0"], "--doc-length"],
+    ]
+  ) {
+    const bad = await runCli(["bench", "attn", "--device", "cpu", ...args]);
+    assert(bad.code !== 0 && bad.stderr.includes(flag), bad.stderr);
+  }
   await Deno.remove(out, { recursive: true });
 });
 

@@ -208,3 +208,29 @@ Deno.test({
     assertLess(Math.abs(used - planned) / used, 0.1, line);
   },
 });
+
+Deno.test("plan --doc-length: the attention work of documents of that mean length, share of causal's", async () => {
+  const { randomDocumentStarts } = await import("../src/parallel/document_work.ts");
+  const L = 4096, mean = 100; // not one of the default means (L / 64, L / 16, L / 4)
+  // deno-fmt-ignore
+  const args = ["plan", "--model", "debug-tiny", "--model-max-length", `${L}`, "--device", "cpu",
+    "--nproc-per-node", "4", "--attention-mask", "document"];
+  const r = await runCli([...args, "--doc-length", `${mean}`]);
+  assertEquals(r.code, 0, r.stderr);
+  // A document of n tokens holds n (n + 1) / 2 visible pairs; causal over the window L (L + 1) / 2.
+  const starts = [...randomDocumentStarts(L, mean), L];
+  let pairs = 0;
+  for (let i = 0; i + 1 < starts.length; i++) {
+    const n = starts[i + 1] - starts[i];
+    pairs += (n * (n + 1)) / 2;
+  }
+  const share = (pairs / ((L * (L + 1)) / 2)).toFixed(3);
+  assert(r.stdout.includes(`${share} (documents of ~${mean} tokens)`), r.stdout);
+  const busiest = new RegExp(
+    `busiest / mean over the 4 sp ranks .*\\(documents of ~${mean} tokens\\)$`,
+    "m",
+  );
+  assert(busiest.test(r.stdout), r.stdout);
+  const bad = await runCli(["plan", "--model", "debug-tiny", "--doc-length", "5"]);
+  assert(bad.code !== 0 && bad.stderr.includes("--attention-mask document"), bad.stderr);
+});

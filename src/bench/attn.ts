@@ -5,6 +5,13 @@
  *
  * FLOPs (the project's convention): causal forward = 2 * B * H * S^2 * D, backward = 2.5 x forward;
  * per GPU = total / P. Timing: median of `reps` runs after `warmup`, device synchronised.
+ *
+ * With `docLength` (--attention-mask document) every configuration runs twice, causal and with the
+ * sequence packed into documents of random lengths averaging docLength tokens (the same starts on
+ * every rank): a document row's FLOPs count its visible (query, key) pairs (4 x H x D per pair in
+ * the forward, as the causal convention's S^2 / 2 pairs), and `attention work ratio` is causal's
+ * visible pairs over the documents', the speedup the skipped work allows, to judge the measured
+ * one against.
  */
 import type { Device } from "../runtime/device.ts";
 import * as op from "../runtime/ops.ts";
@@ -13,6 +20,9 @@ import type { Communicator } from "../comm/comm.ts";
 import { DistAttention } from "../parallel/distattn.ts";
 import { ZigzagAttention } from "../parallel/zigzag.ts";
 import type { LlamaConfig } from "../model/config.ts";
+import { docStartsInt64, visiblePairCount } from "../model/documents.ts";
+import type { SequenceDocuments } from "../model/attention.ts";
+import { randomDocumentStarts } from "../parallel/document_work.ts";
 
 export interface AttnBenchOptions {
   seq: number[];
@@ -22,7 +32,12 @@ export interface AttnBenchOptions {
   reps: number;
   warmup: number;
   variants: AttnVariant[];
+  /** Also time document masking, documents of this many tokens on average (random lengths). */
+  docLength?: number;
 }
+
+/** The mask of a bench row: causal over the whole sequence, or packed documents. */
+export type AttnMask = "causal" | "document";
 
 export type AttnVariant = "balanced" | "unbalanced" | "no-overlap" | "zigzag";
 
@@ -30,6 +45,11 @@ export interface AttnBenchRow {
   seq: number;
   ranks: number;
   variant: AttnVariant | "single";
+  mask: AttnMask;
+  /** Visible (query, key) pairs of the whole sequence (per head). */
+  visiblePairs: number;
+  /** Documents in the sequence (1 for causal). */
+  documents: number;
   fwdMs: number;
   fwdBwdMs: number;
   /** forward+backward TFLOP/s per GPU */
@@ -39,6 +59,11 @@ export interface AttnBenchRow {
 
 export function causalFlops(seq: number, heads: number, headDim: number): number {
   return 2 * heads * seq * seq * headDim;
+}
+
+/** The document starts bench attn packs a `seq`-token sequence with (seeded: every rank agrees). */
+export function benchDocumentStarts(seq: number, docLength: number): number[] {
+  return randomDocumentStarts(seq, docLength, seq);
 }
 
 function median(xs: number[]): number {
@@ -107,77 +132,95 @@ export async function benchAttention(
     const q = d.alloc(S * H * D * 2), k = d.alloc(S * KV * D * 2), v = d.alloc(S * KV * D * 2);
     const dout = d.alloc(S * H * D * 2), out = d.alloc(S * H * D * 2), lse = d.alloc(H * S * 4);
     const dq = d.alloc(S * H * D * 4), dk = d.alloc(S * KV * D * 4), dv = d.alloc(S * KV * D * 4);
+    const starts = o.docLength ? benchDocumentStarts(seq, o.docLength) : null;
+    const startsBuf = starts ? d.alloc(starts.length * 8) : null;
     try {
+      let docs: SequenceDocuments | undefined;
+      if (starts && startsBuf) {
+        d.upload(startsBuf.ptr, docStartsInt64(starts));
+        docs = { starts, device: { starts: startsBuf.ptr, count: starts.length } };
+      }
       fillRandom(d, q.ptr, S * H * D, 11 + rank);
       fillRandom(d, k.ptr, S * KV * D, 22 + rank);
       fillRandom(d, v.ptr, S * KV * D, 33 + rank);
       fillRandom(d, dout.ptr, S * H * D, 44 + rank);
-      const total = causalFlops(seq, H, D);
       const variants: (AttnVariant | "single")[] = P === 1 ? ["single"] : o.variants;
+      const masks: AttnMask[] = docs ? ["causal", "document"] : ["causal"];
       for (const variant of variants) {
-        let fwd: () => Promise<void>, bwd: () => Promise<void>;
-        let dist: DistAttention | ZigzagAttention | null = null;
-        if (variant === "single") {
-          const shape = {
-            tq: S,
-            tk: S,
-            nh: H,
-            nkv: KV,
-            hd: D,
-            qPos0: 0,
-            kPos0: 0,
-            scale: 1 / Math.sqrt(D),
-            dtype: DType.bf16,
-          };
-          fwd = () =>
-            Promise.resolve(op.attentionForward(d, out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, shape));
-          bwd = () =>
-            Promise.resolve(
-              op.attentionBackward(
-                d,
-                dq.ptr,
-                dk.ptr,
-                dv.ptr,
-                dout.ptr,
-                q.ptr,
-                k.ptr,
-                v.ptr,
-                out.ptr,
-                lse.ptr,
-                shape,
-              ),
-            );
-        } else {
-          const cfg = { numHeads: H, numKvHeads: KV, headDim: D } as LlamaConfig;
-          dist = variant === "zigzag"
-            ? new ZigzagAttention(d, cfg, S, DType.bf16, comm!)
-            : new DistAttention(d, cfg, S, DType.bf16, comm!, {
-              balanced: variant !== "unbalanced",
-              overlap: variant !== "no-overlap",
-            });
-          const a = dist;
-          const t = { q: q.ptr, k: k.ptr, v: v.ptr, out: out.ptr, lse: lse.ptr };
-          fwd = () => a.forward(t);
-          bwd = () => a.backward(t, { dout: dout.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr });
+        for (const mask of masks) {
+          const maskDocs = mask === "document" ? docs : undefined;
+          const visiblePairs = visiblePairCount(maskDocs?.starts ?? [0], 0, seq, 0, seq);
+          // Causal keeps the convention (S^2 / 2 pairs); documents count the pairs they compute.
+          const total = mask === "causal" ? causalFlops(seq, H, D) : 4 * H * D * visiblePairs;
+          let fwd: () => Promise<void>, bwd: () => Promise<void>;
+          let dist: DistAttention | ZigzagAttention | null = null;
+          if (variant === "single") {
+            const shape = {
+              tq: S,
+              tk: S,
+              nh: H,
+              nkv: KV,
+              hd: D,
+              qPos0: 0,
+              kPos0: 0,
+              scale: 1 / Math.sqrt(D),
+              dtype: DType.bf16,
+              docs: maskDocs?.device,
+            };
+            fwd = () =>
+              Promise.resolve(op.attentionForward(d, out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, shape));
+            bwd = () =>
+              Promise.resolve(
+                op.attentionBackward(
+                  d,
+                  dq.ptr,
+                  dk.ptr,
+                  dv.ptr,
+                  dout.ptr,
+                  q.ptr,
+                  k.ptr,
+                  v.ptr,
+                  out.ptr,
+                  lse.ptr,
+                  shape,
+                ),
+              );
+          } else {
+            const cfg = { numHeads: H, numKvHeads: KV, headDim: D } as LlamaConfig;
+            dist = variant === "zigzag"
+              ? new ZigzagAttention(d, cfg, S, DType.bf16, comm!)
+              : new DistAttention(d, cfg, S, DType.bf16, comm!, {
+                balanced: variant !== "unbalanced",
+                overlap: variant !== "no-overlap",
+              });
+            const a = dist;
+            const t = { q: q.ptr, k: k.ptr, v: v.ptr, out: out.ptr, lse: lse.ptr, docs: maskDocs };
+            fwd = () => a.forward(t);
+            bwd = () => a.backward(t, { dout: dout.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr });
+          }
+          const fwdMs = await time(d, comm, o.reps, o.warmup, fwd);
+          const fwdBwdMs = await time(d, comm, o.reps, o.warmup, async () => {
+            await fwd();
+            await bwd();
+          });
+          dist?.free();
+          rows.push({
+            seq,
+            ranks: P,
+            variant,
+            mask,
+            visiblePairs,
+            documents: maskDocs?.starts.length ?? 1,
+            fwdMs,
+            fwdBwdMs,
+            tflops: (3.5 * total) / P / (fwdBwdMs / 1e3) / 1e12,
+            fwdTflops: total / P / (fwdMs / 1e3) / 1e12,
+          });
         }
-        const fwdMs = await time(d, comm, o.reps, o.warmup, fwd);
-        const fwdBwdMs = await time(d, comm, o.reps, o.warmup, async () => {
-          await fwd();
-          await bwd();
-        });
-        dist?.free();
-        rows.push({
-          seq,
-          ranks: P,
-          variant,
-          fwdMs,
-          fwdBwdMs,
-          tflops: (3.5 * total) / P / (fwdBwdMs / 1e3) / 1e12,
-          fwdTflops: total / P / (fwdMs / 1e3) / 1e12,
-        });
       }
     } finally {
       for (const b of [q, k, v, dout, out, lse, dq, dk, dv]) b.free();
+      startsBuf?.free();
     }
   }
   return rows;
@@ -186,18 +229,48 @@ export async function benchAttention(
 /** The table bench attn prints; distributed rows also give their share of the one-GPU rate. */
 export function formatAttnRows(rows: AttnBenchRow[]): string {
   const lines = [
-    "seq      ranks variant      fwd ms   fwd+bwd ms  fwd TFLOP/s  fwd+bwd TFLOP/s/GPU  of 1 GPU",
+    "seq      ranks variant      mask       fwd ms   fwd+bwd ms  fwd TFLOP/s  fwd+bwd TFLOP/s/GPU  of 1 GPU",
   ];
   for (const r of rows) {
-    const single = rows.find((s) => s.seq === r.seq && s.variant === "single");
+    const single = rows.find((s) => s.seq === r.seq && s.variant === "single" && s.mask === r.mask);
     const share = r.ranks > 1 && single ? `${((100 * r.tflops) / single.tflops).toFixed(1)}%` : "";
     lines.push(
       `${String(r.seq).padEnd(8)} ${String(r.ranks).padEnd(5)} ${r.variant.padEnd(12)} ${
-        r.fwdMs.toFixed(2).padStart(8)
-      } ${r.fwdBwdMs.toFixed(2).padStart(12)} ${r.fwdTflops.toFixed(1).padStart(12)} ${
-        r.tflops.toFixed(1).padStart(20)
-      } ${share.padStart(9)}`.trimEnd(),
+        r.mask.padEnd(8)
+      } ${r.fwdMs.toFixed(2).padStart(8)} ${r.fwdBwdMs.toFixed(2).padStart(12)} ${
+        r.fwdTflops.toFixed(1).padStart(12)
+      } ${r.tflops.toFixed(1).padStart(20)} ${share.padStart(9)}`.trimEnd(),
     );
   }
+  lines.push(...documentSpeedups(rows));
   return lines.join("\n");
+}
+
+/**
+ * Per document row: the measured speedup over the same configuration causal, beside the attention
+ * work ratio (causal's visible pairs over the documents'), the most skipping the work can give.
+ */
+function documentSpeedups(rows: AttnBenchRow[]): string[] {
+  const lines: string[] = [];
+  for (const r of rows) {
+    if (r.mask !== "document") continue;
+    const causal = rows.find((c) =>
+      c.mask === "causal" && c.seq === r.seq && c.ranks === r.ranks && c.variant === r.variant
+    );
+    if (!causal) continue;
+    if (lines.length === 0) {
+      lines.push(
+        "",
+        "document masking against causal (speedup measured; work ratio = visible pairs)",
+      );
+    }
+    lines.push(
+      `${String(r.seq).padEnd(8)} ${String(r.ranks).padEnd(5)} ${
+        r.variant.padEnd(12)
+      } ${r.documents} documents: speedup fwd ${(causal.fwdMs / r.fwdMs).toFixed(2)}x, fwd+bwd ${
+        (causal.fwdBwdMs / r.fwdBwdMs).toFixed(2)
+      }x; attention work ratio ${(causal.visiblePairs / r.visiblePairs).toFixed(2)}x`,
+    );
+  }
+  return lines;
 }

@@ -209,6 +209,7 @@ export function formatPlan(
   budgetBytes: number,
   budgetSource: string,
   host: HostBudget = { bytes: hostAvailableBytes(), source: "available on this host" },
+  docLength?: number,
 ): { text: string; fits: boolean } {
   const e = estimateMemory(cfg, o, world);
   const lines = [
@@ -238,7 +239,7 @@ export function formatPlan(
         `${formatBytes(host.bytes)} (${host.source}): ${hostFits ? "fits" : "does NOT fit"}`,
     );
   }
-  lines.push(...documentWorkLines(o, world));
+  lines.push(...documentWorkLines(o, world, docLength));
   const fits = gpuFits && hostFits;
   const longest = longestFitting(cfg, o, world, budgetBytes, { hostBudgetBytes: host.bytes });
   lines.push(
@@ -297,20 +298,34 @@ export function formatPlan(
 }
 
 /**
- * With --attention-mask document on several sp ranks: the attention work of the busiest rank over
- * the mean, for windows packing random documents of a few mean lengths (causal zigzag: 1.00).
+ * With --attention-mask document: the attention work of random-length documents (mean `docLength`,
+ * plan's --doc-length; else a few means) against causal over the window, and on several sp ranks
+ * the busiest rank's work over the mean (causal zigzag: 1.00).
  */
-function documentWorkLines(o: TrainOptions, world: number): string[] {
+function documentWorkLines(o: TrainOptions, world: number, docLength?: number): string[] {
   const layout = new ParallelLayout(world, 0, o), L = o.modelMaxLength;
-  if (o.attentionMask !== "document" || layout.sp === 1 || L % layout.lengthUnit !== 0) return [];
-  const cases = [L / 64, L / 16, L / 4].filter((n) => n >= 1).map((mean) => {
-    const work = attentionWorkPerRank(layout, L, randomDocumentStarts(L, Math.round(mean)));
-    return `${imbalance(work).toFixed(2)} (documents of ~${Math.round(mean)} tokens)`;
+  if (o.attentionMask !== "document" || L % layout.lengthUnit !== 0) return [];
+  const means = docLength ? [docLength] : [L / 64, L / 16, L / 4].filter((n) => n >= 1);
+  const cases = means.map((mean) => {
+    const starts = randomDocumentStarts(L, Math.round(mean));
+    const work = attentionWorkPerRank(layout, L, starts);
+    const fraction = work.reduce((a, b) => a + b, 0) / ((L * (L + 1)) / 2);
+    return { mean: Math.round(mean), fraction, imbalance: imbalance(work) };
   });
-  return [
-    `attention work per rank with documents, busiest / mean over the ${layout.sp} sp ranks ` +
-    `(${layout.sequence}, random lengths): ${cases.join(", ")}`,
+  const lines = [
+    `attention work with documents, share of causal's (random lengths): ${
+      cases.map((c) => `${c.fraction.toFixed(3)} (documents of ~${c.mean} tokens)`).join(", ")
+    }`,
   ];
+  if (layout.sp > 1) {
+    lines.push(
+      `attention work per rank with documents, busiest / mean over the ${layout.sp} sp ranks ` +
+        `(${layout.sequence}, random lengths): ${
+          cases.map((c) => `${c.imbalance.toFixed(2)} (documents of ~${c.mean} tokens)`).join(", ")
+        }`,
+    );
+  }
+  return lines;
 }
 
 /**
