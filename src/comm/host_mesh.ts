@@ -33,6 +33,7 @@ export interface HostOp {
   data: Uint8Array;
 }
 
+/** One `transfer` call: its messages settle together, and its timeout watches all of them. */
 interface Group {
   what: string;
   items: Item[];
@@ -43,6 +44,7 @@ interface Group {
   timer?: ReturnType<typeof setTimeout>;
 }
 
+/** One message of a group, with when it was posted (for the no-progress timeout). */
 interface Item {
   kind: "send" | "recv";
   peer: number;
