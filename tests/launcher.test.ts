@@ -12,14 +12,14 @@ import {
   type RankExit,
   stoppedByLauncher,
 } from "../src/launch/launcher.ts";
-import { COMM_FAILURE_EXIT_CODE } from "../src/comm/comm.ts";
+import { COMM_FAILURE_EXIT_CODE, RendezvousError } from "../src/comm/comm.ts";
 import {
   expandSlurmNodelist,
   parseRankEnv,
   parseSlurmTasksPerNode,
   RankEnvError,
 } from "../src/comm/env.ts";
-import { RendezvousError, TcpStore } from "../src/comm/rendezvous.ts";
+import { TcpStore } from "../src/comm/store_client.ts";
 
 /** The rendezvous secret of the in-process stores. */
 const secret = "launcher-test-secret";

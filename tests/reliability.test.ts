@@ -17,7 +17,8 @@ import {
 } from "../src/train/checkpoint.ts";
 import { LOCK_FILE, RUN_FILE } from "../src/train/output_dir.ts";
 import { freePort } from "../src/launch/launcher.ts";
-import { RendezvousError, TcpStore } from "../src/comm/rendezvous.ts";
+import { RendezvousError } from "../src/comm/comm.ts";
+import { TcpStore } from "../src/comm/store_client.ts";
 import { join } from "node:path";
 import { hostname } from "node:os";
 import { fileURLToPath } from "node:url";

@@ -1,6 +1,6 @@
 /**
  * Communication helpers shared by every transport: NCCL on GPUs (nccl_comm.ts), a TCP host
- * transport for CPU ranks (host_transport.ts) and the in-process group used by unit tests
+ * transport for CPU ranks (host_communicator.ts) and the in-process group used by unit tests
  * (local_comm.ts). The `Communicator` interface they implement, with the rules every caller
  * follows, lives in src/runtime/communicator.ts (below the model, which reduces gradients through
  * it, and below this folder).
@@ -22,6 +22,14 @@ export class CommError extends Error {
   ) {
     super(message, options);
     this.name = "CommError";
+  }
+}
+
+/** A rendezvous failure: nothing listening, a timeout, or the store going away. */
+export class RendezvousError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "RendezvousError";
   }
 }
 

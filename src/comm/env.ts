@@ -32,9 +32,10 @@
  */
 import type { Device } from "../runtime/device.ts";
 import { CommError, commTimeoutMs, type Communicator } from "./comm.ts";
-import { createHostCommunicator } from "./host_transport.ts";
+import { createHostCommunicator } from "./host_communicator.ts";
 import { NcclCommunicator } from "./nccl_comm.ts";
-import { jobSecret, newJobSecret, rendezvousTimeoutMs, TcpStore } from "./rendezvous.ts";
+import { jobSecret, newJobSecret } from "./job_secret.ts";
+import { rendezvousTimeoutMs, TcpStore } from "./store_client.ts";
 
 /** A rank environment variable with a bad or missing value. */
 export class RankEnvError extends Error {

@@ -38,7 +38,7 @@ import {
   type Communicator,
   type P2P,
 } from "./comm.ts";
-import type { PeerFailure, TcpStore } from "./rendezvous.ts";
+import type { PeerFailure, TcpStore } from "./store_client.ts";
 
 const RESULT_NAMES: Record<number, string> = {
   0: "ncclSuccess",

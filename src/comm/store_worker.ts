@@ -1,9 +1,9 @@
 /**
- * The rendezvous store's own thread (see ThreadedStoreServer in rendezvous.ts). Messages in:
+ * The rendezvous store's own thread (see ThreadedStoreServer in store_server.ts). Messages in:
  * {op: "listen", hostname, port, secret, maxConnections} and {op: "close", lingerMs}; out: {port} or {error}, {closed}.
  */
 /// <reference lib="deno.worker" />
-import { StoreServer } from "./rendezvous.ts";
+import { StoreServer } from "./store_server.ts";
 
 let server: StoreServer | undefined;
 self.onmessage = async (event: MessageEvent) => {

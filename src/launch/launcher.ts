@@ -29,7 +29,7 @@ import { fileURLToPath } from "node:url";
 import { existsSync } from "node:fs";
 import { compiledRoot } from "../../ffi/loader.ts";
 import { COMM_FAILURE_EXIT_CODE, envSeconds } from "../comm/comm.ts";
-import { jobSecret, newJobSecret } from "../comm/rendezvous.ts";
+import { jobSecret, newJobSecret } from "../comm/job_secret.ts";
 
 /** Always present in the ranks' environment: NVLink multicast (NVLS) stays off. */
 export const MULTICAST_OFF_ENV: Readonly<Record<string, string>> = Object.freeze({

@@ -1,6 +1,6 @@
 /**
  * The communicator interface shared by the parameter stores, DistAttn and every transport (in
- * src/comm): NCCL on GPUs (nccl_comm.ts), a TCP host transport for CPU ranks (host_transport.ts)
+ * src/comm): NCCL on GPUs (nccl_comm.ts), a TCP host transport for CPU ranks (host_communicator.ts)
  * and the in-process group used by unit tests (local_comm.ts). It lives here, below the model and
  * src/parallel, so that both depend on it and not on each other.
  *
