@@ -62,8 +62,8 @@ Deno.test("bench attn --attention-mask document: causal and document rows, the v
   assertEquals(rows[1].documents, starts.length);
   const ratio = (rows[0].visiblePairs / rows[1].visiblePairs).toFixed(2);
   assert(r.stdout.includes(`attention work ratio ${ratio}x`), r.stdout);
-  // ~60x less work: the document rows must be faster, or the kernels were not given documents.
-  assert(rows[1].fwdBwdMs < rows[0].fwdBwdMs, JSON.stringify(rows));
+  // No timing assertion: CI's timings are noise (tests run in parallel). That the kernels get the
+  // documents is asserted by tests/documents_model.test.ts against transformers.
   for (
     const [args, flag] of <[string[], string][]> [
       [["--attention-mask", "document"], "--doc-length"],
