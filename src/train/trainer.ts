@@ -21,6 +21,7 @@ import {
 import { abortRun, type Run, setupRun, teardownRun } from "./setup.ts";
 import { StopSignals } from "./signals.ts";
 import { trainStep } from "./step.ts";
+import { modelFlopsUtilisation, runPeakTflops, trainingFlopsPerToken } from "./mfu.ts";
 
 export type { StepMetrics };
 
@@ -112,6 +113,8 @@ export async function train(
       (line) => progress.line(line),
     );
     if (isMain) model.onLayer = (phase, layer) => within.layer(phase, layer);
+    const peakTflops = runPeakTflops(o.peakTflops, device.backend, device.props(0).name);
+    const flopsPerToken = trainingFlopsPerToken(run.source.config, o.modelMaxLength);
     let order: Uint32Array | null = null, orderEpoch = -1;
     let windowStart = performance.now(), windowTokens = 0, lastLoss = NaN;
     const t0 = performance.now();
@@ -139,13 +142,17 @@ export async function train(
 
       if (done % o.loggingSteps === 0 || done === totalSteps || done === startStep + 1) {
         const now = performance.now();
+        const tokensPerS = windowTokens / ((now - windowStart) / 1000);
         const m: StepMetrics = {
           step: done,
           epoch: done / stepsPerEpoch,
           loss,
           learning_rate: lr,
           grad_norm: gradNorm,
-          tokens_per_s: windowTokens / ((now - windowStart) / 1000),
+          tokens_per_s: tokensPerS,
+          ...(peakTflops === null ? {} : {
+            mfu: modelFlopsUtilisation(flopsPerToken, tokensPerS, run.worldSize, peakTflops),
+          }),
           memory_bytes: model.plan.totalBytes,
           elapsed_s: (now - t0) / 1000,
         };
