@@ -104,9 +104,17 @@ export async function train(
       world: run.world,
       scratch: run.scratch,
       batch: o.perDeviceTrainBatchSize,
+      evalBatch: o.perDeviceEvalBatchSize,
       parallel,
       documents: run.documents,
     };
+    if (evaluation && o.perDeviceEvalBatchSize % o.perDeviceTrainBatchSize !== 0) {
+      log(
+        `note: --per-device-eval-batch-size ${o.perDeviceEvalBatchSize} runs as forwards of ` +
+          `--per-device-train-batch-size ${o.perDeviceTrainBatchSize} (the memory plan's); ` +
+          "a multiple of it leaves none part empty",
+      );
+    }
     const within = new StepProgress(
       run.source.config.numLayers,
       hooks.withinStepSeconds ?? 30,
