@@ -94,7 +94,7 @@ export async function train(
   let signals: StopSignals | null = null;
 
   try {
-    const { save, writeModel } = checkpointing(run);
+    const { save, writeModel, writeState } = checkpointing(run);
     signals = new StopSignals(log);
 
     const progress = new Progress(totalSteps, startStep, log);
@@ -206,6 +206,8 @@ export async function train(
       if (isMain || parallel.fullShard) await writeModel(o.outputDir);
       log(`saved the final model to ${o.outputDir}`);
     }
+    // As HF's run_clm does with trainer.save_state(): the finished run's state beside its model.
+    if (isMain) await writeState(o.outputDir, totalSteps);
     const chart = run.report.close();
     if (chart) log(chart);
     return {
@@ -234,6 +236,8 @@ function checkpointing(run: Run): {
   save: (step: number) => Promise<string>;
   /** Writes the model (weights, config, tokenizer) to `dir` (a collective when sharded). */
   writeModel: (dir: string) => Promise<void>;
+  /** Rank 0: writes trainer_state.json of optimizer step `step` into `dir`. */
+  writeState: (dir: string, step: number) => Promise<void>;
 } {
   const { options: o, model, isMain, log, optimizerFile, runId } = run;
   const fullShard = run.parallel.fullShard;
@@ -252,6 +256,16 @@ function checkpointing(run: Run): {
     sharded: fullShard,
     barrier: run.barrier,
   });
+  const writeState = async (dir: string, step: number) => {
+    const numbers = {
+      globalStep: step,
+      maxSteps: run.totalSteps,
+      stepsPerEpoch: run.stepsPerEpoch,
+      tokensSeen: step * run.tokensPerStep,
+    };
+    const state = trainerState(o, numbers, logHistory(run.history, run.evals));
+    await writeTextSynced(join(dir, TRAINER_STATE_FILE), JSON.stringify(state, null, 2));
+  };
   const save = async (step: number): Promise<string> => {
     await model.params.settle(); // the offloaded optimizer's last update has landed
     const dir = await checkpoints.save(step, async (dir) => {
@@ -259,14 +273,7 @@ function checkpointing(run: Run): {
       await writeModel(dir);
       await saveOptimizer(model, join(dir, optimizerFile));
       if (!isMain) return;
-      const numbers = {
-        globalStep: step,
-        maxSteps: run.totalSteps,
-        stepsPerEpoch: run.stepsPerEpoch,
-        tokensSeen: step * run.tokensPerStep,
-      };
-      const state = trainerState(o, numbers, logHistory(run.history, run.evals));
-      await writeTextSynced(join(dir, TRAINER_STATE_FILE), JSON.stringify(state, null, 2));
+      await writeState(dir, step);
     });
     if (isMain) {
       for (const name of await pruneCheckpoints(o.outputDir, runId, o.saveTotalLimit)) {
@@ -275,5 +282,5 @@ function checkpointing(run: Run): {
     }
     return dir;
   };
-  return { save, writeModel };
+  return { save, writeModel, writeState };
 }
