@@ -100,3 +100,55 @@ Deno.test("eval batch: eval_loss equals transformers' for eval batches 1, 2, 3 a
     await Deno.remove(tmp, { recursive: true });
   }
 });
+
+Deno.test("eval batch: eval_loss with --offload-checkpoints and --offload-optimizer equals the plain run's", async () => {
+  const tmp = await Deno.makeTempDir();
+  try {
+    const ref = await hfLoss(ROWS);
+    const data = join(tmp, "rows.npy");
+    await writeNpy(data, Int32Array.from(ref.ids.flat()));
+    const losses: Record<string, number[]> = {};
+    for (
+      const [name, extra] of [
+        ["plain", {}],
+        ["checkpoints", { offloadCheckpoints: true }],
+        ["optimizer", { offloadOptimizer: true }],
+      ] as const
+    ) {
+      // 2 steps at a real learning rate: the second evaluation sees weights the optimizer moved.
+      const r = await train({
+        model: MHA,
+        dataPath: data,
+        evalDataPath: data,
+        evaluationStrategy: "steps",
+        evalSteps: 1,
+        modelMaxLength: L,
+        maxSteps: 2,
+        learningRate: 1e-2,
+        perDeviceTrainBatchSize: 2,
+        perDeviceEvalBatchSize: 3,
+        device: "cpu",
+        saveStrategy: "no",
+        saveFinalModel: false,
+        outputDir: join(tmp, name),
+        ...extra,
+      }, { log: () => {} });
+      losses[name] = r.evalMetrics.map((e) => e.eval_loss);
+    }
+    // Each evaluation follows an update that moved the loss away from HF's untrained one and
+    // from the previous evaluation's (so the comparison below sees the optimizer's work).
+    assertLess(1e-3, Math.abs(losses.plain[0] - ref.loss) / ref.loss);
+    assertLess(1e-3, Math.abs(losses.plain[1] - losses.plain[0]) / ref.loss);
+    // The offloads are exact (same operations, other memory): equal to fp32 rounding of the
+    // host AdamW against the device one (1e-6 relative).
+    for (const name of ["checkpoints", "optimizer"]) {
+      assertEquals(losses[name].length, 2);
+      for (let i = 0; i < 2; i++) {
+        const d = Math.abs(losses[name][i] - losses.plain[i]) / losses.plain[i];
+        assertLess(d, 1e-6, `${name} eval ${i}: ${losses[name][i]} vs ${losses.plain[i]}`);
+      }
+    }
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
