@@ -14,6 +14,7 @@ import { initDistributed } from "../src/comm/env.ts";
 import { isLaunchedRank, launch } from "../src/launch/launcher.ts";
 import { resolveModel } from "../src/model/hf.ts";
 import { paramCount } from "../src/model/config.ts";
+import { modelFlopsUtilisation, trainingFlopsPerToken } from "../src/train/mfu.ts";
 import { normalizeFlags } from "../src/train/options.ts";
 import { type AttentionKernel, selectAttentionKernel } from "../src/runtime/attention_kernel.ts";
 import { registerTrain } from "./train.ts";
@@ -294,12 +295,9 @@ export function registerBench(program: Command, argv: string[]): void {
         .map((l) => JSON.parse(l) as { step: number; tokens_per_s: number });
       const timed = metrics.filter((m) => m.step > 1);
       const tokensPerS = timed.reduce((a, m) => a + m.tokens_per_s, 0) / timed.length;
-      // 6 N per token for the dense parts, plus causal attention: fwd 2*H*S^2*D per layer over
-      // S tokens (so 2*H*S*D per token), fwd+bwd 3.5x.
       const n = paramCount(cfg);
-      const attnPerToken = 3.5 * 2 * cfg.numHeads * L * cfg.headDim * cfg.numLayers;
-      const flopsPerToken = 6 * n + attnPerToken;
-      const mfu = (flopsPerToken * tokensPerS) / (nproc * Number(o.peakTflops) * 1e12);
+      const flopsPerToken = trainingFlopsPerToken(cfg, L);
+      const mfu = modelFlopsUtilisation(flopsPerToken, tokensPerS, nproc, Number(o.peakTflops));
       console.log(
         `bench train: ${o.model} (${
           (n / 1e9).toFixed(2)

@@ -142,8 +142,9 @@ async function killAndResume(
   }
   await Promise.all(procs.map((p) => p.output()));
   assertCanonicalComplete(out, `seed ${seed}`);
-  const { path } = lastCheckpoint(out, runIdOf(out));
-  const step = readTrainerState(path).global_step;
+  // `last` as recovery will leave the folder: a finished save not yet renamed is read where it is.
+  const { source } = lastCheckpoint(out, runIdOf(out));
+  const step = readTrainerState(source).global_step;
   const upTo = step + 2;
   assert(upTo <= reference.length, `killed too late (step ${step})`);
   // Resume the same way (a fresh port: the killed rank 0 may hold the old one a moment).
@@ -395,8 +396,9 @@ Deno.test("reliability: SIGTERM to one rank stops both at the same step with a c
   const results = await Promise.all(procs.map((p) => p.output()));
   const err = results.map((r) => new TextDecoder().decode(r.stderr));
   results.forEach((r, i) => assertEquals(r.code, 143, `rank ${i}: ${err[i]}`));
-  const { path } = lastCheckpoint(out, runIdOf(out));
-  const step = readTrainerState(path).global_step;
+  // `last` as recovery will leave the folder: a finished save not yet renamed is read where it is.
+  const { source } = lastCheckpoint(out, runIdOf(out));
+  const step = readTrainerState(source).global_step;
   assert(err[0].includes(`stopped by SIGTERM after step ${step}`), err[0]);
   assertEquals((await metrics(out)).at(-1)!.step, step);
   await Deno.remove(out, { recursive: true });

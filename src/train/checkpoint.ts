@@ -17,7 +17,9 @@
  * zeros, N a safe integer) and a valid `complete.json` whose files are all present with the
  * recorded sizes. `last` takes the newest such checkpoint of this run (the run id in the output
  * folder's run.json, see output_dir.ts); pruning deletes only such checkpoints of this run, never
- * the newest.
+ * the newest. Rank 0 recovers interrupted saves once the ranks have met (`recoverInterruptedSaves`),
+ * but every rank chooses `last` before that, on the folder as recovery will leave it
+ * (`recoveryMoves`), so the choice and the recovery agree.
  *
  * DISTFLASH_SAVE_PAUSE_MS (a testing aid) sleeps that long between the stages of a save, so a test
  * can kill a run in the middle of one.
@@ -170,29 +172,50 @@ export interface CheckpointEntry {
   /** A complete checkpoint of this run; else why it does not count. */
   usable: boolean;
   reason?: string;
+  /** Where its files are until rank 0's recovery renames them to `path` (absent: at `path`). */
+  source?: string;
 }
 
-/** Every `checkpoint-*` entry of `outputDir`, newest step first, each judged for run `runId`. */
-export function scanCheckpoints(outputDir: string, runId: string): CheckpointEntry[] {
+/**
+ * Every `checkpoint-*` entry of `outputDir`, newest step first, each judged for run `runId`.
+ * With `afterRecovery`, the folder as `recoverInterruptedSaves` will leave it: a save of this run
+ * that it will rename into place counts under its final name (judged by the folder it comes from),
+ * so that `last`, chosen before rank 0 recovers, agrees with what recovery does.
+ */
+export function scanCheckpoints(
+  outputDir: string,
+  runId: string,
+  afterRecovery = false,
+): CheckpointEntry[] {
   if (!existsSync(outputDir)) return [];
   const out: CheckpointEntry[] = [];
-  for (const name of readdirSync(outputDir)) {
+  const names = readdirSync(outputDir);
+  const moves = afterRecovery ? recoveryMoves(outputDir, runId, names) : new Map<string, string>();
+  // Recovery moves these, or deletes them (an `.old-` copy whose final name holds the checkpoint,
+  // a pruned folder): not checkpoints to report as skipped.
+  const goes = (n: string) =>
+    finalNameOf(n, ".old-", runId) !== null || n.endsWith(`.deleting-${runId}`);
+  const moved = new Set(moves.values());
+  const kept = afterRecovery ? names.filter((n) => !moved.has(n) && !goes(n)) : names;
+  for (const name of [...kept, ...moves.keys()]) {
     if (!name.startsWith("checkpoint-")) continue;
     const path = join(outputDir, name), step = parseCheckpointName(name);
     const entry: CheckpointEntry = { name, path, step, usable: false };
     out.push(entry);
+    const source = join(outputDir, moves.get(name) ?? name);
+    if (moves.has(name)) entry.source = source;
     if (step === null) {
       entry.reason = name.includes(".tmp-")
         ? "an unfinished save"
         : "not a canonical checkpoint-<N> name";
       continue;
     }
-    if (!lstatSync(path).isDirectory()) {
+    if (!lstatSync(source).isDirectory()) {
       entry.reason = "not a folder";
       continue;
     }
     try {
-      const record = readCompletion(path);
+      const record = readCompletion(source);
       if (record.run_id !== runId) entry.reason = `written by another run (${record.run_id})`;
       else if (record.step !== step) entry.reason = `its ${COMPLETE_FILE} says step ${record.step}`;
       else entry.usable = true;
@@ -209,9 +232,12 @@ export function scanCheckpoints(outputDir: string, runId: string): CheckpointEnt
  */
 export function lastCheckpoint(outputDir: string, runId: string): {
   path: string;
+  /** Where its files are until recovery renames them to `path` (an interrupted save's folder). */
+  source: string;
   skipped: string[];
 } {
-  const entries = scanCheckpoints(outputDir, runId);
+  // As rank 0's recovery will leave the folder: every rank chooses before it runs.
+  const entries = scanCheckpoints(outputDir, runId, true);
   const found = entries.find((e) => e.usable);
   const skipped = entries
     .filter((e) => !e.usable && (found === undefined || e.step === null || e.step > found.step!))
@@ -222,7 +248,7 @@ export function lastCheckpoint(outputDir: string, runId: string): {
         (skipped.length ? ` (skipped ${skipped.join("; ")})` : ""),
     );
   }
-  return { path: found.path, skipped };
+  return { path: found.path, source: found.source ?? found.path, skipped };
 }
 
 /**
@@ -247,55 +273,81 @@ export async function pruneCheckpoints(
   return doomed.map((e) => e.name);
 }
 
+/** `checkpoint-N` of a `checkpoint-N<tag><runId>` folder of run `runId`, else null. */
+function finalNameOf(name: string, tag: string, runId: string): string | null {
+  const cut = name.lastIndexOf(tag);
+  if (cut <= 0 || name.slice(cut + tag.length) !== runId) return null;
+  const final = name.slice(0, cut);
+  return parseCheckpointName(final) === null ? null : final;
+}
+
+function isComplete(path: string): boolean {
+  try {
+    readCompletion(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The renames that recovering run `runId`'s interrupted saves makes among `names` (the entries of
+ * `outputDir`): final name -> the folder renamed to it. Only into a free final name: a complete
+ * `.tmp-` folder (a save cut short before or between its renames), else an `.old-` one (a
+ * replaced checkpoint whose replacement never arrived).
+ */
+export function recoveryMoves(
+  outputDir: string,
+  runId: string,
+  names: readonly string[],
+): Map<string, string> {
+  const moves = new Map<string, string>();
+  const free = (final: string) => !names.includes(final) && !moves.has(final);
+  for (const name of names) {
+    const final = finalNameOf(name, ".tmp-", runId);
+    if (final !== null && free(final) && isComplete(join(outputDir, name))) moves.set(final, name);
+  }
+  for (const name of names) {
+    const final = finalNameOf(name, ".old-", runId);
+    if (final !== null && free(final)) moves.set(final, name);
+  }
+  return moves;
+}
+
 /**
  * Finishes or undoes saves of run `runId` that a crash interrupted (call with the output folder
- * locked, before training): a complete `.tmp-` folder whose final name is free is renamed into
- * place, an `.old-` folder is deleted when its replacement is complete or else put back, and an
- * incomplete `.tmp-` folder and a `.deleting-` one (pruned) are deleted. Returns a line per action.
+ * locked, before training): the moves of `recoveryMoves` first; then an `.old-` folder whose
+ * final name holds a complete checkpoint is deleted, and so are an incomplete `.tmp-` folder (or
+ * one whose final name is taken) and a `.deleting-` one (pruned). Returns a line per action.
  */
 export async function recoverInterruptedSaves(outputDir: string, runId: string): Promise<string[]> {
   const done: string[] = [];
   const names = existsSync(outputDir) ? readdirSync(outputDir) : [];
-  const finalOf = (name: string, tag: string) => {
-    const cut = name.lastIndexOf(tag);
-    return cut > 0 && name.slice(cut + tag.length) === runId ? name.slice(0, cut) : null;
-  };
-  const complete = (path: string) => {
-    try {
-      readCompletion(path);
-      return true;
-    } catch {
-      return false;
-    }
-  };
+  const moves = recoveryMoves(outputDir, runId, names);
+  for (const [final, name] of moves) {
+    await Deno.rename(join(outputDir, name), join(outputDir, final));
+    done.push(
+      name.includes(".tmp-")
+        ? `${name}: a finished save, renamed to ${final}`
+        : `${name}: its replacement never arrived, renamed back to ${final}`,
+    );
+  }
+  const moved = new Set(moves.values());
   for (const name of names) {
-    const final = finalOf(name, ".tmp-");
-    if (final === null || parseCheckpointName(final) === null) continue;
-    const from = join(outputDir, name), to = join(outputDir, final);
-    if (complete(from) && !existsSync(to)) {
-      await Deno.rename(from, to);
-      done.push(`${name}: a finished save, renamed to ${final}`);
-    } else {
-      await Deno.remove(from, { recursive: true });
+    if (moved.has(name)) continue;
+    if (finalNameOf(name, ".tmp-", runId) !== null) {
+      await Deno.remove(join(outputDir, name), { recursive: true });
       done.push(`${name}: an unfinished save, deleted`);
+    } else if (name.lastIndexOf(".deleting-") > 0 && name.endsWith(`.deleting-${runId}`)) {
+      await Deno.remove(join(outputDir, name), { recursive: true });
+      done.push(`${name}: a pruned checkpoint whose deletion was cut short, deleted`);
     }
   }
   for (const name of names) {
-    if (finalOf(name, ".deleting-") === null) continue;
+    const final = finalNameOf(name, ".old-", runId);
+    if (final === null || moved.has(name) || !isComplete(join(outputDir, final))) continue;
     await Deno.remove(join(outputDir, name), { recursive: true });
-    done.push(`${name}: a pruned checkpoint whose deletion was cut short, deleted`);
-  }
-  for (const name of names) {
-    const final = finalOf(name, ".old-");
-    if (final === null || parseCheckpointName(final) === null) continue;
-    const from = join(outputDir, name), to = join(outputDir, final);
-    if (complete(to)) {
-      await Deno.remove(from, { recursive: true });
-      done.push(`${name}: replaced by a complete ${final}, deleted`);
-    } else if (!existsSync(to)) {
-      await Deno.rename(from, to);
-      done.push(`${name}: its replacement never arrived, renamed back to ${final}`);
-    }
+    done.push(`${name}: replaced by a complete ${final}, deleted`);
   }
   return done;
 }

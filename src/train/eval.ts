@@ -107,8 +107,10 @@ export interface EvalPlacement {
   world: Communicator | null;
   /** A device scratch of at least 4 bytes for the sums. */
   scratch: DeviceBuffer;
-  /** Sequences per forward (the model's micro-batch). */
+  /** Sequences per forward (the model's micro-batch, fixed by the memory plan). */
   batch: number;
+  /** Sequences per evaluation batch of a data-parallel group (--per-device-eval-batch-size). */
+  evalBatch: number;
   /** This rank's place in dp x sp and how a window is sliced for it. */
   parallel: ParallelLayout;
   /** --attention-mask document: where documents begin (absent: causal over the window). */
@@ -116,9 +118,34 @@ export interface EvalPlacement {
 }
 
 /**
- * Mean loss over all validation windows. Each data-parallel group takes every dp-th window; every
- * group runs the same number of forwards (collectives span all ranks), the missing windows of a
- * last batch filled with windows whose labels are all ignored.
+ * The forwards of one data-parallel group: its `windows` in evaluation batches of `evalBatch`,
+ * each batch run as forwards of at most `batch` (the model's micro-batch), so any evaluation batch
+ * size runs in the training step's memory. A batch that is not a multiple of `batch` leaves its
+ * last forward part empty. Every group gets as many forwards as the group with the most windows
+ * (`mostWindows`); a group with fewer runs empty ones (collectives span all ranks).
+ */
+export function evalForwards(
+  windows: Uint32Array,
+  mostWindows: number,
+  evalBatch: number,
+  batch: number,
+): Uint32Array[] {
+  const forwardsOf = (n: number) =>
+    Math.floor(n / evalBatch) * Math.ceil(evalBatch / batch) +
+    Math.ceil((n % evalBatch) / batch);
+  const out: Uint32Array[] = [];
+  for (let e = 0; e < windows.length; e += evalBatch) {
+    const inBatch = windows.subarray(e, e + evalBatch);
+    for (let f = 0; f < inBatch.length; f += batch) out.push(inBatch.subarray(f, f + batch));
+  }
+  while (out.length < forwardsOf(mostWindows)) out.push(new Uint32Array(0));
+  return out;
+}
+
+/**
+ * Mean loss over all validation windows. Each data-parallel group takes every dp-th window (see
+ * evalForwards for how they are batched); the missing windows of a forward are filled with
+ * windows whose labels are all ignored.
  */
 export async function evaluate(
   data: Dataset,
@@ -134,14 +161,15 @@ export async function evaluate(
     worldSize: at.parallel.dp,
     dropRemainder: false,
   });
-  const forwards = Math.ceil(Math.ceil(data.numWindows / at.parallel.dp) / B);
+  const mostWindows = Math.ceil(data.numWindows / at.parallel.dp);
   let lossSum = 0, labelled = 0;
-  for (let f = 0; f < forwards; f++) {
-    const ids = mine.subarray(f * B, (f + 1) * B);
-    const full = data.batch(ids);
+  for (const ids of evalForwards(mine, mostWindows, at.evalBatch, B)) {
     const inputs = new Int32Array(B * L), labels = new Int32Array(B * L).fill(-100);
-    inputs.set(full.inputs);
-    labels.set(full.labels);
+    if (ids.length > 0) {
+      const full = data.batch(ids);
+      inputs.set(full.inputs);
+      labels.set(full.labels);
+    }
     const batch = at.parallel.sliceBatch({ inputs, labels }, B, L, at.documents);
     for (const label of batch.labels) if (label >= 0) labelled++;
     at.model.setBatch(batch.inputs, batch.labels, batch.positions, batch.documents);

@@ -19,6 +19,11 @@ export interface StepMetrics {
   grad_norm: number;
   /** Training tokens per second since the previous logged step, over all data-parallel groups. */
   tokens_per_s: number;
+  /**
+   * Model-FLOPs utilisation over the window of tokens_per_s (0..1): training FLOPs (6 N per token
+   * plus causal attention) over the devices' bf16 peak; absent where the peak is not known.
+   */
+  mfu?: number;
   /** Device memory held by the memory plan, bytes. */
   memory_bytes: number;
   /** Seconds since this run's training loop started (a resumed run restarts the clock). */

@@ -156,6 +156,8 @@ export interface TrainOptions {
   perDeviceEvalBatchSize: number;
   /** Experiment tracking: "none", "tensorboard" or "all" (TensorBoard is the one integration). */
   reportTo: string;
+  /** Dense bf16 peak TFLOP/s of one device, for `mfu` (default: the GPU's by name; CPU: none). */
+  peakTflops?: number;
 }
 
 /** When evaluation runs, as Hugging Face's eval_strategy. */
@@ -398,6 +400,12 @@ export const TRAIN_SPECS: readonly Spec[] = [
     key: "reportTo",
     kind: "string",
     help: "tracking: none, tensorboard or all (TensorBoard event files in <output-dir>/runs)",
+  },
+  {
+    key: "peakTflops",
+    kind: "float",
+    help: "bf16 peak TFLOP/s per device for the logged MFU (default: known GPUs by name)",
+    positive: true,
   },
 ];
 

@@ -55,6 +55,11 @@ export interface OutputDirPlan {
   runId: string | null;
   /** The checkpoint folder to resume from, if any. */
   resumeDir: string | null;
+  /**
+   * Where resumeDir's files are before rank 0 recovers interrupted saves (a finished save's
+   * `.tmp-` folder that recovery renames to resumeDir), else resumeDir.
+   */
+  resumeSource: string | null;
   /** Lines to log (checkpoints `last` skipped). */
   notes: string[];
 }
@@ -154,7 +159,7 @@ export function checkOutputDir(options: {
           `continue it, or ${startOver}, or choose another output folder`,
       );
     }
-    return { runId: null, resumeDir: null, notes: [] };
+    return { runId: null, resumeDir: null, resumeSource: null, notes: [] };
   }
   if (resume === "last") {
     if (folderRun === null) {
@@ -163,10 +168,11 @@ export function checkOutputDir(options: {
           "(name a checkpoint folder instead, or start a fresh run)",
       );
     }
-    const { path, skipped } = lastCheckpoint(outputDir, folderRun);
+    const { path, source, skipped } = lastCheckpoint(outputDir, folderRun);
     return {
       runId: folderRun,
       resumeDir: path,
+      resumeSource: source,
       notes: skipped.map((s) => `--resume-from-checkpoint last skipped ${s}`),
     };
   }
@@ -177,7 +183,7 @@ export function checkOutputDir(options: {
         `(${record.run_id}): continue into a fresh folder, or pass ${startOver}`,
     );
   }
-  return { runId: record.run_id, resumeDir: resume, notes: [] };
+  return { runId: record.run_id, resumeDir: resume, resumeSource: resume, notes: [] };
 }
 
 /** A held output-folder lock; `release` deletes it. */

@@ -30,7 +30,8 @@ export class Progress {
       `step ${m.step}/${this.total} loss ${m.loss.toFixed(4)} lr ${
         m.learning_rate.toExponential(2)
       } ` +
-      `grad_norm ${m.grad_norm.toFixed(3)} tokens/s ${Math.round(m.tokens_per_s)}`;
+      `grad_norm ${m.grad_norm.toFixed(3)} tokens/s ${Math.round(m.tokens_per_s)}` +
+      (m.mfu === undefined ? "" : ` MFU ${(100 * m.mfu).toFixed(1)}%`);
     if (this.#tty) this.#clear();
     this.write(line);
   }

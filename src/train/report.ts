@@ -53,6 +53,7 @@ export class RunReport {
       "train/learning_rate": m.learning_rate,
       "train/grad_norm": m.grad_norm,
       "train/tokens_per_s": m.tokens_per_s,
+      ...(m.mfu === undefined ? {} : { "train/mfu": m.mfu }),
       "train/memory_bytes": m.memory_bytes,
       "train/epoch": m.epoch,
     });

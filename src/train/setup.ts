@@ -187,7 +187,8 @@ export async function setupRun(
   const cfg = source.config;
   for (const note of outputPlan.notes) log(`note: ${note}`);
   const resumeDir = outputPlan.resumeDir;
-  const resumeState = resumeDir ? readTrainerState(resumeDir) : null;
+  // Read where the files are now: a save that rank 0's recovery will rename is not in place yet.
+  const resumeState = resumeDir ? readTrainerState(outputPlan.resumeSource ?? resumeDir) : null;
   const L = o.modelMaxLength;
   if (o.attentionHeadGroups > 1 && sp === 1) {
     log("note: --attention-head-groups applies to sequence-parallel attention (sp > 1): no effect");

@@ -21,6 +21,7 @@ import {
 import { abortRun, type Run, setupRun, teardownRun } from "./setup.ts";
 import { StopSignals } from "./signals.ts";
 import { trainStep } from "./step.ts";
+import { modelFlopsUtilisation, runPeakTflops, trainingFlopsPerToken } from "./mfu.ts";
 
 export type { StepMetrics };
 
@@ -93,7 +94,7 @@ export async function train(
   let signals: StopSignals | null = null;
 
   try {
-    const { save, writeModel } = checkpointing(run);
+    const { save, writeModel, writeState } = checkpointing(run);
     signals = new StopSignals(log);
 
     const progress = new Progress(totalSteps, startStep, log);
@@ -103,15 +104,25 @@ export async function train(
       world: run.world,
       scratch: run.scratch,
       batch: o.perDeviceTrainBatchSize,
+      evalBatch: o.perDeviceEvalBatchSize,
       parallel,
       documents: run.documents,
     };
+    if (evaluation && o.perDeviceEvalBatchSize % o.perDeviceTrainBatchSize !== 0) {
+      log(
+        `note: --per-device-eval-batch-size ${o.perDeviceEvalBatchSize} runs as forwards of ` +
+          `--per-device-train-batch-size ${o.perDeviceTrainBatchSize} (the memory plan's); ` +
+          "a multiple of it leaves none part empty",
+      );
+    }
     const within = new StepProgress(
       run.source.config.numLayers,
       hooks.withinStepSeconds ?? 30,
       (line) => progress.line(line),
     );
     if (isMain) model.onLayer = (phase, layer) => within.layer(phase, layer);
+    const peakTflops = runPeakTflops(o.peakTflops, device.backend, device.props(0).name);
+    const flopsPerToken = trainingFlopsPerToken(run.source.config, o.modelMaxLength);
     let order: Uint32Array | null = null, orderEpoch = -1;
     let windowStart = performance.now(), windowTokens = 0, lastLoss = NaN;
     const t0 = performance.now();
@@ -139,13 +150,17 @@ export async function train(
 
       if (done % o.loggingSteps === 0 || done === totalSteps || done === startStep + 1) {
         const now = performance.now();
+        const tokensPerS = windowTokens / ((now - windowStart) / 1000);
         const m: StepMetrics = {
           step: done,
           epoch: done / stepsPerEpoch,
           loss,
           learning_rate: lr,
           grad_norm: gradNorm,
-          tokens_per_s: windowTokens / ((now - windowStart) / 1000),
+          tokens_per_s: tokensPerS,
+          ...(peakTflops === null ? {} : {
+            mfu: modelFlopsUtilisation(flopsPerToken, tokensPerS, run.worldSize, peakTflops),
+          }),
           memory_bytes: model.plan.totalBytes,
           elapsed_s: (now - t0) / 1000,
         };
@@ -191,6 +206,8 @@ export async function train(
       if (isMain || parallel.fullShard) await writeModel(o.outputDir);
       log(`saved the final model to ${o.outputDir}`);
     }
+    // As HF's run_clm does with trainer.save_state(): the finished run's state beside its model.
+    if (isMain) await writeState(o.outputDir, totalSteps);
     const chart = run.report.close();
     if (chart) log(chart);
     return {
@@ -219,6 +236,8 @@ function checkpointing(run: Run): {
   save: (step: number) => Promise<string>;
   /** Writes the model (weights, config, tokenizer) to `dir` (a collective when sharded). */
   writeModel: (dir: string) => Promise<void>;
+  /** Rank 0: writes trainer_state.json of optimizer step `step` into `dir`. */
+  writeState: (dir: string, step: number) => Promise<void>;
 } {
   const { options: o, model, isMain, log, optimizerFile, runId } = run;
   const fullShard = run.parallel.fullShard;
@@ -237,6 +256,16 @@ function checkpointing(run: Run): {
     sharded: fullShard,
     barrier: run.barrier,
   });
+  const writeState = async (dir: string, step: number) => {
+    const numbers = {
+      globalStep: step,
+      maxSteps: run.totalSteps,
+      stepsPerEpoch: run.stepsPerEpoch,
+      tokensSeen: step * run.tokensPerStep,
+    };
+    const state = trainerState(o, numbers, logHistory(run.history, run.evals));
+    await writeTextSynced(join(dir, TRAINER_STATE_FILE), JSON.stringify(state, null, 2));
+  };
   const save = async (step: number): Promise<string> => {
     await model.params.settle(); // the offloaded optimizer's last update has landed
     const dir = await checkpoints.save(step, async (dir) => {
@@ -244,14 +273,7 @@ function checkpointing(run: Run): {
       await writeModel(dir);
       await saveOptimizer(model, join(dir, optimizerFile));
       if (!isMain) return;
-      const numbers = {
-        globalStep: step,
-        maxSteps: run.totalSteps,
-        stepsPerEpoch: run.stepsPerEpoch,
-        tokensSeen: step * run.tokensPerStep,
-      };
-      const state = trainerState(o, numbers, logHistory(run.history, run.evals));
-      await writeTextSynced(join(dir, TRAINER_STATE_FILE), JSON.stringify(state, null, 2));
+      await writeState(dir, step);
     });
     if (isMain) {
       for (const name of await pruneCheckpoints(o.outputDir, runId, o.saveTotalLimit)) {
@@ -260,5 +282,5 @@ function checkpointing(run: Run): {
     }
     return dir;
   };
-  return { save, writeModel };
+  return { save, writeModel, writeState };
 }
