@@ -1,7 +1,10 @@
 /**
  * Zigzag sequence parallelism equals single-rank attention: P in-process ranks each holding chunks
  * r and 2P-1-r; forward (O, LSE) and backward (dQ, dK, dV), MHA and GQA, fp32 (1e-5, as DistAttn);
- * also run in head groups (HeadGroupedAttention, --attention-head-groups).
+ * also run in head groups (HeadGroupedAttention, --attention-head-groups). With documents (the
+ * reference masks by the same starts): the messages every rank sends are counted through the
+ * in-process communicator and checked against a token-level count of who needs whose K/V, every
+ * message sent is received, and ranks that disagree on a message fail within a timeout.
  */
 import { assert, assertEquals, assertLess } from "./assert.ts";
 import {
