@@ -5,7 +5,7 @@ import type { BackendName } from "../ffi/loader.ts";
 import { fileURLToPath } from "node:url";
 import { freePort } from "../src/launch/launcher.ts";
 import { attentionBackward, attentionForward, DType } from "../src/runtime/ops.ts";
-import type { Attention } from "../src/model/attention.ts";
+import type { Attention, SequenceDocuments } from "../src/model/attention.ts";
 
 /** `deno task test` runs on the CPU backend; `deno task test:gpu` sets DISTFLASH_TEST_BACKEND=cuda. */
 export const TEST_BACKEND: BackendName = Deno.env.get("DISTFLASH_TEST_BACKEND") === "cuda"
@@ -91,6 +91,8 @@ export function singleRankAttention(
   nh: number,
   nkv: number,
   hd: number,
+  /** Global document starts (src/model/documents.ts); absent: plain causal attention. */
+  starts?: number[],
 ): AttentionResult {
   const T = x.q.length / (nh * hd);
   const up = (a: Float32Array) => {
@@ -99,6 +101,7 @@ export function singleRankAttention(
     return b;
   };
   const [Q, K, V, DO] = [x.q, x.k, x.v, x.dout].map(up);
+  const docs = starts && deviceDocuments(d, starts);
   const O = d.alloc(x.q.length * 4), L = d.alloc(nh * T * 4);
   const dQ = d.alloc(x.q.length * 4), dK = d.alloc(x.k.length * 4), dV = d.alloc(x.v.length * 4);
   for (const b of [dQ, dK, dV]) d.memset(b.ptr, 0, b.bytes);
@@ -112,6 +115,7 @@ export function singleRankAttention(
     kPos0: 0,
     scale: 1 / Math.sqrt(hd),
     dtype: DType.f32,
+    docs: docs?.device,
   };
   attentionForward(d, O.ptr, L.ptr, Q.ptr, K.ptr, V.ptr, shape);
   attentionBackward(d, dQ.ptr, dK.ptr, dV.ptr, DO.ptr, Q.ptr, K.ptr, V.ptr, O.ptr, L.ptr, shape);
@@ -123,7 +127,22 @@ export function singleRankAttention(
     dv: d.download(new Float32Array(x.v.length), dV.ptr),
   };
   for (const b of [Q, K, V, DO, O, L, dQ, dK, dV]) b.free();
+  docs?.free();
   return result;
+}
+
+/** Document starts as every rank of a sequence holds them (host and int64 device copies). */
+export function deviceDocuments(
+  d: Device,
+  starts: number[],
+): SequenceDocuments & { free(): void } {
+  const buffer = d.alloc(starts.length * 8);
+  d.upload(buffer.ptr, BigInt64Array.from(starts, BigInt));
+  return {
+    starts,
+    device: { starts: buffer.ptr, count: starts.length },
+    free: () => buffer.free(),
+  };
 }
 
 /** A zeroed whole-sequence result, for the ranks' parts to be placed into. */
@@ -162,11 +181,13 @@ export interface RankInputs {
 
 /**
  * Forward then backward of every rank's attention concurrently (in-process ranks), returning each
- * rank's O, LSE, dQ, dK, dV in its own layout; frees the attentions and buffers.
+ * rank's O, LSE, dQ, dK, dV in its own layout; frees the attentions and buffers. `docs`: the
+ * sequence's documents, the same for every rank; `afterForward` runs between the two passes.
  */
 export async function runSequenceParallel(
   d: Device,
   ranks: RankInputs[],
+  options: { docs?: SequenceDocuments; afterForward?: () => void } = {},
 ): Promise<AttentionResult[]> {
   const up = (a: Float32Array) => {
     const b = d.alloc(a.length * 4);
@@ -186,8 +207,10 @@ export async function runSequenceParallel(
     v: v.ptr,
     out: o.ptr,
     lse: lse.ptr,
+    docs: options.docs,
   }));
   await Promise.all(state.map(({ x }, r) => x.attn.forward(tensors[r])));
+  options.afterForward?.();
   await Promise.all(
     state.map(({ x, inputs: [, , , dout], grads: [dq, dk, dv] }, r) =>
       x.attn.backward(tensors[r], { dout: dout.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr })

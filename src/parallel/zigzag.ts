@@ -3,7 +3,8 @@
  * 2P-1-r (an early and a late one), so every rank has the same causal work at every step, for
  * any P, P = 2 included (where the contiguous layout of the paper leaves rank 0 a third of rank
  * 1's work). K/V travel around a ring; partial outputs merge by log-sum-exp in fp32; in backward
- * each step's dK/dV partials go straight back to the owner of the keys.
+ * each step's dK/dV partials go straight back to the owner of the keys. With documents, a rank's
+ * K/V stop where no rank further along the ring sees its keys, and zero partials are not sent.
  *
  * The rank's tokens are laid out [chunk r; chunk 2P-1-r] (h = S/2 rows each); its LSE buffer
  * holds [chunk][head][h] (only this class reads it).
@@ -125,16 +126,63 @@ export class ZigzagAttention implements Attention {
     return false;
   }
 
-  /** The ring step's K/V exchange: pass what was used at step t on to r+1, receive into a slot. */
-  #ringOps(t: number, k: DevicePtr, v: DevicePtr): P2P[] {
+  /**
+   * Whether the K/V of rank src, now at the rank `hop` places along its chain (src, src+1, ..,
+   * src+P-1), must go one place further: some rank still ahead of it on the chain (hops hop+1 ..
+   * P-1) sees src's keys. The answer only shrinks as hop grows, so the block travels a prefix of
+   * the chain that reaches every rank that needs it (all ranks before one that needs it relay),
+   * and the sender (at hop) and the receiver (at hop+1) answer the same from the boundaries that
+   * every rank knows. Causal attention: every rank sees every other, the whole ring.
+   */
+  #relays(src: number, hop: number, docs: SequenceDocuments | undefined): boolean {
+    for (let ahead = hop + 1; ahead < this.P; ahead++) {
+      if (this.#ranksSee((src + ahead) % this.P, src, docs)) return true;
+    }
+    return false;
+  }
+
+  /**
+   * The ring step's K/V exchange: pass what was used at step t (the block of rank r - t, null when
+   * it never reached this rank) on to r+1 and receive the block of rank r-1-t into the other slot,
+   * each only where the chain goes on. Returns whether the slot is being filled.
+   */
+  async #passOn(
+    t: number,
+    cur: { k: DevicePtr; v: DevicePtr } | null,
+    docs: SequenceDocuments | undefined,
+  ): Promise<boolean> {
     const P = this.P, r = this.rank, bytes = this.sliceLen * this.#rowKv * DTYPE_BYTES[this.dtype];
+    const send = this.#relays((r - t + P) % P, t, docs);
+    const receive = this.#relays((r - 1 - t + P) % P, t, docs);
+    const slot = this.#kv[(t + 1) % 2], ops: P2P[] = [];
+    if (send) {
+      if (!cur) throw new Error(`zigzag rank ${r}: step ${t} relays a K/V block it never received`);
+      ops.push({ kind: "send", peer: (r + 1) % P, ptr: cur.k, bytes });
+      ops.push({ kind: "send", peer: (r + 1) % P, ptr: cur.v, bytes });
+    }
+    if (receive) {
+      ops.push({ kind: "recv", peer: (r - 1 + P) % P, ptr: slot.k.ptr, bytes });
+      ops.push({ kind: "recv", peer: (r - 1 + P) % P, ptr: slot.v.ptr, bytes });
+    }
+    if (ops.length > 0) {
+      this.#streams.commWaitsCompute(); // the receiving slot was last read at step t-1
+      await this.comm.exchange(ops, this.#streams.comm);
+    }
+    return receive;
+  }
+
+  /** The K/V to use at step t+1: the slot filled at step t, or null (no query here needs it). */
+  #arrived(t: number, received: boolean): { k: DevicePtr; v: DevicePtr } | null {
+    if (!received) return null;
+    this.#streams.computeWaitsComm(); // the next K/V has arrived
     const slot = this.#kv[(t + 1) % 2];
-    return [
-      { kind: "send", peer: (r + 1) % P, ptr: k, bytes },
-      { kind: "send", peer: (r + 1) % P, ptr: v, bytes },
-      { kind: "recv", peer: (r - 1 + P) % P, ptr: slot.k.ptr, bytes },
-      { kind: "recv", peer: (r - 1 + P) % P, ptr: slot.v.ptr, bytes },
-    ];
+    return { k: slot.k.ptr, v: slot.v.ptr };
+  }
+
+  /** The K/V of a visible block pair at step t: throws rather than read a slot never filled. */
+  #held(cur: { k: DevicePtr; v: DevicePtr } | null, src: number): { k: DevicePtr; v: DevicePtr } {
+    if (!cur) throw new Error(`zigzag rank ${this.rank}: the K/V of rank ${src} never arrived`);
+    return cur;
   }
 
   #rows(ptr: DevicePtr, row0: number, rowElems: number, dtype: DType): DevicePtr {
@@ -146,17 +194,15 @@ export class ZigzagAttention implements Attention {
     const nh = this.cfg.numHeads;
     d.memset(this.#outAcc.ptr, 0, this.#outAcc.bytes, s0);
     d.upload(this.#lseAcc.ptr, new Float32Array(nh * this.sliceLen).fill(-Infinity), s0);
-    let kCur = k, vCur = v;
+    let cur: { k: DevicePtr; v: DevicePtr } | null = { k, v };
     for (let t = 0; t < P; t++) {
       const src = (r - t + P) % P;
-      if (t + 1 < P) {
-        this.#streams.commWaitsCompute(); // the receiving slot was last read at step t-1
-        await this.comm.exchange(this.#ringOps(t, kCur, vCur), this.#streams.comm);
-      }
+      const received = t + 1 < P && await this.#passOn(t, cur, docs);
       for (let qc = 0; qc < 2; qc++) {
         for (let kc = 0; kc < 2; kc++) {
           const shape = this.#pair(qc, kc, docs, src);
           if (!shape) continue;
+          const { k: kCur, v: vCur } = this.#held(cur, src);
           op.attentionForward(
             d,
             this.#partOut.ptr,
@@ -181,13 +227,9 @@ export class ZigzagAttention implements Attention {
           );
         }
       }
-      if (t + 1 < P) {
-        this.#streams.computeWaitsComm(); // the next K/V has arrived
-        const slot = this.#kv[(t + 1) % 2];
-        kCur = slot.k.ptr;
-        vCur = slot.v.ptr;
-      }
+      cur = this.#arrived(t, received);
     }
+    this.#streams.computeWaitsComm(); // a last send without a receive may still read k, v
     op.convert(d, out, this.dtype, this.#outAcc.ptr, DType.f32, this.sliceLen * this.#rowQ, s0);
     d.copy(lse, this.#lseAcc.ptr, this.#lseAcc.bytes, s0);
   }
@@ -198,13 +240,10 @@ export class ZigzagAttention implements Attention {
   ) {
     const d = this.device, s0 = this.computeStream, P = this.P, r = this.rank, h = this.h;
     const nh = this.cfg.numHeads, kvBytes = this.sliceLen * this.#rowKv * 4;
-    let kCur = k, vCur = v;
+    let cur: { k: DevicePtr; v: DevicePtr } | null = { k, v };
     for (let t = 0; t < P; t++) {
       const src = (r - t + P) % P;
-      if (t + 1 < P) {
-        this.#streams.commWaitsCompute();
-        await this.comm.exchange(this.#ringOps(t, kCur, vCur), this.#streams.comm);
-      }
+      const received = t + 1 < P && await this.#passOn(t, cur, docs);
       // dK/dV of our own keys go straight into the accumulators; others' into partials. With
       // documents, partials that would be zero (our queries see none of src's keys) are neither
       // computed nor sent, and the rank t places ahead skips them likewise (every rank knows the
@@ -221,6 +260,7 @@ export class ZigzagAttention implements Attention {
         for (let kc = 0; kc < 2; kc++) {
           const shape = this.#pair(qc, kc, docs, src);
           if (!shape) continue;
+          const { k: kCur, v: vCur } = this.#held(cur, src);
           op.attentionBackward(
             d,
             this.#rows(dq, qc * h, this.#rowQ, DType.f32),
@@ -256,12 +296,7 @@ export class ZigzagAttention implements Attention {
           axpyF32(d, dv, this.#recvDv.ptr, 1, this.sliceLen * this.#rowKv, s0);
         }
       }
-      if (t + 1 < P) {
-        this.#streams.computeWaitsComm();
-        const slot = this.#kv[(t + 1) % 2];
-        kCur = slot.k.ptr;
-        vCur = slot.v.ptr;
-      }
+      cur = this.#arrived(t, received);
     }
     this.#streams.computeWaitsComm(); // the caller may overwrite q, k, v, dout once this returns
   }
