@@ -14,6 +14,7 @@ import { registerPlan } from "./plan.ts";
 import { registerTokenize } from "./tokenize.ts";
 import { registerPlot } from "./plot.ts";
 import { normalizeFlags } from "../src/train/options.ts";
+import { MASTER_PORT_TAKEN_EXIT_CODE, MasterPortTakenError } from "../src/comm/comm.ts";
 
 export function buildProgram(argv: string[] = []): Command {
   const program = new Command()
@@ -42,7 +43,8 @@ export async function main(argv: string[]): Promise<number> {
   } catch (error) {
     if (error instanceof CommanderError) return error.exitCode; // commander printed the message
     console.error(`distflash: ${(error as Error).message}`);
-    return 1;
+    // Tells the launcher that another process holds the port it chose: it retries on another one.
+    return error instanceof MasterPortTakenError ? MASTER_PORT_TAKEN_EXIT_CODE : 1;
   }
 }
 

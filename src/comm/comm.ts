@@ -34,6 +34,21 @@ export class RendezvousError extends Error {
 }
 
 /**
+ * The rendezvous port belongs to another process: rank 0 cannot listen on MASTER_PORT (in use), or
+ * a rank reached a store there that refused this job's secret. A launcher that chose the port
+ * itself starts the ranks again on another (see launcher.ts); a port the user gave is not retried.
+ */
+export class MasterPortTakenError extends RendezvousError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "MasterPortTakenError";
+  }
+}
+
+/** The exit code of a rank that stopped on a MasterPortTakenError (98: EADDRINUSE on Linux). */
+export const MASTER_PORT_TAKEN_EXIT_CODE = 98;
+
+/**
  * The exit code a rank should use when it stops because of a CommError (a failure seen through a
  * peer): the launcher then names the rank that failed first rather than the ranks that noticed.
  */

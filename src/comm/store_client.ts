@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { envSeconds, RendezvousError } from "./comm.ts";
+import { envSeconds, MasterPortTakenError, RendezvousError } from "./comm.ts";
 import { connectWithRetry, ConnReader, formatAddress, isLoopback } from "./sockets.ts";
 import {
   decoder,
@@ -204,8 +204,11 @@ export class TcpStore {
       this.#pending.set(id, {
         resolve: (frame) => {
           clearTimeout(timer);
-          if (frame.header.ok === false) reject(new RendezvousError(frame.header.error ?? "error"));
-          else resolve(frame);
+          if (frame.header.ok === false) {
+            // Refused for the secret: the port is another job's store (see MasterPortTakenError).
+            const Class = frame.header.refused ? MasterPortTakenError : RendezvousError;
+            reject(new Class(frame.header.error ?? "error"));
+          } else resolve(frame);
         },
         reject: (error) => {
           clearTimeout(timer);

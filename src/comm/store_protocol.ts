@@ -24,6 +24,8 @@ export interface StoreHeader {
   reason?: string;
   /** The job secret (requests only). */
   auth?: string;
+  /** An error response to a request without this store's secret: the store is another job's. */
+  refused?: boolean;
 }
 
 /** Largest frame of a connection that has shown the secret, and of one that has not. */

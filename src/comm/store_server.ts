@@ -11,7 +11,7 @@
  *
  * @module
  */
-import { RendezvousError } from "./comm.ts";
+import { MasterPortTakenError, RendezvousError } from "./comm.ts";
 import { MIN_SECRET_LENGTH, sameSecret } from "./job_secret.ts";
 import { ConnReader, formatAddress } from "./sockets.ts";
 import {
@@ -76,7 +76,8 @@ export class StoreServer {
         maxConnections,
       );
     } catch (error) {
-      throw new RendezvousError(
+      const inUse = error instanceof Deno.errors.AddrInUse;
+      throw new (inUse ? MasterPortTakenError : RendezvousError)(
         `rank 0 cannot host the rendezvous store at ${formatAddress(hostname, port)}: ` +
           `${(error as Error).message} (is MASTER_PORT ${port} in use?)`,
         { cause: error },
@@ -134,7 +135,9 @@ export class StoreServer {
         if (!sameSecret(frame.header.auth, this.secret)) {
           const error = "refused: this request does not carry the job's secret " +
             "(DISTFLASH_JOB_SECRET); only ranks of this job may use the rendezvous store";
-          await client.writer.write(encodeFrame({ id: frame.header.id, ok: false, error }))
+          await client.writer.write(
+            encodeFrame({ id: frame.header.id, ok: false, error, refused: true }),
+          )
             .catch(() => {});
           client.rank = undefined; // an impostor's drop is no rank's failure
           break;
@@ -291,7 +294,8 @@ export class ThreadedStoreServer implements StoreHost {
       worker.onmessage = (event: MessageEvent) => {
         if (event.data.error) {
           worker.terminate();
-          reject(new RendezvousError(event.data.error));
+          const Class = event.data.portTaken ? MasterPortTakenError : RendezvousError;
+          reject(new Class(event.data.error));
         } else resolve(new ThreadedStoreServer(event.data.port, worker));
       };
       worker.postMessage({ op: "listen", hostname, port, secret, maxConnections });

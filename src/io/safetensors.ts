@@ -12,7 +12,7 @@
  * @module
  */
 
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { asBytes, dtypeBytes, isDType, toFloat32, typedView } from "./dtype.ts";
 import type { DType, TensorData } from "./dtype.ts";
 import { readFully } from "./files.ts";
@@ -563,8 +563,26 @@ function tempName(path: string): string {
 }
 
 /**
+ * TEST-ONLY fault injection, for the tests of failed saves (no small filesystem in CI): when the
+ * environment variable names a substring of a file's name, writeFileAtomic writing that file fails
+ * as a full disk does, after the body was written to the temporary file. Never set it in a real run.
+ */
+export const TEST_FAIL_WRITE_ENV = "DISTFLASH_TEST_FAIL_WRITE";
+
+/** Throws an ENOSPC-like error when TEST_FAIL_WRITE_ENV matches the name of `path`'s file. */
+function injectTestWriteFault(path: string): void {
+  const pattern = Deno.env.get(TEST_FAIL_WRITE_ENV);
+  if (!pattern || !basename(path).includes(pattern)) return;
+  const error = new Error(
+    `No space left on device (os error 28; injected by ${TEST_FAIL_WRITE_ENV})`,
+  );
+  throw Object.assign(error, { code: "ENOSPC" });
+}
+
+/**
  * Writes `path` by calling `body` on a fresh temporary file next to it, flushing it to disk, and
  * renaming it over `path`. On failure the temporary file is removed and `path` left untouched.
+ * Every file of a checkpoint is written through here (see TEST_FAIL_WRITE_ENV).
  */
 export async function writeFileAtomic(
   path: string,
@@ -575,6 +593,7 @@ export async function writeFileAtomic(
   let ok = false;
   try {
     await body(file);
+    injectTestWriteFault(path);
     await file.sync();
     file.close();
     ok = true;
@@ -586,6 +605,12 @@ export async function writeFileAtomic(
     if (e instanceof Error && !e.message.includes(path)) e.message = `${path}: ${e.message}`;
     throw e;
   }
+}
+
+/** Writes `bytes` (or a string, as UTF-8) to `path` atomically (see writeFileAtomic). */
+export function writeBytesAtomic(path: string, bytes: Uint8Array | string): Promise<void> {
+  const data = typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes;
+  return writeFileAtomic(path, (file) => writeFully(file, data));
 }
 
 function checkNames(tensors: readonly TensorToWrite[], where: string): void {
@@ -686,8 +711,7 @@ export async function writeShardedSafetensors(
       metadata: { total_parameters: params, total_size: total },
       weight_map: sortedMap,
     };
-    const text = new TextEncoder().encode(JSON.stringify(index, null, 2) + "\n");
-    await writeFileAtomic(join(dir, INDEX_FILE_NAME), (f) => writeFully(f, text));
+    await writeBytesAtomic(join(dir, INDEX_FILE_NAME), JSON.stringify(index, null, 2) + "\n");
     written.push(INDEX_FILE_NAME);
   }
   const stale = /^(model-\d{5}-of-\d{5}\.safetensors|model\.safetensors(\.index\.json)?)$/;

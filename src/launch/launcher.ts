@@ -18,6 +18,12 @@
  *   `graceMs`; the launcher reports "rank R failed (exit code X)" or "(signal S)" with the last
  *   lines of that rank's log and returns non-zero. When several ranks fail, the one reported is
  *   one that did not exit with COMM_FAILURE_EXIT_CODE (a rank that only saw a peer die), if any.
+ * - Port: with no `masterPort` the launcher chooses a free one (`choosePort`), but it is free only
+ *   until rank 0 listens on it; when another process took it meanwhile, a rank exits with
+ *   MASTER_PORT_TAKEN_EXIT_CODE (rank 0 cannot listen, or a rank reached the other process's store
+ *   and was refused) and the launcher stops this node's ranks and starts them all again on a new
+ *   port, with a note, up to PORT_ATTEMPTS times. Safe: the ranks write nothing before they meet
+ *   (the output folder is claimed after the rendezvous). A port the user gave is never retried.
  * - SIGINT/SIGTERM to the launcher are forwarded to every rank as SIGTERM: the ranks finish the
  *   step, save a checkpoint and exit; they get SIGKILL only after `stopGraceMs` (a second signal:
  *   at once). The launcher then returns 130 after SIGINT, 143 after SIGTERM.
@@ -28,7 +34,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { existsSync } from "node:fs";
 import { compiledRoot } from "../../ffi/loader.ts";
-import { COMM_FAILURE_EXIT_CODE, envSeconds } from "../comm/comm.ts";
+import { COMM_FAILURE_EXIT_CODE, envSeconds, MASTER_PORT_TAKEN_EXIT_CODE } from "../comm/comm.ts";
 import { jobSecret, newJobSecret } from "../comm/job_secret.ts";
 
 /** Always present in the ranks' environment: NVLink multicast (NVLS) stays off. */
@@ -74,7 +80,12 @@ export interface LaunchOptions {
   report?: (line: string) => void;
   /** Stop the ranks on SIGINT/SIGTERM to the launcher (default true). */
   handleSignals?: boolean;
+  /** Chooses the port when `masterPort` is 0 (default: freePort; tests make it collide). */
+  choosePort?: () => number;
 }
+
+/** Times the launcher starts the ranks on a port it chose, when other processes keep taking it. */
+export const PORT_ATTEMPTS = 3;
 
 /** How one rank ended. */
 export interface RankExit {
@@ -249,11 +260,14 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   if (!Number.isInteger(masterPort) || masterPort < 0 || masterPort > 65535) {
     throw new RangeError(`--master-port must be a port number, got ${masterPort}`);
   }
-  if (masterPort === 0) {
+  const portChosenHere = masterPort === 0;
+  const choosePort = options.choosePort ??
+    (() => freePort(masterAddr === "localhost" ? "127.0.0.1" : masterAddr));
+  if (portChosenHere) {
     if (nnodes > 1) {
       throw new RangeError("--master-port must be given when --nnodes > 1 (every node needs it)");
     }
-    masterPort = freePort(masterAddr === "localhost" ? "127.0.0.1" : masterAddr);
+    masterPort = choosePort();
   }
   const graceMs = options.graceMs ?? 5000;
   const stopGraceMs = options.stopGraceMs ?? envSeconds("DISTFLASH_STOP_GRACE_S", 600);
@@ -266,6 +280,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
         "store answers only requests carrying it",
     );
   }
+  const rankSecret: string = secret;
   const showRanks = new Set(options.showRanks ?? [0]);
   const tailLines = options.tailLines ?? 20;
   const report = options.report ?? ((line: string) => console.error(line));
@@ -322,6 +337,32 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   }
 
   try {
+    for (let attempt = 1;; attempt++) {
+      await startAndWait();
+      const first = firstFailure(observed);
+      const retry = portChosenHere && interrupted === null && attempt < PORT_ATTEMPTS &&
+        first?.code === MASTER_PORT_TAKEN_EXIT_CODE;
+      if (!retry) break;
+      const taken = masterPort;
+      masterPort = choosePort();
+      report(
+        `distflash launcher: port ${taken} was taken by another process before rank 0 could ` +
+          `listen on it; starting the ${nproc} rank(s) again on port ${masterPort}`,
+      );
+      ranks.length = 0;
+      observed.length = 0;
+      stopping = false;
+    }
+  } finally {
+    clearTimeout(killTimer);
+    if (handleSignals) {
+      Deno.removeSignalListener("SIGINT", onSigint);
+      Deno.removeSignalListener("SIGTERM", onSigterm);
+    }
+  }
+
+  /** Starts this node's ranks on `masterPort` and waits until they all ended. */
+  async function startAndWait(): Promise<void> {
     for (let localRank = 0; localRank < nproc; localRank++) {
       const env = rankEnv(
         {
@@ -330,7 +371,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
           nodeRank,
           masterAddr,
           masterPort,
-          env: { ...options.env, DISTFLASH_JOB_SECRET: secret },
+          env: { ...options.env, DISTFLASH_JOB_SECRET: rankSecret },
         },
         localRank,
       );
@@ -405,12 +446,6 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
         Deno.unrefTimer(t);
       }),
     ]);
-  } finally {
-    clearTimeout(killTimer);
-    if (handleSignals) {
-      Deno.removeSignalListener("SIGINT", onSigint);
-      Deno.removeSignalListener("SIGTERM", onSigterm);
-    }
   }
 
   const failed = interrupted ? undefined : firstFailure(observed);

@@ -10,6 +10,7 @@ import { f32ToBf16 } from "../io/dtype.ts";
 import {
   openSafetensors,
   type TensorToWrite,
+  writeBytesAtomic,
   writeSafetensors,
   writeShardedSafetensors,
 } from "../io/safetensors.ts";
@@ -157,14 +158,14 @@ export async function saveModel(
       pad_token_id: bytes.padId,
     });
     for (const [file, json] of Object.entries(byteTokenizerFiles())) {
-      await Deno.writeTextFile(join(dir, file), JSON.stringify(json, null, 2) + "\n");
+      await writeBytesAtomic(join(dir, file), JSON.stringify(json, null, 2) + "\n");
     }
   }
-  await Deno.writeTextFile(join(dir, "config.json"), JSON.stringify(config, null, 2) + "\n");
+  await writeBytesAtomic(join(dir, "config.json"), JSON.stringify(config, null, 2) + "\n");
   if (opts.tokenizerFrom) {
     for (const file of TOKENIZER_FILES) {
       const from = join(opts.tokenizerFrom, file);
-      if (existsSync(from)) await Deno.copyFile(from, join(dir, file));
+      if (existsSync(from)) await writeBytesAtomic(join(dir, file), await Deno.readFile(from));
     }
   }
 }

@@ -22,12 +22,14 @@
  * (`recoveryMoves`), so the choice and the recovery agree.
  *
  * DISTFLASH_SAVE_PAUSE_MS (a testing aid) sleeps that long between the stages of a save, so a test
- * can kill a run in the middle of one.
+ * can kill a run in the middle of one. DISTFLASH_TEST_FAIL_WRITE (test-only, see writeFileAtomic
+ * in io/safetensors.ts) makes the write of a chosen file fail as a full disk does.
  *
  * @module
  */
 import { existsSync, lstatSync, readdirSync } from "node:fs";
 import { join } from "node:path";
+import { writeBytesAtomic } from "../io/safetensors.ts";
 
 /** The completion record, written last into a checkpoint folder. */
 export const COMPLETE_FILE = "complete.json";
@@ -362,20 +364,15 @@ export async function syncPath(path: string): Promise<void> {
   }
 }
 
-/** Writes a text file and flushes it; an error names the file. */
+/**
+ * Writes a text file atomically and flushes it (writeFileAtomic, so test fault injection reaches
+ * it too); an error names the file.
+ */
 export async function writeTextSynced(path: string, text: string): Promise<void> {
   try {
-    const file = await Deno.open(path, { write: true, create: true, truncate: true });
-    try {
-      const bytes = new TextEncoder().encode(text);
-      let off = 0;
-      while (off < bytes.length) off += await file.write(bytes.subarray(off));
-      await file.sync();
-    } finally {
-      file.close();
-    }
+    await writeBytesAtomic(path, text);
   } catch (error) {
-    throw new CheckpointError(`writing ${path}: ${(error as Error).message}`, { cause: error });
+    throw new CheckpointError((error as Error).message, { cause: error });
   }
 }
 
@@ -431,10 +428,12 @@ export class CheckpointSaver {
       await write(tmp);
       for (const name of this.#ownFiles(readdirSync(tmp))) await syncPath(join(tmp, name));
       await pause();
+      // Every rank's files are on disk; a rank that failed ends this barrier for the others with
+      // an error, and rank 0 then removes the unfinished folder.
+      await barrier();
     } catch (error) {
       throw this.#failed(step, tmp, error);
     }
-    await barrier();
     if (rank !== 0) return final;
     try {
       const names = readdirSync(tmp).filter((n) => n !== COMPLETE_FILE).sort();
