@@ -48,11 +48,11 @@ export {
   type DeviceChoice,
   type EvalStrategy,
   type LrSchedulerType,
-  OptionError,
   type SaveStrategy,
   TRAIN_DEFAULTS,
   type TrainOptions,
 } from "./src/train/options.ts";
+export { OptionError } from "./src/train/resolve_options.ts";
 export {
   type HfConfigOptions,
   type LlamaConfig,

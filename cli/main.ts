@@ -13,7 +13,7 @@ import { registerBench } from "./bench.ts";
 import { registerPlan } from "./plan.ts";
 import { registerTokenize } from "./tokenize.ts";
 import { registerPlot } from "./plot.ts";
-import { normalizeFlags } from "../src/train/options.ts";
+import { normalizeFlags } from "../src/train/option_table.ts";
 
 export function buildProgram(argv: string[] = []): Command {
   const program = new Command()

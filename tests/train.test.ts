@@ -2,7 +2,7 @@
 import { assert, assertEquals, assertLess, assertRejects } from "./assert.ts";
 import { runCli } from "./_util.ts";
 import { train } from "../src/train/trainer.ts";
-import { OptionError } from "../src/train/options.ts";
+import { OptionError } from "../src/train/resolve_options.ts";
 import { writeNpy } from "../src/io/npy.ts";
 import { presetConfig } from "../src/model/config.ts";
 import { LlamaModel } from "../src/model/llama.ts";

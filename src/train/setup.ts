@@ -22,7 +22,8 @@ import {
   resolveModel,
 } from "../model/hf.ts";
 import { warmupStepsFor } from "./lr.ts";
-import { reportsToTensorBoard, type TrainOptions } from "./options.ts";
+import type { TrainOptions } from "./options.ts";
+import { reportsToTensorBoard } from "./resolve_options.ts";
 import { tokenizingProgress } from "./progress.ts";
 import type { StepMetrics } from "./metrics.ts";
 import {
