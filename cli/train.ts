@@ -7,7 +7,7 @@ import type { Command } from "npm:commander@^14.0.0";
 import { TRAIN_DEFAULTS } from "../src/train/options.ts";
 import { flagName, TRAIN_SPECS } from "../src/train/option_table.ts";
 import { resolveTrainOptions } from "../src/train/resolve_options.ts";
-import { checkRun } from "../src/train/setup.ts";
+import { checkRun } from "../src/train/check_run.ts";
 import { train, TrainingInterrupted } from "../src/train/trainer.ts";
 import { openBackend } from "../src/runtime/info.ts";
 import { isLaunchedRank, launch } from "../src/launch/launcher.ts";
