@@ -15,7 +15,7 @@ import {
 import { ZigzagAttention, zigzagChunks } from "../src/parallel/zigzag.ts";
 import { HeadGroupedAttention } from "../src/parallel/sequence_attention.ts";
 import { LocalGroup } from "../src/comm/local_comm.ts";
-import { presetConfig } from "../src/model/config.ts";
+import { presetConfig } from "../src/model/presets.ts";
 import { DType } from "../src/runtime/ops.ts";
 
 async function check(P: number, nkv: number, groups = 1) {
