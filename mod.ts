@@ -48,22 +48,19 @@ export {
   type DeviceChoice,
   type EvalStrategy,
   type LrSchedulerType,
-  OptionError,
   type SaveStrategy,
   TRAIN_DEFAULTS,
   type TrainOptions,
 } from "./src/train/options.ts";
+export { OptionError } from "./src/train/resolve_options.ts";
+export { type LlamaConfig, paramCount, type RopeScaling } from "./src/model/config.ts";
 export {
   type HfConfigOptions,
-  type LlamaConfig,
-  paramCount,
   parseHfConfig,
-  presetConfig,
-  PRESETS,
   readHfConfig,
-  type RopeScaling,
   toHfConfig,
-} from "./src/model/config.ts";
+} from "./src/model/hf_config.ts";
+export { presetConfig, PRESETS } from "./src/model/presets.ts";
 export {
   type BackendName,
   Device,

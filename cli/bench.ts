@@ -15,7 +15,7 @@ import { isLaunchedRank, launch } from "../src/launch/launcher.ts";
 import { resolveModel } from "../src/model/hf.ts";
 import { paramCount } from "../src/model/config.ts";
 import { modelFlopsUtilisation, trainingFlopsPerToken } from "../src/train/mfu.ts";
-import { normalizeFlags } from "../src/train/options.ts";
+import { normalizeFlags } from "../src/train/option_table.ts";
 import { type AttentionKernel, selectAttentionKernel } from "../src/runtime/attention_kernel.ts";
 import { registerTrain } from "./train.ts";
 

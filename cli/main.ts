@@ -13,7 +13,7 @@ import { registerBench } from "./bench.ts";
 import { registerPlan } from "./plan.ts";
 import { registerTokenize } from "./tokenize.ts";
 import { registerPlot } from "./plot.ts";
-import { normalizeFlags } from "../src/train/options.ts";
+import { normalizeFlags } from "../src/train/option_table.ts";
 import { MASTER_PORT_TAKEN_EXIT_CODE, MasterPortTakenError } from "../src/comm/comm.ts";
 
 export function buildProgram(argv: string[] = []): Command {

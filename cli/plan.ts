@@ -3,7 +3,8 @@
  * memory, and the longest --model-max-length that fits; takes the same flags as `train`.
  */
 import type { Command } from "npm:commander@^14.0.0";
-import { flagName, resolveTrainOptions, TRAIN_SPECS } from "../src/train/options.ts";
+import { flagName, TRAIN_SPECS } from "../src/train/option_table.ts";
+import { resolveTrainOptions } from "../src/train/resolve_options.ts";
 import { formatPlan, hostAvailableBytes, type HostBudget } from "../src/train/plan.ts";
 import { resolveModel } from "../src/model/hf.ts";
 import { Device } from "../src/runtime/device.ts";

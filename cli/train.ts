@@ -1,16 +1,13 @@
 /**
- * `distflash train`: flags registered from the one option table in src/train/options.ts. With
+ * `distflash train`: flags registered from the one option table in src/train/option_table.ts. With
  * --nproc-per-node > 1 this process becomes the launcher: it starts one rank process per GPU (or
  * CPU rank) running the same command, shows rank 0's output and stops every rank if one fails.
  */
 import type { Command } from "npm:commander@^14.0.0";
-import {
-  flagName,
-  resolveTrainOptions,
-  TRAIN_DEFAULTS,
-  TRAIN_SPECS,
-} from "../src/train/options.ts";
-import { checkRun } from "../src/train/setup.ts";
+import { TRAIN_DEFAULTS } from "../src/train/options.ts";
+import { flagName, TRAIN_SPECS } from "../src/train/option_table.ts";
+import { resolveTrainOptions } from "../src/train/resolve_options.ts";
+import { checkRun } from "../src/train/check_run.ts";
 import { train, TrainingInterrupted } from "../src/train/trainer.ts";
 import { openBackend } from "../src/runtime/info.ts";
 import { isLaunchedRank, launch } from "../src/launch/launcher.ts";

@@ -9,7 +9,7 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { train } from "../src/train/trainer.ts";
-import { readHfConfig } from "../src/model/config.ts";
+import { readHfConfig } from "../src/model/hf_config.ts";
 import { LlamaModel } from "../src/model/llama.ts";
 import { loadWeights } from "../src/model/hf.ts";
 import { writeSafetensors } from "../src/io/safetensors.ts";

@@ -4,7 +4,7 @@
  * `make_fixtures.py check-checkpoint`.  Usage: deno run -A scripts/save_fixture_checkpoint.ts DIR
  */
 import { fileURLToPath } from "node:url";
-import { readHfConfig } from "../src/model/config.ts";
+import { readHfConfig } from "../src/model/hf_config.ts";
 import { LlamaModel } from "../src/model/llama.ts";
 import { loadWeights, saveModel } from "../src/model/hf.ts";
 import { openBackend } from "../src/runtime/info.ts";

@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { testDevice } from "./_util.ts";
-import { resolveTrainOptions } from "../src/train/options.ts";
+import { resolveTrainOptions } from "../src/train/resolve_options.ts";
 import { selectAttentionKernel } from "../src/runtime/attention_kernel.ts";
 
 function assertMatch(text: string, pattern: RegExp): void {

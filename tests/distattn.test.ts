@@ -15,7 +15,7 @@ import {
 } from "./_util.ts";
 import { DistAttention } from "../src/parallel/distattn.ts";
 import { LocalGroup } from "../src/comm/local_comm.ts";
-import { presetConfig } from "../src/model/config.ts";
+import { presetConfig } from "../src/model/presets.ts";
 import { DType } from "../src/runtime/ops.ts";
 
 async function check(P: number, nkv: number, balanced: boolean, overlap: boolean) {

@@ -14,7 +14,7 @@ import { assert, assertEquals, assertLess } from "./assert.ts";
 import { relError, rng, runCpuRanks, testDevice } from "./_util.ts";
 import { join } from "node:path";
 import { openSafetensors } from "../src/io/safetensors.ts";
-import { readHfConfig } from "../src/model/config.ts";
+import { readHfConfig } from "../src/model/hf_config.ts";
 import { LlamaModel } from "../src/model/llama.ts";
 import { loadWeights } from "../src/model/hf.ts";
 import { DType } from "../src/runtime/ops.ts";

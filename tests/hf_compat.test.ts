@@ -2,7 +2,11 @@
 // trainer's names, a .pkl dataset of FastChat conversations), on 2 CPU ranks with a small model.
 
 import { assert, assertEquals, assertLess, assertThrows } from "./assert.ts";
-import { OptionError, reportsToTensorBoard, resolveTrainOptions } from "../src/train/options.ts";
+import {
+  OptionError,
+  reportsToTensorBoard,
+  resolveTrainOptions,
+} from "../src/train/resolve_options.ts";
 import { join } from "node:path";
 import { existsSync } from "node:fs";
 import { ByteTokenizer, loadTokenizer, openDataset } from "../src/data/mod.ts";

@@ -30,16 +30,9 @@ import {
   readNpyWindow,
   writeNpy,
 } from "../src/io/npy.ts";
-import {
-  type LlamaConfig,
-  paramCount,
-  parameterShapes,
-  parseHfConfig,
-  presetConfig,
-  PRESETS,
-  ropeInvFreq,
-  toHfConfig,
-} from "../src/model/config.ts";
+import { type LlamaConfig, paramCount, parameterShapes, ropeInvFreq } from "../src/model/config.ts";
+import { parseHfConfig, toHfConfig } from "../src/model/hf_config.ts";
+import { presetConfig, PRESETS } from "../src/model/presets.ts";
 
 async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "distflash-io-test-" });

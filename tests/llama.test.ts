@@ -12,7 +12,7 @@
 import { assert, assertLess } from "./assert.ts";
 import { relError, TEST_BACKEND, testDevice } from "./_util.ts";
 import { openSafetensors, writeSafetensors } from "../src/io/safetensors.ts";
-import { readHfConfig } from "../src/model/config.ts";
+import { readHfConfig } from "../src/model/hf_config.ts";
 import { LlamaModel } from "../src/model/llama.ts";
 import { initRandom, loadWeights, saveModel } from "../src/model/hf.ts";
 import { DType } from "../src/runtime/ops.ts";

@@ -3,8 +3,8 @@ import { assert, assertEquals, assertLess } from "./assert.ts";
 import { runCli, TEST_BACKEND } from "./_util.ts";
 import { estimateMemory, longestFitting, WORKSPACE_ALLOWANCE_BYTES } from "../src/train/plan.ts";
 import { train } from "../src/train/trainer.ts";
-import { resolveTrainOptions } from "../src/train/options.ts";
-import { presetConfig } from "../src/model/config.ts";
+import { resolveTrainOptions } from "../src/train/resolve_options.ts";
+import { presetConfig } from "../src/model/presets.ts";
 
 const cfg = presetConfig("llama-2-7b");
 const opts = (extra: Record<string, unknown>) =>

@@ -2,9 +2,9 @@
 import { assert, assertEquals, assertLess, assertRejects } from "./assert.ts";
 import { runCli } from "./_util.ts";
 import { train } from "../src/train/trainer.ts";
-import { OptionError } from "../src/train/options.ts";
+import { OptionError } from "../src/train/resolve_options.ts";
 import { writeNpy } from "../src/io/npy.ts";
-import { presetConfig } from "../src/model/config.ts";
+import { presetConfig } from "../src/model/presets.ts";
 import { LlamaModel } from "../src/model/llama.ts";
 import { initRandom } from "../src/model/hf.ts";
 import { Device } from "../src/runtime/device.ts";

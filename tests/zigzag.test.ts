@@ -19,7 +19,7 @@ import {
 import { ZigzagAttention, zigzagChunks } from "../src/parallel/zigzag.ts";
 import { HeadGroupedAttention } from "../src/parallel/sequence_attention.ts";
 import { LocalComm, LocalGroup } from "../src/comm/local_comm.ts";
-import { presetConfig } from "../src/model/config.ts";
+import { presetConfig } from "../src/model/presets.ts";
 import { DType } from "../src/runtime/ops.ts";
 import type { P2P } from "../src/comm/comm.ts";
 import type { Stream } from "../src/runtime/device.ts";

@@ -14,14 +14,9 @@ import {
   writeSafetensors,
   writeShardedSafetensors,
 } from "../io/safetensors.ts";
-import {
-  isPreset,
-  type LlamaConfig,
-  presetConfig,
-  PRESETS,
-  readHfConfig,
-  toHfConfig,
-} from "./config.ts";
+import type { LlamaConfig } from "./config.ts";
+import { readHfConfig, toHfConfig } from "./hf_config.ts";
+import { isPreset, presetConfig, PRESETS } from "./presets.ts";
 import type { LlamaModel } from "./llama.ts";
 import { ByteTokenizer, byteTokenizerFiles } from "../data/tokenizer.ts";
 

@@ -9,7 +9,9 @@
  * (src/model/host_state.ts) and the CPU backend's AdamW updates them. With the gradients offloaded
  * too, each unit's reduce-scattered gradient goes down to host memory as soon as it exists (on the
  * collective stream, behind the reduce-scatter) and the device holds no gradient shard at all:
- * the unit gradient buffers are all it keeps.
+ * the unit gradient buffers are all it keeps. The host sides of the offload live beside this file:
+ * offloaded_grads.ts (the gradients' landing, accumulation and norms on the host) and
+ * offloaded_update.ts (the chain of per-unit host AdamW updates).
  *
  * The model is written for one device and reads weights and writes gradients through the
  * ParamStore interface (src/model/params.ts); this store is given to it from outside
@@ -21,7 +23,9 @@ import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
 import { axpyF32, fillNormal } from "../runtime/ops_basic.ts";
 import type { Communicator } from "../runtime/communicator.ts";
-import { HostArena, HostState } from "../model/host_state.ts";
+import { HostState } from "../model/host_state.ts";
+import { landingBytes, OffloadedGradients } from "./offloaded_grads.ts";
+import { OffloadedUpdates } from "./offloaded_update.ts";
 import {
   checkSize,
   decayed,
@@ -49,15 +53,6 @@ export function shardedParamStore(
   };
 }
 
-/** A gradient download whose values still have to be added into the host gradient shard. */
-interface PendingAdd {
-  /** Landing buffer (0 or 1) it went into. */
-  landing: number;
-  /** Element offset in the host shard, and count. */
-  at: number;
-  n: number;
-}
-
 /**
  * ZeRO-3 over the ranks of `comm`. On CUDA the collectives run on a stream of their own, ordered
  * with the compute stream by events: a layer's all-gather is issued a layer ahead (prefetch) into
@@ -81,19 +76,8 @@ export class ShardedParams implements ParamStore {
   #host: HostState | null = null;
   /** fp32 gradient shard on the device (null with --offload-gradients: it lives on the host). */
   readonly grads: Slot | null;
-  /**
-   * --offload-gradients: two pinned landing buffers of one unit's shard, for gradients that must be
-   * added to what earlier micro-batches left (the first arrival goes straight into the shard).
-   */
-  #landing: HostArena | null = null;
-  /** Per landing buffer: its download has finished (CUDA). */
-  #landed: Event[] = [];
-  readonly #pendingAdds: PendingAdd[] = [];
-  /** Per unit: its gradient of this step has arrived on the host at least once. */
-  readonly #arrived: boolean[];
-  /** Per unit: the squared gradient norm over all ranks, from finishGrads (offloaded gradients). */
-  #unitSquares: Float64Array | null = null;
-  #nextLanding = 0;
+  /** --offload-gradients: the host gradient shard's landing, accumulation and norms. */
+  #hostGrads: OffloadedGradients | null = null;
   readonly #scalar: Slot;
   readonly #rsOut: Slot;
   /** Gathered compute weights: [embedding, head, layer A, layer B]. */
@@ -112,8 +96,7 @@ export class ShardedParams implements ParamStore {
   #gathered: Event[] = [];
   #reduced: Event[] = [];
   /** Offloaded: per unit, its host AdamW and the upload of its new weights (null: done). */
-  readonly #updates: (Promise<void> | null)[];
-  #inFlight = 0;
+  readonly #updates: OffloadedUpdates;
   /** Per unit, the parts of its parameters this rank owns: shard offset, length, weight decay. */
   readonly #pieces: { at: number; n: number; decay: boolean }[][];
   readonly #gradBusy: boolean[] = [false, false, false, false];
@@ -145,8 +128,7 @@ export class ShardedParams implements ParamStore {
       off += u.size / this.W;
     }
     this.shardSize = off;
-    this.#updates = layout.units.map(() => null);
-    this.#arrived = layout.units.map(() => false);
+    this.#updates = new OffloadedUpdates(layout.units.length);
     this.#pieces = layout.units.map((_, u) =>
       layout.entries.filter((e) => e.unit === u).flatMap((e) => {
         const own = this.#owned(e);
@@ -234,9 +216,14 @@ export class ShardedParams implements ParamStore {
       this.#host = new HostState(this.device, this.shardSize, this.dtype);
     }
     if (this.offloadGrads) {
-      this.#landing = new HostArena(d);
-      for (const k of [0, 1]) this.#landing.add(`landing${k}`, this.#maxShard * 4);
-      if (d.backend === "cuda") this.#landed = [d.createEvent(), d.createEvent()];
+      const lengths = this.layout.units.map((u) => u.size / this.W);
+      this.#hostGrads = new OffloadedGradients(
+        d,
+        this.#host!,
+        this.shardOffset,
+        lengths,
+        this.#stream,
+      );
     }
   }
 
@@ -247,26 +234,24 @@ export class ShardedParams implements ParamStore {
 
   release(): void {
     // A host thread may still be writing into the host buffers: settle() first.
-    this.#assertSettled();
+    this.#updates.assertSettled();
     const d = this.device;
     // Downloads may still be landing in the host buffers.
     if (this.#stream !== 0n) d.syncStream(this.#stream);
     this.#host?.free();
     this.#host = null;
-    this.#landing?.free();
-    this.#landing = null;
+    this.#hostGrads?.free();
+    this.#hostGrads = null;
     for (
       const e of [
         this.#computeMark,
         this.#commMark,
         ...this.#gathered,
         ...this.#reduced,
-        ...this.#landed,
       ]
     ) {
       if (e !== 0n) d.destroyEvent(e);
     }
-    this.#landed = [];
     this.#gathered = [];
     this.#reduced = [];
     this.#computeMark = this.#commMark = 0n;
@@ -290,7 +275,7 @@ export class ShardedParams implements ParamStore {
     // master, m, v and the gradient copy in fp32, and the bf16 copy when computing in bf16; with
     // the gradients offloaded, two landing buffers of the largest unit's shard
     if (!this.offload) return 0;
-    const landing = this.offloadGrads ? 2 * this.#maxShard * 4 : 0;
+    const landing = this.offloadGrads ? landingBytes(this.#maxShard) : 0;
     return this.shardSize * (16 + (this.dtype === DType.bf16 ? 2 : 0)) + landing;
   }
 
@@ -327,7 +312,7 @@ export class ShardedParams implements ParamStore {
   async prefetch(unit: number): Promise<void> {
     const b = this.#bufIndex(unit);
     if (this.#resident[b] === unit || this.#pending[b] === unit) return;
-    await this.#updates[unit]; // offloaded: the unit's new weights are on their way up
+    await this.#updates.of(unit); // offloaded: the unit's new weights are on their way up
     // The buffer's previous unit was last read by compute already issued.
     this.#commAfterCompute();
     this.#resident[b] = -1;
@@ -364,52 +349,10 @@ export class ShardedParams implements ParamStore {
     if (this.grads) {
       // Accumulate over micro-batches: the shard gradient is zeroed once per step.
       axpyF32(this.device, this.grads.at(this.shardOffset[unit]), this.#rsOut.ptr, 1, n, s);
-    } else this.#download(unit, n);
+    } else this.#hostGrads!.download(unit, this.#rsOut.ptr, n);
     if (this.#async) {
       this.device.recordEvent(this.#reduced[g], s);
       this.#gradBusy[g] = true;
-    }
-  }
-
-  /**
-   * --offload-gradients: the unit's reduce-scattered shard (in #rsOut) goes down to the host on the
-   * collective stream, behind the reduce-scatter and ahead of the next one that overwrites #rsOut.
-   * Its first arrival of the step lands straight in the host shard (0 + g is g); later ones
-   * (gradient accumulation) land in a buffer and are added on the host once they are there.
-   */
-  #download(unit: number, n: number): void {
-    const host = this.#host!, at = this.shardOffset[unit];
-    if (!this.#arrived[unit]) {
-      this.device.downloadAsync(
-        host.f32("grads").subarray(at, at + n),
-        this.#rsOut.ptr,
-        this.#stream,
-      );
-      this.#arrived[unit] = true;
-      return;
-    }
-    const k = this.#nextLanding;
-    this.#nextLanding ^= 1;
-    this.#addLanded(k); // the buffer's previous download is added before it is reused
-    const view = this.#landing!.view(`landing${k}`);
-    const landing = new Float32Array(view.buffer, view.byteOffset, n);
-    this.device.downloadAsync(landing, this.#rsOut.ptr, this.#stream);
-    if (this.#async) this.device.recordEvent(this.#landed[k], this.#stream);
-    this.#pendingAdds.push({ landing: k, at, n });
-  }
-
-  /** Adds the pending download of landing buffer `k` (every one when omitted) into the shard. */
-  #addLanded(k?: number): void {
-    const host = this.#host!, arena = this.#landing!;
-    for (let i = 0; i < this.#pendingAdds.length;) {
-      const p = this.#pendingAdds[i];
-      if (k !== undefined && p.landing !== k) {
-        i++;
-        continue;
-      }
-      if (this.#async) this.device.syncEvent(this.#landed[p.landing]);
-      axpyF32(arena.cpu, host.ptr("grads", p.at), arena.ptr(`landing${p.landing}`), 1, p.n);
-      this.#pendingAdds.splice(i, 1);
     }
   }
 
@@ -420,57 +363,16 @@ export class ShardedParams implements ParamStore {
       this.device.waitEvent(0n, this.#commMark);
       this.#gradBusy.fill(false);
     }
-    if (!this.grads) {
-      // The host shard is complete once every download has landed and been added.
-      if (this.#async) this.device.syncStream(this.#stream);
-      this.#addLanded();
-      await this.#hostUnitSquares();
-    }
-  }
-
-  /**
-   * Offloaded gradients: each unit's squared norm over this rank's host shard, summed over the
-   * ranks (a unit no rank received this step has a zero gradient).
-   */
-  async #hostUnitSquares(): Promise<void> {
-    const host = this.#host!, cpu = host.cpu, units = this.layout.units;
-    const grads = host.f32("grads");
-    units.forEach((u, i) => {
-      if (!this.#arrived[i]) {
-        grads.fill(0, this.shardOffset[i], this.shardOffset[i] + u.size / this.W);
-      }
-    });
-    const sums = cpu.alloc(units.length * 4);
-    try {
-      cpu.memset(sums.ptr, 0, units.length * 4);
-      units.forEach((u, i) =>
-        op.sumSquares(cpu, sums.at(i * 4), host.ptr("grads", this.shardOffset[i]), u.size / this.W)
-      );
-      const local = cpu.download(new Float32Array(units.length), sums.ptr);
-      this.device.upload(this.#scalar.ptr, local);
-    } finally {
-      sums.free();
-    }
-    await this.comm.allReduceSum(this.#scalar.ptr, units.length, "f32");
-    this.#unitSquares = Float64Array.from(
-      this.device.download(new Float32Array(units.length), this.#scalar.ptr),
-    );
+    await this.#hostGrads?.finish(this.comm, this.#scalar);
   }
 
   zeroGrads(): void {
     if (this.grads) this.device.memset(this.grads.ptr, 0, this.grads.bytes);
-    // Offloaded: each unit's first arrival of the step overwrites its host shard.
-    this.#arrived.fill(false);
-    this.#unitSquares = null;
-  }
-
-  #squaresAfterFinish(): Float64Array {
-    if (!this.#unitSquares) throw new Error("internal: gradient norms before finishGrads");
-    return this.#unitSquares;
+    this.#hostGrads?.zero();
   }
 
   async gradNorm(): Promise<number> {
-    if (!this.grads) return Math.sqrt(this.#squaresAfterFinish().reduce((a, b) => a + b, 0));
+    if (!this.grads) return Math.sqrt(this.#hostGrads!.unitSquares.reduce((a, b) => a + b, 0));
     const d = this.device;
     d.memset(this.#scalar.ptr, 0, 4);
     op.sumSquares(d, this.#scalar.ptr, this.grads.ptr, this.shardSize);
@@ -479,7 +381,7 @@ export class ShardedParams implements ParamStore {
   }
 
   async unitGradNorms(): Promise<number[]> {
-    if (!this.grads) return Array.from(this.#squaresAfterFinish(), Math.sqrt);
+    if (!this.grads) return Array.from(this.#hostGrads!.unitSquares, Math.sqrt);
     const d = this.device, units = this.layout.units;
     d.memset(this.#scalar.ptr, 0, units.length * 4);
     units.forEach((u, i) =>
@@ -501,7 +403,7 @@ export class ShardedParams implements ParamStore {
   adamwStep(args: op.AdamWArgs): void {
     const host = this.#host;
     if (host) {
-      this.#assertSettled();
+      this.#updates.assertSettled();
       // Offloaded gradients are on the host already (finishGrads); else they come down now.
       if (this.grads) this.device.download(host.f32("grads"), this.grads.ptr); // waits for the device
       this.#updateOnHost(host, args);
@@ -533,45 +435,24 @@ export class ShardedParams implements ParamStore {
    * ones. The arithmetic is the same as the synchronous update's, entry by entry.
    */
   #updateOnHost(host: HostState, args: op.AdamWArgs): void {
-    let previous: Promise<void> = Promise.resolve();
-    this.layout.units.forEach((unit, u) => {
-      const update = previous.then(async () => {
-        for (const p of this.#pieces[u]) await host.adamwAsync(p.at, p.n, decayed(args, p.decay));
-        const at = this.shardOffset[u], count = unit.size / this.W;
-        // On the collective stream, ahead of the gather that reads it.
-        this.device.upload(
-          this.#copy!.at(at),
-          host.computeView().subarray(at, at + count),
-          this.#stream,
-        );
-      });
-      this.#inFlight++;
-      const landed = () => {
-        this.#inFlight--;
-      };
-      update.then(landed, landed); // a failure surfaces where the unit is awaited
-      this.#updates[u] = update;
-      previous = update;
+    this.#updates.start(async (u) => {
+      for (const p of this.#pieces[u]) await host.adamwAsync(p.at, p.n, decayed(args, p.decay));
+      const at = this.shardOffset[u], count = this.layout.units[u].size / this.W;
+      // On the collective stream, ahead of the gather that reads it.
+      this.device.upload(
+        this.#copy!.at(at),
+        host.computeView().subarray(at, at + count),
+        this.#stream,
+      );
     });
   }
 
-  #assertSettled(): void {
-    if (this.#inFlight > 0) {
-      throw new Error("internal: the offloaded optimizer's last update has not landed yet");
-    }
-  }
-
-  async settle(): Promise<void> {
-    const pending = this.#updates.filter((p) => p !== null);
-    this.#updates.fill(null);
-    // Every thread has finished with the host buffers once all have settled, failed or not.
-    const results = await Promise.allSettled(pending);
-    const failed = results.find((r) => r.status === "rejected");
-    if (failed) throw (failed as PromiseRejectedResult).reason;
+  settle(): Promise<void> {
+    return this.#updates.settle();
   }
 
   setParam(name: string, values: Float32Array): void {
-    this.#assertSettled();
+    this.#updates.assertSettled();
     const e = this.layout.get(name);
     checkSize(e, values);
     const own = this.#owned(e);
@@ -586,7 +467,7 @@ export class ShardedParams implements ParamStore {
   }
 
   initNormal(name: string, seed: bigint, mean: number, std: number): void {
-    this.#assertSettled();
+    this.#updates.assertSettled();
     const e = this.layout.get(name);
     const own = this.#owned(e);
     if (own) {
@@ -622,7 +503,7 @@ export class ShardedParams implements ParamStore {
 
   syncWeights(): void {
     if (this.#host) {
-      this.#assertSettled();
+      this.#updates.assertSettled();
       this.#host.refreshCopy();
       this.device.upload(this.#copy!.ptr, this.#host.computeView());
       // From pinned memory the copy is asynchronous: the host copy must not change under it.

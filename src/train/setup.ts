@@ -1,64 +1,37 @@
 /**
- * From resolved options to a ready run, and back: `setupRun` checks the options, reads the data,
- * joins the ranks, builds the parallel layout, the sequence attention and the model with its
- * parameter store, checks that the run fits in memory, takes the output folder and loads the
- * weights, optimizer and history to resume from; `teardownRun` gives all of it back. The training
- * loop (trainer.ts) and one optimizer step (step.ts) read the `Run` it returns.
+ * From resolved options to a ready run, and back: `setupRun` composes the device-free checks
+ * (check_run.ts), the training data (training_data.ts) and the device, ranks and model
+ * (build_model.ts), then takes the output folder and loads the weights, optimizer and history to
+ * resume from; `teardownRun` gives all of it back. The training loop (trainer.ts) and one
+ * optimizer step (step.ts) read the `Run` it returns.
  */
-import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { ByteTokenizer, loadTokenizer, openDataset, type Tokenizer } from "../data/mod.ts";
+import type { Tokenizer } from "../data/mod.ts";
 import type { Dataset } from "../data/mod.ts";
-import { openBackend } from "../runtime/info.ts";
-import { formatBytes } from "../runtime/memory.ts";
-import { DType } from "../runtime/ops.ts";
 import type { Device, DeviceBuffer } from "../runtime/device.ts";
-import { LlamaModel } from "../model/llama.ts";
-import {
-  initRandom,
-  loadOptimizer,
-  loadWeights,
-  type ModelSource,
-  resolveModel,
-} from "../model/hf.ts";
-import { warmupStepsFor } from "./lr.ts";
-import { reportsToTensorBoard, type TrainOptions } from "./options.ts";
-import { tokenizingProgress } from "./progress.ts";
+import type { LlamaModel } from "../model/llama.ts";
+import { initRandom, loadOptimizer, loadWeights, type ModelSource } from "../model/hf.ts";
+import type { TrainOptions } from "./options.ts";
+import { reportsToTensorBoard } from "./resolve_options.ts";
 import type { StepMetrics } from "./metrics.ts";
-import {
-  formatPlan,
-  hostAvailableBytes,
-  modelOptions,
-  nodeHostBytes,
-  WORKSPACE_ALLOWANCE_BYTES,
-} from "./plan.ts";
-import { initDistributed } from "../comm/env.ts";
-import { type DocumentSplit, documentSplit, ParallelLayout } from "../parallel/layout.ts";
+import { type DocumentSplit, documentSplit, type ParallelLayout } from "../parallel/layout.ts";
+import type { SequenceAttention } from "../parallel/sequence_attention.ts";
+import type { Communicator } from "../comm/comm.ts";
+import { openBackend } from "../runtime/info.ts";
 import { allReduceNumber } from "./ranks.ts";
-import { type EvalMetrics, splitEvalData } from "./eval.ts";
+import type { EvalMetrics } from "./eval.ts";
 import { RunReport } from "./report.ts";
 import { logHistory, saveTrainingArgs, upgradeLogHistory } from "./state.ts";
-import {
-  buildSequenceAttention,
-  checkHeadGroups,
-  type SequenceAttention,
-} from "../parallel/sequence_attention.ts";
-import type { Communicator } from "../comm/comm.ts";
-import { SelfComm } from "../comm/self_comm.ts";
-import { selectAttentionKernel } from "../runtime/attention_kernel.ts";
 import {
   optimizerFileName,
   readTrainerState,
   recoverInterruptedSaves,
   writeTextSynced,
 } from "./checkpoint.ts";
-import {
-  checkOutputDir,
-  claimOutputDir,
-  type OutputDirPlan,
-  type OutputLock,
-  outputRunId,
-} from "./output_dir.ts";
+import { claimOutputDir, type OutputLock, outputRunId } from "./output_dir.ts";
+import { checkRun } from "./check_run.ts";
+import { openTrainingData } from "./training_data.ts";
+import { buildModel } from "./build_model.ts";
 
 /** What a run holds that `teardownRun` gives back. */
 export interface RunResources {
@@ -125,34 +98,6 @@ export interface Run extends RunResources {
   evals: EvalMetrics[];
   /** DISTFLASH_DEBUG_GRADS=1: log per-unit gradient norms each step, to diagnose divergence. */
   debugGrads: boolean;
-}
-
-/**
- * The checks of a run of `worldSize` ranks that need no device and read no data: the
- * sequence-parallel split, the model, the head groups, the data path, the output folder (see
- * output_dir.ts). The launcher calls it before starting any rank; every rank calls it again.
- */
-export async function checkRun(o: TrainOptions, worldSize: number, rank = 0): Promise<{
-  parallel: ParallelLayout;
-  source: ModelSource;
-  outputPlan: OutputDirPlan;
-}> {
-  const parallel = new ParallelLayout(worldSize, rank, o);
-  parallel.checkLength(o.modelMaxLength);
-  const source = await resolveModel(o.model);
-  checkHeadGroups(source.config, o.attentionHeadGroups);
-  documentSplit(o.attentionMask, source.config.bosTokenId);
-  if (o.dataPath && !existsSync(o.dataPath)) {
-    throw new Error(`--data-path ${o.dataPath}: no such file or folder`);
-  }
-  // Not the model's folder, not in use, not another run's; the checkpoint to resume.
-  const outputPlan = checkOutputDir({
-    outputDir: o.outputDir,
-    modelDir: source.dir,
-    resumeFromCheckpoint: o.resumeFromCheckpoint,
-    overwriteOutputDir: o.overwriteOutputDir,
-  });
-  return { parallel, source, outputPlan };
 }
 
 /**
@@ -311,173 +256,6 @@ export async function setupRun(
     });
     throw error;
   }
-}
-
-/** The training and evaluation data of a run, and the step counts they give. */
-interface TrainingData {
-  tokenizer: Tokenizer | undefined;
-  dataset: Dataset;
-  evaluation: Dataset | null;
-  windowsPerStep: number;
-  stepsPerEpoch: number;
-  totalSteps: number;
-  warmupSteps: number;
-}
-
-/**
- * The tokenizer (text data only), the training data and the evaluation data, checked against the
- * model's vocabulary, and the run's step counts (at least one step per epoch).
- */
-async function openTrainingData(
-  o: TrainOptions,
-  source: ModelSource,
-  parallel: ParallelLayout,
-  log: (line: string) => void,
-): Promise<TrainingData> {
-  const cfg = source.config, L = o.modelMaxLength, dp = parallel.dp;
-  let tokenizer: Tokenizer | undefined;
-  if (!o.synthetic && !o.dataPath!.endsWith(".npy")) {
-    const hasTokenizer = source.dir && existsSync(join(source.dir, "tokenizer.json"));
-    tokenizer = hasTokenizer ? await loadTokenizer(source.dir!) : new ByteTokenizer();
-    if (tokenizer.vocabSize > cfg.vocabSize) {
-      throw new Error(
-        `the tokenizer (${tokenizer.name}) has ${tokenizer.vocabSize} tokens but the model's ` +
-          `vocabulary has ${cfg.vocabSize}; choose a model with a larger vocabulary`,
-      );
-    }
-  }
-  const allData: Dataset = await openDataset({
-    dataPath: o.dataPath,
-    synthetic: o.synthetic,
-    tokenizer,
-    vocabSize: cfg.vocabSize,
-    seqLen: L,
-    textField: o.textField,
-    seed: o.seed,
-    onProgress: tokenizingProgress(log),
-  });
-  if (allData.stats.maxTokenId >= cfg.vocabSize) {
-    throw new Error(
-      `--data-path: token id ${allData.stats.maxTokenId} is outside the model's vocabulary (${cfg.vocabSize})`,
-    );
-  }
-  const { training: dataset, evaluation } = await splitEvalData(o, allData, tokenizer, log);
-  if (evaluation && evaluation.stats.maxTokenId >= cfg.vocabSize) {
-    throw new Error(
-      `--eval-data-path: token id ${evaluation.stats.maxTokenId} is outside the model's vocabulary`,
-    );
-  }
-  const B = o.perDeviceTrainBatchSize, accum = o.gradientAccumulationSteps;
-  const windowsPerStep = B * accum;
-  // Each data-parallel group reads its own windows; the sp ranks of a group share them.
-  const stepsPerEpoch = Math.floor(Math.floor(dataset.numWindows / dp) / windowsPerStep);
-  if (stepsPerEpoch < 1) {
-    throw new Error(
-      `--data-path holds ${dataset.numWindows} sequences of ${L + 1} tokens, fewer than one step ` +
-        `needs (${windowsPerStep} = batch ${B} x accumulation ${accum})`,
-    );
-  }
-  const totalSteps = o.maxSteps > 0 ? o.maxSteps : Math.ceil(o.numTrainEpochs * stepsPerEpoch);
-  const warmup = warmupStepsFor(totalSteps, o.warmupSteps, o.warmupRatio);
-  return {
-    tokenizer,
-    dataset,
-    evaluation,
-    windowsPerStep,
-    stepsPerEpoch,
-    totalSteps,
-    warmupSteps: warmup,
-  };
-}
-
-/**
- * Opens the device, joins the ranks (sp subgroup, sequence attention), builds the model with the
- * parameter store the layout chooses, and allocates them once the memory check passed.
- */
-async function buildModel(
-  o: TrainOptions,
-  worldSize: number,
-  parallel: ParallelLayout,
-  source: ModelSource,
-  data: TrainingData,
-  log: (line: string) => void,
-): Promise<{
-  device: Device;
-  world: Communicator | null;
-  attention: SequenceAttention | undefined;
-  model: LlamaModel;
-  memory: { freeBefore: number; planned: number };
-}> {
-  const cfg = source.config, L = o.modelMaxLength, sp = parallel.sp;
-  const B = o.perDeviceTrainBatchSize, accum = o.gradientAccumulationSteps;
-  const { dataset, totalSteps, stepsPerEpoch } = data;
-  // The device, the ranks and the memory plan.
-  const device = openBackend(o.device);
-  const attentionKernelLine = selectAttentionKernel(device, o.attentionKernel);
-  const dtype = o.bf16 ? DType.bf16 : DType.f32;
-  let world: Communicator | null = null, attention: SequenceAttention | undefined;
-  const S = parallel.tokensPerRank(L); // tokens of a sequence on this rank
-  if (worldSize > 1) {
-    const ctx = await initDistributed({ backend: device.backend, device });
-    world = ctx.world;
-    // DistAttn gets a communicator of its own even when sp spans the world: its exchanges run on
-    // its communication stream, concurrently with the parameter store's collectives over `world`
-    // (on the store's stream); one communicator serves one stream at a time here.
-    const spComm = await world.subgroup(parallel.spGroup());
-    if (sp > 1) {
-      // Allocated after the memory check below.
-      attention = buildSequenceAttention(device, cfg, S, dtype, spComm, {
-        layout: o.distattnLayout,
-        balanced: o.distattnBalanced,
-        overlap: o.distattnOverlap,
-        headGroups: o.attentionHeadGroups,
-      });
-    }
-    const how = o.distattnLayout === "zigzag"
-      ? "zigzag ring"
-      : `DistAttn ${o.distattnBalanced ? "balanced" : "unbalanced"}, ${
-        o.distattnOverlap ? "overlapped" : "not overlapped"
-      }`;
-    log(
-      `ranks: ${parallel.describe()}; ${how}; ${S} tokens per rank`,
-    );
-  }
-  // The model makes no communicators: on one device, offloading shards over a world of one.
-  const paramComm = world ?? (o.offloadOptimizer ? new SelfComm(device) : null);
-  const params = parallel.paramStore(paramComm, o.offloadOptimizer);
-  const model = new LlamaModel(device, cfg, modelOptions(o, S, params), attention);
-  const props = device.props(0);
-  log(
-    `distflash train: ${source.name} (${(model.layout.count / 1e6).toFixed(1)}M parameters) on ` +
-      `${device.backend} (${props.name}), ${
-        o.bf16 ? "bf16" : "fp32"
-      }, ${B}x${L} tokens x ${accum} ` +
-      `accumulation, ${totalSteps} steps (${stepsPerEpoch} per epoch), ${dataset.describe()}`,
-  );
-  log(attentionKernelLine);
-  const totals = model.plan.totals();
-  if (attention) totals.push(...attention.plan.totals());
-  log(
-    `memory plan: ${totals.map((t) => `${t.kind} ${formatBytes(t.bytes)}`).join(", ")}; total ` +
-      formatBytes(totals.reduce((a, t) => a + t.bytes, 0)),
-  );
-  const free = device.memInfo().free;
-  // The same allowance for library workspaces (NCCL, cuBLASLt) as the plan: without it a run the
-  // plan rejects got past this check and ran out of memory in its first collective.
-  const planned = model.plan.totalBytes + (attention?.plan.totalBytes ?? 0);
-  const needed = planned + (device.backend === "cuda" ? WORKSPACE_ALLOWANCE_BYTES : 0);
-  const hostNeeded = nodeHostBytes(model.hostBytes, planned, o, device.backend);
-  const hostFree = hostAvailableBytes();
-  if (needed > free || hostNeeded > hostFree) {
-    // The planner's report names the options that would make the run fit.
-    const host = { bytes: hostFree, source: "available on this host" };
-    const { text } = formatPlan(cfg, o, worldSize, free, "free on this device", host);
-    const where = needed > free ? "this device's memory" : "this host's memory";
-    throw new Error(`the run does not fit in ${where}\n${text}`);
-  }
-  attention?.allocate();
-  model.allocate();
-  return { device, world, attention, model, memory: { freeBefore: free, planned } };
 }
 
 /** After a failure on this rank: tells the other ranks at once instead of leaving them to time out. */

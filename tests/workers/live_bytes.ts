@@ -3,7 +3,7 @@
  * allocated: the library's own count of live allocations, in a process of its own (test files run
  * in parallel threads of one process share the library, and its count).
  */
-import { presetConfig } from "../../src/model/config.ts";
+import { presetConfig } from "../../src/model/presets.ts";
 import { LlamaModel } from "../../src/model/llama.ts";
 import { Device } from "../../src/runtime/device.ts";
 import { DType } from "../../src/runtime/ops.ts";

@@ -1,0 +1,116 @@
+/**
+ * The device side of a run: opens the device, joins the ranks (the sp subgroup and the sequence
+ * attention), builds the model with the parameter store the parallel layout chooses, and
+ * allocates them once the run is known to fit in device and host memory.
+ */
+import { openBackend } from "../runtime/info.ts";
+import { formatBytes } from "../runtime/memory.ts";
+import { DType } from "../runtime/ops.ts";
+import type { Device } from "../runtime/device.ts";
+import { LlamaModel } from "../model/llama.ts";
+import type { ModelSource } from "../model/hf.ts";
+import type { TrainOptions } from "./options.ts";
+import {
+  formatPlan,
+  hostAvailableBytes,
+  modelOptions,
+  nodeHostBytes,
+  WORKSPACE_ALLOWANCE_BYTES,
+} from "./plan.ts";
+import { initDistributed } from "../comm/env.ts";
+import type { ParallelLayout } from "../parallel/layout.ts";
+import { buildSequenceAttention, type SequenceAttention } from "../parallel/sequence_attention.ts";
+import type { Communicator } from "../comm/comm.ts";
+import { SelfComm } from "../comm/self_comm.ts";
+import { selectAttentionKernel } from "../runtime/attention_kernel.ts";
+import type { TrainingData } from "./training_data.ts";
+
+/**
+ * Opens the device, joins the ranks (sp subgroup, sequence attention), builds the model with the
+ * parameter store the layout chooses, and allocates them once the memory check passed.
+ */
+export async function buildModel(
+  o: TrainOptions,
+  worldSize: number,
+  parallel: ParallelLayout,
+  source: ModelSource,
+  data: TrainingData,
+  log: (line: string) => void,
+): Promise<{
+  device: Device;
+  world: Communicator | null;
+  attention: SequenceAttention | undefined;
+  model: LlamaModel;
+  memory: { freeBefore: number; planned: number };
+}> {
+  const cfg = source.config, L = o.modelMaxLength, sp = parallel.sp;
+  const B = o.perDeviceTrainBatchSize, accum = o.gradientAccumulationSteps;
+  const { dataset, totalSteps, stepsPerEpoch } = data;
+  // The device, the ranks and the memory plan.
+  const device = openBackend(o.device);
+  const attentionKernelLine = selectAttentionKernel(device, o.attentionKernel);
+  const dtype = o.bf16 ? DType.bf16 : DType.f32;
+  let world: Communicator | null = null, attention: SequenceAttention | undefined;
+  const S = parallel.tokensPerRank(L); // tokens of a sequence on this rank
+  if (worldSize > 1) {
+    const ctx = await initDistributed({ backend: device.backend, device });
+    world = ctx.world;
+    // DistAttn gets a communicator of its own even when sp spans the world: its exchanges run on
+    // its communication stream, concurrently with the parameter store's collectives over `world`
+    // (on the store's stream); one communicator serves one stream at a time here.
+    const spComm = await world.subgroup(parallel.spGroup());
+    if (sp > 1) {
+      // Allocated after the memory check below.
+      attention = buildSequenceAttention(device, cfg, S, dtype, spComm, {
+        layout: o.distattnLayout,
+        balanced: o.distattnBalanced,
+        overlap: o.distattnOverlap,
+        headGroups: o.attentionHeadGroups,
+      });
+    }
+    const how = o.distattnLayout === "zigzag"
+      ? "zigzag ring"
+      : `DistAttn ${o.distattnBalanced ? "balanced" : "unbalanced"}, ${
+        o.distattnOverlap ? "overlapped" : "not overlapped"
+      }`;
+    log(
+      `ranks: ${parallel.describe()}; ${how}; ${S} tokens per rank`,
+    );
+  }
+  // The model makes no communicators: on one device, offloading shards over a world of one.
+  const paramComm = world ?? (o.offloadOptimizer ? new SelfComm(device) : null);
+  const params = parallel.paramStore(paramComm, o.offloadOptimizer);
+  const model = new LlamaModel(device, cfg, modelOptions(o, S, params), attention);
+  const props = device.props(0);
+  log(
+    `distflash train: ${source.name} (${(model.layout.count / 1e6).toFixed(1)}M parameters) on ` +
+      `${device.backend} (${props.name}), ${
+        o.bf16 ? "bf16" : "fp32"
+      }, ${B}x${L} tokens x ${accum} ` +
+      `accumulation, ${totalSteps} steps (${stepsPerEpoch} per epoch), ${dataset.describe()}`,
+  );
+  log(attentionKernelLine);
+  const totals = model.plan.totals();
+  if (attention) totals.push(...attention.plan.totals());
+  log(
+    `memory plan: ${totals.map((t) => `${t.kind} ${formatBytes(t.bytes)}`).join(", ")}; total ` +
+      formatBytes(totals.reduce((a, t) => a + t.bytes, 0)),
+  );
+  const free = device.memInfo().free;
+  // The same allowance for library workspaces (NCCL, cuBLASLt) as the plan: without it a run the
+  // plan rejects got past this check and ran out of memory in its first collective.
+  const planned = model.plan.totalBytes + (attention?.plan.totalBytes ?? 0);
+  const needed = planned + (device.backend === "cuda" ? WORKSPACE_ALLOWANCE_BYTES : 0);
+  const hostNeeded = nodeHostBytes(model.hostBytes, planned, o, device.backend);
+  const hostFree = hostAvailableBytes();
+  if (needed > free || hostNeeded > hostFree) {
+    // The planner's report names the options that would make the run fit.
+    const host = { bytes: hostFree, source: "available on this host" };
+    const { text } = formatPlan(cfg, o, worldSize, free, "free on this device", host);
+    const where = needed > free ? "this device's memory" : "this host's memory";
+    throw new Error(`the run does not fit in ${where}\n${text}`);
+  }
+  attention?.allocate();
+  model.allocate();
+  return { device, world, attention, model, memory: { freeBefore: free, planned } };
+}
