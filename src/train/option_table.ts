@@ -26,7 +26,11 @@ interface Spec {
 /** One row per TrainOptions key: what the CLI registers and what resolution checks. */
 export const TRAIN_SPECS: readonly Spec[] = [
   { key: "model", kind: "string", help: "preset name or Hugging Face model folder" },
-  { key: "dataPath", kind: "string", help: "JSONL/JSON, Parquet or .npy token file(s)" },
+  {
+    key: "dataPath",
+    kind: "string",
+    help: "JSONL/JSON, Parquet, .npy token or .pkl file(s), or a folder of them",
+  },
   { key: "synthetic", kind: "bool", help: "train on random tokens (throughput runs)" },
   { key: "textField", kind: "string", help: "text field of JSON/Parquet records" },
   { key: "outputDir", kind: "string", help: "where checkpoints and metrics.jsonl go" },
