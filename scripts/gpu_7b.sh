@@ -4,7 +4,9 @@
 # gradient accumulation) gives the one-GPU loss curve, `bench train` for Llama-2-7B at 32K beside
 # the HF + FSDP2 + context-parallel baseline (contiguous DistAttn, then the zigzag ring), and with
 # OFFLOAD=1 a 64K step with the optimizer offloaded (the planner's figure against the measurement).
-# Logs under $OUT (one combined all.log); a short table last.
+# Logs under $OUT (one combined all.log); a short table last. Step limits sum to 750 s (950 s with
+# OFFLOAD=1; T7B changes the two bench limits): more than one 10-minute call if every step ran to
+# its limit.
 source "$(dirname "$0")/gpu_lib.sh"
 SHOW_LINES=12
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$OUT/all.log"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One GPU call: info, the CUDA backend tests, a transformers check of a distflash checkpoint, and a
 # 200-step training run. Logs under $OUT; a short table last. Run from the repository root on the
-# GPU host after carrying lib/, node_modules/ and .gpu/ (see README "GPU runs").
+# GPU host after carrying lib/, node_modules/ and .gpu/ (see README, "Commands for developers").
+# Step limits sum to 1000 s (460 s with SKIP_TRAIN=1): more than one 10-minute call if every step
+# ran to its limit.
 source "$(dirname "$0")/gpu_lib.sh"
 SHOW_LINES=5
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The 2-GPU call: NCCL collectives, DistAttn error vs P, P=2 vs P=1 training, bench attn beside
-# PyTorch context parallel, bench train. Logs under $OUT; a short table last.
+# PyTorch context parallel, bench train. Logs under $OUT; a short table last. Step limits sum to
+# 1380 s (ONLY_FIX=1 skips four steps: 780 s): more than one 10-minute call if every step ran to its
+# limit.
 source "$(dirname "$0")/gpu_lib.sh"
 SHOW_LINES=12
 nvidia-smi topo -m > "$OUT/topo.txt" 2>&1

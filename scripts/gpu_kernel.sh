@@ -4,11 +4,12 @@
 # with each alone (bf16 kernels against the fp32 kernel: head dims 64 and 128, offsets, ragged
 # lengths, GQA; a failure names out/lse or dq/dk/dv), then the variant sweep (each variant checked
 # against the fp32 kernel at S = 2048, then timed), then the main table with FWD (default 5) and BWD
-# (default 4) beside PyTorch SDPA (flash, cuDNN) in the same call. About 6 minutes.
+# (default 4) beside PyTorch SDPA (flash, cuDNN) in the same call. About 6 minutes (step limits:
+# 840 s).
 # Phase `dist` (first argument; two GPUs, once the kernels pass): with FWD and BWD set, the attention,
 # DistAttn and zigzag tests on CUDA, then `bench attn` over 2 GPUs beside PyTorch context parallel
 # (with each row's share of one GPU) and `bench train` for Llama-2-7B at 32K beside HF + FSDP2 + CP;
-# the benchmarks run only if the tests pass. About 8 minutes.
+# the benchmarks run only if the tests pass. About 8 minutes (step limits: 660 s).
 source "$(dirname "$0")/gpu_lib.sh"
 SHOW='passed|FAILED|rror|sweep|distflash|sdpa|tokens/s|TFLOP|share'
 SHOW_LINES=12

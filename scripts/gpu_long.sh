@@ -3,6 +3,7 @@
 # steps each): 64K without offload (--checkpoint-boundary layer: the plan's hint) beside the HF +
 # FSDP2 + context-parallel baseline at 64K, then 64K with --offload-optimizer (pinned host memory),
 # then a 1-GPU sanity run (debug-small, 200 steps). Logs under $OUT/all.log; a short table last.
+# Step limits sum to 640 s: slightly more than one 10-minute call if every step ran to its limit.
 source "$(dirname "$0")/gpu_lib.sh"
 SHOW='memory|step [0-9]+/|tokens|MFU|rc=|rror'
 L=${LONG:-65536}

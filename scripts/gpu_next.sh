@@ -4,7 +4,8 @@
 #    against P=2 no_shard and P=1, bf16, 30 steps;
 # 2. bench attn over 2 GPUs (the store-barrier deadlock fixed) beside PyTorch context parallel;
 # 3. the NCCL communicator tests; 4. the CUDA test suite; 5. a Llama-2-7B step, full_shard.
-# Phases (first argument): diverge (1 and 4), bench (2, 3, 5), or all. Logs under $OUT; a short table last.
+# Phases (first argument): diverge (1 and 4), bench (2, 3, 5), or all. Logs under $OUT; a short
+# table last. Step limits: diverge 690 s, bench 500 s (all: 1190 s, more than one 10-minute call).
 source "$(dirname "$0")/gpu_lib.sh"
 PHASE=${1:-all}
 T="train --model debug-small --data-path examples/corpus/tiny.jsonl --max-steps 30 --per-device-train-batch-size 4 --model-max-length 512 --learning-rate 2e-3 --warmup-steps 3 --logging-steps 1 --bf16 --device cuda --save-strategy no"

@@ -17,7 +17,8 @@
 # The 7B runs use lr 1e-5 without warmup: at 1e-4 AdamW's first sign-like steps raise the loss of a
 # randomly initialised 7B model (11.5 -> 12.5 -> 16.5 at 128K).
 # If a loss differs, rerun that step with DISTFLASH_SERIALIZE_STREAMS=1: a difference that goes away
-# is a missing stream dependency. Logs under $OUT/all.log; a short table last.
+# is a missing stream dependency. Logs under $OUT/all.log; a short table last. Step limits: checks
+# 570 s, compare64 600 s, compare128 560 s, long256 720 s.
 source "$(dirname "$0")/gpu_lib.sh"
 SHOW='memory|step [0-9]+/|rror|FAILED|passed'
 SHOW_LINES=6
