@@ -18,7 +18,8 @@
  *   `graceMs`; the launcher reports "rank R failed (exit code X)" or "(signal S)" with the last
  *   lines of that rank's log and returns non-zero. When several ranks fail, the one reported is
  *   one that did not exit with COMM_FAILURE_EXIT_CODE (a rank that only saw a peer die), if any.
- * - Port: with no `masterPort` the launcher chooses a free one (`choosePort`), but it is free only
+ * - Port: with no `masterPort` or 0 (`train --master-port 0`; the CLI's default is 29500, as
+ *   torchrun's) the launcher chooses a free one (`choosePort`), but it is free only
  *   until rank 0 listens on it; when another process took it meanwhile, a rank exits with
  *   MASTER_PORT_TAKEN_EXIT_CODE (rank 0 cannot listen, or a rank reached the other process's store
  *   and was refused) and the launcher stops this node's ranks and starts them all again on a new
