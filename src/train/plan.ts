@@ -214,7 +214,13 @@ export function formatPlan(
   const e = estimateMemory(cfg, o, world);
   const lines = [
     `memory per GPU for ${o.model}, ${o.perDeviceTrainBatchSize} x ${o.modelMaxLength} tokens, ` +
-    `${world} rank(s) (sp ${e.sp}), ${e.fullShard ? "full_shard" : "no_shard"}, ` +
+    `${world} rank(s) (sp ${e.sp}), ${
+      e.fullShard
+        ? "full_shard"
+        : o.offloadOptimizer
+        ? "sharded over this rank (offload)"
+        : "no_shard"
+    }, ` +
     `${o.bf16 ? "bf16" : "fp32"}:`,
   ];
   for (const k of e.kinds) {
