@@ -215,7 +215,7 @@ Deno.test("train reference: one rank reproduces the reference's losses, grad nor
   }
 });
 
-Deno.test("train reference: P CPU ranks (zigzag full_shard; contiguous, offloaded optimizer) reproduce the reference", async () => {
+Deno.test("train reference: P CPU ranks (zigzag full_shard; contiguous, offloaded optimizer; offloaded gradients) reproduce the reference", async () => {
   const ref = await reference(), dir = await modelDir();
   const initial = await initialWeights(dir);
   const root = await Deno.makeTempDir();
@@ -227,6 +227,13 @@ Deno.test("train reference: P CPU ranks (zigzag full_shard; contiguous, offloade
         "--distattn-layout",
         "contiguous",
         "--offload-optimizer",
+      ]],
+      // Gradients in host memory too: the second micro-batch's shard is added on the host.
+      ["zigzag sp=2, offloaded optimizer and gradients", 2, [
+        "--distattn-layout",
+        "zigzag",
+        "--offload-optimizer",
+        "--offload-gradients",
       ]],
     ];
     for (const [what, world, extra] of runs) {
