@@ -86,7 +86,7 @@ function assertCanonicalComplete(out: string, what: string): void {
 
 /** Waits until `out` holds a complete checkpoint. */
 async function waitForCheckpoint(out: string): Promise<void> {
-  for (let i = 0; i < 400; i++) {
+  for (let i = 0; i < 2400; i++) { // up to 60 s: a loaded machine starts slowly
     await sleep(25);
     try {
       if ([...Deno.readDirSync(out)].some((e) => /^checkpoint-\d+$/.test(e.name))) return;
