@@ -4,6 +4,7 @@ import { type AttentionKernel, selectAttentionKernel } from "../src/runtime/atte
 import type { BackendName } from "../ffi/loader.ts";
 import { fileURLToPath } from "node:url";
 import { freePort } from "../src/launch/launcher.ts";
+import { flagName } from "../src/train/option_table.ts";
 import { attentionBackward, attentionForward, DType } from "../src/runtime/ops.ts";
 import type { Attention, SequenceDocuments } from "../src/model/attention.ts";
 
@@ -267,4 +268,14 @@ export async function runCpuRanks(world: number, args: string[]): Promise<void> 
     });
     return;
   }
+}
+
+/**
+ * `train` options as the command line spells them (`{ modelMaxLength: 16 }` -> `--model-max-length
+ * 16`; `true` -> a bare flag), so a test states its run once and uses it in-process and as a CLI.
+ */
+export function trainFlags(options: Record<string, string | number | boolean>): string[] {
+  return Object.entries(options).flatMap(([key, value]) =>
+    value === true ? [flagName(key)] : [flagName(key), String(value)]
+  );
 }

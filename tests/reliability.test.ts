@@ -5,7 +5,7 @@
  * state, and a rendezvous client without the job's secret.
  */
 import { assert, assertEquals, assertLess, assertRejects } from "./assert.ts";
-import { rng } from "./_util.ts";
+import { rng, trainFlags } from "./_util.ts";
 import { train } from "../src/train/trainer.ts";
 import {
   checkpointName,
@@ -38,28 +38,7 @@ const base = {
   // The killed and the resumed runs differ in --max-steps: a constant rate keeps their steps equal.
   lrSchedulerType: "constant",
 };
-const cliArgs = [
-  "train",
-  "--model",
-  "debug-tiny",
-  "--synthetic",
-  "--model-max-length",
-  "16",
-  "--per-device-train-batch-size",
-  "2",
-  "--learning-rate",
-  "1e-2",
-  "--logging-steps",
-  "1",
-  "--save-steps",
-  "1",
-  "--device",
-  "cpu",
-  "--save-final-model",
-  "false",
-  "--lr-scheduler-type",
-  "constant",
-];
+const cliArgs = ["train", ...trainFlags(base)];
 
 interface Metric {
   step: number;

@@ -6,7 +6,7 @@
  * stops within seconds.
  */
 import { assert, assertEquals, assertLess } from "./assert.ts";
-import { runCli } from "./_util.ts";
+import { runCli, trainFlags } from "./_util.ts";
 import { train } from "../src/train/trainer.ts";
 import { lastCheckpoint, scanCheckpoints } from "../src/train/checkpoint.ts";
 import { TEST_FAIL_WRITE_ENV } from "../src/io/safetensors.ts";
@@ -30,14 +30,9 @@ const base = {
   lrSchedulerType: "constant",
 };
 
-/** `base` as command-line flags. */
-// deno-fmt-ignore
-const baseArgs = [
-  "train", "--model", "debug-tiny", "--synthetic", "--model-max-length", "16",
-  "--per-device-train-batch-size", "2", "--learning-rate", "1e-2", "--logging-steps", "1",
-  "--save-steps", "1", "--device", "cpu", "--save-final-model", "false",
-  "--lr-scheduler-type", "constant",
-];
+const baseArgs = ["train", ...trainFlags(base)];
+/** The 2-rank runs: full_shard, 4 steps. */
+const cliArgs = [...baseArgs, "--fsdp", "full_shard", "--max-steps", "4"];
 
 interface Metric {
   step: number;
@@ -100,33 +95,6 @@ Deno.test("save faults, 1 rank: a full disk on any checkpoint file fails cleanly
   }
   await Deno.remove(out, { recursive: true });
 });
-
-const cliArgs = [
-  "train",
-  "--model",
-  "debug-tiny",
-  "--synthetic",
-  "--model-max-length",
-  "16",
-  "--per-device-train-batch-size",
-  "2",
-  "--learning-rate",
-  "1e-2",
-  "--logging-steps",
-  "1",
-  "--save-steps",
-  "1",
-  "--device",
-  "cpu",
-  "--save-final-model",
-  "false",
-  "--lr-scheduler-type",
-  "constant",
-  "--fsdp",
-  "full_shard",
-  "--max-steps",
-  "4",
-];
 
 interface RankResult {
   code: number;
