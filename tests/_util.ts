@@ -1,11 +1,19 @@
 /** Shared test helpers: the backend under test and error norms. */
-import { Device } from "../src/runtime/device.ts";
+import { Device, type DeviceBuffer, type DevicePtr } from "../src/runtime/device.ts";
 import { type AttentionKernel, selectAttentionKernel } from "../src/runtime/attention_kernel.ts";
 import type { BackendName } from "../ffi/loader.ts";
 import { fileURLToPath } from "node:url";
 import { freePort } from "../src/launch/launcher.ts";
 import { flagName } from "../src/train/option_table.ts";
-import { attentionBackward, attentionForward, DType } from "../src/runtime/ops.ts";
+import {
+  attentionBackward,
+  type AttentionDocuments,
+  attentionForward,
+  DType,
+  DTYPE_BYTES,
+} from "../src/runtime/ops.ts";
+import { bf16BitsToF32, f32ToBf16Bits } from "../src/io/dtype.ts";
+import { RUN_FILE } from "../src/train/output_dir.ts";
 import type { Attention, SequenceDocuments } from "../src/model/attention.ts";
 
 /** `deno task test` runs on the CPU backend; `deno task test:gpu` sets DISTFLASH_TEST_BACKEND=cuda. */
@@ -279,3 +287,95 @@ export function trainFlags(options: Record<string, string | number | boolean>): 
     value === true ? [flagName(key)] : [flagName(key), String(value)]
   );
 }
+
+/**
+ * Device buffers of one test, all freed at the end (even when the test fails): uploads in f32 or
+ * bf16 (rounded to nearest even), int32 and int64 document starts, zeros, and reads back.
+ */
+export class DeviceScope {
+  #buffers: DeviceBuffer[] = [];
+
+  constructor(readonly device: Device) {}
+
+  alloc(bytes: number): DeviceBuffer {
+    const b = this.device.alloc(bytes);
+    this.#buffers.push(b);
+    return b;
+  }
+
+  /** Uploads values stored as `dtype` (bf16: rounded to nearest even). */
+  put(values: ArrayLike<number>, dtype: DType = DType.f32): DevicePtr {
+    const b = this.alloc(values.length * DTYPE_BYTES[dtype]);
+    this.set(b.ptr, values, dtype);
+    return b.ptr;
+  }
+
+  i32(values: ArrayLike<number>): DevicePtr {
+    const b = this.alloc(values.length * 4);
+    this.device.upload(b.ptr, Int32Array.from(values));
+    return b.ptr;
+  }
+
+  /** Document starts in device memory, as the attention _docs entries read them. */
+  docs(starts: number[]): AttentionDocuments {
+    const b = this.alloc(starts.length * 8);
+    this.device.upload(b.ptr, BigInt64Array.from(starts, BigInt));
+    return { starts: b.ptr, count: starts.length };
+  }
+
+  zeros(n: number, dtype: DType = DType.f32): DevicePtr {
+    const b = this.alloc(n * DTYPE_BYTES[dtype]);
+    this.device.memset(b.ptr, 0, n * DTYPE_BYTES[dtype]);
+    return b.ptr;
+  }
+
+  /** Overwrites a device tensor with new values. */
+  set(ptr: DevicePtr, values: ArrayLike<number>, dtype: DType = DType.f32): void {
+    this.device.upload(
+      ptr,
+      dtype === DType.bf16 ? Uint16Array.from(values, f32ToBf16Bits) : Float32Array.from(values),
+    );
+  }
+
+  get(ptr: DevicePtr, n: number, dtype: DType = DType.f32): Float32Array {
+    if (dtype === DType.f32) return this.device.download(new Float32Array(n), ptr);
+    return Float32Array.from(this.device.download(new Uint16Array(n), ptr), bf16BitsToF32);
+  }
+
+  free(): void {
+    for (const b of this.#buffers) b.free();
+    this.#buffers = [];
+  }
+}
+
+/** Runs `fn` with a DeviceScope on `device`, freeing its buffers afterwards. */
+export function withDeviceScope(device: Device, fn: (s: DeviceScope) => void): void {
+  const s = new DeviceScope(device);
+  try {
+    fn(s);
+  } finally {
+    s.free();
+  }
+}
+
+/**
+ * A small CPU training run that saves every step (debug-tiny, 16 tokens, constant rate, no final
+ * model): the run the reliability, save-fault and save-recovery tests kill, fail and resume. A
+ * constant rate keeps runs that differ only in --max-steps step for step equal.
+ */
+export const SAVING_RUN = {
+  model: "debug-tiny",
+  synthetic: true,
+  modelMaxLength: 16,
+  perDeviceTrainBatchSize: 2,
+  learningRate: 1e-2,
+  loggingSteps: 1,
+  saveSteps: 1,
+  device: "cpu",
+  saveFinalModel: false,
+  lrSchedulerType: "constant",
+} as const;
+
+/** The run id an output folder's run.json names. */
+export const runIdOf = (dir: string): string =>
+  JSON.parse(Deno.readTextFileSync(`${dir}/${RUN_FILE}`)).run_id;

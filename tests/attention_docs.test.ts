@@ -10,10 +10,17 @@
  * bf16 roundings of the output at 2^-9 each), lse 1e-5 (computed and stored in fp32).
  */
 import { assert, assertEquals, assertLess, assertThrows } from "./assert.ts";
-import { randn, relError, TEST_BACKEND, testDevice } from "./_util.ts";
-import type { DeviceBuffer, DevicePtr } from "../src/runtime/device.ts";
+import {
+  type DeviceScope,
+  randn,
+  relError,
+  TEST_BACKEND,
+  testDevice,
+  withDeviceScope,
+} from "./_util.ts";
+import type { DevicePtr } from "../src/runtime/device.ts";
 import * as ops from "../src/runtime/ops.ts";
-import { DType, DTYPE_BYTES } from "../src/runtime/ops.ts";
+import { DType } from "../src/runtime/ops.ts";
 import { bf16BitsToF32, f32ToBf16Bits } from "../src/io/dtype.ts";
 import { DfStatus, DistflashError } from "../ffi/unwrap.ts";
 
@@ -29,56 +36,7 @@ const SCALE = 1 / Math.sqrt(HD);
 // ---------------------------------------------------------------------------------------------
 // Device scope and data
 
-class Scope {
-  #buffers: DeviceBuffer[] = [];
-
-  #alloc(bytes: number): DevicePtr {
-    const b = d.alloc(bytes);
-    this.#buffers.push(b);
-    return b.ptr;
-  }
-
-  put(values: ArrayLike<number>, dtype: DType = F32): DevicePtr {
-    const ptr = this.#alloc(values.length * DTYPE_BYTES[dtype]);
-    d.upload(
-      ptr,
-      dtype === BF16 ? Uint16Array.from(values, f32ToBf16Bits) : Float32Array.from(values),
-    );
-    return ptr;
-  }
-
-  /** Document starts in device memory, as the _docs entries read them. */
-  docs(starts: number[]): ops.AttentionDocuments {
-    const ptr = this.#alloc(starts.length * 8);
-    d.upload(ptr, BigInt64Array.from(starts, BigInt));
-    return { starts: ptr, count: starts.length };
-  }
-
-  zeros(n: number, dtype: DType = F32): DevicePtr {
-    const ptr = this.#alloc(n * DTYPE_BYTES[dtype]);
-    d.memset(ptr, 0, n * DTYPE_BYTES[dtype]);
-    return ptr;
-  }
-
-  get(ptr: DevicePtr, n: number, dtype: DType = F32): Float32Array {
-    if (dtype === F32) return d.download(new Float32Array(n), ptr);
-    return Float32Array.from(d.download(new Uint16Array(n), ptr), bf16BitsToF32);
-  }
-
-  free(): void {
-    for (const b of this.#buffers) b.free();
-    this.#buffers = [];
-  }
-}
-
-function withScope(fn: (s: Scope) => void): void {
-  const s = new Scope();
-  try {
-    fn(s);
-  } finally {
-    s.free();
-  }
-}
+const withScope = (fn: (s: DeviceScope) => void) => withDeviceScope(d, fn);
 
 function data(n: number, seed: number, dtype: DType): Float32Array {
   const x = randn(n, seed);
@@ -192,7 +150,7 @@ function shapeOf(a: Pair, dtype: DType, docs?: ops.AttentionDocuments): ops.Atte
 
 /** Forward then backward of one block pair (its own out, lse as the final ones). */
 function run(
-  s: Scope,
+  s: DeviceScope,
   a: Pair,
   dtype: DType,
   docs: ops.AttentionDocuments | undefined,

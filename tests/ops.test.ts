@@ -17,7 +17,14 @@
  *    instead (finite differences through a GPU would mostly measure its launch overhead).
  */
 import { assert, assertEquals, assertLess, assertThrows } from "./assert.ts";
-import { randn, relError, TEST_BACKEND, testDevice } from "./_util.ts";
+import {
+  type DeviceScope,
+  randn,
+  relError,
+  TEST_BACKEND,
+  testDevice,
+  withDeviceScope,
+} from "./_util.ts";
 import {
   adamwRef,
   attentionBackwardRef,
@@ -34,7 +41,7 @@ import {
   swigluBackwardRef,
   swigluRef,
 } from "./reference_ops.ts";
-import type { DeviceBuffer, DevicePtr } from "../src/runtime/device.ts";
+import type { DevicePtr } from "../src/runtime/device.ts";
 import * as ops from "../src/runtime/ops.ts";
 import { DType, DTYPE_BYTES } from "../src/runtime/ops.ts";
 import { bf16BitsToF32, f32ToBf16Bits } from "../src/io/dtype.ts";
@@ -82,65 +89,7 @@ function addArrays(a: ArrayLike<number>, b: ArrayLike<number>): Float64Array {
   return Float64Array.from({ length: a.length }, (_, i) => a[i] + b[i]);
 }
 
-/** Device buffers of one test, all freed at the end (even when the test fails). */
-class Scope {
-  #buffers: DeviceBuffer[] = [];
-
-  alloc(bytes: number): DeviceBuffer {
-    const b = d.alloc(bytes);
-    this.#buffers.push(b);
-    return b;
-  }
-
-  /** Uploads values stored as `dtype` (bf16: rounded to nearest even). */
-  put(values: ArrayLike<number>, dtype: DType = F32): DevicePtr {
-    const b = this.alloc(values.length * DTYPE_BYTES[dtype]);
-    d.upload(
-      b.ptr,
-      dtype === BF16 ? Uint16Array.from(values, f32ToBf16Bits) : Float32Array.from(values),
-    );
-    return b.ptr;
-  }
-
-  i32(values: ArrayLike<number>): DevicePtr {
-    const b = this.alloc(values.length * 4);
-    d.upload(b.ptr, Int32Array.from(values));
-    return b.ptr;
-  }
-
-  zeros(n: number, dtype: DType = F32): DevicePtr {
-    const b = this.alloc(n * DTYPE_BYTES[dtype]);
-    d.memset(b.ptr, 0, n * DTYPE_BYTES[dtype]);
-    return b.ptr;
-  }
-
-  /** Overwrites a device tensor with new values. */
-  set(ptr: DevicePtr, values: ArrayLike<number>, dtype: DType = F32): void {
-    d.upload(
-      ptr,
-      dtype === BF16 ? Uint16Array.from(values, f32ToBf16Bits) : Float32Array.from(values),
-    );
-  }
-
-  get(ptr: DevicePtr, n: number, dtype: DType = F32): Float32Array {
-    if (dtype === F32) return d.download(new Float32Array(n), ptr);
-    return Float32Array.from(d.download(new Uint16Array(n), ptr), bf16BitsToF32);
-  }
-
-  free(): void {
-    for (const b of this.#buffers) b.free();
-    this.#buffers = [];
-  }
-}
-
-function withScope(fn: (s: Scope) => void): void {
-  const s = new Scope();
-  try {
-    fn(s);
-  } finally {
-    s.free();
-  }
-}
+const withScope = (fn: (s: DeviceScope) => void) => withDeviceScope(d, fn);
 
 /** Address `elements` elements of `dtype` past `ptr` (a block of a larger tensor). */
 function offset(ptr: DevicePtr, elements: number, dtype: DType = F32): DevicePtr {
@@ -424,7 +373,7 @@ function shape(
 
 /** Runs the forward op on host arrays; returns out (storage type) and lse. */
 function attentionForward(
-  s: Scope,
+  s: DeviceScope,
   q: Float32Array,
   k: Float32Array,
   v: Float32Array,

@@ -5,7 +5,7 @@
  * state, and a rendezvous client without the job's secret.
  */
 import { assert, assertEquals, assertLess, assertRejects } from "./assert.ts";
-import { rng, trainFlags } from "./_util.ts";
+import { rng, runIdOf, SAVING_RUN, trainFlags } from "./_util.ts";
 import { train } from "../src/train/trainer.ts";
 import {
   checkpointName,
@@ -25,19 +25,7 @@ import { fileURLToPath } from "node:url";
 
 const main = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
 const quiet = { log: () => {} };
-const base = {
-  model: "debug-tiny",
-  synthetic: true,
-  modelMaxLength: 16,
-  perDeviceTrainBatchSize: 2,
-  learningRate: 1e-2,
-  loggingSteps: 1,
-  saveSteps: 1,
-  device: "cpu",
-  saveFinalModel: false,
-  // The killed and the resumed runs differ in --max-steps: a constant rate keeps their steps equal.
-  lrSchedulerType: "constant",
-};
+const base = SAVING_RUN;
 const cliArgs = ["train", ...trainFlags(base)];
 
 interface Metric {
@@ -48,7 +36,6 @@ async function metrics(dir: string): Promise<Metric[]> {
   const text = await Deno.readTextFile(join(dir, "metrics.jsonl"));
   return text.trim() === "" ? [] : text.trim().split("\n").map((l) => JSON.parse(l));
 }
-const runIdOf = (dir: string) => JSON.parse(Deno.readTextFileSync(join(dir, RUN_FILE))).run_id;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Every canonically named checkpoint folder is complete: a crash never leaves a half one. */

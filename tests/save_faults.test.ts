@@ -6,29 +6,17 @@
  * stops within seconds.
  */
 import { assert, assertEquals, assertLess } from "./assert.ts";
-import { runCli, trainFlags } from "./_util.ts";
+import { runCli, runIdOf, SAVING_RUN, trainFlags } from "./_util.ts";
 import { train } from "../src/train/trainer.ts";
 import { lastCheckpoint, scanCheckpoints } from "../src/train/checkpoint.ts";
 import { TEST_FAIL_WRITE_ENV } from "../src/io/safetensors.ts";
-import { RUN_FILE } from "../src/train/output_dir.ts";
 import { freePort } from "../src/launch/launcher.ts";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const main = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
 const quiet = { log: () => {} };
-const base = {
-  model: "debug-tiny",
-  synthetic: true,
-  modelMaxLength: 16,
-  perDeviceTrainBatchSize: 2,
-  learningRate: 1e-2,
-  loggingSteps: 1,
-  saveSteps: 1,
-  device: "cpu",
-  saveFinalModel: false,
-  lrSchedulerType: "constant",
-};
+const base = SAVING_RUN;
 
 const baseArgs = ["train", ...trainFlags(base)];
 /** The 2-rank runs: full_shard, 4 steps. */
@@ -40,7 +28,6 @@ interface Metric {
 }
 const metrics = (dir: string): Metric[] =>
   Deno.readTextFileSync(join(dir, "metrics.jsonl")).trim().split("\n").map((l) => JSON.parse(l));
-const runIdOf = (dir: string) => JSON.parse(Deno.readTextFileSync(join(dir, RUN_FILE))).run_id;
 
 /** Keeps checkpoints 1 and 2 of a finished 4-step run: the state of a run saved up to step 2. */
 function rewindToStep2(out: string): void {

@@ -8,25 +8,13 @@
  *   and `checkpoint-3.tmp-<run>`, no `checkpoint-3`), the old one's weights zeroed so that
  *   resuming it would show; and a kill after them, before the old one was deleted.
  */
+import { runIdOf, SAVING_RUN } from "./_util.ts";
 import { assert, assertEquals, assertLess } from "./assert.ts";
 import { train } from "../src/train/trainer.ts";
 import { lastCheckpoint } from "../src/train/checkpoint.ts";
-import { RUN_FILE } from "../src/train/output_dir.ts";
 import { join } from "node:path";
 
-const base = {
-  model: "debug-tiny",
-  synthetic: true,
-  modelMaxLength: 16,
-  perDeviceTrainBatchSize: 2,
-  learningRate: 1e-2,
-  lrSchedulerType: "constant",
-  loggingSteps: 1,
-  saveSteps: 1,
-  device: "cpu",
-  saveFinalModel: false,
-};
-const runIdOf = (dir: string) => JSON.parse(Deno.readTextFileSync(join(dir, RUN_FILE))).run_id;
+const base = SAVING_RUN;
 const losses = (dir: string) =>
   Deno.readTextFileSync(join(dir, "metrics.jsonl")).trim().split("\n").map((l) => JSON.parse(l));
 
