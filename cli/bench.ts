@@ -16,7 +16,11 @@ import { resolveModel } from "../src/model/hf.ts";
 import { paramCount } from "../src/model/config.ts";
 import { modelFlopsUtilisation, trainingFlopsPerToken } from "../src/train/mfu.ts";
 import { normalizeFlags } from "../src/train/option_table.ts";
-import { type AttentionKernel, selectAttentionKernel } from "../src/runtime/attention_kernel.ts";
+import {
+  ATTENTION_KERNEL_HELP,
+  type AttentionKernel,
+  selectAttentionKernel,
+} from "../src/runtime/attention_kernel.ts";
 import { registerTrain } from "./train.ts";
 
 const benchDir = fileURLToPath(new URL("../bench/", import.meta.url));
@@ -134,8 +138,8 @@ export function registerBench(program: Command, argv: string[]): void {
     .option("--device <choice>", "auto, cuda or cpu", "auto")
     .option(
       "--attention-kernel <choice>",
-      "native (default), auto (cuDNN where it loads) or cudnn",
-      "native",
+      ATTENTION_KERNEL_HELP,
+      "auto",
     )
     .option("--output-dir <dir>", "logs and results", "outputs/bench")
     .option("--no-baseline", "skip the PyTorch baseline")
@@ -243,8 +247,8 @@ export function registerBench(program: Command, argv: string[]): void {
     )
     .option(
       "--attention-kernel <choice>",
-      "native (default), auto (cuDNN where it loads) or cudnn",
-      "native",
+      ATTENTION_KERNEL_HELP,
+      "auto",
     )
     .option("--peak-tflops <x>", "peak bf16 TFLOP/s per GPU for MFU (H100 SXM dense: 989)", "989")
     .option("--output-dir <dir>", "logs and results", "outputs/bench-train")

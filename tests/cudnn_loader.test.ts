@@ -24,6 +24,7 @@ const worker = join(root, "tests/workers/cudnn_probe.ts");
 const cpuLibrary = join(root, "lib/libdistflash_cpu.so");
 
 interface ProbeReport {
+  libraryDefault: string;
   probe: { available: boolean; version?: string; path?: string; error?: string };
   choices: Record<string, { line?: string; error?: string; set?: string }>;
 }
@@ -61,6 +62,8 @@ Deno.test("cudnn loader: DISTFLASH_CUDNN_PATH at a missing file says so; auto ru
   const missing = join(tmpdir(), "distflash-no-such-dir", "libcudnn.so.9");
   const r = await probeWith({ DISTFLASH_CUDNN_PATH: missing });
   assertEquals(r.probe.available, false);
+  // The C library's own default, seen from a fresh process: auto (cuDNN where it takes the call).
+  assertEquals(r.libraryDefault, "auto");
   assertMatch(r.probe.error!, /DISTFLASH_CUDNN_PATH=.*does not give cuDNN 9/);
   assert(r.probe.error!.includes(missing), r.probe.error);
   assertMatch(r.probe.error!, /No such file/);
@@ -138,10 +141,10 @@ Deno.test("attention kernel: the C setter validates, and the CPU backend refuses
 });
 
 Deno.test("attention kernel: --attention-kernel parses auto, native, cudnn and nothing else", () => {
-  // native by default until the cuDNN path has passed its GPU tests
+  // auto by default: cuDNN where it loads and takes the block pair (the native kernels elsewhere)
   assertEquals(
     resolveTrainOptions({ model: "debug", synthetic: true }).options.attentionKernel,
-    "native",
+    "auto",
   );
   assertEquals(
     resolveTrainOptions({ model: "debug", synthetic: true, attentionKernel: "auto" }).options

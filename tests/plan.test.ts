@@ -1,7 +1,8 @@
 /** The memory planner: consistent totals, the longest fitting length, and the CLI report. */
 import { assert, assertEquals, assertLess } from "./assert.ts";
 import { runCli, TEST_BACKEND } from "./_util.ts";
-import { estimateMemory, longestFitting, WORKSPACE_ALLOWANCE_BYTES } from "../src/train/plan.ts";
+import { estimateMemory, longestFitting } from "../src/train/plan.ts";
+import { formatBytes } from "../src/runtime/memory.ts";
 import { train } from "../src/train/trainer.ts";
 import { resolveTrainOptions } from "../src/train/resolve_options.ts";
 import { presetConfig } from "../src/model/presets.ts";
@@ -203,7 +204,8 @@ Deno.test({
     const line = lines.find((l) => l.startsWith("device memory in use after the first step"));
     const m = line && /: ([\d.]+) GiB \(plan ([\d.]+) GiB/.exec(line);
     assert(m, `no memory line in:\n${lines.join("\n")}`);
-    const used = Number(m[1]), planned = Number(m[2]) + WORKSPACE_ALLOWANCE_BYTES / 2 ** 30;
+    // The plan train prints holds the workspace allowance and, with cuDNN, its scratch.
+    const used = Number(m[1]), planned = Number(m[2]);
     console.log(`in use ${used} GiB, planned ${planned.toFixed(1)} GiB with the allowance`);
     assertLess(Math.abs(used - planned) / used, 0.1, line);
   },
@@ -233,4 +235,76 @@ Deno.test("plan --doc-length: the attention work of documents of that mean lengt
   assert(busiest.test(r.stdout), r.stdout);
   const bad = await runCli(["plan", "--model", "debug-tiny", "--doc-length", "5"]);
   assert(bad.code !== 0 && bad.stderr.includes("--attention-mask document"), bad.stderr);
+});
+
+Deno.test("plan: the cuDNN path's scratch is counted on a GPU unless the kernel is native, and only there", () => {
+  // Llama-2-7B at 131,072 tokens on one GPU (the 2026-12-07 run: cuDNN used 68.1 GiB there).
+  const T = 131072,
+    at = (extra: Record<string, unknown>) =>
+      estimateMemory(cfg, opts({ modelMaxLength: T, ...extra }), 1);
+  const auto = at({ device: "cuda" }), native = at({ device: "cuda", attentionKernel: "native" });
+  // cuDNN's backward of one block pair of T queries and keys writes bf16 dq, dk, dv into scratch
+  // and keeps fp32 row sums and an fp32 dQ accumulator, plus a 64 MiB workspace allowance.
+  const q = T * cfg.numHeads * cfg.headDim, kv = T * cfg.numKvHeads * cfg.headDim;
+  const scratch = 2 * q + 2 * 2 * kv + 4 * T * cfg.numHeads + 4 * q + 64 * 2 ** 20;
+  assertEquals(auto.totalBytes - native.totalBytes, scratch);
+  assertEquals(auto.kinds.find((k) => k.kind === "cuDNN attention scratch")?.bytes, scratch);
+  // fp32 runs never go through cuDNN; the CPU backend has neither workspaces nor cuDNN.
+  const fp32 = estimateMemory(
+    cfg,
+    resolveTrainOptions({ model: "llama-2-7b", synthetic: true, modelMaxLength: T, device: "cuda" })
+      .options,
+    1,
+  );
+  assert(!fp32.kinds.some((k) => k.kind.startsWith("cuDNN")));
+  const cpu = at({ device: "cpu" });
+  assert(!cpu.kinds.some((k) => k.kind.startsWith("cuDNN") || k.kind.includes("allowance")));
+  // The longest length that fits 80 GiB is shorter with cuDNN's scratch than without.
+  const budget = 80 * 2 ** 30;
+  const withCudnn = longestFitting(
+    cfg,
+    opts({ device: "cuda", offloadGradients: true }),
+    1,
+    budget,
+  );
+  const withNative = longestFitting(
+    cfg,
+    opts({ device: "cuda", offloadGradients: true, attentionKernel: "native" }),
+    1,
+    budget,
+  );
+  assertLess(withCudnn, withNative);
+});
+
+Deno.test("plan: train's check before it allocates is the planner's computation", async () => {
+  // The CPU backend: train prints its memory plan; the planner's total for the same options must be
+  // the same number (one computation, not two that drift apart).
+  const lines: string[] = [];
+  const out = await Deno.makeTempDir();
+  const options = {
+    model: "debug-tiny",
+    synthetic: true,
+    modelMaxLength: 64,
+    maxSteps: 1,
+    device: "cpu" as const,
+    saveStrategy: "no" as const,
+    saveFinalModel: false,
+    outputDir: out,
+  };
+  try {
+    await train(options, { log: (l: string) => lines.push(l) });
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+  const line = lines.find((l) => l.startsWith("memory plan:"));
+  assert(line, lines.join("\n"));
+  const estimate = estimateMemory(
+    presetConfig("debug-tiny"),
+    resolveTrainOptions(options).options,
+    1,
+  );
+  assert(line.endsWith(`; total ${formatBytes(estimate.totalBytes)}`), `${line}`);
+  for (const k of estimate.kinds) {
+    assert(line.includes(`${k.kind} ${formatBytes(k.bytes)}`), k.kind);
+  }
 });

@@ -177,9 +177,10 @@ df_status df_cudnn_probe(int64_t *version, char *path, uint64_t path_bytes) {
   return DF_OK;
 }
 
-/* Native until the cuDNN path has passed its GPU tests (scripts/gpu_cudnn.sh): a caller that sets
- * nothing measures the kernels it has always measured. */
-static _Atomic int32_t attention_kernel = DF_ATTENTION_NATIVE;
+/* Auto: cuDNN's fused attention where it loads and takes a block pair (2026-12-07, one H100: 553-558
+ * TFLOP/s fwd+bwd against 301-310 for the native kernels, scripts/gpu_cudnn.sh), the native kernels
+ * for the rest. A caller that sets nothing gets the fast path. */
+static _Atomic int32_t attention_kernel = DF_ATTENTION_AUTO;
 
 df_status df_attention_kernel_set(int32_t kernel) {
   if (kernel != DF_ATTENTION_AUTO && kernel != DF_ATTENTION_NATIVE && kernel != DF_ATTENTION_CUDNN)

@@ -102,7 +102,9 @@ static void build_forward(Graph &g, const AttnKey &key) {
   dnn_desc log_l = g.tensor(F, w.row_dims, w.row_strides, 0);
   g.pointwise(DNN_PW_LOG, F, l, NULL, NULL, log_l);
   g.pointwise(DNN_PW_ADD, F, m, log_l, NULL, stats);
-  dnn_desc p = g.tensor(F, w.s_dims, w.s_strides, 0);
+  /* P is bf16: the fused engines take both operands of P V in the I/O type (an fp32 P makes cuDNN
+   * offer no engine: "A and B need to have the same datatype in the matmul"). */
+  dnn_desc p = g.tensor(B16, w.s_dims, w.s_strides, 0);
   g.pointwise(DNN_PW_DIV, F, e, l, NULL, p);
   g.matmul(p, v, o);
 }
@@ -136,8 +138,12 @@ static void build_backward(Graph &g, const AttnKey &key) {
   g.pointwise(DNN_PW_SUB, F, s, stats, NULL, centered);
   dnn_desc p = g.tensor(F, w.s_dims, w.s_strides, 0);
   g.pointwise(DNN_PW_EXP, F, centered, NULL, NULL, p);
+  /* P^T for dV = P^T dO in the I/O type, as cuDNN's reference pattern has it: P passes the
+   * dropout-scale multiply (times 1 here) whose output is bf16, then a bf16 -> bf16 transpose. */
+  dnn_desc p_io = g.tensor(B16, w.s_dims, w.s_strides, 0);
+  g.pointwise(DNN_PW_MUL, F, p, g.scalar(F, U_ONE), NULL, p_io);
   dnn_desc pt = g.tensor(B16, w.st_dims, w.st_strides, 0);
-  g.reshape(p, pt);
+  g.reshape(p_io, pt);
   if (gqa) {
     dnn_desc dv_full = g.tensor(B16, w.full_dims, w.full_strides, 0);
     g.matmul(pt, dout, dv_full);
@@ -155,7 +161,8 @@ static void build_backward(Graph &g, const AttnKey &key) {
   g.pointwise(DNN_PW_MUL, F, diff, p, NULL, weighted);
   dnn_desc ds = g.tensor(F, w.s_dims, w.s_strides, 0);
   g.pointwise(DNN_PW_MUL, F, weighted, g.scalar(F, U_SCALE), NULL, ds);
-  dnn_desc dst = g.tensor(B16, w.st_dims, w.st_strides, 0);
+  /* dS^T stays fp32 as dS does (the reference pattern's dK = dS^T Q). */
+  dnn_desc dst = g.tensor(F, w.st_dims, w.st_strides, 0);
   g.reshape(ds, dst);
   if (gqa) {
     dnn_desc dk_full = g.tensor(B16, w.full_dims, w.full_strides, 0);

@@ -188,8 +188,8 @@ DF_API df_status df_attention_backward_docs(float *dq, float *dk, float *dv, con
  * 9 loads and takes the call (bf16, hd 64 or 128, a block pair whose mask it can express), else the
  * native kernels; DF_ATTENTION_NATIVE never uses cuDNN; DF_ATTENTION_CUDNN is AUTO that insists
  * cuDNN loads: setting it fails with DF_ERR_LIBRARY (why it did not load) or, on the CPU backend,
- * DF_ERR_UNSUPPORTED. A call cuDNN cannot take still runs the native kernels. THE cuDNN PATH IS
- * COMPILED BUT HAS NEVER RUN: no GPU was available when it was written. */
+ * DF_ERR_UNSUPPORTED. A call cuDNN cannot take still runs the native kernels. The names and their
+ * order are src/runtime/attention_kernel.ts's ATTENTION_KERNELS. */
 typedef enum { DF_ATTENTION_AUTO = 0, DF_ATTENTION_NATIVE = 1, DF_ATTENTION_CUDNN = 2 } df_attention_kernel;
 DF_API df_status df_attention_kernel_set(int32_t kernel);
 DF_API int32_t df_attention_kernel_get(void);

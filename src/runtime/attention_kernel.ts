@@ -4,18 +4,26 @@
  * environment knobs DISTFLASH_FLASH_* stay for benchmarking kernel variants), and is described in
  * one line that the run prints once.
  *
- * auto: cuDNN's fused attention (cuDNN 9, opened at run time) where it loads and takes the call,
- * else the native kernels; native: never cuDNN; cudnn: like auto, but an error when cuDNN is not
- * available (the message says why). The cuDNN path has not yet run on a GPU.
+ * auto (the default of the CLI, the library and the C side): cuDNN's fused attention (cuDNN 9,
+ * opened at run time) where it loads and takes the call, else the native kernels; native: never
+ * cuDNN; cudnn: like auto, but an error when cuDNN is not available (the message says why).
  */
 import type { Device } from "./device.ts";
 
-/** The values of `--attention-kernel`. */
+/** The values of `--attention-kernel`, in the order of the C enum df_attention_kernel. */
 export const ATTENTION_KERNELS = ["auto", "native", "cudnn"] as const;
+/** The one help text of `--attention-kernel` (train, plan and both benchmarks). */
+export const ATTENTION_KERNEL_HELP =
+  "attention kernels: auto (default: cuDNN's fused attention where it loads and takes the block " +
+  "pair, the native kernels for the rest), native (never cuDNN), or cudnn (auto, but an error " +
+  "when cuDNN does not load)";
 /** One value of `--attention-kernel`. */
 export type AttentionKernel = typeof ATTENTION_KERNELS[number];
 
-const CODES: Record<AttentionKernel, number> = { auto: 0, native: 1, cudnn: 2 };
+const CODES = Object.fromEntries(ATTENTION_KERNELS.map((k, i) => [k, i])) as Record<
+  AttentionKernel,
+  number
+>;
 
 /** What the cuDNN loader found: the version and file, or why none. */
 export interface CudnnProbe {

@@ -13,16 +13,16 @@ import type { TrainOptions } from "./options.ts";
 import {
   formatPlan,
   hostAvailableBytes,
+  libraryKinds,
   modelOptions,
   nodeHostBytes,
-  WORKSPACE_ALLOWANCE_BYTES,
 } from "./plan.ts";
 import { initDistributed } from "../comm/env.ts";
 import type { ParallelLayout } from "../parallel/layout.ts";
 import { buildSequenceAttention, type SequenceAttention } from "../parallel/sequence_attention.ts";
 import type { Communicator } from "../comm/comm.ts";
 import { SelfComm } from "../comm/self_comm.ts";
-import { selectAttentionKernel } from "../runtime/attention_kernel.ts";
+import { currentAttentionKernel, selectAttentionKernel } from "../runtime/attention_kernel.ts";
 import type { TrainingData } from "./training_data.ts";
 
 /**
@@ -41,6 +41,7 @@ export async function buildModel(
   world: Communicator | null;
   attention: SequenceAttention | undefined;
   model: LlamaModel;
+  /** Free device bytes before allocation; the whole plan (tensors, workspaces, cuDNN scratch). */
   memory: { freeBefore: number; planned: number };
 }> {
   const cfg = source.config, L = o.modelMaxLength, sp = parallel.sp;
@@ -92,15 +93,18 @@ export async function buildModel(
   log(attentionKernelLine);
   const totals = model.plan.totals();
   if (attention) totals.push(...attention.plan.totals());
+  // The libraries' workspaces and cuDNN's scratch, computed as `plan` does, for the backend this
+  // run really uses: without them a run the plan rejects got past this check and ran out of memory
+  // in its first collective, or in cuDNN's backward scratch.
+  const cudnn = currentAttentionKernel(device) !== "native";
+  totals.push(...libraryKinds(cfg, o, S, device.backend, cudnn));
+  const needed = totals.reduce((a, t) => a + t.bytes, 0);
   log(
     `memory plan: ${totals.map((t) => `${t.kind} ${formatBytes(t.bytes)}`).join(", ")}; total ` +
-      formatBytes(totals.reduce((a, t) => a + t.bytes, 0)),
+      formatBytes(needed),
   );
   const free = device.memInfo().free;
-  // The same allowance for library workspaces (NCCL, cuBLASLt) as the plan: without it a run the
-  // plan rejects got past this check and ran out of memory in its first collective.
   const planned = model.plan.totalBytes + (attention?.plan.totalBytes ?? 0);
-  const needed = planned + (device.backend === "cuda" ? WORKSPACE_ALLOWANCE_BYTES : 0);
   const hostNeeded = nodeHostBytes(model.hostBytes, planned, o, device.backend);
   const hostFree = hostAvailableBytes();
   if (needed > free || hostNeeded > hostFree) {
@@ -112,5 +116,5 @@ export async function buildModel(
   }
   attention?.allocate();
   model.allocate();
-  return { device, world, attention, model, memory: { freeBefore: free, planned } };
+  return { device, world, attention, model, memory: { freeBefore: free, planned: needed } };
 }

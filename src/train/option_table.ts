@@ -5,6 +5,7 @@
  * camelCase keys as --kebab-case, and the paper's snake_case accepted.
  */
 import type { TrainOptions } from "./options.ts";
+import { ATTENTION_KERNEL_HELP, ATTENTION_KERNELS } from "../runtime/attention_kernel.ts";
 
 const EVAL_STRATEGIES = ["no", "steps", "epoch"] as const;
 
@@ -123,8 +124,8 @@ export const TRAIN_SPECS: readonly Spec[] = [
   {
     key: "attentionKernel",
     kind: "choice",
-    help: "attention kernels: cuDNN where it loads and takes the shape (auto), native, or cudnn",
-    choices: ["auto", "native", "cudnn"],
+    help: ATTENTION_KERNEL_HELP,
+    choices: ATTENTION_KERNELS,
   },
   {
     key: "checkpointBoundary",

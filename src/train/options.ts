@@ -3,6 +3,7 @@
  * the defaults. The flag of each option (its kind, range, help, the Hugging Face aliases) is in
  * option_table.ts, and the checks that turn input into TrainOptions are in resolve_options.ts.
  */
+import type { AttentionKernel } from "../runtime/attention_kernel.ts";
 
 /**
  * Learning-rate schedule, with the semantics of transformers' get_scheduler.
@@ -115,8 +116,8 @@ export interface TrainOptions {
    * prediction of a document's first token from the previous document is not trained on.
    */
   attentionMask: "causal" | "document";
-  /** Attention kernels: "auto" (cuDNN where it loads and takes the shape), "native" or "cudnn". */
-  attentionKernel: "auto" | "native" | "cudnn";
+  /** Attention kernels (default "auto"): see ATTENTION_KERNELS in runtime/attention_kernel.ts. */
+  attentionKernel: AttentionKernel;
   /** "attention" (rematerialisation-aware, default) or "layer" (classic, for comparison). */
   checkpointBoundary: "attention" | "layer";
   /** Vocabulary rows per LM-head chunk. */
@@ -204,7 +205,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   distattnLayout: "zigzag",
   attentionHeadGroups: 1,
   attentionMask: "causal",
-  attentionKernel: "native",
+  attentionKernel: "auto",
   checkpointBoundary: "attention",
   vocabChunk: 4096,
   mlpTile: 4096,

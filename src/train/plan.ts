@@ -41,6 +41,32 @@ export interface MemoryEstimate {
  */
 export const WORKSPACE_ALLOWANCE_BYTES = 1.5 * 2 ** 30;
 
+/**
+ * What a run holds on the device outside its memory plan, by kind: the libraries' workspaces and,
+ * where cuDNN runs attention, its scratch (its largest call: one block pair of `tokensPerRank`
+ * queries and keys, csrc/cuda/cudnn_attention.cu). The one computation behind `plan` and the check
+ * `train` makes before it allocates (`cudnn`: whether this run's attention goes through cuDNN; the
+ * CPU backend has neither).
+ */
+export function libraryKinds(
+  cfg: LlamaConfig,
+  o: TrainOptions,
+  tokensPerRank: number,
+  backend: "cuda" | "cpu",
+  cudnn: boolean,
+): { kind: string; bytes: number }[] {
+  if (backend === "cpu") return [];
+  const kinds = [{ kind: "library workspaces (allowance)", bytes: WORKSPACE_ALLOWANCE_BYTES }];
+  if (cudnn && o.bf16) {
+    const g = o.attentionHeadGroups;
+    kinds.push({
+      kind: "cuDNN attention scratch",
+      bytes: cudnnScratchBytes(tokensPerRank, cfg.numHeads / g, cfg.numKvHeads / g, cfg.headDim),
+    });
+  }
+  return kinds;
+}
+
 /** A stand-in for the device and communicator: planning only reserves, it never calls them. */
 const PLAN_ONLY_DEVICE = { backend: "cuda" } as unknown as Device;
 
@@ -112,16 +138,11 @@ export function estimateMemory(
     attention,
   );
   const kinds = [...model.plan.totals(), ...(attention?.plan.totals() ?? [])];
-  // The CPU backend has no library workspaces nor cuDNN (train adds the allowance on CUDA only).
-  if (o.device !== "cpu") {
-    kinds.push({ kind: "library workspaces (allowance)", bytes: WORKSPACE_ALLOWANCE_BYTES });
-    if (o.bf16 && o.attentionKernel !== "native") {
-      // cuDNN attention's scratch: its largest call is one block pair of a rank's tokens.
-      const g = o.attentionHeadGroups;
-      const bytes = cudnnScratchBytes(S, cfg.numHeads / g, cfg.numKvHeads / g, cfg.headDim);
-      kinds.push({ kind: "cuDNN attention scratch", bytes });
-    }
-  }
+  // The planner cannot look for cuDNN: on a GPU it counts cuDNN's scratch unless told native.
+  const backend = o.device === "cpu" ? "cpu" : "cuda";
+  kinds.push(
+    ...libraryKinds(cfg, o, S, backend, backend === "cuda" && o.attentionKernel !== "native"),
+  );
   return {
     kinds,
     totalBytes: kinds.reduce((a, k) => a + k.bytes, 0),

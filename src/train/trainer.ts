@@ -140,10 +140,11 @@ export async function train(
       if (step === startStep && device.backend === "cuda") {
         // The plan against what the device really lost: the check of the memory planner.
         const used = run.memory.freeBefore - device.memInfo().free;
+        const off = (100 * (used - run.memory.planned)) / run.memory.planned;
         log(
           `device memory in use after the first step: ${formatBytes(used)} (plan ${
             formatBytes(run.memory.planned)
-          } + library workspaces)`,
+          } with the workspace allowance, ${off >= 0 ? "+" : ""}${off.toFixed(1)}%)`,
         );
       }
       windowTokens += tokensPerStep;

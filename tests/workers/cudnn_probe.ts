@@ -1,7 +1,8 @@
 /**
  * Prints, as JSON, what this process's cuDNN loader finds and what each --attention-kernel choice
  * gives on the backend named by argv[0] (the loader answers once per process, so each environment
- * under test runs its own copy: tests/cudnn_loader.test.ts).
+ * under test runs its own copy: tests/cudnn_loader.test.ts), and the library's own default setting
+ * as a fresh process sees it.
  */
 import { Device } from "../../src/runtime/device.ts";
 import {
@@ -12,6 +13,8 @@ import {
 } from "../../src/runtime/attention_kernel.ts";
 
 const device = Device.open(Deno.args[0] === "cuda" ? "cuda" : "cpu");
+// What the C library holds before anyone sets it (a caller of the C ABI that sets nothing).
+const libraryDefault = currentAttentionKernel(device);
 const probe = probeCudnn(device);
 const choices: Record<string, { line?: string; error?: string; set?: string }> = {};
 for (const choice of ATTENTION_KERNELS) {
@@ -22,5 +25,5 @@ for (const choice of ATTENTION_KERNELS) {
     choices[choice] = { error: (error as Error).message };
   }
 }
-console.log(JSON.stringify({ probe, choices }));
+console.log(JSON.stringify({ libraryDefault, probe, choices }));
 device.close();
