@@ -100,6 +100,26 @@ Deno.test("bench train: tokens/s and MFU of a small run over 2 CPU ranks with fu
   await Deno.remove(out, { recursive: true });
 });
 
+Deno.test("bench train runs again in its own folder, and never writes into another run's", async () => {
+  const out = await Deno.makeTempDir();
+  const args = ["bench", "train", "--model", "debug-tiny", "--model-max-length", "32"];
+  try {
+    for (const attempt of [1, 2]) {
+      const r = await runCli([...args, "--max-steps", "2", "--output-dir", out, "--no-baseline"]);
+      assertEquals(r.code, 0, `attempt ${attempt}: ${r.stderr}`);
+    }
+    // A folder with someone else's files (here a training run's metrics) is left alone.
+    const foreign = await Deno.makeTempDir();
+    await Deno.writeTextFile(`${foreign}/metrics.jsonl`, '{"step":1}\n');
+    const r = await runCli([...args, "--max-steps", "2", "--output-dir", foreign, "--no-baseline"]);
+    assert(r.code !== 0 && r.stderr.includes("did not write"), r.stderr);
+    assertEquals(await Deno.readTextFile(`${foreign}/metrics.jsonl`), '{"step":1}\n');
+    await Deno.remove(foreign, { recursive: true });
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
 Deno.test("scripts/host_overhead.ts counts a step's native calls against a stub library", async () => {
   const script = new URL("../scripts/host_overhead.ts", import.meta.url).pathname;
   const out = await new Deno.Command(Deno.execPath(), {
@@ -111,4 +131,18 @@ Deno.test("scripts/host_overhead.ts counts a step's native calls against a stub 
   assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
   assert(/\d+ native calls per step \(df_gemm \d+/.test(text), text);
   assert(/TypeScript per step: [\d.]+ ms/.test(text), text);
+});
+
+Deno.test("scripts/check_trained_checkpoint.ts runs on the CPU up to the transformers comparison", async () => {
+  // A GPU-only script once wrote logits for a 256-token vocabulary after debug-tiny grew to 259: CI
+  // runs everything of it but the Python comparison.
+  const script = new URL("../scripts/check_trained_checkpoint.ts", import.meta.url).pathname;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", script, "--no-transformers"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+  assert(text.includes("reference written"), text);
 });

@@ -11,7 +11,7 @@
  * relative to the float64 reference; sequence parallelism only reorders sums.
  */
 import { assert, assertEquals, assertLess } from "./assert.ts";
-import { relError, rng, runCpuRanks, testDevice } from "./_util.ts";
+import { relError, rng, runCpuRanks, TEST_BACKEND, testDevice } from "./_util.ts";
 import { join } from "node:path";
 import { openSafetensors } from "../src/io/safetensors.ts";
 import { readHfConfig } from "../src/model/hf_config.ts";
@@ -205,18 +205,24 @@ Deno.test("documents: P = 2, 3, 4 ranks (zigzag, contiguous, head groups) equal 
   }
 });
 
-Deno.test("documents: a window of a single document is today's causal result, bit for bit", async () => {
+Deno.test("documents: a window of a single document is today's causal result (bit for bit on the CPU)", async () => {
   const ref = await fixture("gqa");
   // Window 1 of the fixture is one document (a BOS at 0 and no other).
   const ids = ref.ids.slice(L), next = ref.nextIds.slice(L);
+  // On the CPU both paths run the same loops, so the results are the same bits. On CUDA documents
+  // run other kernels than causal attention (other summation orders): equal to fp32 rounding,
+  // which over this model's few reductions stays far below 1e-5 relative (log 07 of 2026-12-07:
+  // the 9th digit).
+  const same = (a: ArrayLike<number>, b: ArrayLike<number>, what: string) => {
+    if (TEST_BACKEND === "cpu") assertEquals(Array.from(a), Array.from(b), what);
+    else assertLess(relError(a, b), 1e-5, what);
+  };
   for (const P of [1, 2]) {
     const docs = await run("gqa", ids, next, { P });
     const causal = await run("gqa", ids, next, { P, documents: false });
-    assertEquals(Array.from(docs.logits), Array.from(causal.logits), `P=${P} logits`);
-    assertEquals(docs.loss, causal.loss, `P=${P} loss`);
-    for (const [name, g] of causal.grads) {
-      assertEquals(Array.from(docs.grads.get(name)!), Array.from(g), `P=${P} grad ${name}`);
-    }
+    same(docs.logits, causal.logits, `P=${P} logits`);
+    same([docs.loss], [causal.loss], `P=${P} loss`);
+    for (const [name, g] of causal.grads) same(docs.grads.get(name)!, g, `P=${P} grad ${name}`);
   }
   // And it is the transformers result of that window (its rows of the fixture).
   const V = 256, one = await run("gqa", ids, next, { P: 1 });
