@@ -34,10 +34,12 @@ const warmup = Number(flag("warmup", "3"));
 const withTorch = args.includes("--torch");
 const sweepSizes = ints(flag("sweep", ""));
 /** Tile variants by their DISTFLASH_FLASH_FWD / _BWD value (forward_variant and
- * backward_variant in csrc/cuda/flash_attention.cu); 4 and 5 are the Hopper kernels, which run only on sm_90a. */
+ * backward_variant in csrc/cuda/flash_attention.cu); forward 4 and 5, backward 4 are the Hopper
+ * kernels (sm_90a only; the defaults there), forward 6 and backward 5 the mma.sync ones. */
 const FWD_VARIANTS: Record<number, [number, string][]> = {
   128: [
-    [0, "4w x 32r, BK 64"],
+    [0, "default (sm_90a: v5 wgmma; else v6)"],
+    [6, "mma.sync 4w x 32r, BK 64"],
     [1, "4w x 32r, BK 32"],
     [2, "8w x 16r, BK 128"],
     [3, "8w x 32r, BK 32"],
@@ -45,7 +47,8 @@ const FWD_VARIANTS: Record<number, [number, string][]> = {
     [5, "wgmma sm_90a, overlapped P V"],
   ],
   64: [
-    [0, "4w x 32r, BK 64"],
+    [0, "default (sm_90a: v5 wgmma; else v6)"],
+    [6, "mma.sync 4w x 32r, BK 64"],
     [1, "4w x 32r, BK 128"],
     [2, "8w x 16r, BK 128"],
     [4, "wgmma sm_90a, 2 WG x 64r, BK 128"],
@@ -54,14 +57,16 @@ const FWD_VARIANTS: Record<number, [number, string][]> = {
 };
 const BWD_VARIANTS: Record<number, [number, string][]> = {
   128: [
-    [0, "FA2 grid, 8-B dQ atomics"],
+    [0, "default (sm_90a: v4 wgmma; else v5)"],
+    [5, "mma.sync FA2 grid, 8-B dQ atomics"],
     [1, "FA2 grid, 16-B dQ atomics"],
     [2, "16-key warps, BK 128, BQ 64"],
     [3, "16-key, BK 128, BQ 32"],
     [4, "wgmma sm_90a, 2 WG x 64 keys, BQ 64"],
   ],
   64: [
-    [0, "FA2 grid, 8-B dQ atomics"],
+    [0, "default (sm_90a: v4 wgmma; else v5)"],
+    [5, "mma.sync FA2 grid, 8-B dQ atomics"],
     [1, "FA2 grid, 16-B dQ atomics"],
     [2, "16-key warps, BK 128, BQ 64"],
     [4, "wgmma sm_90a, 2 WG x 64 keys, BQ 64"],

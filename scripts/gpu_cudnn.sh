@@ -3,12 +3,13 @@
 # it at once after this one returns). Order: what cuDNN the loader finds (distflash info), the cuDNN
 # tests against the fp32 kernels (tests/cudnn_gpu.test.ts: full blocks, the causal diagonal,
 # diagonal bands, Tq != Tk, GQA, hd 64 and 128, queries that see nothing), the attention, DistAttn
-# and zigzag tests with cuDNN insisted on (head groups included), then `bench attn` with the
+# and zigzag tests with cuDNN insisted on (head groups included) and with the native kernels (the
+# Hopper wgmma kernels are their default on sm_90a since this commit), then `bench attn` with the
 # DEFAULT kernel (auto) at 16K/32K/64K for head dims 128 and 64 beside PyTorch SDPA (flash and
 # cuDNN) in the same call, the native kernels beside them, 30 steps of debug-medium (hd 64, bf16)
 # native vs the default with the loss curves compared, and last the CUDA runs of the plan test
 # (plan within 10% of a step's memory) and the single-document test (fp32 rounding on CUDA).
-# Benchmarks and training run only if the tests pass. Step limits sum to 590 s (realistic ~300 s).
+# Benchmarks and training run only if the tests pass. Step limits sum to 680 s (realistic ~350 s).
 # cuDNN comes from DISTFLASH_CUDNN_PATH, the loader path, or PyTorch's nvidia/cudnn/lib (set
 # VIRTUAL_ENV or PYTHONPATH to its environment if python3 on PATH is not that one).
 source "$(dirname "$0")/gpu_lib.sh"
@@ -19,7 +20,8 @@ git log -1 --format=%H >>"$OUT/all.log" 2>/dev/null
 step info 20 deno run -A cli/main.ts info
 export DISTFLASH_TEST_BACKEND=cuda
 if step test_cudnn 60 deno test -A tests/cudnn_gpu.test.ts &&
-  step test_dist 90 env DISTFLASH_TEST_ATTENTION_KERNEL=cudnn deno test -A tests/attention_gpu.test.ts tests/distattn.test.ts tests/zigzag.test.ts; then
+  step test_dist 90 env DISTFLASH_TEST_ATTENTION_KERNEL=cudnn deno test -A tests/attention_gpu.test.ts tests/distattn.test.ts tests/zigzag.test.ts &&
+  step test_native 90 env DISTFLASH_TEST_ATTENTION_KERNEL=native deno test -A tests/attention_gpu.test.ts tests/distattn.test.ts tests/zigzag.test.ts; then
   step bench_default 90 deno run -A cli/main.ts bench attn --seq 16384,32768,65536 --device cuda
   step bench_default_hd64 80 deno run -A cli/main.ts bench attn --seq 16384,32768,65536 --device cuda --head-dim 64 --output-dir outputs/bench-hd64
   step bench_native 50 deno run -A cli/main.ts bench attn --seq 16384,32768,65536 --device cuda --attention-kernel native --no-baseline --output-dir outputs/bench-native

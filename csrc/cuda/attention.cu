@@ -578,7 +578,31 @@ static df_status check_docs(const char *fn, const int64_t *doc_starts, int64_t n
   return DF_OK;
 }
 
-/* The forward of both entries (fn names the entry in errors); documents never take the flash path. */
+/* ---------------- the bf16 backends ---------------- */
+
+typedef __nv_bfloat16 bf16;
+
+/* The bf16 attention backends, asked in this order for every block pair without documents: the
+ * first that takes the pair runs it. Each says for itself which pairs it takes (*handled = false
+ * for a setting, head dim, mask or alignment it does not take: cudnn_attention.cu's dnn_applies,
+ * flash_attention.cu's flash_applies); the general kernels of this file run what none takes (fp32,
+ * other head dims, documents). A new backend is one file and one row here. The user-facing choice
+ * (--attention-kernel, df_attention_kernel_set) only switches cuDNN's row on or off. */
+struct Bf16Backend {
+  const char *name;
+  df_status (*forward)(bool *handled, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                       int64_t tq, int64_t tk, int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale,
+                       cudaStream_t s);
+  df_status (*backward)(bool *handled, float *dq, float *dk, float *dv, const bf16 *dout, const bf16 *q,
+                        const bf16 *k, const bf16 *v, const bf16 *out, const float *lse, int64_t tq, int64_t tk,
+                        int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale, cudaStream_t s);
+};
+static const Bf16Backend BF16_BACKENDS[] = {
+    {"cudnn", cudnn_attention_forward, cudnn_attention_backward},
+    {"flash", flash_attention_forward, flash_attention_backward},
+};
+
+/* The forward of both entries (fn names the entry in errors); documents never take the bf16 backends. */
 static df_status attention_forward(const char *fn, void *out, float *lse, const void *q, const void *k, const void *v,
                                    int64_t tq, int64_t tk, int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0,
                                    int64_t k_pos0, float scale, df_dtype dtype, const int64_t *doc_starts,
@@ -594,15 +618,12 @@ static df_status attention_forward(const char *fn, void *out, float *lse, const 
   DF_CHECK(check_elems(fn, "v", v, k_n, es));
   cudaStream_t s = df_stream(stream);
   if (dtype == DF_BF16 && n_docs == 0) {
-    bool handled = false;
-    DF_CHECK(cudnn_attention_forward(&handled, (__nv_bfloat16 *)out, lse, (const __nv_bfloat16 *)q,
-                                     (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, tq, tk, (int)nh, (int)nkv,
-                                     (int)hd, q_pos0, k_pos0, scale, s));
-    if (handled) return DF_OK;
-    DF_CHECK(flash_attention_forward(&handled, (__nv_bfloat16 *)out, lse, (const __nv_bfloat16 *)q,
-                                     (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, tq, tk, (int)nh, (int)nkv,
-                                     (int)hd, q_pos0, k_pos0, scale, s));
-    if (handled) return DF_OK;
+    for (const Bf16Backend &b : BF16_BACKENDS) {
+      bool handled = false;
+      DF_CHECK(b.forward(&handled, (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, tq, tk,
+                         (int)nh, (int)nkv, (int)hd, q_pos0, k_pos0, scale, s));
+      if (handled) return DF_OK;
+    }
   }
   if (n_docs > 0) {
     DF_DISPATCH_DTYPE(dtype, return dispatch_forward<T, true>((T *)out, lse, (const T *)q, (const T *)k, (const T *)v,
@@ -615,7 +636,7 @@ static df_status attention_forward(const char *fn, void *out, float *lse, const 
   return DF_OK;
 }
 
-/* The backward of both entries (fn names the entry in errors); documents never take the flash path. */
+/* The backward of both entries (fn names the entry in errors); documents never take the bf16 backends. */
 static df_status attention_backward(const char *fn, float *dq, float *dk, float *dv, const void *dout, const void *q,
                                     const void *k, const void *v, const void *out, const float *lse, int64_t tq,
                                     int64_t tk, int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
@@ -636,17 +657,13 @@ static df_status attention_backward(const char *fn, float *dq, float *dk, float 
   DF_CHECK(check_elems(fn, "lse", lse, nh * tq, sizeof(float)));
   cudaStream_t s = df_stream(stream);
   if (dtype == DF_BF16 && n_docs == 0) {
-    bool handled = false;
-    DF_CHECK(cudnn_attention_backward(&handled, dq, dk, dv, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)q,
-                                      (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v,
-                                      (const __nv_bfloat16 *)out, lse, tq, tk, (int)nh, (int)nkv, (int)hd, q_pos0,
-                                      k_pos0, scale, s));
-    if (handled) return DF_OK;
-    DF_CHECK(flash_attention_backward(&handled, dq, dk, dv, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)q,
-                                      (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v,
-                                      (const __nv_bfloat16 *)out, lse, tq, tk, (int)nh, (int)nkv, (int)hd, q_pos0,
-                                      k_pos0, scale, s));
-    if (handled) return DF_OK;
+    for (const Bf16Backend &b : BF16_BACKENDS) {
+      bool handled = false;
+      DF_CHECK(b.backward(&handled, dq, dk, dv, (const bf16 *)dout, (const bf16 *)q, (const bf16 *)k,
+                          (const bf16 *)v, (const bf16 *)out, lse, tq, tk, (int)nh, (int)nkv, (int)hd, q_pos0, k_pos0,
+                          scale, s));
+      if (handled) return DF_OK;
+    }
   }
   if (n_docs > 0) {
     DF_DISPATCH_DTYPE(dtype, return dispatch_backward<T, true>(dq, dk, dv, (const T *)dout, (const T *)q, (const T *)k,

@@ -3,16 +3,17 @@
  *   flash_tiles.cuh   swizzled shared-memory tiles and ldmatrix fragments (mma.sync kernels)
  *   flash_fwd.cuh     the mma.sync forward (sm_80 and sm_90a)
  *   flash_bwd.cuh     the mma.sync backward kernels and the prep kernel (L and D rows)
- *   flash_fwd_sm90.cu, flash_bwd_sm90.cu   the Hopper (wgmma) kernels, not yet the defaults: they
- *                     have not run on a GPU
+ *   flash_fwd_sm90.cu, flash_bwd_sm90.cu   the Hopper (wgmma) kernels, the defaults on sm_90a
+ *                     (faster than mma.sync on one H100, 2026-12-07)
  *   flash_internal.cuh  PTX wrappers, parameter structs and the per-head rows all of them share
  *
  * Which kernel runs is decided here, in one place: the production choice (forward_default,
  * backward_default) unless a benchmark asks for a variant (forward_variant, backward_variant).
  * Tuning knobs (environment, read per call; for benchmarks): DISTFLASH_FLASH=0 turns this path off;
  * DISTFLASH_FLASH_FWD and DISTFLASH_FLASH_BWD pick a tile variant (timings in bench/NOTES.md);
- * DISTFLASH_FLASH_FWD=4 and 5 are the Hopper forward (5 with intra-warpgroup overlap) and
- * DISTFLASH_FLASH_BWD=4 the Hopper backward. */
+ * DISTFLASH_FLASH_FWD=4 and 5 are the Hopper forward (5, with intra-warpgroup overlap, is the
+ * default on sm_90a) and DISTFLASH_FLASH_BWD=4 the Hopper backward (the default on sm_90a);
+ * DISTFLASH_FLASH_FWD=6 and DISTFLASH_FLASH_BWD=5 the mma.sync kernels (the sm_80 defaults). */
 #include <stdlib.h>
 
 #include <initializer_list>
@@ -131,20 +132,36 @@ static df_status scratch_for(cudaStream_t stream, uint64_t bytes, void **out) {
 
 /* ---------------- which kernel runs ---------------- */
 
-/* The production kernels. */
-static df_status forward_default(const FwdParams &p, int nh, int hd, cudaStream_t s) {
+/* The mma.sync kernels: the production choice where the Hopper kernels cannot run (sm_80, or a
+ * build without sm_90a), and variant 6 (forward) / 5 (backward) everywhere, for comparison. */
+static df_status forward_mma(const FwdParams &p, int nh, int hd, cudaStream_t s) {
   if (hd == 128) return launch_fwd<FwdCfg<128, 4, 2, 64>>(p, nh, s);
   return launch_fwd<FwdCfg<64, 4, 2, 64>>(p, nh, s);
 }
 
-static df_status backward_default(const BwdParams &p, int nh, int hd, cudaStream_t s) {
+static df_status backward_mma(const BwdParams &p, int nh, int hd, cudaStream_t s) {
   if (hd == 128) return launch_bwd2<Bwd2Cfg<128, false>>(p, nh, s);
   return launch_bwd2<Bwd2Cfg<64, false>>(p, nh, s);
 }
 
-/* Benchmark-only tile variants (DISTFLASH_FLASH_FWD = 1..5); an unknown number, or the Hopper kernel
+/* The production kernels: the Hopper (wgmma) ones where they run. One H100 on 2026-12-07 (bench/
+ * NOTES.md, ../gpu-runs log 08): forward v5 432-445 TF/s against 357-370 (hd 128) and 318-331
+ * against 309-321 (hd 64); backward v4 356-366 against 263-291 (hd 128) and 235-242 against
+ * 230-237 (hd 64); every attention test passed with them. */
+static df_status forward_default(const FwdParams &p, int nh, int hd, cudaStream_t s) {
+  if (sm90_available()) return launch_fwd_sm90(p, nh, hd, /*overlap=*/true, s);
+  return forward_mma(p, nh, hd, s);
+}
+
+static df_status backward_default(const BwdParams &p, int nh, int hd, cudaStream_t s) {
+  if (sm90_available()) return launch_bwd_sm90(p, nh, hd, s);
+  return backward_mma(p, nh, hd, s);
+}
+
+/* Benchmark-only tile variants (DISTFLASH_FLASH_FWD = 1..6); an unknown number, or the Hopper kernel
  * where it cannot run, gives the production kernel. */
 static df_status forward_variant(int variant, const FwdParams &p, int nh, int hd, cudaStream_t s) {
+  if (variant == 6) return forward_mma(p, nh, hd, s);
   if (variant == 4 || variant == 5) {
     if (sm90_available()) return launch_fwd_sm90(p, nh, hd, variant == 5, s);
     return forward_default(p, nh, hd, s);
@@ -164,9 +181,10 @@ static df_status forward_variant(int variant, const FwdParams &p, int nh, int hd
   }
 }
 
-/* Benchmark-only backward variants (DISTFLASH_FLASH_BWD = 1..4; bench/NOTES.md: 16-byte dQ atomics
+/* Benchmark-only backward variants (DISTFLASH_FLASH_BWD = 1..5; bench/NOTES.md: 16-byte dQ atomics
  * measured no faster, the 16-key warp layout slower). */
 static df_status backward_variant(int variant, const BwdParams &p, int nh, int hd, cudaStream_t s) {
+  if (variant == 5) return backward_mma(p, nh, hd, s);
   if (variant == 4) {
     if (sm90_available()) return launch_bwd_sm90(p, nh, hd, s);
     return backward_default(p, nh, hd, s);
