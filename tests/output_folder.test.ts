@@ -1,0 +1,115 @@
+/**
+ * The output folder holds nothing lost and nothing leaked (README "Reliability"): the lock dies
+ * with the process that holds it (kill -9, a zombie, a reused pid), and files that are not the
+ * run's own are never overwritten or deleted.
+ */
+import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { checkOutputDir, claimOutputDir, LOCK_FILE } from "../src/train/output_dir.ts";
+import { join } from "node:path";
+import { hostname } from "node:os";
+import { fileURLToPath } from "node:url";
+
+const holder = fileURLToPath(new URL("./workers/lock_holder.ts", import.meta.url));
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const freshPlan = { runId: null, resumeDir: null, resumeSource: null, notes: [] };
+
+/**
+ * "zombie" once every thread of process `pid` has exited but its /proc entry stays (its parent has
+ * not reaped it), "gone" once reaped, else "running" (a killed process's threads take a moment).
+ */
+function procState(pid: number): "zombie" | "gone" | "running" {
+  try {
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+    const zombie = /^State:\s+Z/m.test(status) && /^Threads:\s+1$/m.test(status);
+    return zombie ? "zombie" : "running";
+  } catch {
+    return "gone";
+  }
+}
+
+/** Reads `child`'s stdout until a line matches `pattern`; returns the match. */
+async function readUntil(
+  child: Deno.ChildProcess,
+  pattern: RegExp,
+): Promise<RegExpMatchArray> {
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`ended before ${pattern}: ${text}`);
+      text += value;
+      const m = text.match(pattern);
+      if (m) return m;
+    }
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+Deno.test("output folder: the lock dies with its holder (kill -9, zombie), a live one refuses with its pid and host", async () => {
+  const out = await Deno.makeTempDir();
+  // The holder's parent execs `sleep`, which never reaps it: killed, it stays a zombie, as a
+  // killed run's ranks do until PID 1 reaps them (indefinitely where PID 1 does not).
+  const parent = new Deno.Command("sh", {
+    args: ["-c", `"$0" run -A "$1" "$2" & exec sleep 600`, Deno.execPath(), holder, out],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  try {
+    const pid = Number((await readUntil(parent, /held (\d+)/))[1]);
+    // A live holder: refused, naming its pid and host.
+    for (const resume of [undefined, "last"]) {
+      const e = assertThrows(() =>
+        checkOutputDir({
+          outputDir: out,
+          modelDir: null,
+          resumeFromCheckpoint: resume,
+          overwriteOutputDir: true,
+        })
+      );
+      assert(e.message.includes("in use by another run"), e.message);
+      assert(e.message.includes(`pid ${pid} on ${hostname()}`), e.message);
+    }
+    const taken = assertThrows(() => claimOutputDir(out, freshPlan, true, () => {}));
+    assert(taken.message.includes(`pid ${pid}`), taken.message);
+    // Killed: a zombie at once (its /proc entry stays), and the lock is free at once.
+    Deno.kill(pid, "SIGKILL");
+    for (let i = 0; i < 400 && procState(pid) === "running"; i++) await sleep(25);
+    assertEquals(procState(pid), "zombie", "the killed holder stays a zombie");
+    const plan = checkOutputDir({ outputDir: out, modelDir: null, overwriteOutputDir: true });
+    assertEquals(plan.resumeDir, null);
+    const lines: string[] = [];
+    const lock = claimOutputDir(out, plan, true, (l) => lines.push(l));
+    assert(lines.some((l) => l.includes("taking over")), lines.join("\n"));
+    // The new holder's text names this process, and it refuses others while it holds the lock.
+    const text = JSON.parse(Deno.readTextFileSync(join(out, LOCK_FILE)));
+    assertEquals([text.pid, text.host, text.run_id], [Deno.pid, hostname(), lock.runId]);
+    const second = assertThrows(() =>
+      checkOutputDir({ outputDir: out, modelDir: null, overwriteOutputDir: true })
+    );
+    assert(second.message.includes(`pid ${Deno.pid}`), second.message);
+    lock.release();
+    assert(!Deno.readDirSync(out).some((x) => x.name === LOCK_FILE), "released");
+  } finally {
+    parent.kill("SIGKILL");
+    await parent.status;
+    await parent.stdout.cancel().catch(() => {});
+  }
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("output folder: a lock file naming a live pid that holds no lock (a reused pid) is taken over", () => {
+  const out = Deno.makeTempDirSync();
+  // This very process is alive, but does not hold the lock: the pid was reused.
+  Deno.writeTextFileSync(
+    join(out, LOCK_FILE),
+    JSON.stringify({ pid: Deno.pid, host: hostname(), run_id: "gone" }),
+  );
+  const plan = checkOutputDir({ outputDir: out, modelDir: null, overwriteOutputDir: false });
+  const lines: string[] = [];
+  const lock = claimOutputDir(out, plan, false, (l) => lines.push(l));
+  assert(lines.some((l) => l.includes("taking over")), lines.join("\n"));
+  lock.release();
+  Deno.removeSync(out, { recursive: true });
+});
