@@ -3,7 +3,10 @@
  * with the process that holds it (kill -9, a zombie, a reused pid), and files that are not the
  * run's own are never overwritten or deleted.
  */
-import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
+import { runIdOf, SAVING_RUN } from "./_util.ts";
+import { train } from "../src/train/trainer.ts";
+import { readCompletion } from "../src/train/checkpoint.ts";
 import { checkOutputDir, claimOutputDir, LOCK_FILE } from "../src/train/output_dir.ts";
 import { join } from "node:path";
 import { hostname } from "node:os";
@@ -11,6 +14,8 @@ import { fileURLToPath } from "node:url";
 
 const holder = fileURLToPath(new URL("./workers/lock_holder.ts", import.meta.url));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const quiet = { log: () => {} };
+const base = SAVING_RUN;
 const freshPlan = { runId: null, resumeDir: null, resumeSource: null, notes: [] };
 
 /**
@@ -112,4 +117,70 @@ Deno.test("output folder: a lock file naming a live pid that holds no lock (a re
   assert(lines.some((l) => l.includes("taking over")), lines.join("\n"));
   lock.release();
   Deno.removeSync(out, { recursive: true });
+});
+
+/** A copy of the checkpoint folder `from` at `to`, its complete.json naming run `runId`, step `step`. */
+function copyCheckpoint(from: string, to: string, runId: string, step: number): void {
+  Deno.mkdirSync(to);
+  for (const e of Deno.readDirSync(from)) Deno.copyFileSync(join(from, e.name), join(to, e.name));
+  const record = JSON.parse(Deno.readTextFileSync(join(to, "complete.json")));
+  Deno.writeTextFileSync(
+    join(to, "complete.json"),
+    JSON.stringify({ ...record, run_id: runId, step }),
+  );
+}
+
+/** Every file under `dir` (recursively) and its bytes, to compare before and after. */
+function snapshot(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const walk = (d: string, prefix: string) => {
+    for (const e of Deno.readDirSync(d)) {
+      if (e.isDirectory) walk(join(d, e.name), `${prefix}${e.name}/`);
+      else out[`${prefix}${e.name}`] = [...Deno.readFileSync(join(d, e.name))].join(",");
+    }
+  };
+  walk(dir, "");
+  return out;
+}
+
+Deno.test("output folder: a save never replaces a checkpoint-N this run did not write", async () => {
+  const out = await Deno.makeTempDir();
+  await train({ ...base, maxSteps: 2, outputDir: out }, quiet);
+  const runId = runIdOf(out), third = join(out, "checkpoint-3");
+  const resume = { ...base, maxSteps: 3, outputDir: out, resumeFromCheckpoint: "last" };
+  const refused = async (what: string) => {
+    const before = Deno.lstatSync(third).isDirectory
+      ? snapshot(third)
+      : Deno.readTextFileSync(third);
+    const e = await assertRejects(() => train(resume, quiet));
+    assert(e.message.includes(`${third} already exists`), `${what}: ${e.message}`);
+    assert(e.message.includes("--overwrite-output-dir"), `${what}: ${e.message}`);
+    const after = Deno.lstatSync(third).isDirectory
+      ? snapshot(third)
+      : Deno.readTextFileSync(third);
+    assertEquals(after, before, `${what} untouched`);
+    assert(!Deno.readDirSync(out).some((x) => x.name.includes(".tmp-")), "nothing left behind");
+  };
+  // Another run's complete checkpoint (README: neither resumed nor pruned; nor replaced).
+  copyCheckpoint(join(out, "checkpoint-2"), third, "another-run", 3);
+  await refused("another run's checkpoint");
+  Deno.removeSync(third, { recursive: true });
+  // A user's folder and a user's file under the name.
+  Deno.mkdirSync(third);
+  Deno.writeTextFileSync(join(third, "notes.txt"), "my notes");
+  await refused("a user's folder");
+  Deno.removeSync(third, { recursive: true });
+  Deno.writeTextFileSync(third, "my notes");
+  await refused("a user's file");
+  // --overwrite-output-dir lets the run replace it.
+  await train({ ...resume, overwriteOutputDir: true }, quiet);
+  assertEquals(readCompletion(third).run_id, runId);
+  // This run's own checkpoint is replaced as before (resuming an older one saves step 3 again).
+  const again = await train(
+    { ...resume, resumeFromCheckpoint: join(out, "checkpoint-2") },
+    quiet,
+  );
+  assertEquals(again.steps, 3);
+  assertEquals(readCompletion(third).run_id, runId);
+  await Deno.remove(out, { recursive: true });
 });
