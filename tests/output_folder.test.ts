@@ -184,3 +184,45 @@ Deno.test("output folder: a save never replaces a checkpoint-N this run did not 
   assertEquals(readCompletion(third).run_id, runId);
   await Deno.remove(out, { recursive: true });
 });
+
+Deno.test("output folder: a fresh run refuses a folder of files that are not a run's, unless --overwrite-output-dir", async () => {
+  const root = await Deno.makeTempDir();
+  // An HF model folder (not the model trained), a run's checkpoint folder given as --output-dir,
+  // and an earlier run's folder with only its metrics.
+  const model = join(root, "model"), run = join(root, "run"), metricsOnly = join(root, "metrics");
+  await train({ ...base, maxSteps: 1, saveFinalModel: true, outputDir: run }, quiet);
+  Deno.mkdirSync(model);
+  for (const name of ["config.json", "model.safetensors"]) {
+    Deno.copyFileSync(join(run, name), join(model, name));
+  }
+  Deno.mkdirSync(metricsOnly);
+  Deno.copyFileSync(join(run, "metrics.jsonl"), join(metricsOnly, "metrics.jsonl"));
+  const cases: [string, string, RegExp][] = [
+    [model, "config.json", /a model folder/],
+    [join(run, "checkpoint-1"), "complete.json", /a checkpoint folder/],
+    [metricsOnly, "metrics.jsonl", /run\.json is gone/],
+  ];
+  for (const [outputDir, named, kind] of cases) {
+    const before = snapshot(outputDir);
+    const e = await assertRejects(() => train({ ...base, maxSteps: 1, outputDir }, quiet));
+    assert(e.message.includes(join(outputDir, named)), e.message);
+    assert(kind.test(e.message) && e.message.includes("--overwrite-output-dir"), e.message);
+    assertEquals(snapshot(outputDir), before, `${outputDir} untouched`);
+  }
+  // A folder with files a run never writes (a Slurm log, notes) is still a fresh run's.
+  const other = join(root, "other");
+  Deno.mkdirSync(other);
+  Deno.writeTextFileSync(join(other, "slurm-1.out"), "job log");
+  await train({ ...base, maxSteps: 1, saveFinalModel: true, outputDir: other }, quiet);
+  assertEquals(Deno.readTextFileSync(join(other, "slurm-1.out")), "job log");
+  // --overwrite-output-dir: the run goes ahead and writes over them.
+  await train({
+    ...base,
+    maxSteps: 1,
+    saveFinalModel: true,
+    outputDir: model,
+    overwriteOutputDir: true,
+  }, quiet);
+  assert(Deno.readDirSync(model).some((x) => x.name === "run.json"));
+  await Deno.remove(root, { recursive: true });
+});

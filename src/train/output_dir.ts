@@ -44,6 +44,19 @@ const WRITTEN = [
   "generation_config.json",
 ];
 const WRITTEN_PATTERN = /^(model-\d{5}-of-\d{5}\.safetensors|checkpoint-.*)$/;
+/**
+ * Names that, without run.json, say the folder holds files a run would overwrite: an earlier run
+ * whose run.json is gone, a model folder, a checkpoint folder (`logs` aside: the launcher makes
+ * it before its ranks check the folder; the lock and run.json are the run's own).
+ */
+const OVERWRITTEN = [
+  ...WRITTEN.filter((n) => n !== "logs" && n !== LOCK_FILE && n !== RUN_FILE),
+  "complete.json",
+  "trainer_state.json",
+  "optimizer.safetensors",
+];
+const OVERWRITTEN_PATTERN =
+  /^(model-\d{5}-of-\d{5}\.safetensors|optimizer\.rank\d+-of-\d+\.safetensors)$/;
 
 /** An output folder this run must not use, and why. */
 export class OutputDirError extends Error {
@@ -218,6 +231,27 @@ export function checkOutputDir(options: {
   const checkpoints = names.filter((n) => n.startsWith("checkpoint-"));
   const used = folderRun !== null || checkpoints.length > 0;
   const startOver = `--overwrite-output-dir to start over (it deletes them)`;
+  if (!used && resume !== "last" && !overwriteOutputDir) {
+    // Not an earlier run's folder, yet it holds files this run would write over.
+    const theirs = names.filter((n) => OVERWRITTEN.includes(n) || OVERWRITTEN_PATTERN.test(n))
+      .sort();
+    if (theirs.length) {
+      const kind = theirs.includes("complete.json")
+        ? "a checkpoint folder"
+        : theirs.some((n) => /^model.*\.safetensors$/.test(n))
+        ? "a model folder"
+        : "files of a run whose run.json is gone";
+      throw new OutputDirError(
+        `${flag} holds ${join(outputDir, theirs[0])}${
+          theirs.length > 1
+            ? ` (and ${theirs.slice(1, 4).join(", ")}${theirs.length > 4 ? ", ..." : ""})`
+            : ""
+        } but no ${RUN_FILE}: it looks like ${kind}, not a distflash run's output folder, and ` +
+          "this run would overwrite those files. Choose another output folder, or pass " +
+          "--overwrite-output-dir to let this run overwrite them",
+      );
+    }
+  }
   if (!resume) {
     if (used && !overwriteOutputDir) {
       throw new OutputDirError(
