@@ -226,3 +226,46 @@ Deno.test("output folder: a fresh run refuses a folder of files that are not a r
   assert(Deno.readDirSync(model).some((x) => x.name === "run.json"));
   await Deno.remove(root, { recursive: true });
 });
+
+Deno.test("output folder: --overwrite-output-dir deletes only the folder's run's own checkpoints", async () => {
+  const out = await Deno.makeTempDir();
+  await train({ ...base, maxSteps: 2, outputDir: out }, quiet);
+  const earlier = runIdOf(out);
+  // Not the run's own: a user's checkpoint-best/ and notes, another run's complete checkpoint-7,
+  // a padded copy; the run's own leftover of an interrupted save goes with its checkpoints.
+  Deno.mkdirSync(join(out, "checkpoint-best"));
+  Deno.writeTextFileSync(join(out, "checkpoint-best", "weights.bin"), "best");
+  Deno.writeTextFileSync(join(out, "checkpoint-notes.txt"), "notes");
+  copyCheckpoint(join(out, "checkpoint-2"), join(out, "checkpoint-7"), "another-run", 7);
+  copyCheckpoint(join(out, "checkpoint-2"), join(out, "checkpoint-0002"), earlier, 2);
+  Deno.mkdirSync(join(out, `checkpoint-3.tmp-${earlier}`));
+  Deno.mkdirSync(join(out, "checkpoint-4.tmp-another-run"));
+  const kept = ["checkpoint-best", "checkpoint-notes.txt", "checkpoint-7", "checkpoint-0002"]
+    .concat(["checkpoint-4.tmp-another-run"]);
+  const before = Object.fromEntries(
+    kept.map((n) => [n, Deno.lstatSync(join(out, n)).isDirectory ? snapshot(join(out, n)) : {}]),
+  );
+  const lines: string[] = [];
+  await train(
+    { ...base, maxSteps: 1, outputDir: out, overwriteOutputDir: true },
+    { log: (l) => lines.push(l) },
+  );
+  const deleted = lines.filter((l) => l.startsWith("--overwrite-output-dir: deleted"));
+  const names = (list: string[]) => list.map((l) => l.slice(l.lastIndexOf("/") + 1)).sort();
+  assertEquals(names(deleted), [
+    "checkpoint-1",
+    "checkpoint-2",
+    `checkpoint-3.tmp-${earlier}`,
+    "metrics.jsonl",
+    "run.json",
+  ]);
+  for (const n of kept) {
+    const path = join(out, n);
+    assertEquals(Deno.lstatSync(path).isDirectory ? snapshot(path) : {}, before[n], `${n} kept`);
+  }
+  assertEquals(Deno.readTextFileSync(join(out, "checkpoint-notes.txt")), "notes");
+  assert(runIdOf(out) !== earlier, "a new run");
+  assertEquals(readCompletion(join(out, "checkpoint-1")).run_id, runIdOf(out));
+  assert(!Deno.readDirSync(out).some((x) => x.name === "checkpoint-2"), "the earlier run's went");
+  await Deno.remove(out, { recursive: true });
+});

@@ -21,7 +21,12 @@
 import { existsSync, lstatSync, readdirSync, readlinkSync, realpathSync } from "node:fs";
 import { hostname } from "node:os";
 import { join, relative, resolve } from "node:path";
-import { lastCheckpoint, readCompletion } from "./checkpoint.ts";
+import {
+  checkpointRunId,
+  lastCheckpoint,
+  parseCheckpointName,
+  readCompletion,
+} from "./checkpoint.ts";
 
 /** The run this output folder belongs to. */
 export const RUN_FILE = "run.json";
@@ -325,8 +330,9 @@ export function claimOutputDir(
     const bytes = new TextEncoder().encode(body);
     for (let done = 0; done < bytes.length;) done += file.writeSync(bytes.subarray(done));
     if (overwrite && plan.resumeDir === null) {
+      const earlier = readRunId(outputDir);
       for (const name of readdirSync(outputDir)) {
-        if (name.startsWith("checkpoint-") || name === "metrics.jsonl" || name === RUN_FILE) {
+        if (isRunsOwn(outputDir, name, earlier) || name === "metrics.jsonl" || name === RUN_FILE) {
           Deno.removeSync(join(outputDir, name), { recursive: true });
           log(`--overwrite-output-dir: deleted ${join(outputDir, name)}`);
         }
@@ -338,6 +344,19 @@ export function claimOutputDir(
     throw error;
   }
   return { runId, release };
+}
+
+/**
+ * Whether entry `name` of `outputDir` is one of run `runId`'s checkpoints, which
+ * `--overwrite-output-dir` deletes: a canonical `checkpoint-<N>` folder whose complete.json names
+ * the run, or the run's interrupted save (`.tmp-`, `.old-`, `.deleting-<run id>`). Never a user's
+ * `checkpoint-best/` or `checkpoint-notes.txt`, nor another run's checkpoint.
+ */
+function isRunsOwn(outputDir: string, name: string, runId: string | null): boolean {
+  if (runId === null) return false;
+  const m = /^(checkpoint-[^.]*)\.(tmp|old|deleting)-(.*)$/.exec(name);
+  if (m) return m[3] === runId && parseCheckpointName(m[1]) !== null;
+  return parseCheckpointName(name) !== null && checkpointRunId(join(outputDir, name)) === runId;
 }
 
 /**
