@@ -269,3 +269,25 @@ Deno.test("output folder: --overwrite-output-dir deletes only the folder's run's
   assert(!Deno.readDirSync(out).some((x) => x.name === "checkpoint-2"), "the earlier run's went");
   await Deno.remove(out, { recursive: true });
 });
+
+Deno.test("output folder: writes never follow a symbolic training_args.json or runs/", async () => {
+  const root = await Deno.makeTempDir();
+  const out = join(root, "out"), target = join(root, "precious.json"), dir = join(root, "tb");
+  Deno.mkdirSync(out);
+  Deno.mkdirSync(dir);
+  Deno.writeTextFileSync(target, "keep me");
+  for (const [name, to] of [["training_args.json", target], ["runs", dir]]) {
+    Deno.symlinkSync(to, join(out, name));
+    const e = await assertRejects(() =>
+      train({ ...base, maxSteps: 1, outputDir: out, reportTo: "tensorboard" }, quiet)
+    );
+    assert(
+      e.message.includes(`${name} -> ${to}`) && e.message.includes("symbolic link"),
+      e.message,
+    );
+    Deno.removeSync(join(out, name));
+  }
+  assertEquals(Deno.readTextFileSync(target), "keep me");
+  assertEquals([...Deno.readDirSync(dir)], [], "nothing written into the linked runs/");
+  await Deno.remove(root, { recursive: true });
+});

@@ -47,6 +47,8 @@ const WRITTEN = [
   "special_tokens_map.json",
   "tokenizer.model",
   "generation_config.json",
+  "training_args.json",
+  "runs",
 ];
 const WRITTEN_PATTERN = /^(model-\d{5}-of-\d{5}\.safetensors|checkpoint-.*)$/;
 /**
