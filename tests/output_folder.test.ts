@@ -8,6 +8,7 @@ import { runIdOf, SAVING_RUN } from "./_util.ts";
 import { train } from "../src/train/trainer.ts";
 import { readCompletion } from "../src/train/checkpoint.ts";
 import { checkOutputDir, claimOutputDir, LOCK_FILE } from "../src/train/output_dir.ts";
+import { resolveTrainOptions } from "../src/train/resolve_options.ts";
 import { join } from "node:path";
 import { hostname } from "node:os";
 import { fileURLToPath } from "node:url";
@@ -290,4 +291,26 @@ Deno.test("output folder: writes never follow a symbolic training_args.json or r
   assertEquals(Deno.readTextFileSync(target), "keep me");
   assertEquals([...Deno.readDirSync(dir)], [], "nothing written into the linked runs/");
   await Deno.remove(root, { recursive: true });
+});
+
+Deno.test("options: --seed beyond 2^53-1 is refused when parsed (its checkpoints could never resume)", () => {
+  for (const seed of ["9007199254740992", "9007199254740993", "1e300", 2 ** 53, -(2 ** 53)]) {
+    const e = assertThrows(() =>
+      resolveTrainOptions({ model: "debug-tiny", synthetic: true, seed })
+    );
+    assert(e.message.startsWith("--seed:"), e.message);
+    assert(
+      e.message.includes("2^53-1") || e.message.includes("must be >= 0"),
+      `${seed}: ${e.message}`,
+    );
+  }
+  const e = assertThrows(() =>
+    resolveTrainOptions({ model: "debug-tiny", synthetic: true, seed: "9007199254740993" })
+  );
+  assert(e.message.includes("9007199254740993 is beyond 2^53-1"), e.message);
+  assertEquals(
+    resolveTrainOptions({ model: "debug-tiny", synthetic: true, seed: "9007199254740991" }).options
+      .seed,
+    2 ** 53 - 1,
+  );
 });
