@@ -299,9 +299,13 @@ Deno.test("reliability: outputs are never written through symbolic links", async
 Deno.test("reliability: two runs on one folder: a live lock refuses, a dead one is taken over", async () => {
   const out = await Deno.makeTempDir();
   const lock = join(out, LOCK_FILE);
+  // A live holder holds the file lock (as a run's rank 0 does), its pid written in the file.
+  const held = Deno.openSync(lock, { read: true, write: true, create: true });
+  held.lockSync(true);
   Deno.writeTextFileSync(lock, JSON.stringify({ pid: Deno.pid, host: hostname() }));
   const e = await assertRejects(() => train({ ...base, maxSteps: 1, outputDir: out }, quiet));
   assert(e.message.includes("in use by another run") && e.message.includes(`${Deno.pid}`));
+  held.close();
   // The pid of a process that has exited: a crashed run's lock.
   const dead = new Deno.Command("true").spawn();
   await dead.status;

@@ -11,7 +11,9 @@
  * 4. Rank 0 checks that every expected file is there and writes `complete.json` last (run id,
  *    step, world size, each file's size), flushed, then renames the folder to `checkpoint-N`.
  *    An existing `checkpoint-N` is first renamed to `checkpoint-N.old-<run id>` and deleted only
- *    once the new folder is in place.
+ *    once the new folder is in place. Only this run's own checkpoint is replaced so: anything
+ *    else under that name (another run's checkpoint, a user's file or folder) stops the save
+ *    before any file is written, unless `--overwrite-output-dir` was given.
  *
  * A folder counts as a checkpoint only with its canonical name `checkpoint-<N>` (no leading
  * zeros, N a safe integer) and a valid `complete.json` whose files are all present with the
@@ -283,6 +285,22 @@ function finalNameOf(name: string, tag: string, runId: string): string | null {
   return parseCheckpointName(final) === null ? null : final;
 }
 
+/**
+ * The run id in `path`/complete.json when `path` is a folder with a completion record (its files
+ * not checked), else null: not a distflash checkpoint.
+ */
+export function checkpointRunId(path: string): string | null {
+  try {
+    if (!lstatSync(path).isDirectory()) return null;
+    const r = JSON.parse(Deno.readTextFileSync(join(path, COMPLETE_FILE)));
+    return isObject(r) && r.format === 1 && typeof r.run_id === "string" && r.run_id !== ""
+      ? r.run_id
+      : null;
+  } catch {
+    return null;
+  }
+}
+
 function isComplete(path: string): boolean {
   try {
     readCompletion(path);
@@ -392,6 +410,11 @@ export interface SaverOptions {
   sharded: boolean;
   /** Returns once every rank has called it (a collective); a no-op on one rank. */
   barrier: () => Promise<void>;
+  /**
+   * `--overwrite-output-dir`: a save may replace whatever has its name. Without it only this
+   * run's own checkpoint is replaced.
+   */
+  overwrite?: boolean;
 }
 
 /** Writes checkpoints of one run as the module documentation describes. */
@@ -417,6 +440,7 @@ export class CheckpointSaver {
     const { outputDir, runId, rank, worldSize, sharded, barrier } = this.options;
     const final = join(outputDir, checkpointName(step));
     const tmp = `${final}.tmp-${runId}`;
+    if (rank === 0) this.#checkReplaceable(final);
     try {
       if (rank === 0) {
         await Deno.remove(tmp, { recursive: true }).catch((e) => {
@@ -465,9 +489,38 @@ export class CheckpointSaver {
     return final;
   }
 
+  /**
+   * Refuses to replace `final` unless it is this run's own checkpoint or the run may overwrite
+   * (a CheckpointError naming the path and the flag).
+   */
+  #checkReplaceable(final: string): void {
+    const { runId, overwrite } = this.options;
+    let entry: Deno.FileInfo;
+    try {
+      entry = Deno.lstatSync(final);
+    } catch {
+      return; // free
+    }
+    const owner = checkpointRunId(final);
+    if (overwrite || owner === runId) return;
+    const what = owner !== null
+      ? `another run's checkpoint (run ${owner})`
+      : entry.isDirectory
+      ? "a folder that is not a distflash checkpoint (no complete.json)"
+      : entry.isSymlink
+      ? "a symbolic link"
+      : "a file that is not a checkpoint";
+    throw new CheckpointError(
+      `${final} already exists and is ${what}, not this run's: distflash does not replace what ` +
+        "this run did not write. Move it away, or pass --overwrite-output-dir to let this run " +
+        "replace it",
+    );
+  }
+
   /** Renames `tmp` to `final`, replacing an existing `final` without a moment of neither. */
   async #moveIntoPlace(tmp: string, final: string): Promise<void> {
     const old = `${final}.old-${this.options.runId}`;
+    this.#checkReplaceable(final); // nothing new appeared under the name while this rank saved
     const replacing = existsSync(final);
     if (replacing) {
       await Deno.remove(old, { recursive: true }).catch(() => {});

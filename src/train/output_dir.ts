@@ -7,16 +7,26 @@
  *   link (writing through one would overwrite its target); no live run holds the lock; a fresh
  *   run does not mix into another run's folder (`--resume-from-checkpoint last` continues it,
  *   `--overwrite-output-dir` starts over); and it decides the run id and the checkpoint to resume.
- * - `claimOutputDir` (rank 0, once the ranks have met): takes the lock (a lock whose process is
- *   dead on this host is taken over), clears the folder on `--overwrite-output-dir`, writes
- *   run.json.
+ * - `claimOutputDir` (rank 0, once the ranks have met): takes the lock, clears the folder on
+ *   `--overwrite-output-dir`, writes run.json.
+ *
+ * The lock is an advisory file lock (flock) on `distflash.lock`, held by rank 0 for the whole run
+ * on an open file: the kernel releases it when that process ends, however it ends (kill -9
+ * included; a zombie holds no files, and a reused pid does not hold the lock). The file's text
+ * (pid, host, run id) is only there for messages. A file system without file locks (some Lustre
+ * mounts) falls back to the pid check: the pid's process alive on this host, or any other host's.
  *
  * @module
  */
 import { existsSync, lstatSync, readdirSync, readlinkSync, realpathSync } from "node:fs";
 import { hostname } from "node:os";
 import { join, relative, resolve } from "node:path";
-import { lastCheckpoint, readCompletion } from "./checkpoint.ts";
+import {
+  checkpointRunId,
+  lastCheckpoint,
+  parseCheckpointName,
+  readCompletion,
+} from "./checkpoint.ts";
 
 /** The run this output folder belongs to. */
 export const RUN_FILE = "run.json";
@@ -37,8 +47,23 @@ const WRITTEN = [
   "special_tokens_map.json",
   "tokenizer.model",
   "generation_config.json",
+  "training_args.json",
+  "runs",
 ];
 const WRITTEN_PATTERN = /^(model-\d{5}-of-\d{5}\.safetensors|checkpoint-.*)$/;
+/**
+ * Names that, without run.json, say the folder holds files a run would overwrite: an earlier run
+ * whose run.json is gone, a model folder, a checkpoint folder (`logs` aside: the launcher makes
+ * it before its ranks check the folder; the lock and run.json are the run's own).
+ */
+const OVERWRITTEN = [
+  ...WRITTEN.filter((n) => n !== "logs" && n !== LOCK_FILE && n !== RUN_FILE),
+  "complete.json",
+  "trainer_state.json",
+  "optimizer.safetensors",
+];
+const OVERWRITTEN_PATTERN =
+  /^(model-\d{5}-of-\d{5}\.safetensors|optimizer\.rank\d+-of-\d+\.safetensors)$/;
 
 /** An output folder this run must not use, and why. */
 export class OutputDirError extends Error {
@@ -82,20 +107,80 @@ function readRunId(outputDir: string): string | null {
   );
 }
 
-function readLock(path: string): LockInfo | null {
+/** The lock file's text as a LockInfo, else null (empty, or half-written by a killed process). */
+function parseLock(text: string): LockInfo | null {
   try {
-    const l = JSON.parse(Deno.readTextFileSync(path));
+    const l = JSON.parse(text);
     return Number.isInteger(l.pid) && typeof l.host === "string" ? l : null;
   } catch {
-    return null; // half-written by a process killed while taking it
+    return null;
   }
 }
 
+/**
+ * The text of an open lock file, read through `file`: never by opening the path again, since
+ * where flock is emulated with POSIX locks (NFS) closing any descriptor of the file would drop
+ * this process's lock.
+ */
+function readLockText(file: Deno.FsFile): string {
+  file.seekSync(0, Deno.SeekMode.Start);
+  const chunks: Uint8Array[] = [];
+  for (let total = 0; total < 1 << 16;) {
+    const buf = new Uint8Array(4096);
+    const n = file.readSync(buf);
+    if (n === null || n === 0) break;
+    chunks.push(buf.subarray(0, n));
+    total += n;
+  }
+  const all = new Uint8Array(chunks.reduce((a, c) => a + c.length, 0));
+  let at = 0;
+  for (const c of chunks) all.set(c, (at += c.length) - c.length);
+  return new TextDecoder().decode(all);
+}
+
 /** Whether the process that wrote a lock may still run (only this host's can be checked). */
-function lockAlive(lock: LockInfo | null): boolean {
+function pidAlive(lock: LockInfo | null): boolean {
   if (lock === null) return false;
   if (lock.host !== hostname()) return true;
   return lock.pid === Deno.pid || existsSync(`/proc/${lock.pid}`);
+}
+
+function openLock(path: string, create: boolean): Deno.FsFile {
+  try {
+    return Deno.openSync(path, create ? { read: true, write: true, create: true } : { read: true });
+  } catch (error) {
+    throw new OutputDirError(
+      `${path}: cannot open the output folder's lock (${(error as Error).message}); ` +
+        "check the folder's permissions, or choose another output folder",
+    );
+  }
+}
+
+/**
+ * Takes the exclusive file lock of an open lock file without waiting: false when another open
+ * file (of any process, this one included) holds it. Where the file system has no file locks,
+ * the pid written in the file decides instead.
+ */
+function tryLock(file: Deno.FsFile, exclusive: boolean): boolean {
+  try {
+    return file.tryLockSync(exclusive);
+  } catch {
+    return !pidAlive(parseLock(readLockText(file)));
+  }
+}
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/** The refusal of a folder whose lock a live run holds; `text` is the lock file's. */
+function inUse(flag: string, lockPath: string, text: string): OutputDirError {
+  const lock = parseLock(text);
+  const who = lock ? `pid ${lock.pid} on ${lock.host}, ` : "";
+  return new OutputDirError(
+    `${flag} is in use by another run (${who}holding the lock on ${lockPath}); ` +
+      "wait for it or choose another output folder",
+  );
 }
 
 const real = (path: string) => existsSync(path) ? realpathSync(path) : resolve(path);
@@ -137,12 +222,15 @@ export function checkOutputDir(options: {
   }
   const lockPath = join(outputDir, LOCK_FILE);
   if (existsSync(lockPath)) {
-    const lock = readLock(lockPath);
-    if (lockAlive(lock)) {
-      throw new OutputDirError(
-        `${flag} is in use by another run (pid ${lock!.pid} on ${lock!.host}, see ${lockPath}); ` +
-          "wait for it or choose another output folder (if that run is gone, delete the lock)",
-      );
+    const file = openLock(lockPath, false);
+    try {
+      // Shared: checks (the launcher's, every rank's) do not stand in each other's way.
+      if (!tryLock(file, false)) throw inUse(flag, lockPath, readLockText(file));
+      try {
+        file.unlockSync();
+      } catch { /* no file locks here: nothing was taken */ }
+    } finally {
+      file.close();
     }
   }
 
@@ -150,6 +238,27 @@ export function checkOutputDir(options: {
   const checkpoints = names.filter((n) => n.startsWith("checkpoint-"));
   const used = folderRun !== null || checkpoints.length > 0;
   const startOver = `--overwrite-output-dir to start over (it deletes them)`;
+  if (!used && resume !== "last" && !overwriteOutputDir) {
+    // Not an earlier run's folder, yet it holds files this run would write over.
+    const theirs = names.filter((n) => OVERWRITTEN.includes(n) || OVERWRITTEN_PATTERN.test(n))
+      .sort();
+    if (theirs.length) {
+      const kind = theirs.includes("complete.json")
+        ? "a checkpoint folder"
+        : theirs.some((n) => /^model.*\.safetensors$/.test(n))
+        ? "a model folder"
+        : "files of a run whose run.json is gone";
+      throw new OutputDirError(
+        `${flag} holds ${join(outputDir, theirs[0])}${
+          theirs.length > 1
+            ? ` (and ${theirs.slice(1, 4).join(", ")}${theirs.length > 4 ? ", ..." : ""})`
+            : ""
+        } but no ${RUN_FILE}: it looks like ${kind}, not a distflash run's output folder, and ` +
+          "this run would overwrite those files. Choose another output folder, or pass " +
+          "--overwrite-output-dir to let this run overwrite them",
+      );
+    }
+  }
   if (!resume) {
     if (used && !overwriteOutputDir) {
       throw new OutputDirError(
@@ -186,7 +295,7 @@ export function checkOutputDir(options: {
   return { runId: record.run_id, resumeDir: resume, resumeSource: resume, notes: [] };
 }
 
-/** A held output-folder lock; `release` deletes it. */
+/** A held output-folder lock; `release` deletes the file and unlocks it. */
 export interface OutputLock {
   runId: string;
   release(): void;
@@ -205,27 +314,27 @@ export function claimOutputDir(
   Deno.mkdirSync(outputDir, { recursive: true });
   const lockPath = join(outputDir, LOCK_FILE);
   const runId = plan.runId ?? crypto.randomUUID();
-  const body = JSON.stringify({ pid: Deno.pid, host: hostname(), run_id: runId });
-  for (let attempt = 0;; attempt++) {
+  const file = takeLock(outputDir, lockPath, log);
+  const release = () => {
     try {
-      Deno.writeTextFileSync(lockPath, body, { createNew: true });
-      break;
-    } catch (error) {
-      if (!(error instanceof Deno.errors.AlreadyExists) || attempt > 0) throw error;
-      const lock = readLock(lockPath);
-      if (lockAlive(lock)) {
-        throw new OutputDirError(
-          `--output-dir ${outputDir} is in use by another run (pid ${lock!.pid} on ${lock!.host})`,
-        );
-      }
-      log(`note: taking over ${lockPath}, left by a run that ended without removing it`);
-      Deno.removeSync(lockPath);
-    }
-  }
+      // Deleted only while it is still this run's file (never a later run's new one), then
+      // unlocked by closing it.
+      if (Deno.lstatSync(lockPath).ino === file.statSync().ino) Deno.removeSync(lockPath);
+    } catch { /* already gone */ }
+    try {
+      file.close();
+    } catch { /* released already */ }
+  };
   try {
+    const body = JSON.stringify({ pid: Deno.pid, host: hostname(), run_id: runId });
+    file.truncateSync(0);
+    file.seekSync(0, Deno.SeekMode.Start);
+    const bytes = new TextEncoder().encode(body);
+    for (let done = 0; done < bytes.length;) done += file.writeSync(bytes.subarray(done));
     if (overwrite && plan.resumeDir === null) {
+      const earlier = readRunId(outputDir);
       for (const name of readdirSync(outputDir)) {
-        if (name.startsWith("checkpoint-") || name === "metrics.jsonl" || name === RUN_FILE) {
+        if (isRunsOwn(outputDir, name, earlier) || name === "metrics.jsonl" || name === RUN_FILE) {
           Deno.removeSync(join(outputDir, name), { recursive: true });
           log(`--overwrite-output-dir: deleted ${join(outputDir, name)}`);
         }
@@ -233,17 +342,65 @@ export function claimOutputDir(
     }
     Deno.writeTextFileSync(join(outputDir, RUN_FILE), JSON.stringify({ run_id: runId }) + "\n");
   } catch (error) {
-    Deno.removeSync(lockPath);
+    release();
     throw error;
   }
-  return {
-    runId,
-    release: () => {
+  return { runId, release };
+}
+
+/**
+ * Whether entry `name` of `outputDir` is one of run `runId`'s checkpoints, which
+ * `--overwrite-output-dir` deletes: a canonical `checkpoint-<N>` folder whose complete.json names
+ * the run, or the run's interrupted save (`.tmp-`, `.old-`, `.deleting-<run id>`). Never a user's
+ * `checkpoint-best/` or `checkpoint-notes.txt`, nor another run's checkpoint.
+ */
+function isRunsOwn(outputDir: string, name: string, runId: string | null): boolean {
+  if (runId === null) return false;
+  const m = /^(checkpoint-[^.]*)\.(tmp|old|deleting)-(.*)$/.exec(name);
+  if (m) return m[3] === runId && parseCheckpointName(m[1]) !== null;
+  return parseCheckpointName(name) !== null && checkpointRunId(join(outputDir, name)) === runId;
+}
+
+/**
+ * Opens and locks `lockPath` for this run; the returned file holds the lock until closed. A lock
+ * file that nobody holds (its run ended without deleting it) is taken over, with a note.
+ */
+function takeLock(outputDir: string, lockPath: string, log: (line: string) => void): Deno.FsFile {
+  const flag = `--output-dir ${outputDir}`;
+  for (let attempt = 0;; attempt++) {
+    const file = openLock(lockPath, true);
+    try {
+      // Another job's check holds a shared lock for an instant: wait that out, not a run.
+      let locked = tryLock(file, true);
+      for (let wait = 0; !locked && wait < 5; wait++) {
+        sleepSync(20);
+        locked = tryLock(file, true);
+      }
+      if (!locked) throw inUse(flag, lockPath, readLockText(file));
+      // A run that ended between our open and our lock may have deleted the file: then we hold
+      // the lock of a file no one else will open. Lock the file now at the path instead.
+      let current: Deno.FileInfo | null = null;
       try {
-        if (readLock(lockPath)?.pid === Deno.pid) Deno.removeSync(lockPath);
-      } catch { /* already gone */ }
-    },
-  };
+        current = Deno.lstatSync(lockPath);
+      } catch { /* deleted */ }
+      if (current?.ino !== file.statSync().ino) {
+        if (attempt < 10) {
+          file.close();
+          continue;
+        }
+        throw new OutputDirError(`${lockPath}: keeps changing; is another run starting?`);
+      }
+      if (readLockText(file).trim() !== "") {
+        log(`note: taking over ${lockPath}, left by a run that ended without removing it`);
+      }
+      return file;
+    } catch (error) {
+      try {
+        file.close();
+      } catch { /* closed above */ }
+      throw error;
+    }
+  }
 }
 
 /** The run id rank 0 wrote (the other ranks read it once the ranks have met). */

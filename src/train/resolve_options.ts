@@ -115,6 +115,14 @@ export function resolveTrainOptions(
         if (spec.kind === "int" && !Number.isInteger(n)) {
           throw new OptionError(`${flag}: expected an integer, got ${JSON.stringify(raw)}`);
         }
+        if (spec.kind === "int" && !Number.isSafeInteger(n)) {
+          // Rounded already, and trainer_state.json could not record it exactly: a --seed
+          // beyond it would make every checkpoint of the run refuse to resume.
+          throw new OptionError(
+            `${flag}: ${String(raw).trim()} is beyond 2^53-1 (${Number.MAX_SAFE_INTEGER}), the ` +
+              "largest integer kept exactly (checkpoints record it in JSON); choose a smaller one",
+          );
+        }
         if (spec.positive && !(n > 0)) throw new OptionError(`${flag}: must be > 0, got ${n}`);
         if (spec.min !== undefined && n < spec.min) {
           throw new OptionError(`${flag}: must be >= ${spec.min}, got ${n}`);

@@ -257,6 +257,7 @@ function checkpointing(run: Run): {
     worldSize: run.worldSize,
     sharded: fullShard,
     barrier: run.barrier,
+    overwrite: o.overwriteOutputDir,
   });
   const writeState = async (dir: string, step: number) => {
     const numbers = {
