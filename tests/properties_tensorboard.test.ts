@@ -168,8 +168,11 @@ const step = fc.oneof(
   { weight: 1, arbitrary: natAcrossBoundaries.map((n) => -n) },
 );
 
-/** Any double: NaN, -0, infinities, subnormals, values beyond float32's range. */
-const value = fc.double();
+/** Any double, and often the special ones: NaN, -0, infinities, float32's edges and beyond. */
+const value = fc.oneof(
+  fc.double(),
+  fc.constantFrom(NaN, Infinity, -Infinity, -0, 3.4028234663852886e38, 3.5e38, 1e-46, -1e-45),
+);
 
 /** Scalars by tag: Unicode tags (including "__proto__" and integer-like ones), any values. */
 const scalars = fc.dictionary(
