@@ -178,7 +178,9 @@ export function parsePickle(bytes: Uint8Array, where = "pickle"): unknown {
       case 0x65: // APPENDS
       case 0x90: { // ADDITEMS (sets are lists here)
         const items = popMark();
-        list(top()).push(...items);
+        // One push per item: push(...items) overflows the call stack beyond ~120k items.
+        const target = list(top());
+        for (const item of items) target.push(item);
         break;
       }
       case 0x73: { // SETITEM
