@@ -135,6 +135,16 @@ export function parsePickle(bytes: Uint8Array, where = "pickle"): unknown {
     if (n > 0 && b[n - 1] & 0x80) v -= 1n << BigInt(8 * n);
     return int(v);
   };
+  /** FLOAT's text: Python's repr of a float ("1.5", "1e+100", "inf", "-inf", "nan"). */
+  const float = (s: string) => {
+    const t = s.trim();
+    if (/^[-+]?(inf|infinity)$/i.test(t)) return t.startsWith("-") ? -Infinity : Infinity;
+    if (/^[-+]?nan$/i.test(t)) return NaN;
+    if (!/^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(t)) {
+      throw new DataError(`${where}: bad float ${JSON.stringify(s)}`);
+    }
+    return Number(t);
+  };
   const decimal = (s: string) => {
     const t = s.replace(/L$/, "");
     if (t === "00") return false;
@@ -249,7 +259,7 @@ export function parsePickle(bytes: Uint8Array, where = "pickle"): unknown {
         pos += 8;
         break;
       case 0x46: // FLOAT (text)
-        stack.push(Number(line()));
+        stack.push(float(line()));
         break;
       case 0x4e: // NONE
         stack.push(null);
