@@ -145,6 +145,11 @@ export function parsePickle(bytes: Uint8Array, where = "pickle"): unknown {
     }
     return Number(t);
   };
+  /** PUT and GET's text memo key: a decimal number. */
+  const memoKey = (s: string) => {
+    if (!/^\d+$/.test(s)) throw new DataError(`${where}: bad memo key ${JSON.stringify(s)}`);
+    return Number(s);
+  };
   const decimal = (s: string) => {
     const t = s.replace(/L$/, "");
     if (t === "00") return false;
@@ -302,7 +307,7 @@ export function parsePickle(bytes: Uint8Array, where = "pickle"): unknown {
         memo.set(u32(), top());
         break;
       case 0x70: // PUT (text)
-        memo.set(Number(line()), top());
+        memo.set(memoKey(line()), top());
         break;
       case 0x94: // MEMOIZE
         memo.set(memo.size, top());
@@ -310,7 +315,7 @@ export function parsePickle(bytes: Uint8Array, where = "pickle"): unknown {
       case 0x68: // BINGET
       case 0x6a: // LONG_BINGET
       case 0x67: { // GET (text)
-        const k = op === 0x68 ? u8() : op === 0x6a ? u32() : Number(line());
+        const k = op === 0x68 ? u8() : op === 0x6a ? u32() : memoKey(line());
         if (!memo.has(k)) throw new DataError(`${where}: memo key ${k} was never stored`);
         stack.push(memo.get(k));
         break;
