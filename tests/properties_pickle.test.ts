@@ -616,3 +616,22 @@ Deno.test("pickle properties: FLOAT text and memo keys that are no numbers are r
     runs(200),
   );
 });
+
+Deno.test("pickle properties: a value or MARK left on the stack at STOP is refused", () => {
+  fc.assert(
+    fc.property(pickled, fc.constantFrom(OP.NONE, OP.MARK, OP.NEWTRUE), ({ bytes, ops }, extra) => {
+      // Before the first opcode after PROTO (and FRAME), or just before STOP.
+      for (
+        const where of [
+          ops.find((o) => bytes[o] !== OP.PROTO && bytes[o] !== OP.FRAME)!,
+          bytes.length - 1,
+        ]
+      ) {
+        const bad = Uint8Array.from([...bytes.subarray(0, where), extra, ...bytes.subarray(where)]);
+        const { error } = read(bad);
+        assert(error, `0x${extra.toString(16)} left at ${where} was read`);
+      }
+    }),
+    runs(200),
+  );
+});
