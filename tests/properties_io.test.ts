@@ -171,11 +171,13 @@ Deno.test("io properties: a header length beyond the file is refused", async () 
         fc.constantFrom(BigInt(MAX_HEADER_BYTES), BigInt(MAX_HEADER_BYTES) + 1n),
         fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
         fc.nat(4096).map(BigInt),
+        fc.integer({ min: -3, max: 9 }).map((beyond) => ({ beyond })), // just past the end
       ),
-      async (ts, length) => {
+      async (ts, arg) => {
         const path = tmpFile(".safetensors");
         await writeSafetensors(path, toWrite(ts), null);
         const bytes = await Deno.readFile(path);
+        const length = typeof arg === "bigint" ? arg : BigInt(bytes.length - 8 + arg.beyond);
         fc.pre(length > BigInt(bytes.length - 8));
         new DataView(bytes.buffer).setBigUint64(0, length, true);
         await Deno.writeFile(path, bytes);
@@ -452,5 +454,61 @@ Deno.test("io properties: JSONL lines longer than the 4 MiB read chunk, split in
       },
     ),
     runs(4),
+  );
+});
+
+/** Rewrites a safetensors file with `edit` applied to its parsed header (data unchanged). */
+async function rewriteHeader(path: string, edit: (h: Record<string, unknown>) => void) {
+  const { header, data } = decodeSafetensors(await Deno.readFile(path));
+  edit(header);
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  const bytes = new Uint8Array(8 + json.length + data.length);
+  new DataView(bytes.buffer).setBigUint64(0, BigInt(json.length), true);
+  bytes.set(json, 8);
+  bytes.set(data, 8 + json.length);
+  await Deno.writeFile(path, bytes);
+}
+
+type Entry = { dtype: DType; shape: number[]; data_offsets: [number, number] };
+
+Deno.test("io properties: a dtype or shape of another byte count than the offsets is refused", async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      tensors.filter((ts) => ts.length > 0),
+      fc.nat(),
+      fc.constantFrom(...DTYPES),
+      fc.array(fc.nat(4), { maxLength: 3 }),
+      async (ts, pick, dtype, shape) => {
+        const t = ts[pick % ts.length];
+        fc.pre(shape.reduce((a, b) => a * b, 1) * dtypeBytes(dtype) !== t.data.length);
+        const path = tmpFile(".safetensors");
+        await writeSafetensors(path, toWrite(ts), null);
+        await rewriteHeader(path, (h) => Object.assign(h[t.name] as Entry, { dtype, shape }));
+        const message = await refused(() => openAll(path), `${t.name} as ${dtype} [${shape}]`);
+        assert(message.includes("needs"), message);
+      },
+    ),
+    runs(60),
+  );
+});
+
+Deno.test("io properties: an entry sharing another tensor's bytes is refused", async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      tensors.filter((ts) => ts.some((t) => t.data.length > 0)),
+      fc.nat(),
+      async (ts, pick) => {
+        const nonEmpty = ts.filter((t) => t.data.length > 0);
+        const t = nonEmpty[pick % nonEmpty.length];
+        const path = tmpFile(".safetensors");
+        await writeSafetensors(path, toWrite(ts), null);
+        const alias = "alias of " + t.name;
+        fc.pre(!ts.some((x) => x.name === alias));
+        await rewriteHeader(path, (h) => (h[alias] = { ...(h[t.name] as Entry) }));
+        const message = await refused(() => openAll(path), `alias of ${t.name}`);
+        assert(message.includes("overlaps"), message);
+      },
+    ),
+    runs(40),
   );
 });
