@@ -135,6 +135,21 @@ export function parsePickle(bytes: Uint8Array, where = "pickle"): unknown {
     if (n > 0 && b[n - 1] & 0x80) v -= 1n << BigInt(8 * n);
     return int(v);
   };
+  /** FLOAT's text: Python's repr of a float ("1.5", "1e+100", "inf", "-inf", "nan"). */
+  const float = (s: string) => {
+    const t = s.trim();
+    if (/^[-+]?(inf|infinity)$/i.test(t)) return t.startsWith("-") ? -Infinity : Infinity;
+    if (/^[-+]?nan$/i.test(t)) return NaN;
+    if (!/^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(t)) {
+      throw new DataError(`${where}: bad float ${JSON.stringify(s)}`);
+    }
+    return Number(t);
+  };
+  /** PUT and GET's text memo key: a decimal number. */
+  const memoKey = (s: string) => {
+    if (!/^\d+$/.test(s)) throw new DataError(`${where}: bad memo key ${JSON.stringify(s)}`);
+    return Number(s);
+  };
   const decimal = (s: string) => {
     const t = s.replace(/L$/, "");
     if (t === "00") return false;
@@ -178,7 +193,9 @@ export function parsePickle(bytes: Uint8Array, where = "pickle"): unknown {
       case 0x65: // APPENDS
       case 0x90: { // ADDITEMS (sets are lists here)
         const items = popMark();
-        list(top()).push(...items);
+        // One push per item: push(...items) overflows the call stack beyond ~120k items.
+        const target = list(top());
+        for (const item of items) target.push(item);
         break;
       }
       case 0x73: { // SETITEM
@@ -247,7 +264,7 @@ export function parsePickle(bytes: Uint8Array, where = "pickle"): unknown {
         pos += 8;
         break;
       case 0x46: // FLOAT (text)
-        stack.push(Number(line()));
+        stack.push(float(line()));
         break;
       case 0x4e: // NONE
         stack.push(null);
@@ -290,7 +307,7 @@ export function parsePickle(bytes: Uint8Array, where = "pickle"): unknown {
         memo.set(u32(), top());
         break;
       case 0x70: // PUT (text)
-        memo.set(Number(line()), top());
+        memo.set(memoKey(line()), top());
         break;
       case 0x94: // MEMOIZE
         memo.set(memo.size, top());
@@ -298,7 +315,7 @@ export function parsePickle(bytes: Uint8Array, where = "pickle"): unknown {
       case 0x68: // BINGET
       case 0x6a: // LONG_BINGET
       case 0x67: { // GET (text)
-        const k = op === 0x68 ? u8() : op === 0x6a ? u32() : Number(line());
+        const k = op === 0x68 ? u8() : op === 0x6a ? u32() : memoKey(line());
         if (!memo.has(k)) throw new DataError(`${where}: memo key ${k} was never stored`);
         stack.push(memo.get(k));
         break;

@@ -77,6 +77,31 @@ async function writeFully(file: Deno.FsFile, data: Uint8Array): Promise<void> {
 }
 
 /**
+ * The keys of a JSON object's text in the order written. (Object.entries of JSON.parse's result
+ * lists integer-like keys such as "0" or "10" first, in numeric order.) `text` must be valid JSON.
+ */
+function keysInTextOrder(text: string): string[] {
+  const keys = new Set<string>();
+  let depth = 0;
+  let keyNext = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '"') {
+      let j = i + 1;
+      while (text[j] !== '"') j += text[j] === "\\" ? 2 : 1;
+      if (depth === 1 && keyNext) keys.add(JSON.parse(text.slice(i, j + 1)));
+      keyNext = false;
+      i = j;
+    } else if (c === "{" || c === "[") {
+      depth++;
+      keyNext = depth === 1;
+    } else if (c === "}" || c === "]") depth--;
+    else if (c === "," && depth === 1) keyNext = true;
+  }
+  return [...keys];
+}
+
+/**
  * Parses and validates a safetensors JSON header. `dataSize` is the byte length of the data
  * buffer (file size - 8 - header length). Errors name `path` and the offending tensor.
  */
@@ -94,7 +119,9 @@ export function parseSafetensorsHeader(
   if (!isPlainObject(json)) throw new Error(`${path}: safetensors header is not a JSON object`);
   let metadata: Record<string, string> | null = null;
   const tensors: TensorInfo[] = [];
-  for (const [name, raw] of Object.entries(json)) {
+  // Tensors in the header's order, integer-like names included (see keysInTextOrder).
+  const obj = json;
+  for (const [name, raw] of keysInTextOrder(headerText).map((k) => [k, obj[k]] as const)) {
     if (name === "__metadata__") {
       if (raw === null) continue;
       if (!isPlainObject(raw)) throw new Error(`${path}: __metadata__ must be an object`);
@@ -537,14 +564,18 @@ function encodeHeader(
   sizes: number[],
   metadata: Record<string, string> | null,
 ): Uint8Array {
-  const header: Record<string, unknown> = {};
-  if (metadata && Object.keys(metadata).length > 0) header.__metadata__ = metadata;
+  // Entries as text, in the order given: an object would put integer-like names ("0") first.
+  const entries: string[] = [];
+  if (metadata && Object.keys(metadata).length > 0) {
+    entries.push(`"__metadata__":${JSON.stringify(metadata)}`);
+  }
   let off = 0;
   tensors.forEach((t, i) => {
-    header[t.name] = { dtype: t.dtype, shape: [...t.shape], data_offsets: [off, off + sizes[i]] };
+    const entry = { dtype: t.dtype, shape: [...t.shape], data_offsets: [off, off + sizes[i]] };
+    entries.push(`${JSON.stringify(t.name)}:${JSON.stringify(entry)}`);
     off += sizes[i];
   });
-  let json = new TextEncoder().encode(JSON.stringify(header));
+  let json = new TextEncoder().encode(`{${entries.join(",")}}`);
   const padded = Math.ceil(json.byteLength / 8) * 8;
   if (padded !== json.byteLength) {
     const p = new Uint8Array(padded).fill(0x20);
