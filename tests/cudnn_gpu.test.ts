@@ -16,7 +16,7 @@
  * the same natural-log LSE). That cuDNN and not the native fallback produced a result is checked by
  * comparing its bits with the native bf16 kernel's: different arithmetic, different roundings.
  */
-import { assert, assertEquals, assertLess } from "./assert.ts";
+import { assert, assertEquals, assertLess, assertThrows } from "./assert.ts";
 import { randn, relError, TEST_BACKEND, testDevice } from "./_util.ts";
 import type { DeviceBuffer, DevicePtr } from "../src/runtime/device.ts";
 import * as ops from "../src/runtime/ops.ts";
@@ -226,5 +226,12 @@ if (GPU && cudnn.available) {
     } finally {
       selectAttentionKernel(d, "auto");
     }
+    // An fp32 run is told why cuDNN does not run its attention, and cudnn is refused for it.
+    assert(/fp32 run: cuDNN's fused attention takes bf16 only/.test(
+      selectAttentionKernel(d, "auto", { bf16: false }),
+    ));
+    assertEquals(d.sym.df_attention_kernel_get(), 1, "native for an fp32 run");
+    assertThrows(() => selectAttentionKernel(d, "cudnn", { bf16: false }));
+    selectAttentionKernel(d, "auto");
   });
 }

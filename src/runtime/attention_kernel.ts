@@ -57,10 +57,16 @@ export function probeCudnn(device: Device): CudnnProbe {
 }
 
 /**
- * Sets the attention kernel for this process and returns the line to print once. Throws for
- * `cudnn` on the CPU backend or when cuDNN does not load, saying why.
+ * Sets the attention kernel for this process and returns the line to print once: which kernels run
+ * attention and, where cuDNN does not, why. `bf16`: whether the run stores activations in bf16
+ * (cuDNN's fused attention takes bf16 only; an fp32 run is told so). Throws for `cudnn` on the CPU
+ * backend, for an fp32 run, or when cuDNN does not load, saying why.
  */
-export function selectAttentionKernel(device: Device, choice: AttentionKernel): string {
+export function selectAttentionKernel(
+  device: Device,
+  choice: AttentionKernel,
+  { bf16 = true }: { bf16?: boolean } = {},
+): string {
   if (!(choice in CODES)) {
     throw new Error(`--attention-kernel: ${choice} is not one of ${ATTENTION_KERNELS.join(", ")}`);
   }
@@ -74,6 +80,15 @@ export function selectAttentionKernel(device: Device, choice: AttentionKernel): 
     return choice === "native"
       ? "attention: native kernels (--attention-kernel native)"
       : `attention: native kernels (the ${device.backend} backend has no cuDNN path)`;
+  }
+  if (!bf16) {
+    if (choice === "cudnn") {
+      throw new Error(
+        "--attention-kernel cudnn: cuDNN's fused attention takes bf16 only (add --bf16)",
+      );
+    }
+    device.check(device.sym.df_attention_kernel_set(CODES.native), "df_attention_kernel_set");
+    return "attention: native kernels (an fp32 run: cuDNN's fused attention takes bf16 only)";
   }
   const probe = probeCudnn(device);
   if (!probe.available) {

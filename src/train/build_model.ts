@@ -49,7 +49,7 @@ export async function buildModel(
   const { dataset, totalSteps, stepsPerEpoch } = data;
   // The device, the ranks and the memory plan.
   const device = openBackend(o.device);
-  const attentionKernelLine = selectAttentionKernel(device, o.attentionKernel);
+  const attentionKernelLine = selectAttentionKernel(device, o.attentionKernel, { bf16: o.bf16 });
   const dtype = o.bf16 ? DType.bf16 : DType.f32;
   let world: Communicator | null = null, attention: SequenceAttention | undefined;
   const S = parallel.tokensPerRank(L); // tokens of a sequence on this rank
