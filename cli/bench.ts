@@ -5,7 +5,7 @@
  * peers' figures come from the same run.
  */
 import { Command } from "npm:commander@^14.0.0";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type AttnVariant, benchAttention, formatAttnRows } from "../src/bench/attn.ts";
@@ -22,27 +22,9 @@ import {
   selectAttentionKernel,
 } from "../src/runtime/attention_kernel.ts";
 import { registerTrain } from "./train.ts";
+import { claimToolFolder } from "../src/train/output_dir.ts";
 
 const benchDir = fileURLToPath(new URL("../bench/", import.meta.url));
-
-/** The file that marks an output folder as one `bench train` made (and may therefore reuse). */
-const BENCH_MARK = ".distflash-bench-train";
-
-/**
- * Makes `dir` bench train's own: a missing or empty folder is marked; a folder an earlier
- * `bench train` marked is reused (its earlier run is overwritten: a benchmark simply runs again);
- * any other non-empty folder is refused, so a benchmark never overwrites a training run.
- */
-function claimBenchFolder(dir: string): void {
-  if (existsSync(join(dir, BENCH_MARK))) return;
-  if (existsSync(dir) && readdirSync(dir).length > 0) {
-    throw new Error(
-      `--output-dir ${dir} holds files that bench train did not write: name an empty or new folder`,
-    );
-  }
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, BENCH_MARK), "a folder of distflash bench train; it reuses it\n");
-}
 
 function intList(flag: string, text: string): number[] {
   const values = text.split(",").map((s) => Number(s.trim()));
@@ -279,7 +261,7 @@ export function registerBench(program: Command, argv: string[]): void {
       if (steps < 2) throw new Error("--max-steps: at least 2 (the first step is warm-up)");
       const source = await resolveModel(o.model);
       const cfg = source.config;
-      claimBenchFolder(o.outputDir);
+      claimToolFolder(o.outputDir, "bench train");
       const trainArgs = [
         "train",
         "--model",
@@ -308,7 +290,7 @@ export function registerBench(program: Command, argv: string[]): void {
         String(o.distattnLayout),
         "--attention-kernel",
         String(o.attentionKernel),
-        "--overwrite-output-dir", // the folder is bench train's own (claimBenchFolder)
+        "--overwrite-output-dir", // the folder is bench train's own (claimToolFolder)
       ];
       // The train subcommand alone, in this process (the launcher starts the ranks), as
       // `distflash train` would parse it; an error propagates to this command's caller.

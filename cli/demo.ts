@@ -1,7 +1,8 @@
 /**
  * `distflash demo`: the embedded default job. Prints `info`, checks the first ops on every
  * backend, then trains a debug-size Llama on the corpus bundled in examples/ (GPU if present,
- * else CPU) and shows the loss falling.
+ * else CPU) and shows the loss falling. Its output folder is its own (marked): run again, the demo
+ * starts over there; a folder it did not make is refused.
  */
 import type { Command } from "npm:commander@^14.0.0";
 import { fileURLToPath } from "node:url";
@@ -9,6 +10,7 @@ import { formatInfo, gatherInfo } from "../src/runtime/info.ts";
 import { Device } from "../src/runtime/device.ts";
 import { selfTest } from "../src/runtime/selftest.ts";
 import { train } from "../src/train/trainer.ts";
+import { claimToolFolder } from "../src/train/output_dir.ts";
 
 const corpus = fileURLToPath(new URL("../examples/corpus/tiny.jsonl", import.meta.url));
 
@@ -36,11 +38,15 @@ export function registerDemo(program: Command): void {
         }
         if (!result.ok) throw new Error(`the ${name} backend failed its self-test`);
       }
+      // The demo's own folder: run again, it starts over there; a folder it did not make is
+      // refused, never overwritten.
+      claimToolFolder(opts.outputDir, "demo");
       console.log(`\ntraining debug-small on ${corpus}`);
       const result = await train({
         model: "debug-small",
         dataPath: corpus,
         outputDir: opts.outputDir,
+        overwriteOutputDir: true,
         maxSteps: opts.maxSteps,
         perDeviceTrainBatchSize: 8,
         modelMaxLength: 128,

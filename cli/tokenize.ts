@@ -6,14 +6,7 @@
  */
 import type { Command } from "npm:commander@^14.0.0";
 import { existsSync } from "node:fs";
-import { join } from "node:path";
-import {
-  ByteTokenizer,
-  loadTokenizer,
-  openDataset,
-  TokenDataset,
-  type Tokenizer,
-} from "../src/data/mod.ts";
+import { modelTokenizer, openDataset, TokenDataset, type Tokenizer } from "../src/data/mod.ts";
 import { writeNpy } from "../src/io/npy.ts";
 import { resolveModel } from "../src/model/hf.ts";
 import { tokenizingProgress } from "../src/train/progress.ts";
@@ -37,9 +30,7 @@ export function registerTokenize(program: Command): void {
         throw new Error(`--data-path ${o.dataPath} is already tokenised`);
       }
       const source = await resolveModel(o.model);
-      const tokenizer: Tokenizer = source.dir && existsSync(join(source.dir, "tokenizer.json"))
-        ? await loadTokenizer(source.dir)
-        : new ByteTokenizer();
+      const tokenizer: Tokenizer = await modelTokenizer(source.dir);
       const log = (line: string) => console.error(line);
       const dataset = await openDataset({
         dataPath: o.dataPath,

@@ -87,3 +87,24 @@ Deno.test("cli: the launcher refuses a bad multi-rank run before any rank starts
     await Deno.remove(out, { recursive: true });
   }
 });
+
+Deno.test("demo runs again in its own folder, and never writes into a folder it did not make", async () => {
+  const out = await Deno.makeTempDir();
+  const args = ["demo", "--max-steps", "2", "--device", "cpu"];
+  try {
+    for (const attempt of [1, 2]) {
+      const r = await runCli([...args, "--output-dir", `${out}/demo`]);
+      assertEquals(r.code, 0, `attempt ${attempt}: ${r.stderr}`);
+      assert(r.stdout.includes("model and metrics.jsonl in"), r.stdout);
+    }
+    // A folder with a training run's files is left alone.
+    const foreign = `${out}/run`;
+    await Deno.mkdir(foreign);
+    await Deno.writeTextFile(`${foreign}/metrics.jsonl`, '{"step":1}\n');
+    const r = await runCli([...args, "--output-dir", foreign]);
+    assert(r.code !== 0 && r.stderr.includes("that demo did not write"), r.stderr);
+    assertEquals(await Deno.readTextFile(`${foreign}/metrics.jsonl`), '{"step":1}\n');
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});

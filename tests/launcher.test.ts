@@ -169,7 +169,7 @@ Deno.test("launcher: SIGINT stops every rank and exits 130", async () => {
     const out = await launcher.output();
     const err = new TextDecoder().decode(out.stderr);
     assertEquals(out.code, 130, err);
-    assert(err.includes("SIGINT; asking 2 ranks to save a checkpoint"), err);
+    assert(err.includes("Ctrl-C (SIGINT); asking 2 ranks to stop"), err);
     assert(new TextDecoder().decode(out.stdout).includes("pid "), "rank 0's output is shown");
     for (const pid of pids) assert(!alive(pid), `rank pid ${pid} is gone`);
   } finally {

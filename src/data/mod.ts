@@ -7,8 +7,10 @@
 export {
   BYTE_TOKENIZER_VOCAB,
   ByteTokenizer,
+  checkModelTokenizer,
   HfTokenizer,
   loadTokenizer,
+  modelTokenizer,
   type Tokenizer,
 } from "./tokenizer.ts";
 export {

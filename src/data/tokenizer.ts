@@ -343,3 +343,49 @@ export async function loadTokenizer(modelDir: string): Promise<Tokenizer> {
     throw new Error(`${file}: cannot build the tokenizer (${(e as Error).message})`);
   }
 }
+
+/** Whether `path` names anything (a dangling symbolic link too). */
+function present(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Refuses a model folder whose tokenizer distflash cannot read: a SentencePiece `tokenizer.model`
+ * without `tokenizer.json` (common in Llama-2 and Mistral folders). Text data must never be
+ * tokenized by the byte tokenizer in its place: the ids would mean other tokens than the model's
+ * embeddings. No npm package reads SentencePiece models the way transformers' fast tokenizer
+ * (which the model's tokenizer.json would hold) does, so the folder is converted once instead.
+ */
+export function checkModelTokenizer(modelDir: string | null, what = "--model"): void {
+  if (modelDir === null || present(join(modelDir, "tokenizer.json"))) return;
+  if (!present(join(modelDir, "tokenizer.model"))) return;
+  const py = JSON.stringify(modelDir).slice(1, -1).replaceAll("'", "\\'");
+  throw new Error(
+    `${what} ${modelDir}: the folder has a SentencePiece tokenizer.model but no tokenizer.json, ` +
+      "the only tokenizer format distflash reads (it will not tokenize text with another " +
+      "tokenizer than the model's). Write tokenizer.json beside it once (pip install " +
+      `transformers sentencepiece protobuf): python -c "from transformers import AutoTokenizer; ` +
+      `AutoTokenizer.from_pretrained('${py}').save_pretrained('${py}')"; or give --data-path ` +
+      "a .npy of token ids made with the model's tokenizer",
+  );
+}
+
+/**
+ * The tokenizer of text data for a model: its folder's tokenizer.json; the byte tokenizer for a
+ * preset (`modelDir` null) or a folder with no tokenizer files; refused for a folder with only a
+ * SentencePiece tokenizer.model ({@link checkModelTokenizer}).
+ */
+export async function modelTokenizer(
+  modelDir: string | null,
+  what = "--model",
+): Promise<Tokenizer> {
+  checkModelTokenizer(modelDir, what);
+  return modelDir !== null && present(join(modelDir, "tokenizer.json"))
+    ? await loadTokenizer(modelDir)
+    : new ByteTokenizer();
+}

@@ -25,9 +25,13 @@
  *   and was refused) and the launcher stops this node's ranks and starts them all again on a new
  *   port, with a note, up to PORT_ATTEMPTS times. Safe: the ranks write nothing before they meet
  *   (the output folder is claimed after the rendezvous). A port the user gave is never retried.
- * - SIGINT/SIGTERM to the launcher are forwarded to every rank as SIGTERM: the ranks finish the
- *   step, save a checkpoint and exit; they get SIGKILL only after `stopGraceMs` (a second signal:
- *   at once). The launcher then returns 130 after SIGINT, 143 after SIGTERM.
+ * - SIGINT/SIGTERM to the launcher are forwarded to every rank as the same signal: ranks that are
+ *   training finish the step, save a checkpoint and exit (130 after Ctrl-C, 143 after SIGTERM);
+ *   ranks still starting (no stop handler yet) end without saving, and the launcher says so. They
+ *   get SIGKILL after `stopGraceMs`, or at once on a second signal that comes after a pause: a
+ *   signal within SIGNAL_REPEAT_MS of the first is the same one (Ctrl-C reaches the launcher twice
+ *   under `deno task`, from the terminal and forwarded). The launcher then returns 130 after
+ *   SIGINT, 143 after SIGTERM.
  *
  * @module
  */
@@ -37,6 +41,7 @@ import { existsSync } from "node:fs";
 import { compiledRoot } from "../../ffi/loader.ts";
 import { COMM_FAILURE_EXIT_CODE, envSeconds, MASTER_PORT_TAKEN_EXIT_CODE } from "../comm/comm.ts";
 import { jobSecret, newJobSecret } from "../comm/job_secret.ts";
+import { SIGNAL_REPEAT_MS, signalName } from "../train/signals.ts";
 
 /** Always present in the ranks' environment: NVLink multicast (NVLS) stays off. */
 export const MULTICAST_OFF_ENV: Readonly<Record<string, string>> = Object.freeze({
@@ -248,6 +253,37 @@ export function firstFailure(observed: readonly RankExit[]): RankExit | undefine
   return failures.find((e) => e.code !== COMM_FAILURE_EXIT_CODE) ?? failures[0];
 }
 
+/**
+ * What stopping the ranks after `signal` to the launcher came to, from how they ended: a rank that
+ * exited by itself with 130/143 saved its checkpoint (its own output says where); one that died
+ * by SIGINT/SIGTERM had no stop handler yet (it was still starting) and saved nothing.
+ */
+export function stopOutcome(exits: readonly RankExit[], signal: "SIGINT" | "SIGTERM"): string {
+  const n = exits.length;
+  const ranks = (k: number) => `${k} rank${k === 1 ? "" : "s"}`;
+  const saved = exits.filter((e) => e.signal === null && (e.code === 130 || e.code === 143));
+  const finished = exits.filter((e) => e.signal === null && e.code === 0);
+  const starting = exits.filter((e) => e.signal === "SIGINT" || e.signal === "SIGTERM");
+  const killed = exits.filter((e) => e.signal === "SIGKILL");
+  const stopped = `stopped by ${signalName(signal)}`;
+  if (saved.length === n) return `${stopped}; every rank saved its checkpoint of the stop`;
+  if (finished.length === n) return `${stopped}; the ranks had already finished the run`;
+  if (starting.length === n) {
+    return `${stopped} while the ${ranks(n)} were still starting (no training step had ` +
+      "begun): nothing was saved, the output folder's checkpoints are as they were";
+  }
+  const parts = [
+    saved.length ? `${ranks(saved.length)} saved a checkpoint` : "",
+    finished.length ? `${ranks(finished.length)} had finished` : "",
+    starting.length ? `${ranks(starting.length)} were still starting` : "",
+    killed.length ? `${ranks(killed.length)} were killed (SIGKILL) before saving` : "",
+  ].filter((p) => p !== "");
+  const other = n - saved.length - finished.length - starting.length - killed.length;
+  if (other > 0) parts.push(`${ranks(other)} failed (see their logs)`);
+  return `${stopped}; ${parts.join(", ")}: the checkpoint of the stop may be incomplete (an ` +
+    "incomplete one is never resumed); --resume-from-checkpoint last resumes the newest complete one";
+}
+
 /** Starts the ranks of this node and waits for them; see the module documentation. */
 export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   const nproc = positiveInt(options.nprocPerNode, "--nproc-per-node");
@@ -316,19 +352,43 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
     killAll("SIGTERM");
     killTimer = setTimeout(() => killAll("SIGKILL"), grace);
   };
-  const onSignal = (signal: Deno.Signal) => {
+  let signalledAt = -Infinity;
+  const onSignal = (signal: "SIGINT" | "SIGTERM") => {
+    const now = performance.now();
+    if (interrupted !== null) {
+      const gap = now - signalledAt;
+      if (gap < SIGNAL_REPEAT_MS) {
+        // A copy of the first (the terminal's Ctrl-C forwarded by `deno task`), or a human's
+        // quick second press: the ranks are saving; say how to stop at once.
+        if (gap > 200) {
+          report(
+            `distflash launcher: still saving; another ${
+              signal === "SIGINT" ? "Ctrl-C" : "signal"
+            } after a pause of ${SIGNAL_REPEAT_MS / 1000} s stops the ranks at once`,
+          );
+        }
+        return;
+      }
+      report(`distflash launcher: ${signalName(signal)} again; stopping the ranks now (SIGKILL)`);
+      killAll("SIGKILL");
+      return;
+    }
     if (stopping) {
+      // Already stopping the job after a rank's failure.
       killAll("SIGKILL");
       return;
     }
     interrupted = signal;
+    signalledAt = now;
     const left = ranks.filter((r) => !r.exit).length;
     report(
-      `distflash launcher: ${signal}; asking ${left} rank${left === 1 ? "" : "s"} to save a ` +
-        `checkpoint and stop (SIGTERM; SIGKILL after ${Math.round(stopGraceMs / 1000)} s or ` +
-        "on another signal)",
+      `distflash launcher: ${signalName(signal)}; asking ${left} rank${left === 1 ? "" : "s"} ` +
+        `to stop (${signal}): a rank that is training finishes its step and saves a checkpoint; ` +
+        `SIGKILL after ${Math.round(stopGraceMs / 1000)} s or on another signal after a pause`,
     );
-    stopAll(stopGraceMs);
+    stopping = true;
+    killAll(signal);
+    killTimer = setTimeout(() => killAll("SIGKILL"), stopGraceMs);
   };
   const onSigint = () => onSignal("SIGINT"), onSigterm = () => onSignal("SIGTERM");
   const handleSignals = options.handleSignals ?? true;
@@ -464,6 +524,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
     code = failed.code !== 0 ? failed.code : 1;
   } else if (interrupted) {
     code = interrupted === "SIGINT" ? 130 : 143;
+    report(`distflash launcher: ${stopOutcome(observed, interrupted)}`);
   } else if (observed.some((e) => e.code !== 0 || e.signal !== null)) {
     code = 1;
   }

@@ -88,6 +88,54 @@ export function validateConfig(cfg: LlamaConfig, source = "config"): void {
     );
   }
   if (cfg.headDim % 2 !== 0) throw new Error(`${source}: head_dim (${cfg.headDim}) must be even`);
+  checkConfigSizes(cfg, source);
+}
+
+/**
+ * The largest size of each config field distflash builds a model for, far above any Llama (Llama
+ * 3.1 405B: 126 layers, hidden 16384, MLP 53248, vocabulary 128256, 128 heads): a bigger value is
+ * a typo or a damaged file, and building it would exhaust memory or time (one object per layer).
+ */
+export const CONFIG_LIMITS: Readonly<Record<string, [keyof LlamaConfig, number]>> = Object.freeze({
+  num_hidden_layers: ["numLayers", 1024],
+  hidden_size: ["hiddenSize", 131072],
+  intermediate_size: ["intermediateSize", 1 << 20],
+  vocab_size: ["vocabSize", 1 << 24],
+  num_attention_heads: ["numHeads", 4096],
+  num_key_value_heads: ["numKvHeads", 4096],
+  head_dim: ["headDim", 4096],
+  max_position_embeddings: ["maxPositionEmbeddings", 1 << 30],
+});
+
+/** Parameters of the largest model distflash builds (2^41, about 2.2 trillion). */
+export const MAX_PARAMETERS = 2 ** 41;
+
+/**
+ * Refuses sizes no run can hold, by arithmetic on the config alone (before any per-layer object
+ * or buffer exists), naming the config.json field: each field at most its CONFIG_LIMITS entry and
+ * the parameter count at most MAX_PARAMETERS.
+ */
+export function checkConfigSizes(cfg: LlamaConfig, source = "config"): void {
+  for (const [field, [key, limit]] of Object.entries(CONFIG_LIMITS)) {
+    const v = cfg[key] as number;
+    if (v > limit) {
+      throw new Error(
+        `${source}: ${field} ${v} is larger than distflash builds (at most ${limit}; Llama 3.1 ` +
+          "405B has 126 layers, hidden_size 16384): the config is mistyped or damaged",
+      );
+    }
+  }
+  const { hiddenSize: h, intermediateSize: m, numLayers: n, vocabSize: v } = cfg;
+  const q = cfg.numHeads * cfg.headDim, kv = cfg.numKvHeads * cfg.headDim;
+  const perLayer = h * (q + 2 * kv) + q * h + 3 * h * m + 2 * h;
+  const total = n * perLayer + v * h * (cfg.tieWordEmbeddings ? 1 : 2) + h;
+  if (!(total <= MAX_PARAMETERS)) {
+    throw new Error(
+      `${source}: num_hidden_layers ${n}, hidden_size ${h}, intermediate_size ${m} and ` +
+        `vocab_size ${v} make ${total.toExponential(2)} parameters, more than distflash builds ` +
+        `(at most ${MAX_PARAMETERS.toExponential(2)}): the config is mistyped or damaged`,
+    );
+  }
 }
 
 /** Options for {@link ropeInvFreq}. */

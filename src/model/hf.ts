@@ -121,6 +121,33 @@ const TOKENIZER_FILES = [
   "generation_config.json",
 ];
 
+/** The kind of entry at `path` (following symbolic links), or null when there is none. */
+function entryKind(path: string): "file" | "other" | null {
+  try {
+    return Deno.statSync(path).isFile ? "file" : "other";
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Refuses a model folder whose tokenizer or generation files (the ones every save copies) exist
+ * but are not regular files: reading a FIFO would block the first save forever, a folder or a
+ * device cannot be copied. Checked before any rank starts, naming the file.
+ */
+export function checkModelFolderFiles(modelDir: string | null): void {
+  if (modelDir === null) return;
+  for (const file of TOKENIZER_FILES) {
+    const path = join(modelDir, file);
+    if (entryKind(path) === "other") {
+      throw new Error(
+        `--model ${modelDir}: ${path} is not a regular file (a FIFO, folder or device): ` +
+          "checkpoints copy it, so it must be a file (or absent)",
+      );
+    }
+  }
+}
+
 /** Writes config.json, the weights (safetensors, sharded with an index when large), tokenizer. */
 export async function saveModel(
   model: LlamaModel,
@@ -160,7 +187,10 @@ export async function saveModel(
   if (opts.tokenizerFrom) {
     for (const file of TOKENIZER_FILES) {
       const from = join(opts.tokenizerFrom, file);
-      if (existsSync(from)) await writeBytesAtomic(join(dir, file), await Deno.readFile(from));
+      // Regular files only: reading a FIFO never ends (checkModelFolderFiles refuses them).
+      if (entryKind(from) === "file") {
+        await writeBytesAtomic(join(dir, file), await Deno.readFile(from));
+      }
     }
   }
 }

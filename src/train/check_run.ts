@@ -3,11 +3,13 @@
  * the CLI) calls them before starting any rank, and every rank's `setupRun` calls them again.
  */
 import { existsSync } from "node:fs";
-import { type ModelSource, resolveModel } from "../model/hf.ts";
+import { checkModelTokenizer } from "../data/tokenizer.ts";
+import { checkModelFolderFiles, type ModelSource, resolveModel } from "../model/hf.ts";
 import type { TrainOptions } from "./options.ts";
 import { documentSplit, ParallelLayout } from "../parallel/layout.ts";
 import { checkHeadGroups } from "../parallel/sequence_attention.ts";
 import { checkOutputDir, type OutputDirPlan } from "./output_dir.ts";
+import { readResumeState, type TrainerState } from "./checkpoint.ts";
 
 /**
  * The checks of a run of `worldSize` ranks that need no device and read no data: the
@@ -18,15 +20,19 @@ export async function checkRun(o: TrainOptions, worldSize: number, rank = 0): Pr
   parallel: ParallelLayout;
   source: ModelSource;
   outputPlan: OutputDirPlan;
+  resumeState: TrainerState | null;
 }> {
   const parallel = new ParallelLayout(worldSize, rank, o);
   parallel.checkLength(o.modelMaxLength);
   const source = await resolveModel(o.model);
+  checkModelFolderFiles(source.dir);
   checkHeadGroups(source.config, o.attentionHeadGroups);
   documentSplit(o.attentionMask, source.config.bosTokenId);
   if (o.dataPath && !existsSync(o.dataPath)) {
     throw new Error(`--data-path ${o.dataPath}: no such file or folder`);
   }
+  // Text data needs the model's own tokenizer.
+  if (!o.synthetic && o.dataPath && !o.dataPath.endsWith(".npy")) checkModelTokenizer(source.dir);
   // Not the model's folder, not in use, not another run's; the checkpoint to resume.
   const outputPlan = checkOutputDir({
     outputDir: o.outputDir,
@@ -34,5 +40,12 @@ export async function checkRun(o: TrainOptions, worldSize: number, rank = 0): Pr
     resumeFromCheckpoint: o.resumeFromCheckpoint,
     overwriteOutputDir: o.overwriteOutputDir,
   });
-  return { parallel, source, outputPlan };
+  // The checkpoint to resume: one checkpoint's files, and ones this many ranks can read.
+  const resumeState = outputPlan.resumeDir
+    ? readResumeState(outputPlan.resumeDir, outputPlan.resumeSource ?? outputPlan.resumeDir, {
+      worldSize,
+      sharded: parallel.fullShard,
+    })
+    : null;
+  return { parallel, source, outputPlan, resumeState };
 }

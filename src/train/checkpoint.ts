@@ -30,7 +30,7 @@
  * @module
  */
 import { existsSync, lstatSync, readdirSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { writeBytesAtomic } from "../io/safetensors.ts";
 
 /** The completion record, written last into a checkpoint folder. */
@@ -165,6 +165,48 @@ export function readTrainerState(dir: string, step?: number): TrainerState {
     }
   }
   return s as unknown as TrainerState;
+}
+
+/**
+ * The trainer state of checkpoint `dir` to resume (its files at `source` until rank 0's recovery
+ * renames them), checked to be one checkpoint's: trainer_state.json's `global_step` equal to
+ * complete.json's step and, for a canonical folder name, to the N of `checkpoint-N` (an edited
+ * state would resume one step's weights at another step). Also checks that a run of `worldSize`
+ * ranks, `sharded` or not, finds its optimizer file(s) in it.
+ */
+export function readResumeState(
+  dir: string,
+  source: string,
+  run?: { worldSize: number; sharded: boolean },
+): TrainerState {
+  const record = readCompletion(source);
+  const state = readTrainerState(source, record.step);
+  const named = parseCheckpointName(basename(dir));
+  if (named !== null && named !== record.step) {
+    throw new CheckpointError(
+      `${join(source, COMPLETE_FILE)}: step ${record.step} (and trainer_state.json's global_step ` +
+        `${state.global_step}) disagrees with the folder's name ${basename(dir)}: the checkpoint ` +
+        "was renamed or edited; resume from a checkpoint as its run saved it",
+    );
+  }
+  if (run) {
+    const need = Array.from(
+      { length: run.sharded ? run.worldSize : 1 },
+      (_, r) => optimizerFileName(r, run.worldSize, run.sharded),
+    );
+    if (!need.every((n) => n in record.files)) {
+      const sharded = Object.keys(record.files).some((n) => /^optimizer\.rank\d+-of-/.test(n));
+      const n = record.world_size;
+      throw new CheckpointError(
+        `--resume-from-checkpoint ${dir}: saved by ${n} rank${n === 1 ? "" : "s"}, ` +
+          `${sharded ? "full_shard" : "no_shard"}; this run has ${run.worldSize} ` +
+          `rank${run.worldSize === 1 ? "" : "s"}, ${run.sharded ? "full_shard" : "no_shard"}: ` +
+          `resume with the same ranks and --fsdp as the checkpoint (${n} ` +
+          `rank${n === 1 ? "" : "s"}, ${sharded ? "full_shard" : "no_shard"})`,
+      );
+    }
+  }
+  return state;
 }
 
 /** One entry of the output folder that looks like a checkpoint. */

@@ -18,7 +18,15 @@
  *
  * @module
  */
-import { existsSync, lstatSync, readdirSync, readlinkSync, realpathSync } from "node:fs";
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readlinkSync,
+  realpathSync,
+  writeFileSync,
+} from "node:fs";
 import { hostname } from "node:os";
 import { join, relative, resolve } from "node:path";
 import {
@@ -27,6 +35,25 @@ import {
   parseCheckpointName,
   readCompletion,
 } from "./checkpoint.ts";
+
+/**
+ * Makes `dir` the own folder of `tool`, a distflash command that runs a training run there and
+ * simply runs again (`bench train`, `demo`): a missing or empty folder is marked with the file
+ * `.distflash-<tool>` (spaces as dashes); a folder it marked earlier is reused (the caller starts
+ * over with --overwrite-output-dir, which deletes only that run's own files); any other folder
+ * with files is refused, so the tool never overwrites a folder it did not create.
+ */
+export function claimToolFolder(dir: string, tool: string): void {
+  const mark = join(dir, `.distflash-${tool.replaceAll(" ", "-")}`);
+  if (existsSync(mark)) return;
+  if (existsSync(dir) && readdirSync(dir).length > 0) {
+    throw new OutputDirError(
+      `--output-dir ${dir} holds files that ${tool} did not write: name an empty or new folder`,
+    );
+  }
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(mark, `a folder of distflash ${tool}; it reuses it\n`);
+}
 
 /** The run this output folder belongs to. */
 export const RUN_FILE = "run.json";

@@ -22,12 +22,7 @@ import { allReduceNumber } from "./ranks.ts";
 import type { EvalMetrics } from "./eval.ts";
 import { RunReport } from "./report.ts";
 import { logHistory, saveTrainingArgs, upgradeLogHistory } from "./state.ts";
-import {
-  optimizerFileName,
-  readTrainerState,
-  recoverInterruptedSaves,
-  writeTextSynced,
-} from "./checkpoint.ts";
+import { optimizerFileName, recoverInterruptedSaves, writeTextSynced } from "./checkpoint.ts";
 import { claimOutputDir, type OutputLock, outputRunId } from "./output_dir.ts";
 import { checkRun } from "./check_run.ts";
 import { openTrainingData } from "./training_data.ts";
@@ -122,7 +117,7 @@ export async function setupRun(
   }
   // An explicit --device cuda without a usable GPU fails at once, before any data is read.
   if (o.device === "cuda") openBackend("cuda").close();
-  const { parallel, source, outputPlan } = await checkRun(o, worldSize, envRank);
+  const { parallel, source, outputPlan, resumeState } = await checkRun(o, worldSize, envRank);
   const { sp, dp, fullShard } = parallel;
   const isMain = envRank === 0;
   const log = logHook ?? ((line: string) => isMain && console.error(line));
@@ -132,8 +127,8 @@ export async function setupRun(
   const cfg = source.config;
   for (const note of outputPlan.notes) log(`note: ${note}`);
   const resumeDir = outputPlan.resumeDir;
-  // Read where the files are now: a save that rank 0's recovery will rename is not in place yet.
-  const resumeState = resumeDir ? readTrainerState(outputPlan.resumeSource ?? resumeDir) : null;
+  // checkRun read resumeState where the files are now: a save that rank 0's recovery will rename
+  // is not in place yet.
   const L = o.modelMaxLength;
   if (o.attentionHeadGroups > 1 && sp === 1) {
     log("note: --attention-head-groups applies to sequence-parallel attention (sp > 1): no effect");

@@ -1,13 +1,27 @@
 /**
  * Ctrl-C or SIGTERM (what Slurm and Kubernetes send before a kill) during training: finish the
  * step, save a checkpoint on every rank, stop; a second signal quits at once. The ranks decide
- * together at each step boundary, so a signal to one rank stops them all at the same step. Ranks
- * under the launcher leave SIGINT (the terminal's Ctrl-C reaches them too) to the launcher,
- * which forwards it as SIGTERM.
+ * together at each step boundary, so a signal to one rank stops them all at the same step.
+ *
+ * One Ctrl-C can arrive more than once: the terminal sends SIGINT to its whole process group
+ * (`deno task`, the launcher and every rank) and `deno task` and the launcher forward it to their
+ * children as well. A signal repeated within SIGNAL_REPEAT_MS of the first is therefore the same
+ * one; only a signal after a pause a human takes quits at once.
  */
 import type { Communicator } from "../comm/comm.ts";
 import type { Device, DeviceBuffer } from "../runtime/device.ts";
 import { allReduceNumber } from "./ranks.ts";
+
+/**
+ * A stop signal arriving within this many milliseconds of the first is a copy of it (a forwarded
+ * Ctrl-C), not a second request; a second one after this pause quits at once.
+ */
+export const SIGNAL_REPEAT_MS = 1500;
+
+/** How a stop signal is named to people: Ctrl-C for SIGINT. */
+export function signalName(signal: StopSignal): string {
+  return signal === "SIGINT" ? "Ctrl-C (SIGINT)" : "SIGTERM";
+}
 
 /** A signal that stops a run. */
 export type StopSignal = "SIGINT" | "SIGTERM";
@@ -15,18 +29,26 @@ export type StopSignal = "SIGINT" | "SIGTERM";
 /** The stop signals' listeners of one run, from construction until `remove`. */
 export class StopSignals {
   #received: StopSignal | null = null;
+  #receivedAt = -Infinity;
   readonly #listeners = new Map<Deno.Signal, () => void>();
 
   /** Listens to SIGINT and SIGTERM, saying on `log` what a signal does. */
   constructor(log: (line: string) => void) {
-    const launched = Deno.env.get("DISTFLASH_LAUNCHED") === "1";
     for (const signal of ["SIGINT", "SIGTERM"] as const) {
       const quitCode = signal === "SIGINT" ? 130 : 143;
-      const handler = launched && signal === "SIGINT" ? () => {} : () => {
-        if (this.#received) Deno.exit(quitCode);
+      const handler = () => {
+        const now = performance.now();
+        if (this.#received) {
+          // The same Ctrl-C forwarded by `deno task` or the launcher: already being handled.
+          if (now - this.#receivedAt < SIGNAL_REPEAT_MS) return;
+          Deno.exit(quitCode);
+        }
         this.#received = signal;
+        this.#receivedAt = now;
+        const again = signal === "SIGINT" ? "another Ctrl-C" : "another SIGTERM";
         log(
-          `\n${signal}: finishing this step and saving a checkpoint (another ${signal} quits at once)`,
+          `\n${signalName(signal)}: finishing this step and saving a checkpoint (${again}, ` +
+            `after a pause of ${SIGNAL_REPEAT_MS / 1000} s, quits at once)`,
         );
       };
       Deno.addSignalListener(signal, handler);

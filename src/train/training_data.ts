@@ -2,9 +2,7 @@
  * A run's training data: the tokenizer (text data only), the training and evaluation windows
  * checked against the model's vocabulary, and the step counts they give.
  */
-import { existsSync } from "node:fs";
-import { join } from "node:path";
-import { ByteTokenizer, loadTokenizer, openDataset, type Tokenizer } from "../data/mod.ts";
+import { modelTokenizer, openDataset, type Tokenizer } from "../data/mod.ts";
 import type { Dataset } from "../data/mod.ts";
 import type { ModelSource } from "../model/hf.ts";
 import type { ParallelLayout } from "../parallel/layout.ts";
@@ -37,8 +35,7 @@ export async function openTrainingData(
   const cfg = source.config, L = o.modelMaxLength, dp = parallel.dp;
   let tokenizer: Tokenizer | undefined;
   if (!o.synthetic && !o.dataPath!.endsWith(".npy")) {
-    const hasTokenizer = source.dir && existsSync(join(source.dir, "tokenizer.json"));
-    tokenizer = hasTokenizer ? await loadTokenizer(source.dir!) : new ByteTokenizer();
+    tokenizer = await modelTokenizer(source.dir);
     if (tokenizer.vocabSize > cfg.vocabSize) {
       throw new Error(
         `the tokenizer (${tokenizer.name}) has ${tokenizer.vocabSize} tokens but the model's ` +
