@@ -48,4 +48,29 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-if (import.meta.main) Deno.exit(await main(Deno.args));
+/**
+ * `deno task` runs its command in the repository, not where the user stands: the tasks pass the
+ * caller's folder (deno task's INIT_CWD) as DISTFLASH_CWD, and the command moves there before
+ * anything reads a path, so relative --data-path, --output-dir and --model mean what they say.
+ * Every file distflash itself needs is found from its own location (import.meta.url), never the
+ * working folder. Rank processes inherit both the folder and the variable.
+ */
+export function enterCallerFolder(env: Record<string, string | undefined>): void {
+  const folder = env.DISTFLASH_CWD;
+  if (!folder) return;
+  try {
+    Deno.chdir(folder);
+  } catch (error) {
+    throw new Error(`DISTFLASH_CWD=${folder}: cannot work there (${(error as Error).message})`);
+  }
+}
+
+if (import.meta.main) {
+  try {
+    enterCallerFolder(Deno.env.toObject());
+  } catch (error) {
+    console.error(`distflash: ${(error as Error).message}`);
+    Deno.exit(1);
+  }
+  Deno.exit(await main(Deno.args));
+}
