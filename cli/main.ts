@@ -13,6 +13,7 @@ import { registerBench } from "./bench.ts";
 import { registerPlan } from "./plan.ts";
 import { registerTokenize } from "./tokenize.ts";
 import { registerPlot } from "./plot.ts";
+import { registerPresets } from "./presets.ts";
 import { normalizeFlags } from "../src/train/option_table.ts";
 import { MASTER_PORT_TAKEN_EXIT_CODE, MasterPortTakenError } from "../src/comm/comm.ts";
 
@@ -32,6 +33,7 @@ export function buildProgram(argv: string[] = []): Command {
   registerPlan(program);
   registerTokenize(program);
   registerPlot(program);
+  registerPresets(program);
   return program;
 }
 

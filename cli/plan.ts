@@ -5,6 +5,8 @@
 import type { Command } from "npm:commander@^14.0.0";
 import { flagName, TRAIN_SPECS } from "../src/train/option_table.ts";
 import { resolveTrainOptions } from "../src/train/resolve_options.ts";
+import { withConfigFile } from "../src/train/config_file.ts";
+import { CONFIG_FLAG, CONFIG_HELP } from "./train.ts";
 import { formatPlan, hostAvailableBytes, type HostBudget } from "../src/train/plan.ts";
 import { resolveModel } from "../src/model/hf.ts";
 import { Device } from "../src/runtime/device.ts";
@@ -43,15 +45,17 @@ export function registerPlan(program: Command): void {
       "--doc-length <n>",
       "with --attention-mask document: mean document length to report the attention work for",
     );
+  cmd.option(CONFIG_FLAG, CONFIG_HELP);
   for (const spec of TRAIN_SPECS) {
     const flag = flagName(spec.key);
     cmd.option(spec.kind === "bool" ? `${flag} [bool]` : `${flag} <value>`, spec.help);
   }
   cmd.action(async (raw: Record<string, unknown>) => {
-    const { gpuMemory, hostMemory, docLength, ...rest } = raw;
+    const { gpuMemory, hostMemory, docLength, ...flags } = raw;
+    const { input: rest, sources } = withConfigFile(flags);
     // Planning needs no data: a placeholder keeps the data-path check quiet.
     if (!rest.dataPath && !rest.synthetic) rest.synthetic = true;
-    const { options } = resolveTrainOptions(rest);
+    const { options } = resolveTrainOptions(rest, sources);
     let meanDocLength: number | undefined;
     if (docLength !== undefined) {
       meanDocLength = Number(docLength);
