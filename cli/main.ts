@@ -13,6 +13,7 @@ import { registerBench } from "./bench.ts";
 import { registerPlan } from "./plan.ts";
 import { registerTokenize } from "./tokenize.ts";
 import { registerPlot } from "./plot.ts";
+import { registerPresets } from "./presets.ts";
 import { normalizeFlags } from "../src/train/option_table.ts";
 import { MASTER_PORT_TAKEN_EXIT_CODE, MasterPortTakenError } from "../src/comm/comm.ts";
 
@@ -32,6 +33,7 @@ export function buildProgram(argv: string[] = []): Command {
   registerPlan(program);
   registerTokenize(program);
   registerPlot(program);
+  registerPresets(program);
   return program;
 }
 
@@ -48,4 +50,29 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-if (import.meta.main) Deno.exit(await main(Deno.args));
+/**
+ * `deno task` runs its command in the repository, not where the user stands: the tasks pass the
+ * caller's folder (deno task's INIT_CWD) as DISTFLASH_CWD, and the command moves there before
+ * anything reads a path, so relative --data-path, --output-dir and --model mean what they say.
+ * Every file distflash itself needs is found from its own location (import.meta.url), never the
+ * working folder. Rank processes inherit both the folder and the variable.
+ */
+export function enterCallerFolder(env: Record<string, string | undefined>): void {
+  const folder = env.DISTFLASH_CWD;
+  if (!folder) return;
+  try {
+    Deno.chdir(folder);
+  } catch (error) {
+    throw new Error(`DISTFLASH_CWD=${folder}: cannot work there (${(error as Error).message})`);
+  }
+}
+
+if (import.meta.main) {
+  try {
+    enterCallerFolder(Deno.env.toObject());
+  } catch (error) {
+    console.error(`distflash: ${(error as Error).message}`);
+    Deno.exit(1);
+  }
+  Deno.exit(await main(Deno.args));
+}

@@ -5,9 +5,19 @@
 import type { Command } from "npm:commander@^14.0.0";
 import { flagName, TRAIN_SPECS } from "../src/train/option_table.ts";
 import { resolveTrainOptions } from "../src/train/resolve_options.ts";
+import { withConfigFile } from "../src/train/config_file.ts";
+import { CONFIG_FLAG, CONFIG_HELP } from "./train.ts";
 import { formatPlan, hostAvailableBytes, type HostBudget } from "../src/train/plan.ts";
 import { resolveModel } from "../src/model/hf.ts";
 import { Device } from "../src/runtime/device.ts";
+import { formatBytes } from "../src/runtime/memory.ts";
+import {
+  CONTEXT_OVERHEAD_BYTES,
+  DEFAULT_GPU_KIND,
+  GPU_KINDS,
+  type GpuKind,
+  gpuKind,
+} from "../src/train/gpu_kinds.ts";
 
 /** Free memory of GPU 0 when one is present. */
 function gpuFreeBytes(): number | null {
@@ -25,6 +35,58 @@ function gpuFreeBytes(): number | null {
   }
 }
 
+/**
+ * The GPU memory a plan is made for, where it comes from, and whether that is this machine (then
+ * its host memory is the node's too): --gpu-memory, else --gpu's usable memory, else --device
+ * cpu's host memory, else GPU 0's free memory, else the default kind's.
+ */
+export function gpuBudget(
+  gpu: string | undefined,
+  gpuMemory: string | undefined,
+  device: string,
+  freeOnGpu0: () => number | null = gpuFreeBytes,
+): { budget: number; source: string; thisMachine: boolean } {
+  if (gpu !== undefined && gpuMemory !== undefined) {
+    throw new Error("--gpu and --gpu-memory both set the GPU memory: give one of the two");
+  }
+  if (gpuMemory !== undefined) {
+    const gib = Number(gpuMemory);
+    if (!(gib > 0)) {
+      throw new Error(`--gpu-memory: expected a positive number of GiB, got ${gpuMemory}`);
+    }
+    return { budget: gib * 2 ** 30, source: "--gpu-memory", thisMachine: false };
+  }
+  const usable = (k: GpuKind) =>
+    `usable of its ${formatBytes(k.totalBytes)}, less ${formatBytes(CONTEXT_OVERHEAD_BYTES)} ` +
+    "for the CUDA context";
+  if (gpu !== undefined) {
+    const k = gpuKind(gpu);
+    return { budget: k.usableBytes, source: `--gpu ${k.name}: ${usable(k)}`, thisMachine: false };
+  }
+  if (device === "cpu") {
+    // The CPU backend's device memory is this host's memory.
+    return {
+      budget: hostAvailableBytes(),
+      source: "--device cpu: available on this host",
+      thisMachine: true,
+    };
+  }
+  const free = freeOnGpu0();
+  if (free) {
+    return {
+      budget: free,
+      source: "free on GPU 0 of this machine; --gpu or --gpu-memory plans for another",
+      thisMachine: true,
+    };
+  }
+  const k = gpuKind(DEFAULT_GPU_KIND);
+  return {
+    budget: k.usableBytes,
+    source: `no GPU here, so --gpu ${k.name}: ${usable(k)}; --gpu or --gpu-memory sets it`,
+    thisMachine: false,
+  };
+}
+
 export function registerPlan(program: Command): void {
   const cmd = program
     .command("plan")
@@ -32,26 +94,35 @@ export function registerPlan(program: Command): void {
       "per-GPU memory of a training run and the longest sequence that fits (train's flags)",
     )
     .option(
+      "--gpu <kind>",
+      `the GPU to plan for, with the memory a run can use on it: ${
+        GPU_KINDS.map((k) => `${k.name} ${(k.usableBytes / 2 ** 30).toFixed(1)}`).join(", ")
+      } GiB (default: GPU 0 of this machine, else ${DEFAULT_GPU_KIND})`,
+    )
+    .option(
       "--gpu-memory <GiB>",
-      "memory per GPU to plan for (default: GPU 0's free memory, else 80; --device cpu: the host's)",
+      "memory per GPU to plan for, any figure (default: see --gpu; --device cpu: the host's)",
     )
     .option(
       "--host-memory <GiB>",
-      "host memory of a node for offloaded state (default: what this host has available)",
+      "host memory of a node for offloaded state (default: this host's available memory when " +
+        "planning for this machine's GPU or --device cpu; else not checked)",
     )
     .option(
       "--doc-length <n>",
       "with --attention-mask document: mean document length to report the attention work for",
     );
+  cmd.option(CONFIG_FLAG, CONFIG_HELP);
   for (const spec of TRAIN_SPECS) {
     const flag = flagName(spec.key);
     cmd.option(spec.kind === "bool" ? `${flag} [bool]` : `${flag} <value>`, spec.help);
   }
   cmd.action(async (raw: Record<string, unknown>) => {
-    const { gpuMemory, hostMemory, docLength, ...rest } = raw;
+    const { gpu, gpuMemory, hostMemory, docLength, ...flags } = raw;
+    const { input: rest, sources } = withConfigFile(flags);
     // Planning needs no data: a placeholder keeps the data-path check quiet.
     if (!rest.dataPath && !rest.synthetic) rest.synthetic = true;
-    const { options } = resolveTrainOptions(rest);
+    const { options } = resolveTrainOptions(rest, sources);
     let meanDocLength: number | undefined;
     if (docLength !== undefined) {
       meanDocLength = Number(docLength);
@@ -63,24 +134,17 @@ export function registerPlan(program: Command): void {
       }
     }
     const cfg = (await resolveModel(options.model)).config;
-    let budget: number, source: string;
-    if (gpuMemory !== undefined) {
-      const gib = Number(gpuMemory);
-      if (!(gib > 0)) {
-        throw new Error(`--gpu-memory: expected a positive number of GiB, got ${gpuMemory}`);
-      }
-      budget = gib * 2 ** 30;
-      source = "--gpu-memory";
-    } else if (options.device === "cpu") {
-      // The CPU backend's device memory is this host's memory.
-      budget = hostAvailableBytes();
-      source = "--device cpu: available on this host";
-    } else {
-      const free = gpuFreeBytes();
-      budget = free ?? 80 * 2 ** 30;
-      source = free ? "free on GPU 0" : "assumed 80 GiB: no GPU here, --gpu-memory sets it";
-    }
-    let host: HostBudget = { bytes: hostAvailableBytes(), source: "available on this host" };
+    const { budget, source, thisMachine } = gpuBudget(
+      gpu as string | undefined,
+      gpuMemory as string | undefined,
+      options.device,
+    );
+    let host: HostBudget = thisMachine
+      ? { bytes: hostAvailableBytes(), source: "available on this host; --host-memory sets it" }
+      : {
+        bytes: Infinity,
+        source: "not checked: planning for another machine, --host-memory GiB sets it",
+      };
     if (hostMemory !== undefined) {
       const gib = Number(hostMemory);
       if (!(gib > 0)) {

@@ -7,11 +7,19 @@ import type { Command } from "npm:commander@^14.0.0";
 import { TRAIN_DEFAULTS } from "../src/train/options.ts";
 import { flagName, TRAIN_SPECS } from "../src/train/option_table.ts";
 import { resolveTrainOptions } from "../src/train/resolve_options.ts";
+import { withConfigFile } from "../src/train/config_file.ts";
 import { checkRun } from "../src/train/check_run.ts";
 import { train, TrainingInterrupted } from "../src/train/trainer.ts";
 import { openBackend } from "../src/runtime/info.ts";
 import { isLaunchedRank, launch } from "../src/launch/launcher.ts";
 import { COMM_FAILURE_EXIT_CODE, CommError } from "../src/comm/comm.ts";
+
+/** The --config flag of `train` and `plan`. */
+export const CONFIG_FLAG = "--config <file>";
+/** Its help. */
+export const CONFIG_HELP =
+  "training arguments from a JSON or YAML file (HF TrainingArguments names, snake_case, or " +
+  "these flags' names); flags given here override it; <output-dir>/training_args.json repeats a run";
 
 export function registerTrain(program: Command, argv: string[]): void {
   const cmd = program
@@ -20,6 +28,7 @@ export function registerTrain(program: Command, argv: string[]): void {
       "train a Llama model (flags follow Hugging Face TrainingArguments; the paper's snake_case " +
         "spellings such as --learning_rate are accepted too)",
     );
+  cmd.option(CONFIG_FLAG, CONFIG_HELP);
   for (const spec of TRAIN_SPECS) {
     const flag = flagName(spec.key);
     const dflt = (TRAIN_DEFAULTS as Record<string, unknown>)[spec.key];
@@ -31,7 +40,8 @@ export function registerTrain(program: Command, argv: string[]): void {
   }
   cmd.action(async (raw: Record<string, unknown>) => {
     // Validate everything before starting any process.
-    const { options } = resolveTrainOptions(raw);
+    const { input, sources } = withConfigFile(raw);
+    const { options } = resolveTrainOptions(input, sources);
     if (options.nprocPerNode * options.nnodes > 1 && !isLaunchedRank()) {
       // What the ranks would refuse, refused before any of them starts.
       checkRankCount(options.nprocPerNode, options.device);
@@ -49,7 +59,7 @@ export function registerTrain(program: Command, argv: string[]): void {
       return;
     }
     try {
-      await train(raw);
+      await train(input);
     } catch (error) {
       if (error instanceof TrainingInterrupted) {
         console.error(`distflash: ${error.message}`);

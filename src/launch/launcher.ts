@@ -4,7 +4,8 @@
  *
  * - Command: from source, `<deno> run -A [--config deno.json] cli/main.ts <args>`; from a
  *   `deno compile` binary, `<binary> <args>`.
- * - Environment of each rank: the launcher's own, then `env`, then RANK, WORLD_SIZE, LOCAL_RANK,
+ * - Environment of each rank: the launcher's own, NO_COLOR=1 when the launcher's stdout is not a
+ *   terminal, then `env`, then RANK, WORLD_SIZE, LOCAL_RANK,
  *   LOCAL_WORLD_SIZE, GROUP_RANK/NODE_RANK, MASTER_ADDR, MASTER_PORT, DISTFLASH_LAUNCHED=1 (so
  *   the rank does not launch again), DISTFLASH_LAUNCHER_PID and DISTFLASH_JOB_SECRET (the
  *   rendezvous store's secret: the launcher's own DISTFLASH_JOB_SECRET or _FILE when set, else,
@@ -122,6 +123,14 @@ export interface LaunchResult {
 
 const sourceRoot = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 
+function isTerminal(): boolean {
+  try {
+    return Deno.stdout.isTerminal();
+  } catch {
+    return false;
+  }
+}
+
 /** Whether this process is a rank started by the launcher. */
 export function isLaunchedRank(env: Record<string, string | undefined> = Deno.env.toObject()) {
   return env.DISTFLASH_LAUNCHED === "1";
@@ -175,6 +184,9 @@ export function rankEnv(
     String(Math.max(1, Math.floor(navigator.hardwareConcurrency / options.nprocPerNode)));
   return {
     OMP_NUM_THREADS: ompThreads,
+    // The ranks write to pipes and logs: no colour in Deno's own messages (npm "Initialize" lines
+    // and the like) unless the launcher's output is a terminal; a NO_COLOR the caller set stays.
+    ...(isTerminal() ? {} : { NO_COLOR: "1" }),
     ...options.env,
     RANK: String(rank),
     WORLD_SIZE: String(options.nnodes * options.nprocPerNode),

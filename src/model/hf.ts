@@ -28,6 +28,18 @@ export interface ModelSource {
   name: string;
 }
 
+/**
+ * When `spec` looks like a Hugging Face hub id (`owner/name`, no such folder here), how to download
+ * it: distflash reads folders and does not fetch from the hub.
+ */
+export function hubDownloadHint(spec: string): string | undefined {
+  if (!/^[A-Za-z0-9][\w.-]*\/[A-Za-z0-9][\w.-]*$/.test(spec) || existsSync(spec)) return undefined;
+  const folder = spec.split("/")[1];
+  return `--model ${spec}: no such folder here. It looks like a Hugging Face hub id; distflash ` +
+    `reads a downloaded folder: \`huggingface-cli download ${spec} --local-dir ${folder}\` ` +
+    `(gated models such as Llama need \`huggingface-cli login\` first), then --model ${folder}`;
+}
+
 /** `--model`: an existing folder with config.json, else a preset name. */
 export async function resolveModel(spec: string): Promise<ModelSource> {
   if (existsSync(spec) && statSync(spec).isDirectory()) {
@@ -37,6 +49,8 @@ export async function resolveModel(spec: string): Promise<ModelSource> {
     return { config: await readHfConfig(spec), dir: spec, name: spec };
   }
   if (isPreset(spec)) return { config: presetConfig(spec), dir: null, name: spec.toLowerCase() };
+  const hub = hubDownloadHint(spec);
+  if (hub) throw new Error(hub);
   throw new Error(
     `--model ${spec}: neither a model folder nor a preset (presets: ${
       Object.keys(PRESETS).join(", ")

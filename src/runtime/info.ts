@@ -152,7 +152,19 @@ export function formatInfo(info: Info): string {
   const lines = [`distflash ${info.version} (deno ${info.deno}, ${info.platform})`];
   lines.push(`backend in use: ${info.backend}`);
   if (info.gpus.length === 0) {
-    lines.push(`GPUs: none (${info.noGpuReason ?? "no CUDA device"}); training runs on the CPU`);
+    // NCCL, cuDNN and the CUDA library only matter with a GPU: their search paths are noise here.
+    lines.push(
+      `CPU only: no GPU (${info.noGpuReason ?? "no CUDA device"}); training runs on the CPU`,
+    );
+    const cpu = info.backends.cpu;
+    if (cpu) {
+      lines.push(
+        cpu.available
+          ? `cpu library: ${cpu.libraryPath}\n  build: ${cpu.buildInfo}`
+          : `cpu library: not available (${cpu.error?.split("\n")[0]})`,
+      );
+    }
+    return lines.join("\n");
   } else {
     lines.push(`CUDA driver ${info.cudaDriverVersion}, runtime ${info.cudaRuntimeVersion}`);
     for (const g of info.gpus) {

@@ -88,7 +88,11 @@ export async function buildModel(
       `${device.backend} (${props.name}), ${
         o.bf16 ? "bf16" : "fp32"
       }, ${B}x${L} tokens x ${accum} ` +
-      `accumulation, ${totalSteps} steps (${stepsPerEpoch} per epoch), ${dataset.describe()}`,
+      `accumulation, ${totalSteps} steps (${stepsPerEpoch} per epoch), ${dataset.describe()}` +
+      (o.attentionMask === "document"
+        ? "; document masking on (--attention-mask document: packed documents, split at BOS, " +
+          "do not see each other)"
+        : ""),
   );
   log(attentionKernelLine);
   const totals = model.plan.totals();

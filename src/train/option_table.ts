@@ -9,9 +9,11 @@ import { ATTENTION_KERNEL_HELP, ATTENTION_KERNELS } from "../runtime/attention_k
 
 const EVAL_STRATEGIES = ["no", "steps", "epoch"] as const;
 
-type Kind = "string" | "int" | "float" | "bool" | "choice";
+/** How an option's value is read. */
+export type Kind = "string" | "int" | "float" | "bool" | "choice";
 
-interface Spec {
+/** One row of the option table. */
+export interface Spec {
   key: keyof TrainOptions;
   kind: Kind;
   help: string;

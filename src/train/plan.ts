@@ -233,7 +233,12 @@ export function formatPlan(
   docLength?: number,
 ): { text: string; fits: boolean } {
   const e = estimateMemory(cfg, o, world);
+  const hostText = Number.isFinite(host.bytes)
+    ? `${formatBytes(host.bytes)} (${host.source})`
+    : host.source;
   const lines = [
+    `planned for: GPU memory ${formatBytes(budgetBytes)} (${budgetSource}); host memory of a ` +
+    `node: ${hostText}`,
     `memory per GPU for ${o.model}, ${o.perDeviceTrainBatchSize} x ${o.modelMaxLength} tokens, ` +
     `${world} rank(s) (sp ${e.sp}), ${
       e.fullShard
@@ -251,7 +256,7 @@ export function formatPlan(
   lines.push(
     `  ${"total".padEnd(38)} ${formatBytes(e.totalBytes).padStart(10)} of ${
       formatBytes(budgetBytes)
-    } (${budgetSource}): ${gpuFits ? "fits" : "does NOT fit"}`,
+    }: ${gpuFits ? "fits" : "does NOT fit"}`,
   );
   // Every rank of a node offloads into the same host memory.
   const node = nodeHostBytes(e.hostBytes, e.totalBytes, o);
@@ -262,8 +267,13 @@ export function formatPlan(
       : "host memory for offloaded state";
     lines.push(
       `${what}: ${formatBytes(node / o.nprocPerNode)} per rank, ` +
-        `${formatBytes(node)} for the ${o.nprocPerNode} rank(s) of a node, of ` +
-        `${formatBytes(host.bytes)} (${host.source}): ${hostFits ? "fits" : "does NOT fit"}`,
+        `${formatBytes(node)} for the ${o.nprocPerNode} rank(s) of a node, ` + (
+          Number.isFinite(host.bytes)
+            ? `of ${formatBytes(host.bytes)} (${host.source}): ${
+              hostFits ? "fits" : "does NOT fit"
+            }`
+            : host.source
+        ),
     );
   }
   lines.push(...documentWorkLines(o, world, docLength));
@@ -279,49 +289,130 @@ export function formatPlan(
   }
   if (!gpuFits) {
     const hints: string[] = [];
-    if (!e.fullShard && world > 1) {
-      hints.push("--fsdp full_shard (shards weights and optimizer state)");
-    }
     if (world === 1) hints.push("more GPUs (--nproc-per-node) with --fsdp full_shard");
     if (o.perDeviceTrainBatchSize > 1) hints.push("a smaller --per-device-train-batch-size");
-    // Memory-saving options that make this very run fit, cheapest in speed first.
-    const alternatives: [Partial<TrainOptions>, string][] = [
-      [
-        { checkpointBoundary: "layer" },
-        "--checkpoint-boundary layer (backward recomputes attention)",
-      ],
-      ...(e.sp > 1 ? [2, 4, 8, 16, 32] : []).filter((g) => cfg.numKvHeads % g === 0).map((
-        g,
-      ): [Partial<TrainOptions>, string] => [
-        { attentionHeadGroups: g },
-        `--attention-head-groups ${g}`,
-      ]),
-      [{ offloadCheckpoints: true }, "--offload-checkpoints"],
-      [{ offloadOptimizer: true }, "--offload-optimizer"],
-      [{ offloadOptimizer: true, offloadGradients: true }, "--offload-gradients"],
-      [
-        { offloadOptimizer: true, offloadCheckpoints: true },
-        "--offload-optimizer --offload-checkpoints",
-      ],
-      [
-        { offloadOptimizer: true, offloadGradients: true, offloadCheckpoints: true },
-        "--offload-gradients --offload-checkpoints",
-      ],
-    ];
-    for (const [change, flags] of alternatives) {
-      const changed = Object.entries(change).some(([k, v]) => o[k as keyof TrainOptions] !== v);
-      if (!changed) continue;
-      const changedOptions = { ...o, ...change };
-      const other = estimateMemory(cfg, changedOptions, world);
-      if (fitsBoth(other, changedOptions, budgetBytes, host.bytes)) {
-        hints.push(flags);
-        break; // the first that fits: the others cost more speed
-      }
+    const saving = cheapestSaving(cfg, o, world, budgetBytes, host.bytes);
+    if (saving) hints.push(saving.flags.join(" "));
+    else if (!e.fullShard && world > 1) {
+      hints.push("--fsdp full_shard (shards weights and optimizer state)");
     }
     if (longest > 0) hints.push(`--model-max-length ${longest} or less`);
     lines.push(`to make it fit: ${hints.join("; ") || "a larger GPU"}`);
   }
   return { text: lines.join("\n"), fits };
+}
+
+/** A set of memory-saving options to add to a run, with its flags and its speed cost. */
+export interface Saving {
+  change: Partial<TrainOptions>;
+  flags: string[];
+  /**
+   * Ordinal estimate of the speed it costs (not measured; the order the advice always had):
+   * sharding over the ranks 1 (its gathers overlap compute), the layer boundary 2 (backward
+   * recomputes attention), G head groups 2 + log2(G) / 4 (strided copies per group), offloaded
+   * checkpoints 3 (copies overlap), the native attention kernels instead of cuDNN's 3.5 (about
+   * half cuDNN's rate, BENCHMARKS.md), the host AdamW 4 (a CPU update each step), offloaded
+   * gradients 1 on top of it; a set costs the sum.
+   */
+  cost: number;
+}
+
+/**
+ * Every combination of the memory-saving options this run does not already use (sharding on
+ * several ranks, the layer boundary, head groups on sequence-parallel runs, the three offloads,
+ * the native attention kernels where cuDNN's scratch is counted),
+ * cheapest first (ties: fewer options first, then by their flags' spelling).
+ */
+export function memorySavings(cfg: LlamaConfig, o: TrainOptions, world: number): Saving[] {
+  type Part = { change: Partial<TrainOptions>; flags: string[]; cost: number };
+  const none: Part = { change: {}, flags: [], cost: 0 };
+  const layout = new ParallelLayout(world, 0, o);
+  const dims: Part[][] = [];
+  dims.push(
+    world > 1 && !layout.fullShard
+      ? [none, { change: { fsdp: "full_shard" }, flags: ["--fsdp full_shard"], cost: 1 }]
+      : [none],
+  );
+  dims.push(
+    o.checkpointBoundary === "layer" ? [none] : [none, {
+      change: { checkpointBoundary: "layer" },
+      flags: ["--checkpoint-boundary layer"],
+      cost: 2,
+    }],
+  );
+  const groups = layout.sp > 1
+    ? [2, 4, 8, 16, 32].filter((g) => g > o.attentionHeadGroups && cfg.numKvHeads % g === 0)
+    : [];
+  dims.push([
+    none,
+    ...groups.map((g) => ({
+      change: { attentionHeadGroups: g },
+      flags: [`--attention-head-groups ${g}`],
+      cost: 2 + Math.log2(g) / 4,
+    })),
+  ]);
+  dims.push(
+    o.offloadCheckpoints ? [none] : [none, {
+      change: { offloadCheckpoints: true },
+      flags: ["--offload-checkpoints"],
+      cost: 3,
+    }],
+  );
+  // The plan counts cuDNN's scratch on a GPU unless the kernel is native (estimateMemory).
+  const cudnnCounted = o.device !== "cpu" && o.bf16 && o.attentionKernel !== "native";
+  dims.push(
+    cudnnCounted
+      ? [none, {
+        change: { attentionKernel: "native" },
+        flags: ["--attention-kernel native"],
+        cost: 3.5,
+      }]
+      : [none],
+  );
+  const offload: Part[] = [none];
+  if (!o.offloadOptimizer) {
+    offload.push({ change: { offloadOptimizer: true }, flags: ["--offload-optimizer"], cost: 4 });
+  }
+  if (!o.offloadGradients) {
+    offload.push({
+      change: { offloadOptimizer: true, offloadGradients: true },
+      flags: ["--offload-gradients"],
+      cost: (o.offloadOptimizer ? 0 : 4) + 1,
+    });
+  }
+  dims.push(offload);
+  let sets: Part[] = [none];
+  for (const dim of dims) {
+    sets = sets.flatMap((a) =>
+      dim.map((b) => ({
+        change: { ...a.change, ...b.change },
+        flags: [...a.flags, ...b.flags],
+        cost: a.cost + b.cost,
+      }))
+    );
+  }
+  const name = (p: Part) => p.flags.join(" ");
+  return sets.filter((p) => p.flags.length > 0).sort((a, b) =>
+    a.cost - b.cost || a.flags.length - b.flags.length || (name(a) < name(b) ? -1 : 1)
+  );
+}
+
+/**
+ * The cheapest combination of memory-saving options with which this very run fits `gpuBytes`
+ * per GPU and `hostBytes` per node, or undefined when none does.
+ */
+export function cheapestSaving(
+  cfg: LlamaConfig,
+  o: TrainOptions,
+  world: number,
+  gpuBytes: number,
+  hostBytes: number,
+): Saving | undefined {
+  for (const saving of memorySavings(cfg, o, world)) {
+    const changed = { ...o, ...saving.change };
+    if (fitsBoth(estimateMemory(cfg, changed, world), changed, gpuBytes, hostBytes)) return saving;
+  }
+  return undefined;
 }
 
 /**

@@ -4,7 +4,7 @@
  * an OptionError naming the flag. Also what `--report-to` asks for.
  */
 import { TRAIN_DEFAULTS, type TrainOptions } from "./options.ts";
-import { flagName, TRAIN_SPECS } from "./option_table.ts";
+import { flagName, type Spec, TRAIN_SPECS } from "./option_table.ts";
 
 /** Integrations `--report-to` names that this trainer has; others are noted and ignored. */
 const REPORT_TARGETS = ["none", "tensorboard", "all"];
@@ -85,11 +85,13 @@ function parseBool(flag: string, v: unknown): boolean {
 
 /**
  * Fills defaults and checks every option; strings from the command line are converted. Throws an
- * OptionError naming the flag and the allowed values. Returns the options and a note for each
- * accepted flag that has no effect.
+ * OptionError naming the flag and the allowed values (and, for a value from a config file, where
+ * it was written: `sources` maps such keys to `<file>: <key>`). Returns the options and a note for
+ * each accepted flag that has no effect.
  */
 export function resolveTrainOptions(
   input: Partial<Record<keyof TrainOptions, unknown>>,
+  sources: Partial<Record<string, string>> = {},
 ): { options: TrainOptions; noEffect: string[] } {
   const known = new Set(TRAIN_SPECS.map((s) => s.key as string));
   for (const key of Object.keys(input)) {
@@ -101,55 +103,77 @@ export function resolveTrainOptions(
     const raw = input[spec.key];
     if (raw === undefined || raw === null) continue;
     const flag = flagName(spec.key);
-    let value: unknown = raw;
-    switch (spec.kind) {
-      case "bool":
-        value = parseBool(flag, raw);
-        break;
-      case "int":
-      case "float": {
-        const n = typeof raw === "number" ? raw : Number(String(raw).trim());
-        if (String(raw).trim() === "" || !Number.isFinite(n)) {
-          throw new OptionError(`${flag}: expected a number, got ${JSON.stringify(raw)}`);
-        }
-        if (spec.kind === "int" && !Number.isInteger(n)) {
-          throw new OptionError(`${flag}: expected an integer, got ${JSON.stringify(raw)}`);
-        }
-        if (spec.kind === "int" && !Number.isSafeInteger(n)) {
-          // Rounded already, and trainer_state.json could not record it exactly: a --seed
-          // beyond it would make every checkpoint of the run refuse to resume.
-          throw new OptionError(
-            `${flag}: ${String(raw).trim()} is beyond 2^53-1 (${Number.MAX_SAFE_INTEGER}), the ` +
-              "largest integer kept exactly (checkpoints record it in JSON); choose a smaller one",
-          );
-        }
-        if (spec.positive && !(n > 0)) throw new OptionError(`${flag}: must be > 0, got ${n}`);
-        if (spec.min !== undefined && n < spec.min) {
-          throw new OptionError(`${flag}: must be >= ${spec.min}, got ${n}`);
-        }
-        if (spec.max !== undefined && n > spec.max) {
-          throw new OptionError(`${flag}: must be <= ${spec.max}, got ${n}`);
-        }
-        value = n;
-        break;
-      }
-      case "choice":
-        if (!spec.choices!.includes(String(raw))) {
-          throw new OptionError(
-            `${flag}: ${JSON.stringify(raw)} is not one of ${spec.choices!.join(", ")}`,
-          );
-        }
-        value = String(raw);
-        break;
-      case "string":
-        if (typeof raw !== "string" || raw === "") {
-          throw new OptionError(`${flag}: expected a non-empty string`);
-        }
-        break;
+    let value: unknown;
+    try {
+      value = checkValue(spec, flag, raw);
+    } catch (error) {
+      const source = sources[spec.key];
+      if (!(error instanceof OptionError) || source === undefined) throw error;
+      throw new OptionError(`${error.message} (${source})`);
     }
     if (spec.noEffect) noEffect.push(`${flag} is accepted for compatibility and has no effect`);
     out[spec.key] = value;
   }
+  return finish(out, input, noEffect);
+}
+
+/** One value checked against its row of the option table; returns it converted. */
+function checkValue(spec: Spec, flag: string, raw: unknown): unknown {
+  let value: unknown = raw;
+  switch (spec.kind) {
+    case "bool":
+      value = parseBool(flag, raw);
+      break;
+    case "int":
+    case "float": {
+      const n = typeof raw === "number" ? raw : Number(String(raw).trim());
+      if (String(raw).trim() === "" || !Number.isFinite(n)) {
+        throw new OptionError(`${flag}: expected a number, got ${JSON.stringify(raw)}`);
+      }
+      if (spec.kind === "int" && !Number.isInteger(n)) {
+        throw new OptionError(`${flag}: expected an integer, got ${JSON.stringify(raw)}`);
+      }
+      if (spec.kind === "int" && !Number.isSafeInteger(n)) {
+        // Rounded already, and trainer_state.json could not record it exactly: a --seed
+        // beyond it would make every checkpoint of the run refuse to resume.
+        throw new OptionError(
+          `${flag}: ${String(raw).trim()} is beyond 2^53-1 (${Number.MAX_SAFE_INTEGER}), the ` +
+            "largest integer kept exactly (checkpoints record it in JSON); choose a smaller one",
+        );
+      }
+      if (spec.positive && !(n > 0)) throw new OptionError(`${flag}: must be > 0, got ${n}`);
+      if (spec.min !== undefined && n < spec.min) {
+        throw new OptionError(`${flag}: must be >= ${spec.min}, got ${n}`);
+      }
+      if (spec.max !== undefined && n > spec.max) {
+        throw new OptionError(`${flag}: must be <= ${spec.max}, got ${n}`);
+      }
+      value = n;
+      break;
+    }
+    case "choice":
+      if (!spec.choices!.includes(String(raw))) {
+        throw new OptionError(
+          `${flag}: ${JSON.stringify(raw)} is not one of ${spec.choices!.join(", ")}`,
+        );
+      }
+      value = String(raw);
+      break;
+    case "string":
+      if (typeof raw !== "string" || raw === "") {
+        throw new OptionError(`${flag}: expected a non-empty string`);
+      }
+      break;
+  }
+  return value;
+}
+
+/** The rules that tie options together, on the checked values. */
+function finish(
+  out: Record<string, unknown>,
+  input: Partial<Record<keyof TrainOptions, unknown>>,
+  noEffect: string[],
+): { options: TrainOptions; noEffect: string[] } {
   const options = out as unknown as TrainOptions;
   noEffect.push(...resolveHfOptions(options, input));
   if (!options.model) {
