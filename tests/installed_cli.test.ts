@@ -17,10 +17,15 @@ async function run(
   cwd: string,
   env: Record<string, string> = {},
 ): Promise<{ code: number; out: string }> {
+  // As from a user's shell: INIT_CWD is what `deno task` sets only when it is not set already, so a
+  // test running under `deno task test` must not pass the outer task's folder on.
+  const base = Deno.env.toObject();
+  delete base.INIT_CWD;
   const r = await new Deno.Command(cmd, {
     args,
     cwd,
-    env: { NO_COLOR: "1", ...env },
+    clearEnv: true,
+    env: { ...base, NO_COLOR: "1", ...env },
     stdout: "piped",
     stderr: "piped",
   }).output();
