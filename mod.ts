@@ -48,6 +48,7 @@ export {
   type DeviceChoice,
   type EvalStrategy,
   type LrSchedulerType,
+  type SaveDtype,
   type SaveStrategy,
   TRAIN_DEFAULTS,
   type TrainOptions,

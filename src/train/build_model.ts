@@ -85,9 +85,8 @@ export async function buildModel(
   const props = device.props(0);
   log(
     `distflash train: ${source.name} (${(model.layout.count / 1e6).toFixed(1)}M parameters) on ` +
-      `${device.backend} (${props.name}), ${
-        o.bf16 ? "bf16" : "fp32"
-      }, ${B}x${L} tokens x ${accum} ` +
+      `${device.backend} (${props.name}), ${o.bf16 ? "bf16" : "fp32"} (saves ${o.saveDtype} ` +
+      `weights), ${B}x${L} tokens x ${accum} ` +
       `accumulation, ${totalSteps} steps (${stepsPerEpoch} per epoch), ${dataset.describe()}` +
       (o.attentionMask === "document"
         ? "; document masking on (--attention-mask document: packed documents, split at BOS, " +

@@ -72,6 +72,13 @@ export const TRAIN_SPECS: readonly Spec[] = [
   { key: "modelMaxLength", kind: "int", help: "tokens per training sequence", min: 2 },
   { key: "bf16", kind: "bool", help: "bf16 compute (fp32 master weights)" },
   {
+    key: "saveDtype",
+    kind: "choice",
+    help:
+      "weights of the final model and checkpoints: fp32 (the master weights, as HF Trainer saves) or bf16 (half the size)",
+    choices: ["fp32", "bf16"],
+  },
+  {
     key: "device",
     kind: "choice",
     help: "where to train",

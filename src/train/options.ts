@@ -14,6 +14,8 @@ export type LrSchedulerType = "linear" | "cosine" | "constant" | "constant_with_
  * model.
  */
 export type SaveStrategy = "steps" | "epoch" | "no";
+/** The dtype of saved weights. */
+export type SaveDtype = "fp32" | "bf16";
 /**
  * The backend to train on; "auto" picks CUDA when a GPU is usable, else the CPU.
  */
@@ -74,6 +76,12 @@ export interface TrainOptions {
   modelMaxLength: number;
   /** bf16 weights and activations (fp32 master weights and optimizer state). */
   bf16: boolean;
+  /**
+   * The dtype of the weights in the final model and the checkpoints: "fp32" (default, the fp32
+   * master weights, as HF Trainer saves a bf16 run's model) or "bf16" (half the size). Resuming
+   * reads the master weights from the optimizer file either way.
+   */
+  saveDtype: SaveDtype;
   /** Where to train: "auto" (CUDA when a GPU is usable, else the CPU), "cuda" or "cpu". */
   device: DeviceChoice;
   /** Random seed of the initialisation and the data order. */
@@ -189,6 +197,7 @@ export const TRAIN_DEFAULTS: Omit<TrainOptions, "model"> = {
   saveFinalModel: true,
   modelMaxLength: 2048,
   bf16: false,
+  saveDtype: "fp32",
   device: "auto",
   seed: 42,
   overwriteOutputDir: false,

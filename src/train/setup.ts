@@ -21,6 +21,7 @@ import { openBackend } from "../runtime/info.ts";
 import { allReduceNumber } from "./ranks.ts";
 import type { EvalMetrics } from "./eval.ts";
 import { RunReport } from "./report.ts";
+import { cutBackEventFiles } from "./tensorboard.ts";
 import { logHistory, saveTrainingArgs, upgradeLogHistory } from "./state.ts";
 import { optimizerFileName, recoverInterruptedSaves, writeTextSynced } from "./checkpoint.ts";
 import { claimOutputDir, type OutputLock, outputRunId } from "./output_dir.ts";
@@ -193,11 +194,16 @@ export async function setupRun(
 
     if (isMain) await saveTrainingArgs(o.outputDir, o);
     // A resumed run's metrics are the checkpoint's history: lines logged after it are dropped.
+    // So are the TensorBoard event files (whether or not this run writes one): TensorBoard would
+    // otherwise show the dead run's later steps beside the resumed ones.
     if (isMain && resumeDir) {
       await writeTextSynced(
         join(o.outputDir, "metrics.jsonl"),
         logHistory(history, evals).map((m) => JSON.stringify(m) + "\n").join(""),
       );
+      for (const path of await cutBackEventFiles(join(o.outputDir, "runs"), startStep)) {
+        log(`note: ${path}: events after step ${startStep} removed (the resumed run writes them)`);
+      }
     }
     const report = await RunReport.open(o.outputDir, {
       active: isMain,

@@ -131,14 +131,22 @@ export class TensorBoardWriter {
   static async open(dir: string): Promise<TensorBoardWriter> {
     await Deno.mkdir(dir, { recursive: true });
     const now = Date.now() / 1000;
-    const path = join(
-      dir,
-      `events.out.tfevents.${Math.floor(now)}.${hostname()}.${Deno.pid}.distflash`,
-    );
-    const file = await Deno.open(path, { write: true, createNew: true });
-    const writer = new TensorBoardWriter(path, file);
-    await writer.#write(fileVersionEvent(now));
-    return writer;
+    const stem = `events.out.tfevents.${Math.floor(now)}.${hostname()}.${Deno.pid}`;
+    // A second run in the same process and second (a resume through train() in mod.ts) gets a
+    // numbered name instead of failing on the first's file.
+    for (let n = 0;; n++) {
+      const path = join(dir, n === 0 ? `${stem}.distflash` : `${stem}.${n}.distflash`);
+      let file: Deno.FsFile;
+      try {
+        file = await Deno.open(path, { write: true, createNew: true });
+      } catch (error) {
+        if (error instanceof Deno.errors.AlreadyExists && n < 1000) continue;
+        throw error;
+      }
+      const writer = new TensorBoardWriter(path, file);
+      await writer.#write(fileVersionEvent(now));
+      return writer;
+    }
   }
 
   async #write(event: Uint8Array): Promise<void> {
@@ -156,4 +164,99 @@ export class TensorBoardWriter {
   close(): void {
     this.#file.close();
   }
+}
+
+/** The step of an encoded Event (field 2), or 0 when it has none (the version event). */
+export function eventStep(event: Uint8Array): number {
+  let at = 0;
+  const varint = (): bigint => {
+    let value = 0n, shift = 0n;
+    for (;;) {
+      if (at >= event.length) throw new Error("truncated varint");
+      const b = event[at++];
+      value |= BigInt(b & 0x7f) << shift;
+      if (!(b & 0x80)) return value;
+      shift += 7n;
+    }
+  };
+  while (at < event.length) {
+    const key = Number(varint());
+    const field = key >>> 3, wire = key & 7;
+    if (field === 2 && wire === 0) return Number(BigInt.asIntN(64, varint()));
+    if (wire === 0) varint();
+    else if (wire === 1) at += 8;
+    else if (wire === 2) {
+      const length = Number(varint()); // read before `at` is (`at += varint()` adds to the old at)
+      at += length;
+    } else if (wire === 5) at += 4;
+    else throw new Error(`unexpected wire type ${wire}`);
+  }
+  return 0;
+}
+
+/**
+ * The events of a TFRecord file, in order, up to the first record that is cut short or fails its
+ * CRC (the tail a killed run may leave).
+ */
+export function readTfRecords(bytes: Uint8Array): Uint8Array[] {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const records: Uint8Array[] = [];
+  for (let at = 0; at + 12 <= bytes.length;) {
+    if (view.getUint32(at + 8, true) !== maskedCrc32c(bytes.subarray(at, at + 8))) break;
+    const n = Number(view.getBigUint64(at, true));
+    if (at + 16 + n > bytes.length) break;
+    const data = bytes.subarray(at + 12, at + 12 + n);
+    if (view.getUint32(at + 12 + n, true) !== maskedCrc32c(data)) break;
+    records.push(data);
+    at += 16 + n;
+  }
+  return records;
+}
+
+/**
+ * On resume from the checkpoint of step `step`: rewrites every distflash event file in `dir` (the
+ * `<output-dir>/runs` folder) without its events after `step`, which belong to the run that went
+ * on past the checkpoint and died (a damaged tail goes too), as metrics.jsonl is cut back.
+ * TensorBoard then shows each step once, the resumed run's. Each file is replaced whole (written
+ * beside it, then renamed over it); files that need no change are left alone. Returns the paths
+ * rewritten.
+ */
+export async function cutBackEventFiles(dir: string, step: number): Promise<string[]> {
+  const changed: string[] = [];
+  let names: string[];
+  try {
+    names = [...Deno.readDirSync(dir)].filter((e) =>
+      e.isFile && e.name.startsWith("events.out.tfevents.") && e.name.endsWith(".distflash")
+    ).map((e) => e.name).sort();
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return changed;
+    throw error;
+  }
+  for (const name of names) {
+    const path = join(dir, name);
+    const bytes = await Deno.readFile(path);
+    const records = readTfRecords(bytes);
+    const kept = records.filter((r) => eventStep(r) <= step);
+    const framed = kept.map(tfRecord);
+    const size = framed.reduce((a, r) => a + r.length, 0);
+    if (size === bytes.length) continue; // nothing after the step, no damaged tail
+    const out = new Uint8Array(size);
+    let at = 0;
+    for (const r of framed) {
+      out.set(r, at);
+      at += r.length;
+    }
+    // The temporary name has no "tfevents" in it, so TensorBoard never reads it.
+    const tmp = join(dir, `.cut-back.${Deno.pid}.tmp`);
+    const file = await Deno.open(tmp, { write: true, create: true, truncate: true });
+    try {
+      for (let done = 0; done < out.length;) done += await file.write(out.subarray(done));
+      await file.sync();
+    } finally {
+      file.close();
+    }
+    await Deno.rename(tmp, path);
+    changed.push(path);
+  }
+  return changed;
 }

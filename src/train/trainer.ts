@@ -245,7 +245,7 @@ function checkpointing(run: Run): {
   const fullShard = run.parallel.fullShard;
   const writeModel = (dir: string) =>
     saveModel(model, dir, {
-      dtype: o.bf16 ? "bfloat16" : "float32",
+      dtype: o.saveDtype === "bf16" ? "bfloat16" : "float32",
       tokenizerFrom: run.source.dir,
       writer: isMain,
       byteTokenizer: run.tokenizer instanceof ByteTokenizer,
