@@ -1,6 +1,8 @@
 /**
- * The Llama model configuration: its fields and invariants, parameter shapes and the RoPE inverse
- * frequencies. Hugging Face `config.json` reading and writing is in hf_config.ts, and the named
+ * The decoder configuration every model family shares (Llama-shaped, with the per-family options
+ * Qwen2's q/k/v biases and Qwen3's q/k norms): its fields and invariants, the one table of
+ * per-layer parameters in Hugging Face names, parameter shapes and the RoPE inverse frequencies.
+ * Families (src/model/families/) parse their own config.json keys into it. Hugging Face `config.json` reading and writing is in hf_config.ts, and the named
  * sizes in presets.ts.
  *
  * @module
@@ -20,8 +22,20 @@ export type RopeScaling =
   }
   | { type: "linear"; factor: number };
 
-/** A Llama (2 / 3 / 3.1 / TinyLlama) decoder-only model. */
+/**
+ * A Llama-shaped decoder-only model: Llama 2 / 3 / 3.1, TinyLlama, and the families registered in
+ * src/model/families/ (Qwen2 / Qwen2.5, Qwen3, Mistral without a sliding window).
+ */
 export interface LlamaConfig {
+  /**
+   * The Hugging Face `model_type` of the family (src/model/families/registry.ts); absent:
+   * "llama".
+   */
+  modelType?: string;
+  /** Biases on the q, k and v projections (Qwen2 / Qwen2.5). Default false. */
+  qkvBias?: boolean;
+  /** RMSNorm over each head of q and of k before RoPE (Qwen3's q_norm, k_norm). Default false. */
+  qkNorm?: boolean;
   /** Vocabulary size: rows of the embedding and of the LM head (`vocab_size`). */
   vocabSize: number;
   /** Model width (`hidden_size`). */
@@ -127,7 +141,7 @@ export function checkConfigSizes(cfg: LlamaConfig, source = "config"): void {
   }
   const { hiddenSize: h, intermediateSize: m, numLayers: n, vocabSize: v } = cfg;
   const q = cfg.numHeads * cfg.headDim, kv = cfg.numKvHeads * cfg.headDim;
-  const perLayer = h * (q + 2 * kv) + q * h + 3 * h * m + 2 * h;
+  const perLayer = h * (q + 2 * kv) + q * h + 3 * h * m + 2 * h + q + 2 * kv;
   const total = n * perLayer + v * h * (cfg.tieWordEmbeddings ? 1 : 2) + h;
   if (!(total <= MAX_PARAMETERS)) {
     throw new Error(
@@ -198,27 +212,96 @@ export interface ParamShape {
   shape: number[];
 }
 
+/** The slot of each per-layer weight in a decoder layer (src/model/layer.ts). */
+export type LayerParamKey =
+  | "ln1"
+  | "q"
+  | "qBias"
+  | "k"
+  | "kBias"
+  | "v"
+  | "vBias"
+  | "qNorm"
+  | "kNorm"
+  | "o"
+  | "ln2"
+  | "gate"
+  | "up"
+  | "down";
+
+/** One per-layer parameter: its slot, its Hugging Face name after `model.layers.N.`, its shape. */
+export interface LayerParam {
+  key: LayerParamKey;
+  name: string;
+  shape: (cfg: LlamaConfig) => number[];
+  /** Present only when this holds (absent: always). */
+  when?: (cfg: LlamaConfig) => boolean;
+}
+
+const qDimOf = (c: LlamaConfig) => c.numHeads * c.headDim;
+const kvDimOf = (c: LlamaConfig) => c.numKvHeads * c.headDim;
+
 /**
- * Every parameter in Hugging Face naming and order: embeddings, per layer (input norm, q, k, v, o,
- * post-attention norm, gate, up, down), final norm, then `lm_head.weight` unless tied.
+ * The one table of per-layer parameters, in Hugging Face names and order (transformers' module
+ * order: input norm, q, k, v with their biases, q/k norms, o, post-attention norm, gate, up,
+ * down). Every family's layer is a subset of it, chosen by the config's options.
+ */
+export const LAYER_PARAMS: readonly LayerParam[] = Object.freeze([
+  { key: "ln1", name: "input_layernorm.weight", shape: (c) => [c.hiddenSize] },
+  { key: "q", name: "self_attn.q_proj.weight", shape: (c) => [qDimOf(c), c.hiddenSize] },
+  {
+    key: "qBias",
+    name: "self_attn.q_proj.bias",
+    shape: (c) => [qDimOf(c)],
+    when: (c) => !!c.qkvBias,
+  },
+  { key: "k", name: "self_attn.k_proj.weight", shape: (c) => [kvDimOf(c), c.hiddenSize] },
+  {
+    key: "kBias",
+    name: "self_attn.k_proj.bias",
+    shape: (c) => [kvDimOf(c)],
+    when: (c) => !!c.qkvBias,
+  },
+  { key: "v", name: "self_attn.v_proj.weight", shape: (c) => [kvDimOf(c), c.hiddenSize] },
+  {
+    key: "vBias",
+    name: "self_attn.v_proj.bias",
+    shape: (c) => [kvDimOf(c)],
+    when: (c) => !!c.qkvBias,
+  },
+  {
+    key: "qNorm",
+    name: "self_attn.q_norm.weight",
+    shape: (c) => [c.headDim],
+    when: (c) => !!c.qkNorm,
+  },
+  {
+    key: "kNorm",
+    name: "self_attn.k_norm.weight",
+    shape: (c) => [c.headDim],
+    when: (c) => !!c.qkNorm,
+  },
+  { key: "o", name: "self_attn.o_proj.weight", shape: (c) => [c.hiddenSize, qDimOf(c)] },
+  { key: "ln2", name: "post_attention_layernorm.weight", shape: (c) => [c.hiddenSize] },
+  { key: "gate", name: "mlp.gate_proj.weight", shape: (c) => [c.intermediateSize, c.hiddenSize] },
+  { key: "up", name: "mlp.up_proj.weight", shape: (c) => [c.intermediateSize, c.hiddenSize] },
+  { key: "down", name: "mlp.down_proj.weight", shape: (c) => [c.hiddenSize, c.intermediateSize] },
+]);
+
+/** The per-layer parameters of `cfg`'s layers (LAYER_PARAMS filtered by its options). */
+export function layerParams(cfg: LlamaConfig): LayerParam[] {
+  return LAYER_PARAMS.filter((p) => !p.when || p.when(cfg));
+}
+
+/**
+ * Every parameter in Hugging Face naming and order: embeddings, per layer (layerParams), final
+ * norm, then `lm_head.weight` unless tied.
  */
 export function parameterShapes(cfg: LlamaConfig): ParamShape[] {
-  const h = cfg.hiddenSize, qDim = cfg.numHeads * cfg.headDim, kvDim = cfg.numKvHeads * cfg.headDim;
-  const inter = cfg.intermediateSize;
+  const h = cfg.hiddenSize, layer = layerParams(cfg);
   const out: ParamShape[] = [{ name: "model.embed_tokens.weight", shape: [cfg.vocabSize, h] }];
   for (let i = 0; i < cfg.numLayers; i++) {
-    const p = `model.layers.${i}`;
-    out.push(
-      { name: `${p}.input_layernorm.weight`, shape: [h] },
-      { name: `${p}.self_attn.q_proj.weight`, shape: [qDim, h] },
-      { name: `${p}.self_attn.k_proj.weight`, shape: [kvDim, h] },
-      { name: `${p}.self_attn.v_proj.weight`, shape: [kvDim, h] },
-      { name: `${p}.self_attn.o_proj.weight`, shape: [h, qDim] },
-      { name: `${p}.post_attention_layernorm.weight`, shape: [h] },
-      { name: `${p}.mlp.gate_proj.weight`, shape: [inter, h] },
-      { name: `${p}.mlp.up_proj.weight`, shape: [inter, h] },
-      { name: `${p}.mlp.down_proj.weight`, shape: [h, inter] },
-    );
+    for (const p of layer) out.push({ name: `model.layers.${i}.${p.name}`, shape: p.shape(cfg) });
   }
   out.push({ name: "model.norm.weight", shape: [h] });
   if (!cfg.tieWordEmbeddings) out.push({ name: "lm_head.weight", shape: [cfg.vocabSize, h] });

@@ -95,14 +95,15 @@ export async function loadWeights(model: LlamaModel, dir: string): Promise<void>
 }
 
 /**
- * Normal(0, std) matrices (transformers' initializer_range, 0.02) and unit norm weights, drawn on
+ * Normal(0, std) matrices (transformers' initializer_range, 0.02), unit norm weights and zero biases, drawn on
  * the device: each rank draws only the part it owns, and the values do not depend on the sharding
  * (parameter k uses the stream (seed, k), element i of it the i-th draw).
  */
 export function initRandom(model: LlamaModel, seed: number, std = 0.02): void {
   model.layout.entries.forEach((e, k) => {
     const stream = (BigInt(seed) << 20n) + BigInt(k);
-    if (e.shape.length === 1) model.params.initNormal(e.name, stream, 1, 0);
+    if (e.name.endsWith(".bias")) model.params.initNormal(e.name, stream, 0, 0);
+    else if (e.shape.length === 1) model.params.initNormal(e.name, stream, 1, 0);
     else model.params.initNormal(e.name, stream, 0, std);
   });
   model.syncWeights();

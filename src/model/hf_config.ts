@@ -1,5 +1,6 @@
 /**
- * Hugging Face `config.json` for Llama models: parsing it (classic and transformers 5 spellings)
+ * Hugging Face `config.json` for every registered model family (src/model/families/): the keys
+ * Llama-shaped decoders share are parsed here, the family (by `model_type`) checks its own; parsing it (classic and transformers 5 spellings)
  * into a LlamaConfig with errors naming the file and key, and writing one transformers loads.
  */
 import {
@@ -8,6 +9,7 @@ import {
   SUPPORTED_ROPE_TYPES,
   validateConfig,
 } from "./config.ts";
+import { familyForJson, familyOf } from "./families/mod.ts";
 
 type Json = Record<string, unknown>;
 
@@ -92,29 +94,19 @@ function parseRope(r: Json, key: string, source: string): RopeScaling {
 }
 
 /**
- * Parses a Hugging Face Llama `config.json` (already JSON-parsed). `source` (usually the file
+ * Parses a Hugging Face `config.json` (already JSON-parsed) of a registered family (Llama, Qwen2,
+ * Qwen3, Mistral; others are refused naming the supported ones). `source` (usually the file
  * path) is named in every error. Accepts the classic keys (`rope_theta`, `rope_scaling` with
  * `rope_type` or `type`) and transformers 5's `rope_parameters`.
  */
 export function parseHfConfig(json: unknown, source: string): LlamaConfig {
   if (!isObj(json)) throw new Error(`${source}: config is not a JSON object`);
   const j = json;
-  const archs = Array.isArray(j.architectures) ? j.architectures : [];
-  const isLlama = j.model_type === "llama" ||
-    (j.model_type === undefined && archs.includes("LlamaForCausalLM"));
-  if (!isLlama) {
-    throw new Error(
-      `${source}: not a Llama model (model_type ${JSON.stringify(j.model_type)}, ` +
-        `architectures ${JSON.stringify(j.architectures ?? null)}); distflash trains ` +
-        `model_type "llama" / LlamaForCausalLM only`,
-    );
-  }
+  const family = familyForJson(j, source);
   if (j.hidden_act !== undefined && j.hidden_act !== "silu") {
     throw new Error(`${source}: "hidden_act" is ${JSON.stringify(j.hidden_act)}; only "silu"`);
   }
-  for (const k of ["attention_bias", "mlp_bias"]) {
-    if (j[k] === true) throw new Error(`${source}: "${k}" is true; biases are not supported`);
-  }
+  if (j.mlp_bias === true) throw new Error(`${source}: "mlp_bias" is true; not supported`);
   const hidden = posInt(j, "hidden_size", source);
   const heads = posInt(j, "num_attention_heads", source);
   const kvHeads = posInt(j, "num_key_value_heads", source, heads);
@@ -174,8 +166,9 @@ export function parseHfConfig(json: unknown, source: string): LlamaConfig {
   }
   if (bos !== undefined) cfg.bosTokenId = bos;
   if (eos !== undefined) cfg.eosTokenId = eos;
-  validateConfig(cfg, source);
-  return cfg;
+  const out = family.parse(j, source, cfg);
+  validateConfig(out, source);
+  return out;
 }
 
 /** Reads and parses `config.json` from a model folder (or a path to the file itself). */
@@ -210,7 +203,8 @@ export interface HfConfigOptions {
 }
 
 /**
- * A classic transformers `config.json` object for `cfg` (rope_theta + rope_scaling), loadable by
+ * A classic transformers `config.json` object for `cfg` (rope_theta + rope_scaling), with its
+ * family's class name, model_type and keys, loadable by
  * transformers 4.43+ (llama3 rope) and 5 (which converts it to rope_parameters itself). Writes
  * both `torch_dtype` (transformers 4) and `dtype` (transformers 5), from `opts.dtype` (the dtype
  * the weights are stored in: "bfloat16" (default), "float16" or "float32").
@@ -230,8 +224,9 @@ export function toHfConfig(cfg: LlamaConfig, opts: HfConfigOptions = {}): Record
     };
   }
   const dtype = opts.dtype ?? "bfloat16";
+  const family = familyOf(cfg);
   const out: Record<string, unknown> = {
-    architectures: ["LlamaForCausalLM"],
+    architectures: [family.architecture],
     attention_bias: false,
     attention_dropout: 0.0,
   };
@@ -247,7 +242,7 @@ export function toHfConfig(cfg: LlamaConfig, opts: HfConfigOptions = {}): Record
     intermediate_size: cfg.intermediateSize,
     max_position_embeddings: cfg.maxPositionEmbeddings,
     mlp_bias: false,
-    model_type: "llama",
+    model_type: family.modelType,
     num_attention_heads: cfg.numHeads,
     num_hidden_layers: cfg.numLayers,
     num_key_value_heads: cfg.numKvHeads,
@@ -261,5 +256,6 @@ export function toHfConfig(cfg: LlamaConfig, opts: HfConfigOptions = {}): Record
     use_cache: true,
     vocab_size: cfg.vocabSize,
   });
+  family.toHf(cfg, out);
   return out;
 }

@@ -1,5 +1,6 @@
 /**
- * One Llama decoder layer, forward and hand-written backward (the forward in reverse, as in
+ * One decoder layer (Llama's, with the family options of config.ts: Qwen2's q/k/v biases, Qwen3's
+ * per-head q/k RMSNorm), forward and hand-written backward (the forward in reverse, as in
  * llm.c). The model shell (llama.ts) owns the buffers and the order of layers; this file owns what
  * one layer computes. Activations are B*T token rows, row-major [tokens, width].
  *
@@ -17,10 +18,13 @@ import type { Device, DevicePtr } from "../runtime/device.ts";
 import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
 import type { Tensor } from "../runtime/tensor.ts";
-import type { LlamaConfig } from "./config.ts";
+import type { LayerParamKey, LlamaConfig } from "./config.ts";
 import type { Attention, AttentionTensors, SequenceDocuments } from "./attention.ts";
 
-/** Layer l's weights (or their fp32 gradients), resolved once per layer. */
+/**
+ * Layer l's weights (or their fp32 gradients), resolved once per layer. The optional ones exist
+ * when the config's options ask for them (config.ts, LAYER_PARAMS).
+ */
 export interface LayerWeights {
   ln1: DevicePtr;
   q: DevicePtr;
@@ -31,19 +35,29 @@ export interface LayerWeights {
   gate: DevicePtr;
   up: DevicePtr;
   down: DevicePtr;
+  qBias?: DevicePtr;
+  kBias?: DevicePtr;
+  vBias?: DevicePtr;
+  qNorm?: DevicePtr;
+  kNorm?: DevicePtr;
 }
 
-/** The Hugging Face name (after `model.layers.N.`) of each layer weight. */
-export const LAYER_PARAM_NAMES: Readonly<Record<keyof LayerWeights, string>> = {
-  ln1: "input_layernorm.weight",
-  q: "self_attn.q_proj.weight",
-  k: "self_attn.k_proj.weight",
-  v: "self_attn.v_proj.weight",
-  o: "self_attn.o_proj.weight",
-  ln2: "post_attention_layernorm.weight",
-  gate: "mlp.gate_proj.weight",
-  up: "mlp.up_proj.weight",
-  down: "mlp.down_proj.weight",
+// Every slot of the parameter table is a field of LayerWeights.
+const _slots: Record<LayerParamKey, keyof LayerWeights> = {
+  ln1: "ln1",
+  q: "q",
+  qBias: "qBias",
+  k: "k",
+  kBias: "kBias",
+  v: "v",
+  vBias: "vBias",
+  qNorm: "qNorm",
+  kNorm: "kNorm",
+  o: "o",
+  ln2: "ln2",
+  gate: "gate",
+  up: "up",
+  down: "down",
 };
 
 /** What a layer keeps for backward: its input x, attention output o [T, qDim] and lse [B*nh, S]. */
@@ -73,6 +87,23 @@ export interface LayerScratch {
   up: Tensor;
   h: Tensor;
   tmp: Tensor;
+  /** Ones [tile] in the compute dtype: the bias add and its backward (q/k/v biases only). */
+  ones?: Tensor;
+  /**
+   * q/k norms only: one tile's q and k before the norm ([tile, qDim], [tile, kvDim]), their
+   * per-head rstd ([tile * heads], fp32), the norm output when recomputed in backward, and the
+   * gradient before the norm.
+   */
+  qk?: {
+    qRaw: Tensor;
+    kRaw: Tensor;
+    rstdQ: Tensor;
+    rstdK: Tensor;
+    qOut: Tensor;
+    kOut: Tensor;
+    dqRaw: Tensor;
+    dkRaw: Tensor;
+  };
 }
 
 /**
@@ -134,16 +165,78 @@ export class DecoderLayer {
   /** Everything up to attention, tile by tile: ln1, then q, k, v (of every token) after RoPE. */
   preAttention(io: LayerSaved, w: LayerWeights): void {
     const d = this.device, c = this.cfg, s = this.s, dt = this.shape.dtype;
-    const H = c.hiddenSize, inv = this.rope.invFreq.ptr;
+    const inv = this.rope.invFreq.ptr;
     this.#tiles((t0, n) => {
       this.#norm1Tile(io, w, t0, n);
       const pos = this.rope.pos.rows(t0, n).ptr;
       const [q, k, v] = [s.q, s.k, s.v].map((t) => t.rows(t0, n).ptr);
-      op.linear(d, q, s.ln1.ptr, w.q, n, H, this.qDim, dt);
-      op.linear(d, k, s.ln1.ptr, w.k, n, H, this.kvDim, dt);
-      op.linear(d, v, s.ln1.ptr, w.v, n, H, this.kvDim, dt);
+      this.#projectQk(w, n, q, k);
+      op.linear(d, v, s.ln1.ptr, w.v, n, c.hiddenSize, this.kvDim, dt);
+      if (c.qkvBias) this.#addBias(v, w.vBias!, n, this.kvDim);
       op.rope(d, q, pos, inv, n, c.numHeads, c.headDim, false, dt);
       op.rope(d, k, pos, inv, n, c.numKvHeads, c.headDim, false, dt);
+    });
+  }
+
+  /**
+   * The tile's q and k from s.ln1 (n rows), before RoPE: the projections, their biases (Qwen2)
+   * and the per-head q/k norms (Qwen3; s.qk keeps the raw q, k and their rstd), written to q, k.
+   */
+  #projectQk(w: LayerWeights, n: number, q: DevicePtr, k: DevicePtr): void {
+    const d = this.device, c = this.cfg, s = this.s, dt = this.shape.dtype, H = c.hiddenSize;
+    const qk = s.qk;
+    const [qa, ka] = qk ? [qk.qRaw.ptr, qk.kRaw.ptr] : [q, k];
+    op.linear(d, qa, s.ln1.ptr, w.q, n, H, this.qDim, dt);
+    op.linear(d, ka, s.ln1.ptr, w.k, n, H, this.kvDim, dt);
+    if (c.qkvBias) {
+      this.#addBias(qa, w.qBias!, n, this.qDim);
+      this.#addBias(ka, w.kBias!, n, this.kvDim);
+    }
+    if (qk) {
+      const hd = c.headDim, eps = c.rmsNormEps;
+      op.rmsnormForward(d, q, qk.rstdQ.ptr, qa, w.qNorm!, n * c.numHeads, hd, eps, dt);
+      op.rmsnormForward(d, k, qk.rstdK.ptr, ka, w.kNorm!, n * c.numKvHeads, hd, eps, dt);
+    }
+  }
+
+  /** y[n, out] += ones[n] x bias[out]: the bias of a linear, as a rank-1 GEMM. */
+  #addBias(y: DevicePtr, bias: DevicePtr, n: number, out: number): void {
+    const dt = this.shape.dtype;
+    op.gemm(this.device, {
+      transA: false,
+      transB: false,
+      m: n,
+      n: out,
+      k: 1,
+      a: this.s.ones!.ptr,
+      lda: 1,
+      b: bias,
+      ldb: out,
+      beta: 1,
+      c: y,
+      ldc: out,
+      abType: dt,
+      cType: dt,
+    });
+  }
+
+  /** gbias[out] += sum over the n rows of dy[n, out] (fp32 accumulator), as a GEMM with ones. */
+  #biasBackward(gbias: DevicePtr, dy: DevicePtr, n: number, out: number): void {
+    op.gemm(this.device, {
+      transA: true,
+      transB: false,
+      m: out,
+      n: 1,
+      k: n,
+      a: dy,
+      lda: out,
+      b: this.s.ones!.ptr,
+      ldb: 1,
+      beta: 1,
+      c: gbias,
+      ldc: 1,
+      abType: this.shape.dtype,
+      cType: DType.f32,
     });
   }
 
@@ -224,9 +317,50 @@ export class DecoderLayer {
         op.convert(d, dv.ptr, dt, dvF32.ptr, f32, n * kvDim);
       }
       this.#norm1Tile(io, w, t0, n);
+      let [dqIn, dkIn] = [dq, dk];
+      const qk = s.qk;
+      if (qk) {
+        // Recompute the tile's raw q, k and their rstd (qOut, kOut: the norms' outputs, unused),
+        // then the per-head norms' backward: d(raw q), d(raw k) and the norm weights' gradients.
+        this.#projectQk(w, n, qk.qOut.ptr, qk.kOut.ptr);
+        const hd = c.headDim;
+        d.memset(qk.dqRaw.ptr, 0, qk.dqRaw.rows(0, n).bytes);
+        d.memset(qk.dkRaw.ptr, 0, qk.dkRaw.rows(0, n).bytes);
+        const [rq, rk] = [n * c.numHeads, n * c.numKvHeads];
+        op.rmsnormBackward(
+          d,
+          qk.dqRaw.ptr,
+          gw.qNorm!,
+          dq.ptr,
+          qk.qRaw.ptr,
+          w.qNorm!,
+          qk.rstdQ.ptr,
+          rq,
+          hd,
+          dt,
+        );
+        op.rmsnormBackward(
+          d,
+          qk.dkRaw.ptr,
+          gw.kNorm!,
+          dk.ptr,
+          qk.kRaw.ptr,
+          w.kNorm!,
+          qk.rstdK.ptr,
+          rk,
+          hd,
+          dt,
+        );
+        [dqIn, dkIn] = [qk.dqRaw.rows(0, n), qk.dkRaw.rows(0, n)];
+      }
+      if (c.qkvBias) {
+        this.#biasBackward(gw.qBias!, dqIn.ptr, n, qDim);
+        this.#biasBackward(gw.kBias!, dkIn.ptr, n, kvDim);
+        this.#biasBackward(gw.vBias!, dv.ptr, n, kvDim);
+      }
       this.#sharedInputBackward(s.ln1, [
-        [dq, w.q, gw.q, qDim],
-        [dk, w.k, gw.k, kvDim],
+        [dqIn, w.q, gw.q, qDim],
+        [dkIn, w.k, gw.k, kvDim],
         [dv, w.v, gw.v, kvDim],
       ], n);
       op.convert(d, g.dln.ptr, dt, g.dlnF32.ptr, f32, n * H);

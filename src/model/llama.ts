@@ -13,7 +13,8 @@ import { MemoryPlan, type Slot } from "../runtime/memory.ts";
 import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
 import { Tensor } from "../runtime/tensor.ts";
-import { type LlamaConfig, ropeInvFreq } from "./config.ts";
+import { layerParams, type LlamaConfig, ropeInvFreq } from "./config.ts";
+import { f32ToBf16 } from "../io/dtype.ts";
 import {
   type ParamEntry,
   ParamLayout,
@@ -28,7 +29,6 @@ import { type DocStarts, docStartsInt64, validateDocStarts } from "./documents.t
 import type { DeviceBuffer } from "../runtime/device.ts";
 import {
   DecoderLayer,
-  LAYER_PARAM_NAMES,
   type LayerGradScratch,
   type LayerSaved,
   type LayerScratch,
@@ -106,6 +106,10 @@ export class LlamaModel {
   readonly rstdF: Slot;
   readonly #layer: DecoderLayer;
   readonly #head: LmHead;
+  /** The per-layer parameters of this config (the table in config.ts, filtered). */
+  readonly #layerParams = [] as ReturnType<typeof layerParams>;
+  /** Ones [tile] for the q/k/v biases (null without them), filled by allocate(). */
+  readonly #ones: Tensor | null;
   // Inputs.
   readonly ids: Slot;
   readonly labels: Slot;
@@ -121,6 +125,7 @@ export class LlamaModel {
     const { dtype, batch, seqLen } = opts;
     const store = opts.params ?? replicatedParamStore();
     this.layout = new ParamLayout(cfg, store.align);
+    this.#layerParams = layerParams(cfg);
     this.tokens = batch * seqLen;
     this.vocabChunk = Math.min(opts.vocabChunk ?? 4096, cfg.vocabSize);
     this.mlpTile = Math.max(1, Math.min(opts.mlpTile ?? 4096, batch * seqLen));
@@ -183,6 +188,19 @@ export class LlamaModel {
       h: layer("h", tile, I),
       tmp: layer("tmp", tile, H),
     };
+    if (cfg.qkvBias) s.ones = layer("ones", tile, 1);
+    if (cfg.qkNorm) {
+      s.qk = {
+        qRaw: layer("qRaw", tile, qDim),
+        kRaw: layer("kRaw", tile, kvDim),
+        rstdQ: layer("rstdQ", tile * cfg.numHeads, 1, f32),
+        rstdK: layer("rstdK", tile * cfg.numKvHeads, 1, f32),
+        qOut: layer("qOut", tile, qDim),
+        kOut: layer("kOut", tile, kvDim),
+        dqRaw: layer("dqRaw", tile, qDim),
+        dkRaw: layer("dkRaw", tile, kvDim),
+      };
+    }
     const backSlot = (name: string, numel: number, dt = dtype) =>
       p.reserve("backward scratch", name, numel, dt);
     const dres = backSlot("dres", T * H), dh = backSlot("dh", tile * I);
@@ -263,6 +281,7 @@ export class LlamaModel {
       dtype,
     );
     const rope = { pos: view(this.pos, T, 1), invFreq: view(this.invFreq, 1, cfg.headDim / 2) };
+    this.#ones = s.ones ?? null;
     this.#layer = new DecoderLayer(
       device,
       cfg,
@@ -285,6 +304,11 @@ export class LlamaModel {
       this.invFreq.ptr,
       Float32Array.from(ropeInvFreq(this.cfg, { float32: true })),
     );
+    const ones = this.#ones;
+    if (ones) {
+      const f = new Float32Array(ones.shape[0]).fill(1);
+      this.device.upload(ones.ptr, this.dtype === DType.f32 ? f : f32ToBf16(f));
+    }
   }
 
   free(): void {
@@ -408,18 +432,9 @@ export class LlamaModel {
       const e = this.layout.layer(l, suffix);
       return grads ? this.params.grad(e) : this.params.weight(e);
     };
-    const names = LAYER_PARAM_NAMES;
-    return {
-      ln1: at(names.ln1),
-      q: at(names.q),
-      k: at(names.k),
-      v: at(names.v),
-      o: at(names.o),
-      ln2: at(names.ln2),
-      gate: at(names.gate),
-      up: at(names.up),
-      down: at(names.down),
-    };
+    const w: Partial<LayerWeights> = {};
+    for (const p of this.#layerParams) w[p.key] = at(p.name);
+    return w as LayerWeights;
   }
 
   /** Layer l's saved tensors as views. */

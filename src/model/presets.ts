@@ -1,115 +1,17 @@
 /**
- * The named model sizes `--model` accepts besides a folder: published Llama sizes and small debug
- * models for tests and development.
+ * The named model sizes `--model` accepts besides a folder: every registered family's presets
+ * (src/model/families/), e.g. published Llama, Qwen2.5 and Qwen3 sizes and small debug models.
  */
 import type { LlamaConfig } from "./config.ts";
-
-function preset(c: LlamaConfig): Readonly<LlamaConfig> {
-  return Object.freeze(c);
-}
-
-const LLAMA2_BASE = {
-  vocabSize: 32000,
-  rmsNormEps: 1e-5,
-  ropeTheta: 10000,
-  ropeScaling: null,
-  maxPositionEmbeddings: 4096,
-  tieWordEmbeddings: false,
-  bosTokenId: 1,
-  eosTokenId: 2,
-} as const;
-
-const DEBUG_BASE = {
-  rmsNormEps: 1e-5,
-  ropeTheta: 10000,
-  ropeScaling: null,
-  maxPositionEmbeddings: 131072,
-  tieWordEmbeddings: false,
-  // The debug sizes train with the byte tokenizer (src/data/tokenizer.ts): BOS 0, EOS 1.
-  bosTokenId: 0,
-  eosTokenId: 1,
-} as const;
+import { families } from "./families/mod.ts";
 
 /**
- * Named model sizes (random initialisation). Published sizes for the Llama models; the debug
- * presets are small models for tests and development.
+ * Named model sizes (random initialisation), of every registered family: published sizes and the
+ * debug presets (small Llamas for tests and development).
  */
-export const PRESETS: Readonly<Record<string, Readonly<LlamaConfig>>> = Object.freeze({
-  "llama-2-7b": preset({
-    ...LLAMA2_BASE,
-    hiddenSize: 4096,
-    intermediateSize: 11008,
-    numLayers: 32,
-    numHeads: 32,
-    numKvHeads: 32,
-    headDim: 128,
-  }),
-  "llama-2-13b": preset({
-    ...LLAMA2_BASE,
-    hiddenSize: 5120,
-    intermediateSize: 13824,
-    numLayers: 40,
-    numHeads: 40,
-    numKvHeads: 40,
-    headDim: 128,
-  }),
-  "llama-3-8b": preset({
-    vocabSize: 128256,
-    hiddenSize: 4096,
-    intermediateSize: 14336,
-    numLayers: 32,
-    numHeads: 32,
-    numKvHeads: 8,
-    headDim: 128,
-    rmsNormEps: 1e-5,
-    ropeTheta: 500000,
-    ropeScaling: null,
-    maxPositionEmbeddings: 8192,
-    tieWordEmbeddings: false,
-    bosTokenId: 128000,
-    eosTokenId: 128001,
-  }),
-  "tinyllama-1.1b": preset({
-    ...LLAMA2_BASE,
-    hiddenSize: 2048,
-    intermediateSize: 5632,
-    numLayers: 22,
-    numHeads: 32,
-    numKvHeads: 4,
-    headDim: 64,
-    maxPositionEmbeddings: 2048,
-  }),
-  "debug-tiny": preset({
-    ...DEBUG_BASE,
-    vocabSize: 259, // the byte tokenizer's vocabulary
-    hiddenSize: 64,
-    intermediateSize: 176,
-    numLayers: 2,
-    numHeads: 4,
-    numKvHeads: 2,
-    headDim: 16,
-  }),
-  "debug-small": preset({
-    ...DEBUG_BASE,
-    vocabSize: 4096,
-    hiddenSize: 256,
-    intermediateSize: 688,
-    numLayers: 4,
-    numHeads: 8,
-    numKvHeads: 4,
-    headDim: 32,
-  }),
-  "debug-medium": preset({
-    ...DEBUG_BASE,
-    vocabSize: 32000,
-    hiddenSize: 1024,
-    intermediateSize: 2752,
-    numLayers: 8,
-    numHeads: 16,
-    numKvHeads: 16,
-    headDim: 64,
-  }),
-});
+export const PRESETS: Readonly<Record<string, Readonly<LlamaConfig>>> = Object.freeze(
+  Object.assign({}, ...families().map((f) => f.presets)),
+);
 
 /** Whether `name` is a preset name (case-insensitive). */
 export function isPreset(name: string): boolean {

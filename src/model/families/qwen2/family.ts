@@ -1,0 +1,54 @@
+/**
+ * The Qwen2 family (Qwen2, Qwen2.5): Llama's decoder with biases on the q, k and v projections;
+ * tied or untied embeddings. Sliding-window attention (`use_sliding_window` true) is refused.
+ *
+ * @module
+ */
+import type { LlamaConfig } from "../../config.ts";
+import { refuseSlidingWindow } from "../common.ts";
+import type { ModelFamily } from "../registry.ts";
+
+// Qwen/Qwen2.5-7B config.json: vocab_size 152064, hidden_size 3584, intermediate_size 18944,
+// 28 layers, 28 heads (head size 128), 4 KV heads, rms_norm_eps 1e-6, rope_theta 1e6,
+// max_position_embeddings 131072, tie_word_embeddings false, bos/eos 151643,
+// use_sliding_window false.
+const QWEN25_7B: LlamaConfig = {
+  modelType: "qwen2",
+  qkvBias: true,
+  vocabSize: 152064,
+  hiddenSize: 3584,
+  intermediateSize: 18944,
+  numLayers: 28,
+  numHeads: 28,
+  numKvHeads: 4,
+  headDim: 128,
+  rmsNormEps: 1e-6,
+  ropeTheta: 1e6,
+  ropeScaling: null,
+  maxPositionEmbeddings: 131072,
+  tieWordEmbeddings: false,
+  bosTokenId: 151643,
+  eosTokenId: 151643,
+};
+
+export const QWEN2: ModelFamily = {
+  modelType: "qwen2",
+  architecture: "Qwen2ForCausalLM",
+  title: "Qwen2 / Qwen2.5",
+  parse(j, source, base) {
+    refuseSlidingWindow(j, source);
+    return { ...base, modelType: "qwen2", qkvBias: true };
+  },
+  toHf(cfg, out) {
+    // transformers' Qwen2 always has q/k/v biases and no o/MLP biases: no keys for them.
+    delete out.attention_bias;
+    delete out.mlp_bias;
+    delete out.pretraining_tp;
+    Object.assign(out, {
+      use_sliding_window: false,
+      sliding_window: null,
+      max_window_layers: cfg.numLayers,
+    });
+  },
+  presets: Object.freeze({ "qwen2.5-7b": Object.freeze(QWEN25_7B) }),
+};

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Reference fixtures for distflash's non-Llama model families (Qwen2 / Qwen2.5, Qwen3), computed
+with PyTorch + Hugging Face transformers, in the layout of make_fixtures.py's mha/ and gqa/.
+
+Subcommands (run from the repository root):
+
+  generate [OUTDIR]        (default tests/fixtures)
+      Writes two tiny random models in Hugging Face layout, each with config.json (as transformers
+      writes it), model.safetensors (float32, HF parameter names) and reference.safetensors
+      (input_ids, labels, logits, loss, grad.<name> for every parameter; the same keys, batch and
+      conventions as make_fixtures.py: B=2, T=32, labels aligned, -100 ignored at 3 positions):
+        qwen2/  Qwen2ForCausalLM: vocab 128, hidden 32, intermediate 64, 2 layers, 4 heads of 8,
+                2 KV heads, biases on q/k/v (random, not zero), tied embeddings, rope_theta 1e6.
+        qwen3/  Qwen3ForCausalLM: vocab 128, hidden 32, intermediate 64, 2 layers, 4 heads of
+                head_dim 16 (heads x head_dim = 64 != hidden 32), 2 KV heads, q_norm/k_norm,
+                untied embeddings, rope_theta 1e6.
+      Everything is computed in float64 (eager attention) from the float32 weights as saved, then
+      stored as float32. Norm weights are 1 + 0.1 N(0,1), biases and matrices 0.08 N(0,1).
+
+  check-checkpoint MODEL_DIR REFERENCE_SAFETENSORS CLASS [--tol 1e-4]
+      Loads MODEL_DIR with AutoModelForCausalLM in float32, checks the class name is CLASS (e.g.
+      Qwen2ForCausalLM), runs the reference input_ids and compares logits (||out - ref|| / ||ref||).
+      Exits 1 if the class differs or the error is over tol.
+
+Setup:
+    python3 -m venv .venv && .venv/bin/pip install torch transformers safetensors numpy
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+import transformers
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_OUT = os.path.join(ROOT, "tests", "fixtures")
+
+B, T = 2, 32
+IGNORE = -100
+WEIGHT_STD = 0.08
+
+COMMON = dict(
+    vocab_size=128,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=256,
+    hidden_act="silu",
+    rope_theta=1000000.0,
+    use_sliding_window=False,
+)
+
+VARIANTS = {
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(tie_word_embeddings=True), 2468),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM,
+              dict(tie_word_embeddings=False, head_dim=16, attention_bias=False), 1357),
+}
+
+
+def make_config(variant):
+    cls, _, extra, _ = VARIANTS[variant]
+    kw = dict(COMMON)
+    kw.update(extra)
+    theta = kw.pop("rope_theta")
+    cfg = cls(**kw, rope_parameters={"rope_type": "default", "rope_theta": theta})
+    return cfg
+
+
+def init_weights(model, seed):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float32))
+            else:  # matrices and biases
+                p.copy_(WEIGHT_STD * torch.randn(p.shape, generator=gen, dtype=torch.float32))
+
+
+def make_batch(seed, vocab):
+    gen = torch.Generator().manual_seed(seed + 1)
+    input_ids = torch.randint(0, vocab, (B, T), generator=gen, dtype=torch.int64)
+    labels = torch.full((B, T), IGNORE, dtype=torch.int64)
+    labels[:, :-1] = input_ids[:, 1:]
+    labels[0, 10] = IGNORE
+    return input_ids, labels
+
+
+def one_key_metadata(info):
+    return {"info": json.dumps(info, sort_keys=True)}
+
+
+def rel_err(a, b):
+    a = a.to(torch.float64)
+    b = b.to(torch.float64)
+    return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)).item()
+
+
+def generate_variant(outdir, variant):
+    _, model_cls, _, seed = VARIANTS[variant]
+    cfg = make_config(variant)
+    d = os.path.join(outdir, variant)
+    os.makedirs(d, exist_ok=True)
+    torch.manual_seed(seed)
+    model = model_cls(cfg).to(torch.float32)
+    init_weights(model, seed)
+    model.save_pretrained(d)
+    p = os.path.join(d, "generation_config.json")
+    if os.path.exists(p):
+        os.remove(p)
+
+    m64 = model_cls.from_pretrained(d, dtype=torch.float64, attn_implementation="eager")
+    m64.train()
+    input_ids, labels = make_batch(seed, cfg.vocab_size)
+    logits = m64(input_ids=input_ids, use_cache=False).logits
+    V = logits.shape[-1]
+    loss = F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), ignore_index=IGNORE)
+    loss.backward()
+
+    saved = load_file(os.path.join(d, "model.safetensors"))
+    params = dict(m64.named_parameters())
+    assert set(saved) == set(params), sorted(set(saved) ^ set(params))
+    ref = {
+        "input_ids": input_ids.contiguous(),
+        "labels": labels.contiguous(),
+        "logits": logits.detach().to(torch.float32).contiguous(),
+        "loss": loss.detach().reshape(1).to(torch.float32),
+    }
+    for name in sorted(params):
+        g = params[name].grad
+        assert g is not None, name
+        ref["grad." + name] = g.to(torch.float32).contiguous()
+    save_file(ref, os.path.join(d, "reference.safetensors"),
+              metadata=one_key_metadata({"variant": variant, "labels": "aligned (no shift), -100 ignored",
+                                         "computed_in": "float64 eager",
+                                         "transformers": transformers.__version__,
+                                         "torch": torch.__version__}))
+    for fn in os.listdir(d):
+        os.chmod(os.path.join(d, fn), 0o644)
+    # float32 reload reproduces the float64 logits.
+    m32 = model_cls.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        e = rel_err(m32(input_ids=input_ids, use_cache=False).logits, ref["logits"])
+    print(f"[{variant}] loss={loss.item():.6f} params={len(params)} float32 reload rel err {e:.2e}")
+    assert e < 1e-5, e
+
+
+def cmd_generate(args):
+    print(f"transformers {transformers.__version__}, torch {torch.__version__}")
+    for variant in VARIANTS:
+        generate_variant(args.outdir, variant)
+
+
+def cmd_check_checkpoint(args):
+    ref = load_file(args.reference)
+    m = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32,
+                                             attn_implementation="eager").eval()
+    name = type(m).__name__
+    ok = name == args.cls
+    with torch.no_grad():
+        e = rel_err(m(input_ids=ref["input_ids"], use_cache=False).logits, ref["logits"])
+    ok = ok and e <= args.tol
+    print(f"class {name} (want {args.cls}), logits rel err {e:.3e} (tol {args.tol:g})"
+          f"{'' if ok else '  FAIL'}")
+    sys.exit(0 if ok else 1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate")
+    g.add_argument("outdir", nargs="?", default=DEFAULT_OUT)
+    g.set_defaults(fn=cmd_generate)
+    c = sub.add_parser("check-checkpoint")
+    c.add_argument("model_dir")
+    c.add_argument("reference")
+    c.add_argument("cls")
+    c.add_argument("--tol", type=float, default=1e-4)
+    c.set_defaults(fn=cmd_check_checkpoint)
+    args = ap.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
