@@ -15,13 +15,14 @@
  */
 import type { Device } from "../runtime/device.ts";
 import * as op from "../runtime/ops.ts";
+import { attentionBackward, attentionForward } from "../model/document_attention.ts";
 import { DType } from "../runtime/ops.ts";
 import type { Communicator } from "../comm/comm.ts";
 import { DistAttention } from "../parallel/distattn.ts";
 import { ZigzagAttention } from "../parallel/zigzag.ts";
 import type { LlamaConfig } from "../model/config.ts";
 import { docStartsInt64, visiblePairCount } from "../model/documents.ts";
-import type { SequenceDocuments } from "../model/attention.ts";
+import { blockPair, type SequenceDocuments } from "../model/attention.ts";
 import { randomDocumentStarts } from "../parallel/document_work.ts";
 
 export interface AttnBenchOptions {
@@ -155,7 +156,8 @@ export async function benchAttention(
           let fwd: () => Promise<void>, bwd: () => Promise<void>;
           let dist: DistAttention | ZigzagAttention | null = null;
           if (variant === "single") {
-            const shape = {
+            // The diagonal pair as the model makes it (blockPair: documents with their host copy).
+            const shape = blockPair({
               tq: S,
               tk: S,
               nh: H,
@@ -165,13 +167,12 @@ export async function benchAttention(
               kPos0: 0,
               scale: 1 / Math.sqrt(D),
               dtype: DType.bf16,
-              docs: maskDocs?.device,
-            };
+            }, maskDocs)!;
             fwd = () =>
-              Promise.resolve(op.attentionForward(d, out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, shape));
+              Promise.resolve(attentionForward(d, out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, shape));
             bwd = () =>
               Promise.resolve(
-                op.attentionBackward(
+                attentionBackward(
                   d,
                   dq.ptr,
                   dk.ptr,

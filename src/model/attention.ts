@@ -5,10 +5,11 @@
  * not each other.
  */
 import type { Device, DevicePtr } from "../runtime/device.ts";
-import * as op from "../runtime/ops.ts";
+import type * as op from "../runtime/ops.ts";
 import type { DType } from "../runtime/ops.ts";
 import type { LlamaConfig } from "./config.ts";
 import { blockPairVisible, type DocStarts } from "./documents.ts";
+import { attentionBackward, attentionForward } from "./document_attention.ts";
 
 /**
  * The documents of one sequence (src/model/documents.ts has the rule): the global starts of the
@@ -20,6 +21,11 @@ export interface SequenceDocuments {
   starts: DocStarts;
   /** The same starts as the kernels read them (int64 device memory). */
   device: op.AttentionDocuments;
+}
+
+/** The documents as a block pair's shape carries them: device starts, and the host copy. */
+function withHostStarts(docs: SequenceDocuments): op.AttentionDocuments {
+  return { ...docs.device, host: docs.starts };
 }
 
 /**
@@ -34,7 +40,7 @@ export function blockPair(
   const { qPos0, kPos0, tq, tk } = shape;
   if (!docs) return kPos0 < qPos0 + tq ? shape : null;
   if (!blockPairVisible(docs.starts, qPos0, qPos0 + tq, kPos0, kPos0 + tk)) return null;
-  return { ...shape, docs: docs.device };
+  return { ...shape, docs: withHostStarts(docs) };
 }
 
 /**
@@ -85,15 +91,15 @@ export class LocalAttention implements Attention {
     };
   }
   forward({ q, k, v, out, lse, docs }: AttentionTensors): void {
-    op.attentionForward(this.device, out, lse, q, k, v, this.#shape(docs));
+    attentionForward(this.device, out, lse, q, k, v, this.#shape(docs));
   }
   backward(
     { q, k, v, out, lse, docs }: AttentionTensors,
     { dout, dq, dk, dv }: AttentionGrads,
   ): void {
-    op.attentionBackward(this.device, dq, dk, dv, dout, q, k, v, out, lse, this.#shape(docs));
+    attentionBackward(this.device, dq, dk, dv, dout, q, k, v, out, lse, this.#shape(docs));
   }
   #shape(docs: SequenceDocuments | undefined): op.AttentionShape {
-    return docs ? { ...this.shape, docs: docs.device } : this.shape;
+    return docs ? { ...this.shape, docs: withHostStarts(docs) } : this.shape;
   }
 }

@@ -19,6 +19,7 @@
 import type { Device, DevicePtr, Stream } from "../runtime/device.ts";
 import { MemoryPlan, type Slot } from "../runtime/memory.ts";
 import * as op from "../runtime/ops.ts";
+import { attentionBackward, attentionForward } from "../model/document_attention.ts";
 import { axpyF32 } from "../runtime/ops_basic.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
 import type { LlamaConfig } from "../model/config.ts";
@@ -251,7 +252,7 @@ export class DistAttention implements Attention {
       if (task && shape) {
         const qp = task.q === r ? q : slot.q.ptr;
         const kp = task.kv === r ? k : slot.k.ptr, vp = task.kv === r ? v : slot.v.ptr;
-        op.attentionForward(
+        attentionForward(
           d,
           this.#partOut.ptr,
           this.#partLse.ptr,
@@ -360,7 +361,7 @@ export class DistAttention implements Attention {
           d.memset(this.#dkPart.ptr, 0, this.#dkPart.bytes, s0);
           d.memset(this.#dvPart.ptr, 0, this.#dvPart.bytes, s0);
         }
-        op.attentionBackward(
+        attentionBackward(
           d,
           dqp,
           dkp,

@@ -12,6 +12,7 @@
 import type { Device, DevicePtr, Stream } from "../runtime/device.ts";
 import { MemoryPlan, type Slot } from "../runtime/memory.ts";
 import * as op from "../runtime/ops.ts";
+import { attentionBackward, attentionForward } from "../model/document_attention.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
 import { axpyF32 } from "../runtime/ops_basic.ts";
 import type { LlamaConfig } from "../model/config.ts";
@@ -203,7 +204,7 @@ export class ZigzagAttention implements Attention {
           const shape = this.#pair(qc, kc, docs, src);
           if (!shape) continue;
           const { k: kCur, v: vCur } = this.#held(cur, src);
-          op.attentionForward(
+          attentionForward(
             d,
             this.#partOut.ptr,
             this.#partLse.ptr,
@@ -261,7 +262,7 @@ export class ZigzagAttention implements Attention {
           const shape = this.#pair(qc, kc, docs, src);
           if (!shape) continue;
           const { k: kCur, v: vCur } = this.#held(cur, src);
-          op.attentionBackward(
+          attentionBackward(
             d,
             this.#rows(dq, qc * h, this.#rowQ, DType.f32),
             this.#rows(dkT, kc * h, this.#rowKv, DType.f32),

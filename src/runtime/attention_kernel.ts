@@ -101,6 +101,23 @@ export function selectAttentionKernel(
     `pairs it takes, native kernels for the rest (--attention-kernel ${choice})`;
 }
 
+/**
+ * Runs `fn` with the native kernels chosen, then restores the setting: for calls whose shapes
+ * change every step (document pieces), where cuDNN would build an execution plan per shape. The
+ * setting is process-wide and read as each call is made; every attention call of a process is made
+ * from its one JavaScript thread, so nothing else runs between the two sets.
+ */
+export function withNativeAttention(device: Device, fn: () => void): void {
+  const before = device.sym.df_attention_kernel_get();
+  if (before === CODES.native) return fn();
+  device.check(device.sym.df_attention_kernel_set(CODES.native), "df_attention_kernel_set");
+  try {
+    fn();
+  } finally {
+    device.check(device.sym.df_attention_kernel_set(before), "df_attention_kernel_set");
+  }
+}
+
 /** The kernel setting the library holds now (after {@link selectAttentionKernel}). */
 export function currentAttentionKernel(device: Device): AttentionKernel {
   const code = device.sym.df_attention_kernel_get();

@@ -240,6 +240,11 @@ export interface AttentionDocuments {
   starts: DevicePtr;
   /** Number of entries; 0 is plain causal attention. */
   count: number;
+  /**
+   * The same starts on the host, where the caller has them: src/model/document_attention.ts then
+   * splits the block pair into causal pieces for the fast kernels (the ops here ignore it).
+   */
+  host?: ArrayLike<number>;
 }
 
 export interface AttentionShape {
