@@ -91,7 +91,12 @@ export class StoreServer {
       const inUse = error instanceof Deno.errors.AddrInUse;
       throw new (inUse ? MasterPortTakenError : RendezvousError)(
         `rank 0 cannot host the rendezvous store at ${formatAddress(hostname, port)}: ` +
-          `${(error as Error).message} (is MASTER_PORT ${port} in use?)`,
+          `${(error as Error).message} (${
+            inUse
+              ? `is MASTER_PORT ${port} in use?`
+              : `check --master-addr (MASTER_ADDR ${hostname}): it must be an address of ` +
+                "rank 0's node"
+          })`,
         { cause: error },
       );
     }

@@ -4,6 +4,7 @@
  */
 import { existsSync } from "node:fs";
 import { checkModelTokenizer } from "../data/tokenizer.ts";
+import { checkDataFiles } from "../data/dataset.ts";
 import { checkModelFolderFiles, type ModelSource, resolveModel } from "../model/hf.ts";
 import type { TrainOptions } from "./options.ts";
 import { documentSplit, ParallelLayout } from "../parallel/layout.ts";
@@ -45,6 +46,8 @@ export async function checkRun(
   if (o.dataPath && !existsSync(o.dataPath)) {
     throw new Error(`--data-path ${o.dataPath}: no such file or folder`);
   }
+  // Files that cannot be read, or a first record without the text field, before ranks start.
+  if (o.dataPath && !o.synthetic) await checkDataFiles(o.dataPath, o.textField);
   // Text data needs the model's own tokenizer.
   if (!o.synthetic && o.dataPath && !o.dataPath.endsWith(".npy")) checkModelTokenizer(source.dir);
   // Not the model's folder, not in use, not another run's; the checkpoint to resume.
