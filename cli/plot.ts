@@ -13,7 +13,9 @@ export function registerPlot(program: Command): void {
     .argument("<output-dir>", "the --output-dir of a run (its metrics.jsonl)")
     .option("--output <file>", "where the SVG goes (default: <output-dir>/curves.svg)")
     .action(async (dir: string, opts: { output?: string }) => {
-      const svg = await plotRun(await readRunRecords(dir));
+      const svg = await plotRun(
+        await readRunRecords(dir, (line) => console.error(`distflash plot: note: ${line}`)),
+      );
       const path = opts.output ?? join(dir, "curves.svg");
       await Deno.writeTextFile(path, svg);
       console.log(`wrote ${path}`);

@@ -45,7 +45,13 @@ export function registerTrain(program: Command, argv: string[]): void {
     if (options.nprocPerNode * options.nnodes > 1 && !isLaunchedRank()) {
       // What the ranks would refuse, refused before any of them starts.
       checkRankCount(options.nprocPerNode, options.device);
-      await checkRun(options, options.nprocPerNode * options.nnodes);
+      const { resumeNotes } = await checkRun(
+        options,
+        options.nprocPerNode * options.nnodes,
+        0,
+        true,
+      );
+      for (const note of resumeNotes) console.error(`distflash: note: ${note}`);
       const result = await launch({
         nprocPerNode: options.nprocPerNode,
         nnodes: options.nnodes,

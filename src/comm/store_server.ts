@@ -7,7 +7,10 @@
  *
  * It answers a frame without the job's secret with an error and closes that connection. Before a
  * connection has shown the secret its frames may not exceed 64 KiB, and it must show it within
- * 10 s; frames are at most 64 MiB; it keeps at most `maxConnections` connections.
+ * 10 s; frames are at most 64 MiB. It keeps at most `maxConnections` connections that showed the
+ * secret, and at most MAX_UNTRUSTED that have not yet: a new connection beyond that closes the
+ * oldest one still unauthenticated, so a local process holding connections open cannot starve
+ * the ranks (whose first frame carries the secret). Such closings are reported on stderr.
  *
  * @module
  */
@@ -27,6 +30,8 @@ import {
 
 /** Time a new connection has to show the secret. */
 const AUTH_TIMEOUT_MS = 10_000;
+/** Connections that have not shown the secret yet, kept at most (the oldest is closed first). */
+export const MAX_UNTRUSTED = 32;
 
 interface ServerClient {
   conn: Deno.TcpConn;
@@ -38,6 +43,11 @@ interface ServerClient {
   done: Promise<void>;
 }
 
+function addrOf(addr: Deno.Addr): [string, number] {
+  const a = addr as Deno.NetAddr;
+  return [a.hostname, a.port];
+}
+
 /** The store's server side; rank 0 runs it inside its own process. */
 export class StoreServer {
   readonly #listener: Deno.TcpListener;
@@ -46,6 +56,8 @@ export class StoreServer {
   readonly #clients = new Set<ServerClient>();
   #closing = false;
   #closed?: Promise<void>;
+  /** Unauthenticated connections closed to make room, reported on stderr. */
+  #evicted = 0;
 
   private constructor(
     listener: Deno.TcpListener,
@@ -79,7 +91,12 @@ export class StoreServer {
       const inUse = error instanceof Deno.errors.AddrInUse;
       throw new (inUse ? MasterPortTakenError : RendezvousError)(
         `rank 0 cannot host the rendezvous store at ${formatAddress(hostname, port)}: ` +
-          `${(error as Error).message} (is MASTER_PORT ${port} in use?)`,
+          `${(error as Error).message} (${
+            inUse
+              ? `is MASTER_PORT ${port} in use?`
+              : `check --master-addr (MASTER_ADDR ${hostname}): it must be an address of ` +
+                "rank 0's node"
+          })`,
         { cause: error },
       );
     }
@@ -101,10 +118,12 @@ export class StoreServer {
       } catch {
         return; // listener closed
       }
-      if (this.#closing || this.#clients.size >= this.maxConnections) {
+      if (this.#closing) {
         conn.close();
         continue;
       }
+      const untrusted = [...this.#clients].filter((c) => !c.trusted);
+      if (untrusted.length >= MAX_UNTRUSTED) this.#evict(untrusted[0]);
       conn.setNoDelay(true);
       const client: ServerClient = {
         conn,
@@ -115,6 +134,25 @@ export class StoreServer {
       };
       this.#clients.add(client);
       client.done = this.#serve(client);
+    }
+  }
+
+  /** Closes `client`, which has not shown the secret, to make room for a new connection. */
+  #evict(client: ServerClient): void {
+    this.#clients.delete(client);
+    let from = "an unknown address";
+    try {
+      from = formatAddress(...addrOf(client.conn.remoteAddr));
+      client.conn.close();
+    } catch { /* closed already */ }
+    this.#evicted++;
+    if ([1, 10, 100, 1000, 10000].includes(this.#evicted) || this.#evicted % 100000 === 0) {
+      console.error(
+        `distflash: rendezvous store on port ${this.port}: closed a connection from ${from} ` +
+          `that had not shown the job secret, to make room for the ranks (${this.#evicted} so ` +
+          `far; more than ${MAX_UNTRUSTED} connections were open without it: another process ` +
+          "is connecting to the master port)",
+      );
     }
   }
 
@@ -142,6 +180,16 @@ export class StoreServer {
           client.rank = undefined; // an impostor's drop is no rank's failure
           break;
         }
+        if (!client.trusted) {
+          const trusted = [...this.#clients].filter((c) => c.trusted).length;
+          if (trusted >= this.maxConnections) {
+            const error = `refused: the rendezvous store already serves ${trusted} connections ` +
+              `of this job (at most ${this.maxConnections})`;
+            await client.writer.write(encodeFrame({ id: frame.header.id, ok: false, error }))
+              .catch(() => {});
+            break;
+          }
+        }
         client.trusted = true;
         this.#handle(client, frame.header, frame.value);
         if (client.bye) break;
@@ -150,7 +198,7 @@ export class StoreServer {
       reason = `its connection failed: ${(error as Error).message}`;
     }
     clearTimeout(authTimer);
-    this.#clients.delete(client);
+    if (!this.#clients.delete(client)) return; // evicted: closed and reported already
     try {
       client.conn.close();
     } catch { /* already closed */ }

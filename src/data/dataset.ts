@@ -396,6 +396,34 @@ export async function listDataFiles(
   return { files, skipped };
 }
 
+/**
+ * The cheap part of reading the data at `path`, for the launcher to run before any rank starts:
+ * the files exist, are of a supported type and can be opened for reading, and the first record
+ * of the first JSON Lines file parses and has the text field. Nothing is tokenized; everything
+ * else is found when the ranks read the data. Throws a DataError naming the file.
+ */
+export async function checkDataFiles(
+  path: string,
+  textField: string = DEFAULT_TEXT_FIELD,
+): Promise<void> {
+  const { files } = await listDataFiles(path);
+  for (const file of files) {
+    try {
+      (await Deno.open(file, { read: true })).close();
+    } catch (e) {
+      throw new DataError(`${file}: cannot open (${(e as Error).message})`);
+    }
+  }
+  const first = files.find((f) => extname(f).toLowerCase() === ".jsonl");
+  if (first === undefined) return;
+  const docs = TEXT_READERS[".jsonl"](first, { textField });
+  try {
+    await docs.next();
+  } finally {
+    await docs.return(undefined);
+  }
+}
+
 /** Reads a whole .npy token file into the packer, checking for negative ids. */
 async function addNpyFile(packer: SequencePacker, path: string): Promise<void> {
   const f = await NpyTokenFile.open(path);

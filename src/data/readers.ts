@@ -164,7 +164,7 @@ export function recordDocument(
   throw new DataError(
     `${where}: missing field "${textField}"${alt}; the record has ` +
       (keys.length ? `fields ${keys.map((k) => JSON.stringify(k)).join(", ")}` : "no fields") +
-      "; choose the text field with the textField option",
+      "; choose the text field with --text-field (textField in the API)",
   );
 }
 
@@ -346,7 +346,7 @@ export async function* readParquet(
       throw new DataError(
         `${path}: no column "${field}"${alt}; columns are ${
           columns.map((c) => JSON.stringify(c)).join(", ")
-        }; choose the text column with the textField option`,
+        }; choose the text column with --text-field (textField in the API)`,
       );
     }
     column = chat;

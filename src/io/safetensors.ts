@@ -613,14 +613,16 @@ function injectTestWriteFault(path: string): void {
 /**
  * Writes `path` by calling `body` on a fresh temporary file next to it, flushing it to disk, and
  * renaming it over `path`. On failure the temporary file is removed and `path` left untouched.
- * Every file of a checkpoint is written through here (see TEST_FAIL_WRITE_ENV).
+ * Every file of a checkpoint is written through here (see TEST_FAIL_WRITE_ENV). `mode` (less the
+ * umask) is the new file's permissions from its creation on; default 0o666 less the umask.
  */
 export async function writeFileAtomic(
   path: string,
   body: (file: Deno.FsFile) => Promise<void>,
+  mode?: number,
 ): Promise<void> {
   const tmp = tempName(path);
-  const file = await Deno.open(tmp, { write: true, createNew: true });
+  const file = await Deno.open(tmp, { write: true, createNew: true, mode });
   let ok = false;
   try {
     await body(file);
@@ -639,9 +641,13 @@ export async function writeFileAtomic(
 }
 
 /** Writes `bytes` (or a string, as UTF-8) to `path` atomically (see writeFileAtomic). */
-export function writeBytesAtomic(path: string, bytes: Uint8Array | string): Promise<void> {
+export function writeBytesAtomic(
+  path: string,
+  bytes: Uint8Array | string,
+  mode?: number,
+): Promise<void> {
   const data = typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes;
-  return writeFileAtomic(path, (file) => writeFully(file, data));
+  return writeFileAtomic(path, (file) => writeFully(file, data), mode);
 }
 
 function checkNames(tensors: readonly TensorToWrite[], where: string): void {

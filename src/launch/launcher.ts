@@ -39,6 +39,7 @@
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { existsSync } from "node:fs";
+import { lookup } from "node:dns/promises";
 import { compiledRoot } from "../../ffi/loader.ts";
 import { COMM_FAILURE_EXIT_CODE, envSeconds, MASTER_PORT_TAKEN_EXIT_CODE } from "../comm/comm.ts";
 import { jobSecret, newJobSecret } from "../comm/job_secret.ts";
@@ -134,6 +135,21 @@ function isTerminal(): boolean {
 /** Whether this process is a rank started by the launcher. */
 export function isLaunchedRank(env: Record<string, string | undefined> = Deno.env.toObject()) {
   return env.DISTFLASH_LAUNCHED === "1";
+}
+
+/**
+ * Refuses a `--master-addr` that does not resolve to an address (a typo, `999.1.1.1`) before any
+ * rank starts, naming the flag; the ranks would only say "failed to lookup address information".
+ */
+export async function checkMasterAddr(addr: string): Promise<void> {
+  try {
+    await lookup(addr);
+  } catch (error) {
+    throw new RangeError(
+      `--master-addr ${addr}: not an address this machine can resolve ` +
+        `(${(error as Error).message}); give the IP address or host name of rank 0's node`,
+    );
+  }
 }
 
 /** Whether this process runs from a `deno compile` binary rather than `deno run`. */
@@ -305,6 +321,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
     throw new RangeError(`--node-rank must be in 0..${nnodes - 1}, got ${nodeRank}`);
   }
   const masterAddr = options.masterAddr ?? "127.0.0.1";
+  await checkMasterAddr(masterAddr);
   let masterPort = options.masterPort ?? 0;
   if (!Number.isInteger(masterPort) || masterPort < 0 || masterPort > 65535) {
     throw new RangeError(`--master-port must be a port number, got ${masterPort}`);
@@ -338,7 +355,14 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
     stderr: (b: Uint8Array) => writeAllSync((x) => Deno.stderr.writeSync(x), b),
   };
   const logDir = join(options.outputDir, "logs");
-  Deno.mkdirSync(logDir, { recursive: true });
+  try {
+    Deno.mkdirSync(logDir, { recursive: true });
+  } catch (error) {
+    throw new RangeError(
+      `--output-dir ${options.outputDir}: cannot create the ranks' log folder ${logDir} there ` +
+        `(${(error as Error).message}); choose a folder this user can write to`,
+    );
+  }
   const argv = options.command ? [...options.command, ...options.args] : distflashCommand(
     options.args,
   );

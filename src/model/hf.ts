@@ -136,28 +136,77 @@ const TOKENIZER_FILES = [
   "generation_config.json",
 ];
 
-/** The kind of entry at `path` (following symbolic links), or null when there is none. */
-function entryKind(path: string): "file" | "other" | null {
+/**
+ * Why the tokenizer or generation file at `path` of model folder `modelDir` may not be copied into
+ * a checkpoint, or null when it may (or is absent). Only regular files of the model folder are
+ * copied: the file itself, or a symbolic link resolving to a regular file inside the model folder
+ * or, for a Hugging Face cache snapshot (`<repo>/snapshots/<revision>`), inside `<repo>/blobs`.
+ * A link to anything else (a secret elsewhere), a FIFO, a folder or a device is not.
+ */
+function uncopiable(modelDir: string, path: string): string | null {
+  let entry: Deno.FileInfo;
   try {
-    return Deno.statSync(path).isFile ? "file" : "other";
+    entry = Deno.lstatSync(path);
   } catch {
-    return null;
+    return null; // absent
   }
+  if (entry.isFile) return null;
+  if (!entry.isSymlink) return "is not a regular file (a FIFO, folder or device)";
+  let target: string, real: string;
+  try {
+    target = Deno.realPathSync(path);
+    real = Deno.realPathSync(modelDir);
+  } catch {
+    return "is a symbolic link that does not resolve";
+  }
+  if (!Deno.statSync(target).isFile) {
+    return `is a symbolic link to ${target}, not a regular file (a FIFO, folder or device)`;
+  }
+  const within = (dir: string) => target.startsWith(dir.endsWith(SEP) ? dir : dir + SEP);
+  const snapshot = /^(.*)\/snapshots\/[^/]+$/.exec(real);
+  if (within(real) || (snapshot && within(`${snapshot[1]}/blobs`))) return null;
+  return `is a symbolic link to ${target}, outside the model folder`;
 }
+const SEP = "/";
 
 /**
  * Refuses a model folder whose tokenizer or generation files (the ones every save copies) exist
- * but are not regular files: reading a FIFO would block the first save forever, a folder or a
- * device cannot be copied. Checked before any rank starts, naming the file.
+ * but are not regular files of the folder: reading a FIFO would block the first save forever, a
+ * folder or a device cannot be copied, and a link to a file elsewhere (a secret) would be copied
+ * into every checkpoint. generation_config.json must be a JSON object. Checked before any rank
+ * starts, naming the file.
  */
 export function checkModelFolderFiles(modelDir: string | null): void {
   if (modelDir === null) return;
   for (const file of TOKENIZER_FILES) {
     const path = join(modelDir, file);
-    if (entryKind(path) === "other") {
+    const why = uncopiable(modelDir, path);
+    if (why !== null) {
       throw new Error(
-        `--model ${modelDir}: ${path} is not a regular file (a FIFO, folder or device): ` +
-          "checkpoints copy it, so it must be a file (or absent)",
+        `--model ${modelDir}: ${path} ${why}: checkpoints copy it, so it must be a regular file ` +
+          "of the model folder (or absent); copy the file itself into the folder",
+      );
+    }
+  }
+  const generation = join(modelDir, "generation_config.json");
+  let text: string | null = null;
+  try {
+    text = Deno.readTextFileSync(generation);
+  } catch { /* absent */ }
+  if (text !== null) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch (error) {
+      throw new Error(
+        `--model ${modelDir}: ${generation} is not valid JSON (${(error as Error).message}): ` +
+          "checkpoints copy it for transformers, which would fail to load them; fix or remove it",
+      );
+    }
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+      throw new Error(
+        `--model ${modelDir}: ${generation} is not a JSON object (transformers' ` +
+          "GenerationConfig): fix or remove it",
       );
     }
   }
@@ -202,10 +251,13 @@ export async function saveModel(
   if (opts.tokenizerFrom) {
     for (const file of TOKENIZER_FILES) {
       const from = join(opts.tokenizerFrom, file);
-      // Regular files only: reading a FIFO never ends (checkModelFolderFiles refuses them).
-      if (entryKind(from) === "file") {
-        await writeBytesAtomic(join(dir, file), await Deno.readFile(from));
-      }
+      // The model folder's own regular files only (checkModelFolderFiles refused the rest before
+      // the run): reading a FIFO never ends, a link elsewhere may be a secret.
+      if (!existsSync(from) || uncopiable(opts.tokenizerFrom, from) !== null) continue;
+      // Never readable by more than the source is (a mode-600 file stays 600).
+      const mode = Deno.statSync(from).mode;
+      const bytes = await Deno.readFile(from);
+      await writeBytesAtomic(join(dir, file), bytes, mode === null ? undefined : mode & 0o666);
     }
   }
 }

@@ -9,7 +9,10 @@
  * 2. Every rank writes its files into that folder and flushes each to disk (fsync).
  * 3. A barrier: every rank's files are on disk.
  * 4. Rank 0 checks that every expected file is there and writes `complete.json` last (run id,
- *    step, world size, each file's size), flushed, then renames the folder to `checkpoint-N`.
+ *    step, world size, each file's size and SHA-256), flushed, then renames the folder to
+ *    `checkpoint-N`. The checksums are verified before a resume (`verifyChecksums`): a flipped
+ *    byte anywhere, the optimizer state included, is refused naming the file. Hashing costs
+ *    about 0.9 s per GiB on one core (node:crypto, SHA-NI), at each save and each resume.
  *    An existing `checkpoint-N` is first renamed to `checkpoint-N.old-<run id>` and deleted only
  *    once the new folder is in place. Only this run's own checkpoint is replaced so: anything
  *    else under that name (another run's checkpoint, a user's file or folder) stops the save
@@ -31,6 +34,7 @@
  */
 import { existsSync, lstatSync, readdirSync } from "node:fs";
 import { basename, join } from "node:path";
+import { createHash } from "node:crypto";
 import { writeBytesAtomic } from "../io/safetensors.ts";
 
 /** The completion record, written last into a checkpoint folder. */
@@ -46,6 +50,11 @@ export interface CompletionRecord {
   world_size: number;
   /** Every file of the checkpoint (complete.json aside) and its size in bytes. */
   files: Record<string, number>;
+  /**
+   * Every file's SHA-256 (lowercase hex), the same names as `files`. Absent in checkpoints saved
+   * before checksums were recorded: those resume unverified, with a note.
+   */
+  sha256?: Record<string, string>;
 }
 
 /** What trainer_state.json holds (the fields distflash reads back). */
@@ -125,6 +134,17 @@ export function readCompletion(dir: string): CompletionRecord {
   ) {
     throw new CheckpointError(`${path}: not a distflash completion record`);
   }
+  if (r.sha256 !== undefined) {
+    const sums = r.sha256, names = Object.keys(r.files as Record<string, number>);
+    if (
+      !isObject(sums) || Object.keys(sums).length !== names.length ||
+      !names.every((n) => typeof sums[n] === "string" && /^[0-9a-f]{64}$/.test(sums[n] as string))
+    ) {
+      throw new CheckpointError(
+        `${path}: its sha256 checksums do not match its files (the record is damaged)`,
+      );
+    }
+  }
   for (const [name, size] of Object.entries(r.files as Record<string, number>)) {
     let actual: number;
     try {
@@ -139,6 +159,50 @@ export function readCompletion(dir: string): CompletionRecord {
     }
   }
   return r as unknown as CompletionRecord;
+}
+
+/** The SHA-256 of the file at `path`, lowercase hex, read in 8 MiB pieces. */
+export async function sha256File(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  const file = await Deno.open(path, { read: true });
+  try {
+    const buf = new Uint8Array(8 << 20);
+    for (;;) {
+      const n = await file.read(buf);
+      if (n === null) break;
+      hash.update(buf.subarray(0, n));
+    }
+  } finally {
+    file.close();
+  }
+  return hash.digest("hex");
+}
+
+/**
+ * Verifies every file of checkpoint folder `dir` (complete.json's files, sizes already checked
+ * by `readCompletion`) against the SHA-256 recorded at save. Throws a CheckpointError naming the
+ * first file whose content changed. Returns a note when the checkpoint has no checksums (saved
+ * by an older distflash): it is resumed unverified. Reads every byte (about 0.9 s per GiB).
+ */
+export async function verifyChecksums(
+  dir: string,
+  record: CompletionRecord,
+): Promise<string | null> {
+  if (record.sha256 === undefined) {
+    return `${dir} has no checksums in its ${COMPLETE_FILE} (saved by an older distflash): ` +
+      "its files' sizes were checked, their content is not verified";
+  }
+  for (const name of Object.keys(record.files).sort()) {
+    const actual = await sha256File(join(dir, name));
+    if (actual !== record.sha256[name]) {
+      throw new CheckpointError(
+        `${join(dir, name)}: its content differs from what was saved (SHA-256 ${actual}, ` +
+          `${COMPLETE_FILE} recorded ${record.sha256[name]}): the file was changed or damaged ` +
+          "on disk since the save; resume from another checkpoint (or restore this file)",
+      );
+    }
+  }
+  return null;
 }
 
 /**
@@ -513,13 +577,18 @@ export class CheckpointSaver {
       }
       if (missing.length) throw new Error(`missing ${missing.join(", ")} after every rank wrote`);
       const files: Record<string, number> = {};
-      for (const n of names) files[n] = lstatSync(join(tmp, n)).size;
+      const sha256: Record<string, string> = {};
+      for (const n of names) {
+        files[n] = lstatSync(join(tmp, n)).size;
+        sha256[n] = await sha256File(join(tmp, n));
+      }
       const record: CompletionRecord = {
         format: 1,
         run_id: runId,
         step,
         world_size: worldSize,
         files,
+        sha256,
       };
       await writeTextSynced(join(tmp, COMPLETE_FILE), JSON.stringify(record, null, 2) + "\n");
       await syncPath(tmp);

@@ -322,6 +322,18 @@ export function checkOutputDir(options: {
   return { runId: record.run_id, resumeDir: resume, resumeSource: resume, notes: [] };
 }
 
+/**
+ * An OS error of writing into the output folder (read-only file system, no permission, full
+ * disk) as an OutputDirError naming `--output-dir`; distflash's own errors pass unchanged.
+ */
+function unwritable(outputDir: string, error: unknown): Error {
+  if (error instanceof OutputDirError || !(error instanceof Error)) return error as Error;
+  return new OutputDirError(
+    `--output-dir ${outputDir}: cannot write there (${error.message}); choose a folder this ` +
+      "user can write to, on a writable file system with free space",
+  );
+}
+
 /** A held output-folder lock; `release` deletes the file and unlocks it. */
 export interface OutputLock {
   runId: string;
@@ -338,10 +350,15 @@ export function claimOutputDir(
   overwrite: boolean,
   log: (line: string) => void,
 ): OutputLock {
-  Deno.mkdirSync(outputDir, { recursive: true });
   const lockPath = join(outputDir, LOCK_FILE);
   const runId = plan.runId ?? crypto.randomUUID();
-  const file = takeLock(outputDir, lockPath, log);
+  let file: Deno.FsFile;
+  try {
+    Deno.mkdirSync(outputDir, { recursive: true });
+    file = takeLock(outputDir, lockPath, log);
+  } catch (error) {
+    throw unwritable(outputDir, error);
+  }
   const release = () => {
     try {
       // Deleted only while it is still this run's file (never a later run's new one), then
@@ -370,7 +387,7 @@ export function claimOutputDir(
     Deno.writeTextFileSync(join(outputDir, RUN_FILE), JSON.stringify({ run_id: runId }) + "\n");
   } catch (error) {
     release();
-    throw error;
+    throw unwritable(outputDir, error);
   }
   return { runId, release };
 }

@@ -25,20 +25,37 @@ const PANELS: readonly { title: string; keys: readonly string[]; scale?: number 
 
 /**
  * The logged records of a run folder: metrics.jsonl, else the log_history of the newest
- * trainer_state.json there.
+ * trainer_state.json there. A last line cut short (no newline at its end and not JSON: a write
+ * that a full disk or a kill interrupted) is skipped with a note through `note`; anything else
+ * that is not JSON is an error naming the line.
  */
-export async function readRunRecords(dir: string): Promise<Record<string, number>[]> {
+export async function readRunRecords(
+  dir: string,
+  note: (line: string) => void = () => {},
+): Promise<Record<string, number>[]> {
   const metrics = join(dir, "metrics.jsonl");
   if (existsSync(metrics)) {
-    return (await Deno.readTextFile(metrics)).split("\n").filter((l) => l.trim() !== "").map(
-      (l, i) => {
-        try {
-          return JSON.parse(l);
-        } catch {
-          throw new Error(`${metrics}:${i + 1}: not JSON`);
+    const text = await Deno.readTextFile(metrics);
+    const lines = text.split("\n");
+    // The text after the last newline: "" when the file ends with one.
+    const unfinished = lines.length - 1;
+    const records: Record<string, number>[] = [];
+    for (const [i, l] of lines.entries()) {
+      if (l.trim() === "") continue;
+      try {
+        records.push(JSON.parse(l));
+      } catch {
+        if (i === unfinished) {
+          note(
+            `${metrics}:${i + 1}: the last line is cut short (its write was interrupted, e.g. ` +
+              "by a full disk); skipped",
+          );
+          continue;
         }
-      },
-    );
+        throw new Error(`${metrics}:${i + 1}: not JSON`);
+      }
+    }
+    return records;
   }
   const state = join(dir, "trainer_state.json");
   if (existsSync(state)) return JSON.parse(await Deno.readTextFile(state)).log_history ?? [];

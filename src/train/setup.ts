@@ -26,6 +26,7 @@ import { logHistory, saveTrainingArgs, upgradeLogHistory } from "./state.ts";
 import { optimizerFileName, recoverInterruptedSaves, writeTextSynced } from "./checkpoint.ts";
 import { claimOutputDir, type OutputLock, outputRunId } from "./output_dir.ts";
 import { checkRun } from "./check_run.ts";
+import { isLaunchedRank } from "../launch/launcher.ts";
 import { openTrainingData } from "./training_data.ts";
 import { buildModel } from "./build_model.ts";
 
@@ -118,7 +119,13 @@ export async function setupRun(
   }
   // An explicit --device cuda without a usable GPU fails at once, before any data is read.
   if (o.device === "cuda") openBackend("cuda").close();
-  const { parallel, source, outputPlan, resumeState } = await checkRun(o, worldSize, envRank);
+  // The checkpoint's content is verified once: by the launcher, else by rank 0.
+  const { parallel, source, outputPlan, resumeState, resumeNotes } = await checkRun(
+    o,
+    worldSize,
+    envRank,
+    envRank === 0 && !isLaunchedRank(),
+  );
   const { sp, dp, fullShard } = parallel;
   const isMain = envRank === 0;
   const log = logHook ?? ((line: string) => isMain && console.error(line));
@@ -126,7 +133,7 @@ export async function setupRun(
   if (o.fsdp && worldSize === 1) log(`note: --fsdp "${o.fsdp}" has no effect on a single device`);
 
   const cfg = source.config;
-  for (const note of outputPlan.notes) log(`note: ${note}`);
+  for (const note of [...outputPlan.notes, ...resumeNotes]) log(`note: ${note}`);
   const resumeDir = outputPlan.resumeDir;
   // checkRun read resumeState where the files are now: a save that rank 0's recovery will rename
   // is not in place yet.
