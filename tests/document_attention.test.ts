@@ -14,7 +14,7 @@
 import fc from "fast-check";
 import { assert, assertEquals, assertLess } from "./assert.ts";
 import { randn, relError, rng, TEST_BACKEND, testDevice, withDeviceScope } from "./_util.ts";
-import * as ops from "../src/runtime/ops.ts";
+import type * as ops from "../src/runtime/ops.ts";
 import { DType } from "../src/runtime/ops.ts";
 import {
   attentionBackward,
