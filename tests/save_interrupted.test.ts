@@ -18,6 +18,7 @@ import { assert, assertEquals, assertThrows } from "./assert.ts";
 import {
   CheckpointError,
   lastCheckpoint,
+  pruneCheckpoints,
   recoverInterruptedSaves,
   scanCheckpoints,
 } from "../src/train/checkpoint.ts";
@@ -315,6 +316,31 @@ Deno.test("interrupted saves: each kind alone, what recovery says and does", asy
       } else {
         assertThrows(() => lastCheckpoint(out, RUN), CheckpointError);
       }
+    }
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("interrupted saves: pruning keeps exactly the newest `keep` complete checkpoints of this run", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    for (const keep of [1, 2, 3, 5]) {
+      const out = join(root, `keep-${keep}`);
+      Deno.mkdirSync(out);
+      for (const step of [1, 2, 3, 4]) {
+        makeFolder(join(out, `checkpoint-${step}`), step, "complete", `final-${step}`);
+      }
+      makeFolder(join(out, "checkpoint-5"), 5, "other-run", "foreign"); // never this run's to prune
+      makeFolder(join(out, "checkpoint-6"), 6, "no-record", "unfinished"); // not a checkpoint
+      const deleted = await pruneCheckpoints(out, RUN, keep);
+      const doomed = [1, 2, 3, 4].slice(0, Math.max(0, 4 - keep)).map((s) => `checkpoint-${s}`);
+      assertEquals([...deleted].sort(), doomed, `keep ${keep}`);
+      const left = [...Deno.readDirSync(out)].map((e) => e.name).sort();
+      const kept = [1, 2, 3, 4, 5, 6].map((s) => `checkpoint-${s}`).filter((n) =>
+        !doomed.includes(n)
+      );
+      assertEquals(left, kept, `keep ${keep}`);
     }
   } finally {
     await Deno.remove(root, { recursive: true });
