@@ -379,3 +379,28 @@ export const SAVING_RUN = {
 /** The run id an output folder's run.json names. */
 export const runIdOf = (dir: string): string =>
   JSON.parse(Deno.readTextFileSync(`${dir}/${RUN_FILE}`)).run_id;
+
+/**
+ * Waits until `condition()` holds, polling every 25 ms, for as long as every process of `alive`
+ * runs: no fixed time, so a loaded machine that starts slowly only waits longer. Throws as soon
+ * as one of them ended first (the condition can no longer come), naming `what` and its exit code.
+ * `hangGuardMs` (default 10 minutes) only ends a test that would otherwise hang for ever.
+ */
+export async function waitUntil(
+  condition: () => boolean | Promise<boolean>,
+  alive: Deno.ChildProcess[],
+  what: string,
+  hangGuardMs = 600_000,
+): Promise<void> {
+  let ended: string | null = null;
+  alive.forEach((p, i) => p.status.then((s) => (ended ??= `process ${i} exited (${s.code})`)));
+  const start = performance.now();
+  for (;;) {
+    if (await condition()) return;
+    if (ended !== null) throw new Error(`${what}: never happened, ${ended}`);
+    if (performance.now() - start > hangGuardMs) {
+      throw new Error(`${what}: still not after ${hangGuardMs} ms`);
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}

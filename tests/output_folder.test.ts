@@ -314,3 +314,19 @@ Deno.test("options: --seed beyond 2^53-1 is refused when parsed (its checkpoints
     2 ** 53 - 1,
   );
 });
+
+Deno.test("output folder: an earlier run's folder holding only checkpoints (run.json gone) refuses a fresh run", async () => {
+  const out = await Deno.makeTempDir();
+  try {
+    // checkpoint-7 only: a fresh run would not reach step 7's save before mixing its files in.
+    Deno.mkdirSync(join(out, "checkpoint-7"));
+    Deno.writeTextFileSync(join(out, "checkpoint-7", "trainer_state.json"), "{}");
+    const e = await assertRejects(() =>
+      train({ ...SAVING_RUN, maxSteps: 1, outputDir: out }, { log: () => {} })
+    );
+    assert(e.message.includes("holds an earlier run (checkpoint-7)"), e.message);
+    assertEquals([...Deno.readDirSync(out)].map((d) => d.name), ["checkpoint-7"]);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});

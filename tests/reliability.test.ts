@@ -5,7 +5,7 @@
  * state, and a rendezvous client without the job's secret.
  */
 import { assert, assertEquals, assertLess, assertRejects } from "./assert.ts";
-import { rng, runIdOf, SAVING_RUN, trainFlags } from "./_util.ts";
+import { rng, runIdOf, SAVING_RUN, trainFlags, waitUntil } from "./_util.ts";
 import { train } from "../src/train/trainer.ts";
 import {
   checkpointName,
@@ -50,15 +50,19 @@ function assertCanonicalComplete(out: string, what: string): void {
   }
 }
 
-/** Waits until `out` holds a complete checkpoint. */
-async function waitForCheckpoint(out: string): Promise<void> {
-  for (let i = 0; i < 2400; i++) { // up to 60 s: a loaded machine starts slowly
-    await sleep(25);
-    try {
-      if ([...Deno.readDirSync(out)].some((e) => /^checkpoint-\d+$/.test(e.name))) return;
-    } catch { /* not created yet */ }
-  }
-  throw new Error("no checkpoint appeared");
+/** Waits until `out` holds a complete checkpoint while `procs` run (see waitUntil). */
+function waitForCheckpoint(out: string, procs: Deno.ChildProcess[]): Promise<void> {
+  return waitUntil(
+    () => {
+      try {
+        return [...Deno.readDirSync(out)].some((e) => /^checkpoint-\d+$/.test(e.name));
+      } catch {
+        return false; // not created yet
+      }
+    },
+    procs,
+    "a checkpoint",
+  );
 }
 
 /**
@@ -99,7 +103,7 @@ async function killAndResume(
   const procs = start(["--max-steps", "1000", "--save-total-limit", "2"], {
     DISTFLASH_SAVE_PAUSE_MS: "30",
   });
-  await waitForCheckpoint(out);
+  await waitForCheckpoint(out, procs);
   await sleep(random() * 400);
   for (const p of procs) {
     try {
@@ -333,14 +337,19 @@ Deno.test("reliability: two runs on one folder: a live lock refuses, a dead one 
   await Deno.remove(out, { recursive: true });
 });
 
-/** Waits until metrics.jsonl of `out` has logged `step`. */
-async function waitForStep(out: string, step: number): Promise<void> {
-  for (let i = 0; i < 600; i++) {
-    await sleep(25);
-    const text = await Deno.readTextFile(join(out, "metrics.jsonl")).catch(() => "");
-    if (text.includes(`"step":${step},`)) return;
-  }
-  throw new Error(`step ${step} was never logged`);
+/**
+ * Waits until metrics.jsonl of `out` has logged `step` while `procs` run (a condition, not a
+ * time: see waitUntil).
+ */
+function waitForStep(out: string, step: number, procs: Deno.ChildProcess[]): Promise<void> {
+  return waitUntil(
+    async () => {
+      const text = await Deno.readTextFile(join(out, "metrics.jsonl")).catch(() => "");
+      return text.includes(`"step":${step},`);
+    },
+    procs,
+    `step ${step} logged`,
+  );
 }
 
 Deno.test("reliability: SIGTERM to one rank stops both at the same step with a complete checkpoint", async () => {
@@ -361,7 +370,7 @@ Deno.test("reliability: SIGTERM to one rank stops both at the same step with a c
       stderr: "piped",
     }).spawn()
   );
-  await waitForStep(out, 2);
+  await waitForStep(out, 2, procs);
   procs[1].kill("SIGTERM");
   const results = await Promise.all(procs.map((p) => p.output()));
   const err = results.map((r) => new TextDecoder().decode(r.stderr));
@@ -383,7 +392,7 @@ Deno.test("reliability: SIGTERM to the launcher saves on every rank and exits 14
     stdout: "null",
     stderr: "piped",
   }).spawn();
-  await waitForStep(out, 2);
+  await waitForStep(out, 2, [launcher]);
   launcher.kill("SIGTERM");
   const status = await launcher.output();
   const err = new TextDecoder().decode(status.stderr);

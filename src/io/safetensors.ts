@@ -611,6 +611,29 @@ function injectTestWriteFault(path: string): void {
 }
 
 /**
+ * TEST-ONLY durability hooks, for the tests that every promised flush happens: with
+ * TEST_SYNC_LOG_ENV naming a file, every flush to disk of writeFileAtomic and of
+ * {@link flushToDisk} appends the flushed path (the final path, for an atomic write) to it, one a
+ * line, once the flush returned; with TEST_FAIL_SYNC_ENV naming a substring of a file's name, its
+ * flush fails as an I/O error does. Never set them in a real run.
+ */
+export const TEST_SYNC_LOG_ENV = "DISTFLASH_TEST_SYNC_LOG";
+/** See {@link TEST_SYNC_LOG_ENV}. */
+export const TEST_FAIL_SYNC_ENV = "DISTFLASH_TEST_FAIL_SYNC";
+
+/** Flushes `file` (open at `path`, or the temporary file of an atomic write of `path`) to disk. */
+export async function flushToDisk(file: Deno.FsFile, path: string): Promise<void> {
+  const pattern = Deno.env.get(TEST_FAIL_SYNC_ENV);
+  if (pattern && basename(path).includes(pattern)) {
+    const error = new Error(`Input/output error (os error 5; injected by ${TEST_FAIL_SYNC_ENV})`);
+    throw Object.assign(error, { code: "EIO" });
+  }
+  await file.sync();
+  const log = Deno.env.get(TEST_SYNC_LOG_ENV);
+  if (log) Deno.writeTextFileSync(log, `${path}\n`, { append: true });
+}
+
+/**
  * Writes `path` by calling `body` on a fresh temporary file next to it, flushing it to disk, and
  * renaming it over `path`. On failure the temporary file is removed and `path` left untouched.
  * Every file of a checkpoint is written through here (see TEST_FAIL_WRITE_ENV). `mode` (less the
@@ -627,7 +650,7 @@ export async function writeFileAtomic(
   try {
     await body(file);
     injectTestWriteFault(path);
-    await file.sync();
+    await flushToDisk(file, path);
     file.close();
     ok = true;
     await Deno.rename(tmp, path);

@@ -54,6 +54,22 @@ export function shardedParamStore(
 }
 
 /**
+ * TEST-ONLY fault injection, for the tests that a failed host optimizer update reaches the user
+ * as an error and never as a checkpoint: when the environment variable holds N, the N-th unit
+ * update of the offloaded optimizer in this process (1-based, counted over all steps) fails after
+ * its AdamW changed the unit's host state, before its weights are uploaded: a half-updated
+ * optimizer step. Never set it in a real run.
+ */
+export const TEST_FAIL_HOST_UPDATE_ENV = "DISTFLASH_TEST_FAIL_HOST_UPDATE";
+let hostUpdates = 0;
+
+function injectTestHostUpdateFault(): void {
+  const n = Deno.env.get(TEST_FAIL_HOST_UPDATE_ENV);
+  if (!n || ++hostUpdates !== Number(n)) return;
+  throw new Error(`the host AdamW update failed (injected by ${TEST_FAIL_HOST_UPDATE_ENV}=${n})`);
+}
+
+/**
  * ZeRO-3 over the ranks of `comm`. On CUDA the collectives run on a stream of their own, ordered
  * with the compute stream by events: a layer's all-gather is issued a layer ahead (prefetch) into
  * the other of two layer buffers, and a layer's gradient reduce-scatter runs while the next layer's
@@ -437,6 +453,7 @@ export class ShardedParams implements ParamStore {
   #updateOnHost(host: HostState, args: op.AdamWArgs): void {
     this.#updates.start(async (u) => {
       for (const p of this.#pieces[u]) await host.adamwAsync(p.at, p.n, decayed(args, p.decay));
+      injectTestHostUpdateFault();
       const at = this.shardOffset[u], count = this.layout.units[u].size / this.W;
       // On the collective stream, ahead of the gather that reads it.
       this.device.upload(

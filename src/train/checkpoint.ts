@@ -28,14 +28,16 @@
  *
  * DISTFLASH_SAVE_PAUSE_MS (a testing aid) sleeps that long between the stages of a save, so a test
  * can kill a run in the middle of one. DISTFLASH_TEST_FAIL_WRITE (test-only, see writeFileAtomic
- * in io/safetensors.ts) makes the write of a chosen file fail as a full disk does.
+ * in io/safetensors.ts) makes the write of a chosen file fail as a full disk does;
+ * DISTFLASH_TEST_SYNC_LOG and DISTFLASH_TEST_FAIL_SYNC (test-only, see flushToDisk there) record
+ * every flush to disk or fail a chosen one.
  *
  * @module
  */
 import { existsSync, lstatSync, readdirSync } from "node:fs";
 import { basename, join } from "node:path";
 import { createHash } from "node:crypto";
-import { writeBytesAtomic } from "../io/safetensors.ts";
+import { flushToDisk, writeBytesAtomic } from "../io/safetensors.ts";
 
 /** The completion record, written last into a checkpoint folder. */
 export const COMPLETE_FILE = "complete.json";
@@ -482,7 +484,7 @@ export async function recoverInterruptedSaves(outputDir: string, runId: string):
 export async function syncPath(path: string): Promise<void> {
   const file = await Deno.open(path, { read: true });
   try {
-    await file.sync();
+    await flushToDisk(file, path);
   } finally {
     file.close();
   }
