@@ -2,11 +2,10 @@
  * `distflash plan`: the per-GPU memory of a training run by kind, the total against the GPU's
  * memory, and the longest --model-max-length that fits; takes the same flags as `train`.
  */
-import type { Command } from "npm:commander@^14.0.0";
-import { flagName, TRAIN_SPECS } from "../src/train/option_table.ts";
+import { type Command, Option } from "npm:commander@^14.0.0";
 import { resolveTrainOptions } from "../src/train/resolve_options.ts";
 import { withConfigFile } from "../src/train/config_file.ts";
-import { CONFIG_FLAG, CONFIG_HELP } from "./train.ts";
+import { addTrainFlags } from "./train.ts";
 import { formatPlan, hostAvailableBytes, type HostBudget } from "../src/train/plan.ts";
 import { resolveModel } from "../src/model/hf.ts";
 import { Device } from "../src/runtime/device.ts";
@@ -87,36 +86,51 @@ export function gpuBudget(
   };
 }
 
+/** The heading of plan's own flags in its help. */
+const PLAN_HEADING = "Plan options:";
+
 export function registerPlan(program: Command): void {
   const cmd = program
     .command("plan")
     .description(
       "per-GPU memory of a training run and the longest sequence that fits (train's flags)",
     )
-    .option(
-      "--gpu <kind>",
-      `the GPU to plan for, with the memory a run can use on it: ${
-        GPU_KINDS.map((k) => `${k.name} ${(k.usableBytes / 2 ** 30).toFixed(1)}`).join(", ")
-      } GiB (default: GPU 0 of this machine, else ${DEFAULT_GPU_KIND})`,
+    .addOption(
+      new Option(
+        "--gpu <kind>",
+        `the GPU to plan for, with the memory a run can use on it: ${
+          GPU_KINDS.map((k) => `${k.name} ${(k.usableBytes / 2 ** 30).toFixed(1)}`).join(", ")
+        } GiB (default: GPU 0 of this machine, else ${DEFAULT_GPU_KIND})`,
+      ).helpGroup(PLAN_HEADING),
     )
-    .option(
-      "--gpu-memory <GiB>",
-      "memory per GPU to plan for, any figure (default: see --gpu; --device cpu: the host's)",
+    .addOption(
+      new Option(
+        "--gpu-memory <GiB>",
+        "memory per GPU to plan for, any figure (default: see --gpu; --device cpu: the host's)",
+      ).helpGroup(PLAN_HEADING),
     )
-    .option(
-      "--host-memory <GiB>",
-      "host memory of a node for offloaded state (default: this host's available memory when " +
-        "planning for this machine's GPU or --device cpu; else not checked)",
+    .addOption(
+      new Option(
+        "--host-memory <GiB>",
+        "host memory of a node for offloaded state (default: this host's available memory when " +
+          "planning for this machine's GPU or --device cpu; else not checked)",
+      ).helpGroup(PLAN_HEADING),
     )
-    .option(
-      "--doc-length <n>",
-      "with --attention-mask document: mean document length to report the attention work for",
+    .addOption(
+      new Option(
+        "--doc-length <n>",
+        "with --attention-mask document: mean document length to report the attention work for",
+      ).helpGroup(PLAN_HEADING),
     );
-  cmd.option(CONFIG_FLAG, CONFIG_HELP);
-  for (const spec of TRAIN_SPECS) {
-    const flag = flagName(spec.key);
-    cmd.option(spec.kind === "bool" ? `${flag} [bool]` : `${flag} <value>`, spec.help);
-  }
+  // Every train flag is accepted (a train command line plans as it is); the help lists only the
+  // ones that change memory.
+  addTrainFlags(cmd, true);
+  cmd.addHelpText(
+    "after",
+    "\nOnly the flags that change memory are listed; every other flag of `train` is accepted " +
+      "(it does not change the plan).\n\nExample:\n  distflash plan --model llama-2-7b --bf16 --model-max-length 65536 " +
+      "--nproc-per-node 2 --fsdp full_shard --gpu H100-80GB\n",
+  );
   cmd.action(async (raw: Record<string, unknown>) => {
     const { gpu, gpuMemory, hostMemory, docLength, ...flags } = raw;
     const { input: rest, sources } = withConfigFile(flags);
