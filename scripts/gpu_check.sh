@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU call: info, the CUDA backend tests, a transformers check of a distflash checkpoint, and a
 # 200-step training run. Logs under $OUT; a short table last. Run from the repository root on the
-# GPU host after carrying lib/, node_modules/ and .gpu/ (see README, "Commands for developers").
+# GPU host after carrying lib/, node_modules/ and .gpu/ (see DEVELOPERS.md, "Running on GPUs").
 # Step limits sum to 1000 s (460 s with SKIP_TRAIN=1): more than one 10-minute call if every step
 # ran to its limit.
 source "$(dirname "$0")/gpu_lib.sh"

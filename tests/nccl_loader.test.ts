@@ -1,5 +1,5 @@
 /**
- * Where NCCL is looked for (ffi/loader.ts, README "Native libraries"), without a GPU: stand-in
+ * Where NCCL is looked for (ffi/loader.ts, DEVELOPERS.md "Native libraries"), without a GPU: stand-in
  * libnccl.so.2 files built here with cc (every symbol distflash binds; ncclGetVersion reports a
  * number that tells the stand-ins apart). $DISTFLASH_NCCL_PATH is taken alone when set, a missing
  * file there is an error that names it (nothing else is tried); else the dynamic loader's search
