@@ -97,7 +97,7 @@ Deno.test("docs: train --help shows every group in order, each flag under its ow
     );
   }
   assert(/\nExamples:\n/.test(out), out);
-  assertEquals(out.match(/\n  distflash train /g)?.length, 2, "two examples");
+  assertEquals(out.match(/\n {2}distflash train /g)?.length, 2, "two examples");
   assert(out.includes("--nproc-per-node 8"), "an example on 8 GPUs");
   assert(out.includes("--report-to tensorboard"), "an example with TensorBoard");
 });
