@@ -26,6 +26,8 @@ import {
   imbalance,
   randomDocumentStarts,
 } from "../src/parallel/document_work.ts";
+import { balanceDocuments } from "../src/parallel/document_balance.ts";
+import { docStartsFromTokens } from "../src/model/documents.ts";
 import { fileURLToPath } from "node:url";
 
 const fixtures = fileURLToPath(new URL("./fixtures/", import.meta.url));
@@ -66,7 +68,14 @@ async function run(
   variant: string,
   ids: Int32Array,
   next: Int32Array,
-  o: { P: number; layout?: SequenceLayout; groups?: number; documents?: boolean },
+  o: {
+    P: number;
+    layout?: SequenceLayout;
+    groups?: number;
+    documents?: boolean;
+    /** Reorder each window's documents for balance (the default, zigzag only). */
+    balance?: boolean;
+  },
 ): Promise<Run> {
   const d = testDevice(), dir = `${fixtures}${variant}`, cfg = await readHfConfig(dir);
   const P = o.P, layoutName = o.layout ?? "zigzag", windows = ids.length / L;
@@ -82,7 +91,7 @@ async function run(
       { inputs: ids, labels: next },
       windows,
       L,
-      o.documents === false ? undefined : { bos: cfg.bosTokenId! },
+      o.documents === false ? undefined : { bos: cfg.bosTokenId!, balance: o.balance },
     );
     const S = layout.tokensPerRank(L);
     const attention = P === 1 ? undefined : buildSequenceAttention(d, cfg, S, DType.f32, comm, {
@@ -121,6 +130,19 @@ async function run(
         }
       }
       assertEquals(batch.labels.length, windows * S);
+    }
+    // Balanced zigzag reorders each window's documents: put their logits back in window order.
+    if (o.documents !== false && o.balance !== false && layoutName === "zigzag" && P > 1) {
+      for (let b = 0; b < windows; b++) {
+        const window = ids.subarray(b * L, (b + 1) * L);
+        const docs = docStartsFromTokens(window, cfg.bosTokenId!);
+        const { order, starts } = balanceDocuments(docs, L, P);
+        const moved = logits.slice(b * L * V, (b + 1) * L * V);
+        order.forEach((d, i) => {
+          const n = (d + 1 < docs.length ? docs[d + 1] : L) - docs[d];
+          logits.set(moved.subarray(starts[i] * V, (starts[i] + n) * V), (b * L + docs[d]) * V);
+        });
+      }
     }
     for (const { model } of ranks) model.zeroGrads();
     await Promise.all(ranks.map(({ model }) => model.backward(1 / count)));
@@ -301,4 +323,27 @@ Deno.test("documents: train --attention-mask document on 2 CPU ranks follows 1 r
     "the mask changes the loss",
   );
   await Deno.remove(root, { recursive: true });
+});
+
+Deno.test("documents: reordering whole documents for balance leaves the loss, logits and gradients (fp rounding)", async () => {
+  for (const [variant, P] of [["gqa", 2], ["mha", 3], ["gqa", 4]] as const) {
+    const ref = await fixture(variant),
+      bos = (await readHfConfig(`${fixtures}${variant}`))
+        .bosTokenId!;
+    // The balance moves documents in at least one window of the fixture at this P.
+    const moved = [0, 1].some((b) => {
+      const docs = docStartsFromTokens(ref.ids.subarray(b * L, (b + 1) * L), bos);
+      return balanceDocuments(docs, L, P).order.some((d, i) => d !== i);
+    });
+    assert(moved, `${variant} P=${P}: the balance reorders some window`);
+    const balanced = await run(variant, ref.ids, ref.nextIds, { P });
+    const plain = await run(variant, ref.ids, ref.nextIds, { P, balance: false });
+    const what = `${variant} P=${P}`;
+    assertLess(Math.abs(balanced.loss - plain.loss) / plain.loss, 1e-6, `${what} loss`);
+    assertLess(relError(balanced.logits, plain.logits), 1e-6, `${what} logits`);
+    for (const [name, g] of plain.grads) {
+      assertLess(relError(balanced.grads.get(name)!, g), 1e-5, `${what} grad ${name}`);
+    }
+    assertMatches(balanced, ref, `${what} balanced`);
+  }
 });

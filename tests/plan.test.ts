@@ -233,6 +233,25 @@ Deno.test("plan --doc-length: the attention work of documents of that mean lengt
     "m",
   );
   assert(busiest.test(r.stdout), r.stdout);
+  // Busiest / mean as packed and with the documents reordered (balanceDocuments), by a brute-force
+  // count: a query sees its document's keys up to itself; rank r holds zigzag chunks r and 7 - r.
+  const { balanceDocuments } = await import("../src/parallel/document_balance.ts");
+  const busiestOverMean = (docStarts: number[]) => {
+    const work = [0, 0, 0, 0], chunk = L / 8, bounds = [...docStarts, L];
+    for (let d = 0; d + 1 < bounds.length; d++) {
+      for (let p = bounds[d]; p < bounds[d + 1]; p++) {
+        const c = Math.floor(p / chunk);
+        work[c < 4 ? c : 7 - c] += p - bounds[d] + 1;
+      }
+    }
+    return Math.max(...work) / (work.reduce((a, b) => a + b) / 4);
+  };
+  const packed = starts.slice(0, -1);
+  const after = busiestOverMean(balanceDocuments(packed, L, 4).starts);
+  const want = `${after.toFixed(2)} with whole documents reordered (${
+    busiestOverMean(packed).toFixed(2)
+  } without) (documents of ~${mean} tokens)`;
+  assert(r.stdout.includes(want), `${want} in:\n${r.stdout}`);
   const bad = await runCli(["plan", "--model", "debug-tiny", "--doc-length", "5"]);
   assert(bad.code !== 0 && bad.stderr.includes("--attention-mask document"), bad.stderr);
 });

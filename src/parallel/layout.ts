@@ -11,6 +11,7 @@ import { type ParamStoreSpec, replicatedParamStore } from "../model/params.ts";
 import { shardedParamStore } from "./zero3.ts";
 import { docStartsFromTokens, positionsWithinDocuments } from "../model/documents.ts";
 import { IGNORED_LABEL } from "../data/dataset.ts";
+import { balanceDocuments, permuteDocuments } from "./document_balance.ts";
 
 /** How a sequence is cut over the sp ranks of a group. */
 export type SequenceLayout = "zigzag" | "contiguous";
@@ -39,6 +40,12 @@ export function zigzagChunks(r: number, P: number): [number, number] {
 /** What `sliceBatch` needs to cut windows into documents: the BOS token that begins each one. */
 export interface DocumentSplit {
   bos: number;
+  /**
+   * Reorder each window's whole documents so the zigzag ranks hold about the same attention work
+   * (src/parallel/document_balance.ts; no loss term changes). Default on; only zigzag on several
+   * sp ranks reorders.
+   */
+  balance?: boolean;
 }
 
 /**
@@ -162,6 +169,9 @@ export class ParallelLayout {
    * window's global document starts (the whole window's, the same on every rank), positions
    * restart at 0 per document, and a label whose target is a BOS (the prediction of the next
    * document's first token from the previous one, inside the window or at its edge) is ignored.
+   * Under zigzag on several sp ranks (unless `documents.balance` is false) each window's whole
+   * documents are first reordered, their inputs and labels with them, so the ranks' attention work
+   * is balanced (balanceDocuments); `documents` then holds the reordered window's starts.
    * Without, positions are the global positions and `documents` is absent.
    */
   sliceBatch(
@@ -175,14 +185,24 @@ export class ParallelLayout {
     const inputs = new Int32Array(B * S), labels = new Int32Array(B * S);
     const positions = new Int32Array(B * S);
     const starts: number[][] = [];
+    const balance = documents !== undefined && documents.balance !== false &&
+      this.sequence === "zigzag" && this.sp > 1;
     for (let b = 0; b < B; b++) {
-      const window = batch.inputs.subarray(b * length, (b + 1) * length);
-      const docs = documents ? docStartsFromTokens(window, documents.bos) : null;
+      let window = batch.inputs.subarray(b * length, (b + 1) * length);
+      let windowLabels = batch.labels.subarray(b * length, (b + 1) * length);
+      let docs = documents ? docStartsFromTokens(window, documents.bos) : null;
+      if (docs && balance) {
+        const { order, starts: reordered } = balanceDocuments(docs, length, this.sp);
+        const inputsOut = new Int32Array(length), labelsOut = new Int32Array(length);
+        permuteDocuments(window, inputsOut, docs, length, order);
+        permuteDocuments(windowLabels, labelsOut, docs, length, order);
+        [window, windowLabels, docs] = [inputsOut, labelsOut, reordered];
+      }
       if (docs) starts.push(docs);
       let at = b * S;
       for (const [start, n] of pieces) {
         inputs.set(window.subarray(start, start + n), at);
-        labels.set(batch.labels.subarray(b * length + start, b * length + start + n), at);
+        labels.set(windowLabels.subarray(start, start + n), at);
         if (docs) {
           positions.set(positionsWithinDocuments(docs, start, n), at);
           for (let t = at; t < at + n; t++) {

@@ -19,6 +19,7 @@ import {
   imbalance,
   randomDocumentStarts,
 } from "../parallel/document_work.ts";
+import { balanceDocuments } from "../parallel/document_balance.ts";
 import type { TrainOptions } from "./options.ts";
 import { freemem } from "node:os";
 
@@ -418,7 +419,9 @@ export function cheapestSaving(
 /**
  * With --attention-mask document: the attention work of random-length documents (mean `docLength`,
  * plan's --doc-length; else a few means) against causal over the window, and on several sp ranks
- * the busiest rank's work over the mean (causal zigzag: 1.00).
+ * the busiest rank's work over the mean (causal zigzag: 1.00); under zigzag both as the window
+ * comes and with its documents reordered as training does (src/parallel/document_balance.ts),
+ * each counted pair by pair (attentionWorkPerRank).
  */
 function documentWorkLines(o: TrainOptions, world: number, docLength?: number): string[] {
   const layout = new ParallelLayout(world, 0, o), L = o.modelMaxLength;
@@ -428,7 +431,10 @@ function documentWorkLines(o: TrainOptions, world: number, docLength?: number): 
     const starts = randomDocumentStarts(L, Math.round(mean));
     const work = attentionWorkPerRank(layout, L, starts);
     const fraction = work.reduce((a, b) => a + b, 0) / ((L * (L + 1)) / 2);
-    return { mean: Math.round(mean), fraction, imbalance: imbalance(work) };
+    const balanced = layout.sequence === "zigzag" && layout.sp > 1
+      ? imbalance(attentionWorkPerRank(layout, L, balanceDocuments(starts, L, layout.sp).starts))
+      : undefined;
+    return { mean: Math.round(mean), fraction, imbalance: imbalance(work), balanced };
   });
   const lines = [
     `attention work with documents, share of causal's (random lengths): ${
@@ -439,7 +445,12 @@ function documentWorkLines(o: TrainOptions, world: number, docLength?: number): 
     lines.push(
       `attention work per rank with documents, busiest / mean over the ${layout.sp} sp ranks ` +
         `(${layout.sequence}, random lengths): ${
-          cases.map((c) => `${c.imbalance.toFixed(2)} (documents of ~${c.mean} tokens)`).join(", ")
+          cases.map((c) =>
+            `${
+              c.balanced === undefined ? c.imbalance.toFixed(2) : `${c.balanced.toFixed(2)} ` +
+                `with whole documents reordered (${c.imbalance.toFixed(2)} without)`
+            } (documents of ~${c.mean} tokens)`
+          ).join(", ")
         }`,
     );
   }
