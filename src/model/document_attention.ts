@@ -52,15 +52,14 @@ export function documentPieces(
   k1: number,
 ): DocumentPiece[] {
   const pieces: DocumentPiece[] = [];
-  // The first document holding q0: the last start <= q0 (starts ascend, the first is 0).
-  let c = 0, lo = 0, hi = starts.length;
+  // From the document holding q0: the last start <= q0 (starts ascend, the first is 0).
+  let lo = 0, hi = starts.length;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
     if (starts[mid] <= q0) lo = mid + 1;
     else hi = mid;
   }
-  c = Math.max(lo - 1, 0);
-  for (; c < starts.length && starts[c] < q1; c++) {
+  for (let c = Math.max(lo - 1, 0); c < starts.length && starts[c] < q1; c++) {
     const docStart = starts[c], docEnd = c + 1 < starts.length ? starts[c + 1] : Infinity;
     const qa = Math.max(docStart, q0), qb = Math.min(docEnd, q1);
     if (qb <= qa) continue;
