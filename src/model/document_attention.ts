@@ -24,7 +24,7 @@ import type { Device, DeviceBuffer, DevicePtr, Stream } from "../runtime/device.
 import * as op from "../runtime/ops.ts";
 import { DTYPE_BYTES } from "../runtime/ops.ts";
 import { withNativeAttention } from "../runtime/attention_kernel.ts";
-import type { DocStarts } from "./documents.ts";
+import { type DocStarts, documentIndexOf } from "./documents.ts";
 
 /**
  * One document's part of a block pair, in global positions: its queries [q0, q1) and the keys
@@ -52,14 +52,7 @@ export function documentPieces(
   k1: number,
 ): DocumentPiece[] {
   const pieces: DocumentPiece[] = [];
-  // From the document holding q0: the last start <= q0 (starts ascend, the first is 0).
-  let lo = 0, hi = starts.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (starts[mid] <= q0) lo = mid + 1;
-    else hi = mid;
-  }
-  for (let c = Math.max(lo - 1, 0); c < starts.length && starts[c] < q1; c++) {
+  for (let c = documentIndexOf(starts, q0); c < starts.length && starts[c] < q1; c++) {
     const docStart = starts[c], docEnd = c + 1 < starts.length ? starts[c + 1] : Infinity;
     const qa = Math.max(docStart, q0), qb = Math.min(docEnd, q1);
     if (qb <= qa) continue;

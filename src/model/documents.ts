@@ -45,6 +45,11 @@ function startsUpTo(starts: DocStarts, p: number): number {
   return lo;
 }
 
+/** Index in `starts` of the document holding position p (0 for positions before every start). */
+export function documentIndexOf(starts: DocStarts, p: number): number {
+  return Math.max(startsUpTo(starts, p) - 1, 0);
+}
+
 /** First position of the document holding position p. */
 export function docStartOf(starts: DocStarts, p: number): number {
   const c = startsUpTo(starts, p);
