@@ -101,7 +101,7 @@ const M: Mutation[] = [
   },
   {
     id: "atomic-writer-no-flush",
-    file: "src/io/safetensors.ts",
+    file: "src/io/files.ts",
     from: "    await flushToDisk(file, path);\n",
     to: "\n",
     tests: ["save_durability", "save_faults", "io"],
@@ -123,7 +123,7 @@ const M: Mutation[] = [
   },
   {
     id: "write-error-names-no-file",
-    file: "src/io/safetensors.ts",
+    file: "src/io/files.ts",
     from: "if (e instanceof Error && !e.message.includes(path)) e.message",
     to: "if (false) e.message",
     tests: ["save_durability", "save_faults"],

@@ -12,7 +12,7 @@
  */
 import { assert, assertEquals, assertLess } from "./assert.ts";
 import { runCli, runIdOf, SAVING_RUN, trainFlags } from "./_util.ts";
-import { TEST_FAIL_SYNC_ENV, TEST_SYNC_LOG_ENV } from "../src/io/safetensors.ts";
+import { TEST_FAIL_SYNC_ENV, TEST_SYNC_LOG_ENV } from "../src/io/files.ts";
 import { TEST_FAIL_HOST_UPDATE_ENV } from "../src/parallel/zero3.ts";
 import { join } from "node:path";
 

@@ -9,7 +9,7 @@ import { assert, assertEquals, assertLess } from "./assert.ts";
 import { runCli, runIdOf, SAVING_RUN, trainFlags } from "./_util.ts";
 import { train } from "../src/train/trainer.ts";
 import { lastCheckpoint, scanCheckpoints } from "../src/train/checkpoint.ts";
-import { TEST_FAIL_WRITE_ENV } from "../src/io/safetensors.ts";
+import { TEST_FAIL_WRITE_ENV } from "../src/io/files.ts";
 import { freePort } from "../src/launch/launcher.ts";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { writeFileAtomic } from "./safetensors.ts";
+import { writeFileAtomic } from "./files.ts";
 import { readFully } from "./files.ts";
 
 /** Element types accepted in token files. */

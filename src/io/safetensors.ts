@@ -12,10 +12,10 @@
  * @module
  */
 
-import { basename, join } from "node:path";
+import { join } from "node:path";
 import { asBytes, dtypeBytes, isDType, toFloat32, typedView } from "./dtype.ts";
 import type { DType, TensorData } from "./dtype.ts";
-import { readFully } from "./files.ts";
+import { readFully, writeBytesAtomic, writeFileAtomic, writeFully } from "./files.ts";
 
 /** Largest JSON header accepted (the safetensors library's own limit). */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -65,15 +65,6 @@ export function numel(shape: readonly number[]): number {
   let n = 1;
   for (const d of shape) n *= d;
   return n;
-}
-
-async function writeFully(file: Deno.FsFile, data: Uint8Array): Promise<void> {
-  const CHUNK = 64 << 20;
-  let off = 0;
-  while (off < data.byteLength) {
-    const end = Math.min(data.byteLength, off + CHUNK);
-    off += await file.write(data.subarray(off, end));
-  }
 }
 
 /**
@@ -586,91 +577,6 @@ function encodeHeader(
   new DataView(out.buffer).setBigUint64(0, BigInt(json.byteLength), true);
   out.set(json, 8);
   return out;
-}
-
-function tempName(path: string): string {
-  const rand = Math.floor(Math.random() * 0xffffffff).toString(16).padStart(8, "0");
-  return `${path}.tmp-${Deno.pid}-${rand}`;
-}
-
-/**
- * TEST-ONLY fault injection, for the tests of failed saves (no small filesystem in CI): when the
- * environment variable names a substring of a file's name, writeFileAtomic writing that file fails
- * as a full disk does, after the body was written to the temporary file. Never set it in a real run.
- */
-export const TEST_FAIL_WRITE_ENV = "DISTFLASH_TEST_FAIL_WRITE";
-
-/** Throws an ENOSPC-like error when TEST_FAIL_WRITE_ENV matches the name of `path`'s file. */
-function injectTestWriteFault(path: string): void {
-  const pattern = Deno.env.get(TEST_FAIL_WRITE_ENV);
-  if (!pattern || !basename(path).includes(pattern)) return;
-  const error = new Error(
-    `No space left on device (os error 28; injected by ${TEST_FAIL_WRITE_ENV})`,
-  );
-  throw Object.assign(error, { code: "ENOSPC" });
-}
-
-/**
- * TEST-ONLY durability hooks, for the tests that every promised flush happens: with
- * TEST_SYNC_LOG_ENV naming a file, every flush to disk of writeFileAtomic and of
- * {@link flushToDisk} appends the flushed path (the final path, for an atomic write) to it, one a
- * line, once the flush returned; with TEST_FAIL_SYNC_ENV naming a substring of a file's name, its
- * flush fails as an I/O error does. Never set them in a real run.
- */
-export const TEST_SYNC_LOG_ENV = "DISTFLASH_TEST_SYNC_LOG";
-/** See {@link TEST_SYNC_LOG_ENV}. */
-export const TEST_FAIL_SYNC_ENV = "DISTFLASH_TEST_FAIL_SYNC";
-
-/** Flushes `file` (open at `path`, or the temporary file of an atomic write of `path`) to disk. */
-export async function flushToDisk(file: Deno.FsFile, path: string): Promise<void> {
-  const pattern = Deno.env.get(TEST_FAIL_SYNC_ENV);
-  if (pattern && basename(path).includes(pattern)) {
-    const error = new Error(`Input/output error (os error 5; injected by ${TEST_FAIL_SYNC_ENV})`);
-    throw Object.assign(error, { code: "EIO" });
-  }
-  await file.sync();
-  const log = Deno.env.get(TEST_SYNC_LOG_ENV);
-  if (log) Deno.writeTextFileSync(log, `${path}\n`, { append: true });
-}
-
-/**
- * Writes `path` by calling `body` on a fresh temporary file next to it, flushing it to disk, and
- * renaming it over `path`. On failure the temporary file is removed and `path` left untouched.
- * Every file of a checkpoint is written through here (see TEST_FAIL_WRITE_ENV). `mode` (less the
- * umask) is the new file's permissions from its creation on; default 0o666 less the umask.
- */
-export async function writeFileAtomic(
-  path: string,
-  body: (file: Deno.FsFile) => Promise<void>,
-  mode?: number,
-): Promise<void> {
-  const tmp = tempName(path);
-  const file = await Deno.open(tmp, { write: true, createNew: true, mode });
-  let ok = false;
-  try {
-    await body(file);
-    injectTestWriteFault(path);
-    await flushToDisk(file, path);
-    file.close();
-    ok = true;
-    await Deno.rename(tmp, path);
-  } catch (e) {
-    if (!ok) file.close();
-    await Deno.remove(tmp).catch(() => {});
-    // OS errors (a full disk) do not say which file: name it.
-    if (e instanceof Error && !e.message.includes(path)) e.message = `${path}: ${e.message}`;
-    throw e;
-  }
-}
-
-/** Writes `bytes` (or a string, as UTF-8) to `path` atomically (see writeFileAtomic). */
-export function writeBytesAtomic(
-  path: string,
-  bytes: Uint8Array | string,
-  mode?: number,
-): Promise<void> {
-  const data = typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes;
-  return writeFileAtomic(path, (file) => writeFully(file, data), mode);
 }
 
 function checkNames(tensors: readonly TensorToWrite[], where: string): void {

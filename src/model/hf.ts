@@ -10,10 +10,10 @@ import { f32ToBf16 } from "../io/dtype.ts";
 import {
   openSafetensors,
   type TensorToWrite,
-  writeBytesAtomic,
   writeSafetensors,
   writeShardedSafetensors,
 } from "../io/safetensors.ts";
+import { writeBytesAtomic } from "../io/files.ts";
 import type { LlamaConfig } from "./config.ts";
 import { readHfConfig, toHfConfig } from "./hf_config.ts";
 import { isPreset, presetConfig, PRESETS } from "./presets.ts";

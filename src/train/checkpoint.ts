@@ -37,7 +37,7 @@
 import { existsSync, lstatSync, readdirSync } from "node:fs";
 import { basename, join } from "node:path";
 import { createHash } from "node:crypto";
-import { flushToDisk, writeBytesAtomic } from "../io/safetensors.ts";
+import { flushToDisk, writeBytesAtomic } from "../io/files.ts";
 
 /** The completion record, written last into a checkpoint folder. */
 export const COMPLETE_FILE = "complete.json";
