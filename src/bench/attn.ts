@@ -20,9 +20,8 @@ import { DType } from "../runtime/ops.ts";
 import type { Communicator } from "../comm/comm.ts";
 import { DistAttention } from "../parallel/distattn.ts";
 import { ZigzagAttention } from "../parallel/zigzag.ts";
-import type { LlamaConfig } from "../model/config.ts";
 import { docStartsInt64, visiblePairCount } from "../model/documents.ts";
-import { blockPair, type SequenceDocuments } from "../model/attention.ts";
+import { type AttentionGeometry, blockPair, type SequenceDocuments } from "../model/attention.ts";
 import { randomDocumentStarts } from "../parallel/document_work.ts";
 
 export interface AttnBenchOptions {
@@ -187,7 +186,7 @@ export async function benchAttention(
                 ),
               );
           } else {
-            const cfg = { numHeads: H, numKvHeads: KV, headDim: D } as LlamaConfig;
+            const cfg: AttentionGeometry = { numHeads: H, numKvHeads: KV, headDim: D };
             dist = variant === "zigzag"
               ? new ZigzagAttention(d, cfg, S, DType.bf16, comm!)
               : new DistAttention(d, cfg, S, DType.bf16, comm!, {

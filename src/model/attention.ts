@@ -7,7 +7,6 @@
 import type { Device, DevicePtr } from "../runtime/device.ts";
 import type * as op from "../runtime/ops.ts";
 import type { DType } from "../runtime/ops.ts";
-import type { LlamaConfig } from "./config.ts";
 import { blockPairVisible, type DocStarts } from "./documents.ts";
 import { attentionBackward, attentionForward } from "./document_attention.ts";
 
@@ -21,6 +20,23 @@ export interface SequenceDocuments {
   starts: DocStarts;
   /** The same starts as the kernels read them (int64 device memory). */
   device: op.AttentionDocuments;
+}
+
+/**
+ * What the attention needs of a model: query heads, key/value heads (grouped-query attention when
+ * fewer) and the size of one head. Every family's config carries these three; the sequence-parallel
+ * algorithms (src/parallel), the planner's attention sizing and the attention benchmark take only
+ * this, never a family's whole config.
+ */
+export interface AttentionGeometry {
+  readonly numHeads: number;
+  readonly numKvHeads: number;
+  readonly headDim: number;
+}
+
+/** The attention geometry of any config that carries one (a copy without the other fields). */
+export function attentionGeometry(g: AttentionGeometry): AttentionGeometry {
+  return { numHeads: g.numHeads, numKvHeads: g.numKvHeads, headDim: g.headDim };
 }
 
 /** The documents as a block pair's shape carries them: device starts, and the host copy. */
@@ -77,16 +93,16 @@ export interface Attention {
 /** Causal (or document-masked) attention of a whole sequence on this device. */
 export class LocalAttention implements Attention {
   readonly shape: op.AttentionShape;
-  constructor(readonly device: Device, cfg: LlamaConfig, seqLen: number, dtype: DType) {
+  constructor(readonly device: Device, g: AttentionGeometry, seqLen: number, dtype: DType) {
     this.shape = {
       tq: seqLen,
       tk: seqLen,
-      nh: cfg.numHeads,
-      nkv: cfg.numKvHeads,
-      hd: cfg.headDim,
+      nh: g.numHeads,
+      nkv: g.numKvHeads,
+      hd: g.headDim,
       qPos0: 0,
       kPos0: 0,
-      scale: 1 / Math.sqrt(cfg.headDim),
+      scale: 1 / Math.sqrt(g.headDim),
       dtype,
     };
   }

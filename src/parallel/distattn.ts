@@ -22,9 +22,9 @@ import * as op from "../runtime/ops.ts";
 import { attentionBackward, attentionForward } from "../model/document_attention.ts";
 import { axpyF32 } from "../runtime/ops_basic.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
-import type { LlamaConfig } from "../model/config.ts";
 import {
   type Attention,
+  type AttentionGeometry,
   type AttentionGrads,
   type AttentionTensors,
   blockPair,
@@ -95,7 +95,7 @@ export class DistAttention implements Attention {
 
   constructor(
     readonly device: Device,
-    readonly cfg: LlamaConfig,
+    readonly geometry: AttentionGeometry,
     /** Tokens of this rank's slice. */
     readonly sliceLen: number,
     readonly dtype: DType,
@@ -111,12 +111,12 @@ export class DistAttention implements Attention {
     this.shape = {
       tq: sliceLen,
       tk: sliceLen,
-      nh: cfg.numHeads,
-      nkv: cfg.numKvHeads,
-      hd: cfg.headDim,
+      nh: geometry.numHeads,
+      nkv: geometry.numKvHeads,
+      hd: geometry.headDim,
       qPos0: 0,
       kPos0: 0,
-      scale: 1 / Math.sqrt(cfg.headDim),
+      scale: 1 / Math.sqrt(geometry.headDim),
       dtype,
     };
     this.#fwd = forwardSchedule(this.P, { balanced: opts.balanced });
@@ -125,9 +125,9 @@ export class DistAttention implements Attention {
       f32 = DType.f32,
       p = this.plan,
       kind = "attention and communication buffers";
-    this.#qElems = T * cfg.numHeads * cfg.headDim;
-    this.#kvElems = T * cfg.numKvHeads * cfg.headDim;
-    this.#lseElems = cfg.numHeads * T;
+    this.#qElems = T * geometry.numHeads * geometry.headDim;
+    this.#kvElems = T * geometry.numKvHeads * geometry.headDim;
+    this.#lseElems = geometry.numHeads * T;
     // Only what this rank's part of the schedules moves is allocated (a one-element placeholder
     // otherwise, so a wrong use is a range error, not silent corruption): with P = 2 no queries
     // or partial outputs travel, rank 0 only receives dK/dV partials and rank 1 only sends them.
@@ -270,8 +270,8 @@ export class DistAttention implements Attention {
             this.#partOut.ptr,
             this.#partLse.ptr,
             this.sliceLen,
-            this.cfg.numHeads,
-            this.cfg.headDim,
+            this.geometry.numHeads,
+            this.geometry.headDim,
             this.dtype,
             s0,
           );
@@ -316,8 +316,8 @@ export class DistAttention implements Attention {
           this.#recvOut.ptr,
           this.#recvLse.ptr,
           this.sliceLen,
-          this.cfg.numHeads,
-          this.cfg.headDim,
+          this.geometry.numHeads,
+          this.geometry.headDim,
           this.dtype,
           s0,
         );

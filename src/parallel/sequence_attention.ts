@@ -6,8 +6,12 @@
 import type { Device, DevicePtr } from "../runtime/device.ts";
 import type { MemoryPlan, Slot } from "../runtime/memory.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
-import type { LlamaConfig } from "../model/config.ts";
-import type { Attention, AttentionGrads, AttentionTensors } from "../model/attention.ts";
+import type {
+  Attention,
+  AttentionGeometry,
+  AttentionGrads,
+  AttentionTensors,
+} from "../model/attention.ts";
 import type { Communicator } from "../comm/comm.ts";
 import { DistAttention } from "./distattn.ts";
 import { ZigzagAttention } from "./zigzag.ts";
@@ -31,20 +35,24 @@ export interface SequenceAttentionOptions {
 /** The unallocated attention of a rank holding `sliceLen` tokens of each sequence. */
 export function buildSequenceAttention(
   device: Device,
-  cfg: LlamaConfig,
+  geometry: AttentionGeometry,
   sliceLen: number,
   dtype: DType,
   comm: Communicator,
   o: SequenceAttentionOptions,
 ): SequenceAttention {
-  checkHeadGroups(cfg, o.headGroups);
+  checkHeadGroups(geometry, o.headGroups);
   const G = o.headGroups;
-  const groupCfg = { ...cfg, numHeads: cfg.numHeads / G, numKvHeads: cfg.numKvHeads / G };
+  const group: AttentionGeometry = {
+    numHeads: geometry.numHeads / G,
+    numKvHeads: geometry.numKvHeads / G,
+    headDim: geometry.headDim,
+  };
   const inner = o.layout === "zigzag"
-    ? new ZigzagAttention(device, groupCfg, sliceLen, dtype, comm, 0n, false)
+    ? new ZigzagAttention(device, group, sliceLen, dtype, comm, 0n, false)
     : new DistAttention(
       device,
-      groupCfg,
+      group,
       sliceLen,
       dtype,
       comm,
@@ -52,15 +60,15 @@ export function buildSequenceAttention(
       0n,
       false,
     );
-  return G === 1 ? inner : new HeadGroupedAttention(device, cfg, sliceLen, dtype, G, inner);
+  return G === 1 ? inner : new HeadGroupedAttention(device, geometry, sliceLen, dtype, G, inner);
 }
 
 /** Throws unless `groups` splits the query and the key/value heads evenly. */
-export function checkHeadGroups(cfg: LlamaConfig, groups: number): void {
-  if (!Number.isInteger(groups) || groups < 1 || cfg.numKvHeads % groups !== 0) {
+export function checkHeadGroups(geometry: AttentionGeometry, groups: number): void {
+  if (!Number.isInteger(groups) || groups < 1 || geometry.numKvHeads % groups !== 0) {
     throw new Error(
-      `--attention-head-groups ${groups} must divide the model's ${cfg.numKvHeads} key/value ` +
-        `heads (and so its ${cfg.numHeads} query heads)`,
+      `--attention-head-groups ${groups} must divide the model's ${geometry.numKvHeads} key/value ` +
+        `heads (and so its ${geometry.numHeads} query heads)`,
     );
   }
 }
@@ -86,17 +94,18 @@ export class HeadGroupedAttention implements SequenceAttention {
 
   constructor(
     readonly device: Device,
-    readonly cfg: LlamaConfig,
+    readonly geometry: AttentionGeometry,
     /** Tokens of each sequence on this rank. */
     readonly tokens: number,
     readonly dtype: DType,
     readonly groups: number,
     readonly inner: SequenceAttention,
   ) {
-    checkHeadGroups(cfg, groups);
+    checkHeadGroups(geometry, groups);
     this.plan = inner.plan; // the group buffers are allocated together with the inner ones
     const kind = "attention head groups", T = tokens, f32 = DType.f32;
-    const qw = (cfg.numHeads / groups) * cfg.headDim, kvw = (cfg.numKvHeads / groups) * cfg.headDim;
+    const qw = (geometry.numHeads / groups) * geometry.headDim,
+      kvw = (geometry.numKvHeads / groups) * geometry.headDim;
     this.#q = this.plan.reserve(kind, "q", T * qw, dtype);
     this.#k = this.plan.reserve(kind, "k", T * kvw, dtype);
     this.#v = this.plan.reserve(kind, "v", T * kvw, dtype);
@@ -117,7 +126,7 @@ export class HeadGroupedAttention implements SequenceAttention {
 
   /** Copies group g of a [tokens, heads, head_dim] tensor in (`out` false) or out of a slot. */
   #move(full: DevicePtr, slot: Slot, heads: number, g: number, bytes: number, out: boolean) {
-    const row = heads * this.cfg.headDim * bytes, width = row / this.groups;
+    const row = heads * this.geometry.headDim * bytes, width = row / this.groups;
     const at = full + BigInt(g * width);
     if (out) this.device.copy2d(at, row, slot.ptr, width, width, this.tokens);
     else this.device.copy2d(slot.ptr, width, at, row, width, this.tokens);
@@ -135,13 +144,13 @@ export class HeadGroupedAttention implements SequenceAttention {
       v: this.#v.ptr,
       out: this.#out.ptr,
       // The LSE is [heads, tokens] fp32 as the caller sees it: the group's heads are its rows.
-      lse: lse + BigInt(g * (this.cfg.numHeads / this.groups) * this.tokens * 4),
+      lse: lse + BigInt(g * (this.geometry.numHeads / this.groups) * this.tokens * 4),
     };
   }
 
   async forward(t: AttentionTensors) {
     const { q, k, v, out } = t;
-    const nh = this.cfg.numHeads, nkv = this.cfg.numKvHeads, b = DTYPE_BYTES[this.dtype];
+    const nh = this.geometry.numHeads, nkv = this.geometry.numKvHeads, b = DTYPE_BYTES[this.dtype];
     for (let g = 0; g < this.groups; g++) {
       this.#move(q, this.#q, nh, g, b, false);
       this.#move(k, this.#k, nkv, g, b, false);
@@ -155,7 +164,7 @@ export class HeadGroupedAttention implements SequenceAttention {
 
   async backward(t: AttentionTensors, { dout, dq, dk, dv }: AttentionGrads) {
     const { q, k, v, out } = t;
-    const nh = this.cfg.numHeads, nkv = this.cfg.numKvHeads, b = DTYPE_BYTES[this.dtype];
+    const nh = this.geometry.numHeads, nkv = this.geometry.numKvHeads, b = DTYPE_BYTES[this.dtype];
     const inputs: [DevicePtr, Slot, number][] = [
       [q, this.#q, nh],
       [k, this.#k, nkv],

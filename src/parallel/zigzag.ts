@@ -15,9 +15,9 @@ import * as op from "../runtime/ops.ts";
 import { attentionBackward, attentionForward } from "../model/document_attention.ts";
 import { DType, DTYPE_BYTES } from "../runtime/ops.ts";
 import { axpyF32 } from "../runtime/ops_basic.ts";
-import type { LlamaConfig } from "../model/config.ts";
 import {
   type Attention,
+  type AttentionGeometry,
   type AttentionGrads,
   type AttentionTensors,
   blockPair,
@@ -51,7 +51,7 @@ export class ZigzagAttention implements Attention {
 
   constructor(
     readonly device: Device,
-    readonly cfg: LlamaConfig,
+    readonly geometry: AttentionGeometry,
     /** Tokens of this rank (two chunks). */
     readonly sliceLen: number,
     readonly dtype: DType,
@@ -64,8 +64,8 @@ export class ZigzagAttention implements Attention {
     this.#streams = new CommStreams(device, computeStream);
     this.P = comm.size;
     this.h = sliceLen / 2;
-    this.#rowQ = cfg.numHeads * cfg.headDim;
-    this.#rowKv = cfg.numKvHeads * cfg.headDim;
+    this.#rowQ = geometry.numHeads * geometry.headDim;
+    this.#rowKv = geometry.numKvHeads * geometry.headDim;
     const p = this.plan, f32 = DType.f32, kind = "attention and communication buffers";
     const S = sliceLen, ring = this.P > 1;
     this.#kv = [0, 1].map((i) => ({
@@ -73,9 +73,9 @@ export class ZigzagAttention implements Attention {
       v: p.reserve(kind, `v${i}`, ring ? S * this.#rowKv : 1, dtype),
     }));
     this.#partOut = p.reserve(kind, "partOut", this.h * this.#rowQ, dtype);
-    this.#partLse = p.reserve(kind, "partLse", cfg.numHeads * this.h, f32);
+    this.#partLse = p.reserve(kind, "partLse", geometry.numHeads * this.h, f32);
     this.#outAcc = p.reserve(kind, "outAcc", S * this.#rowQ, f32);
-    this.#lseAcc = p.reserve(kind, "lseAcc", cfg.numHeads * S, f32);
+    this.#lseAcc = p.reserve(kind, "lseAcc", geometry.numHeads * S, f32);
     this.#dkPart = p.reserve(kind, "dkPart", ring ? S * this.#rowKv : 1, f32);
     this.#dvPart = p.reserve(kind, "dvPart", ring ? S * this.#rowKv : 1, f32);
     this.#recvDk = p.reserve(kind, "recvDk", ring ? S * this.#rowKv : 1, f32);
@@ -109,12 +109,12 @@ export class ZigzagAttention implements Attention {
     return blockPair({
       tq: this.h,
       tk: this.h,
-      nh: this.cfg.numHeads,
-      nkv: this.cfg.numKvHeads,
-      hd: this.cfg.headDim,
+      nh: this.geometry.numHeads,
+      nkv: this.geometry.numKvHeads,
+      hd: this.geometry.headDim,
       qPos0: cq * this.h,
       kPos0: ck * this.h,
-      scale: 1 / Math.sqrt(this.cfg.headDim),
+      scale: 1 / Math.sqrt(this.geometry.headDim),
       dtype: this.dtype,
     }, docs);
   }
@@ -192,7 +192,7 @@ export class ZigzagAttention implements Attention {
 
   async forward({ q, k, v, out, lse, docs }: AttentionTensors) {
     const d = this.device, s0 = this.computeStream, P = this.P, r = this.rank, h = this.h;
-    const nh = this.cfg.numHeads;
+    const nh = this.geometry.numHeads;
     d.memset(this.#outAcc.ptr, 0, this.#outAcc.bytes, s0);
     d.upload(this.#lseAcc.ptr, new Float32Array(nh * this.sliceLen).fill(-Infinity), s0);
     let cur: { k: DevicePtr; v: DevicePtr } | null = { k, v };
@@ -222,7 +222,7 @@ export class ZigzagAttention implements Attention {
             this.#partLse.ptr,
             h,
             nh,
-            this.cfg.headDim,
+            this.geometry.headDim,
             this.dtype,
             s0,
           );
@@ -240,7 +240,7 @@ export class ZigzagAttention implements Attention {
     { dout, dq, dk, dv }: AttentionGrads,
   ) {
     const d = this.device, s0 = this.computeStream, P = this.P, r = this.rank, h = this.h;
-    const nh = this.cfg.numHeads, kvBytes = this.sliceLen * this.#rowKv * 4;
+    const nh = this.geometry.numHeads, kvBytes = this.sliceLen * this.#rowKv * 4;
     let cur: { k: DevicePtr; v: DevicePtr } | null = { k, v };
     for (let t = 0; t < P; t++) {
       const src = (r - t + P) % P;

@@ -9,6 +9,7 @@ import type { Device } from "../runtime/device.ts";
 import { DType } from "../runtime/ops.ts";
 import { formatBytes } from "../runtime/memory.ts";
 import type { LlamaConfig } from "../model/config.ts";
+import { type AttentionGeometry, attentionGeometry } from "../model/attention.ts";
 import { LlamaModel, type ModelOptions } from "../model/llama.ts";
 import type { ParamStoreSpec } from "../model/params.ts";
 import { buildSequenceAttention, type SequenceAttention } from "../parallel/sequence_attention.ts";
@@ -50,7 +51,7 @@ export const WORKSPACE_ALLOWANCE_BYTES = 1.5 * 2 ** 30;
  * CPU backend has neither).
  */
 export function libraryKinds(
-  cfg: LlamaConfig,
+  geometry: AttentionGeometry,
   o: TrainOptions,
   tokensPerRank: number,
   backend: "cuda" | "cpu",
@@ -62,7 +63,12 @@ export function libraryKinds(
     const g = o.attentionHeadGroups;
     kinds.push({
       kind: "cuDNN attention scratch",
-      bytes: cudnnScratchBytes(tokensPerRank, cfg.numHeads / g, cfg.numKvHeads / g, cfg.headDim),
+      bytes: cudnnScratchBytes(
+        tokensPerRank,
+        geometry.numHeads / g,
+        geometry.numKvHeads / g,
+        geometry.headDim,
+      ),
     });
   }
   return kinds;
@@ -114,7 +120,7 @@ export function estimateMemory(
     for (let rank = 0; rank < sp; rank++) {
       const candidate = buildSequenceAttention(
         PLAN_ONLY_DEVICE,
-        cfg,
+        attentionGeometry(cfg),
         slice,
         dtype,
         fakeComm(sp, rank),
