@@ -6,6 +6,7 @@
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { runCli, SAVING_RUN, trainFlags } from "./_util.ts";
 import { train } from "../src/train/trainer.ts";
+import { readSafetensorsHeader } from "../src/io/safetensors.ts";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 
@@ -162,4 +163,65 @@ Deno.test("input checks: a FIFO among the model folder's files is refused before
   const e = await assertRejects(() => train({ ...tiny, model, outputDir: out }, quiet));
   assert(e.message.includes(`${fifo} is not a regular file`), e.message);
   for (const p of [model, out]) await Deno.remove(p, { recursive: true });
+});
+
+/** Runs the CLI as a subprocess, killed after `ms` (a hang): its exit code, stderr, and whether it was killed. */
+async function runCliWithin(
+  args: string[],
+  ms: number,
+): Promise<{ code: number; stderr: string; killed: boolean }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", join(import.meta.dirname!, "..", "cli", "main.ts"), ...args],
+    env: { NO_COLOR: "1" },
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let killed = false;
+  const timer = setTimeout(() => {
+    killed = true;
+    child.kill("SIGKILL");
+  }, ms);
+  const out = await child.output();
+  clearTimeout(timer);
+  return { code: out.code, stderr: new TextDecoder().decode(out.stderr), killed };
+}
+
+Deno.test("input checks: a FIFO as config.json or a weights file is refused by train and plan, no hang", async () => {
+  const cases: [string, (dir: string) => Promise<void>][] = [
+    ["config.json", async () => {}],
+    ["model.safetensors", async () => {}],
+    // Sharded weights: the index names the shard, which the loader would open.
+    ["model-00001-of-00001.safetensors", async (dir) => {
+      const { tensors } = await readSafetensorsHeader(join(dir, "model.safetensors"));
+      const names = tensors.map((t) => t.name);
+      const weightMap = Object.fromEntries(
+        names.map((n) => [n, "model-00001-of-00001.safetensors"]),
+      );
+      await Deno.writeTextFile(
+        join(dir, "model.safetensors.index.json"),
+        JSON.stringify({ metadata: {}, weight_map: weightMap }),
+      );
+      await Deno.remove(join(dir, "model.safetensors"));
+    }],
+  ];
+  for (const [name, prepare] of cases) {
+    const model = await modelCopy();
+    await prepare(model);
+    const fifo = join(model, name);
+    await Deno.remove(fifo).catch(() => {});
+    assertEquals((await new Deno.Command("mkfifo", { args: [fifo] }).output()).code, 0);
+    const out = join(model, "out");
+    const commands = [
+      ["train", ...trainFlags({ ...tiny, model, outputDir: out })],
+      ["plan", "--model", model, "--device", "cpu"],
+    ];
+    for (const args of commands) {
+      const r = await runCliWithin(args, 60_000);
+      assert(!r.killed, `${args[0]} with a FIFO ${name}: still running after 60 s`);
+      assertEquals(r.code, 1, `${args[0]} ${name}: ${r.stderr}`);
+      assert(r.stderr.includes(`${fifo} is not a regular file`), `${args[0]} ${name}: ${r.stderr}`);
+    }
+    assert(!existsSync(join(out, "logs")), "no rank was started");
+    await Deno.remove(model, { recursive: true });
+  }
 });

@@ -331,13 +331,15 @@ export async function* readParquet(
   const field = options.textField ?? DEFAULT_TEXT_FIELD;
   let file;
   let meta;
+  let columns: string[];
   try {
     file = await asyncBufferFromFile(path);
     meta = await parquetMetadataAsync(file);
+    // A corrupted schema fails here (a TypeError naming no file) as much as in the metadata.
+    columns = parquetSchema(meta).children.map((c) => c.element.name);
   } catch (e) {
     throw new DataError(`${path}: not a readable Parquet file (${(e as Error).message})`);
   }
-  const columns = parquetSchema(meta).children.map((c) => c.element.name);
   let column = field;
   if (!columns.includes(field)) {
     const chat = field === DEFAULT_TEXT_FIELD ? CHAT_FIELDS.find((c) => columns.includes(c)) : null;

@@ -50,6 +50,69 @@ function injectTestWriteFault(path: string): void {
 }
 
 /**
+ * TEST-ONLY fault injection, for the test of a full disk while appending (metrics.jsonl): with the
+ * environment variable set to `<substring>:<n>`, the n-th {@link appendWhole} of this process to a
+ * file whose name contains the substring writes half of its bytes, then fails as a full disk does.
+ * Never set it in a real run.
+ */
+export const TEST_FAIL_APPEND_ENV = "DISTFLASH_TEST_FAIL_APPEND";
+
+let appendFault = { setting: "", count: 0 };
+
+/** Writes `data` to `file`, or half of it and an ENOSPC-like error (see TEST_FAIL_APPEND_ENV). */
+async function writeWithTestAppendFault(file: Deno.FsFile, path: string, data: Uint8Array) {
+  const setting = Deno.env.get(TEST_FAIL_APPEND_ENV) ?? "";
+  const m = /^(.+):(\d+)$/.exec(setting);
+  if (m && basename(path).includes(m[1])) {
+    if (appendFault.setting !== setting) appendFault = { setting, count: 0 };
+    if (++appendFault.count === Number(m[2])) {
+      await writeFully(file, data.subarray(0, data.byteLength >> 1));
+      const error = new Error(
+        `No space left on device (os error 28; injected by ${TEST_FAIL_APPEND_ENV})`,
+      );
+      throw Object.assign(error, { code: "ENOSPC" });
+    }
+  }
+  await writeFully(file, data);
+}
+
+/**
+ * Appends `text` (as UTF-8) to `path`, creating it, whole or not at all: when the write fails
+ * part-way (a full disk), the file is cut back to its length before the append, so that a
+ * line-per-record file never ends in half a record. The error names the file.
+ */
+export async function appendWhole(path: string, text: string): Promise<void> {
+  const data = new TextEncoder().encode(text);
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(path, { write: true, append: true, create: true });
+  } catch (e) {
+    if (e instanceof Error && !e.message.includes(path)) e.message = `${path}: ${e.message}`;
+    throw e;
+  }
+  try {
+    const before = (await file.stat()).size;
+    try {
+      await writeWithTestAppendFault(file, path, data);
+    } catch (e) {
+      let undo = "";
+      try {
+        await file.truncate(before);
+      } catch (t) {
+        undo = `; cutting it back to ${before} bytes failed too (${(t as Error).message})`;
+      }
+      if (e instanceof Error) {
+        if (!e.message.includes(path)) e.message = `${path}: ${e.message}`;
+        e.message += undo;
+      }
+      throw e;
+    }
+  } finally {
+    file.close();
+  }
+}
+
+/**
  * TEST-ONLY durability hooks, for the tests that every promised flush happens: with
  * TEST_SYNC_LOG_ENV naming a file, every flush to disk of writeFileAtomic and of
  * {@link flushToDisk} appends the flushed path (the final path, for an atomic write) to it, one a

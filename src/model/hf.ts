@@ -46,6 +46,7 @@ export async function resolveModel(spec: string): Promise<ModelSource> {
     if (!existsSync(join(spec, "config.json"))) {
       throw new Error(`--model ${spec}: the folder has no config.json`);
     }
+    checkModelFilesReadable(spec);
     return { config: await readHfConfig(spec), dir: spec, name: spec };
   }
   if (isPreset(spec)) return { config: presetConfig(spec), dir: null, name: spec.toLowerCase() };
@@ -137,13 +138,12 @@ const TOKENIZER_FILES = [
 ];
 
 /**
- * Why the tokenizer or generation file at `path` of model folder `modelDir` may not be copied into
- * a checkpoint, or null when it may (or is absent). Only regular files of the model folder are
- * copied: the file itself, or a symbolic link resolving to a regular file inside the model folder
- * or, for a Hugging Face cache snapshot (`<repo>/snapshots/<revision>`), inside `<repo>/blobs`.
- * A link to anything else (a secret elsewhere), a FIFO, a folder or a device is not.
+ * Why `path` is not a regular file, following symbolic links (a FIFO, folder or device, or a link
+ * to one, or a link that does not resolve), or null when it is one or is absent. Opening a FIFO
+ * for reading blocks until a writer comes, so every file of a model folder is checked before it
+ * is opened.
  */
-function uncopiable(modelDir: string, path: string): string | null {
+function notRegularFile(path: string): string | null {
   let entry: Deno.FileInfo;
   try {
     entry = Deno.lstatSync(path);
@@ -152,15 +152,60 @@ function uncopiable(modelDir: string, path: string): string | null {
   }
   if (entry.isFile) return null;
   if (!entry.isSymlink) return "is not a regular file (a FIFO, folder or device)";
+  let target: string;
+  try {
+    target = Deno.realPathSync(path);
+  } catch {
+    return "is a symbolic link that does not resolve";
+  }
+  if (!Deno.statSync(target).isFile) {
+    return `is a symbolic link to ${target}, not a regular file (a FIFO, folder or device)`;
+  }
+  return null;
+}
+
+/**
+ * Refuses a model folder whose files the loader opens (config.json, the safetensors weights and
+ * their index) exist but are not regular files (see notRegularFile): reading a FIFO would hang
+ * `train` and `plan`. Checked before any of them is opened, naming the file.
+ */
+function checkModelFilesReadable(modelDir: string): void {
+  const names = ["config.json"];
+  for (const e of Deno.readDirSync(modelDir)) {
+    if (e.name.endsWith(".safetensors") || e.name.endsWith(".safetensors.index.json")) {
+      names.push(e.name);
+    }
+  }
+  for (const name of names.sort()) {
+    const path = join(modelDir, name);
+    const why = notRegularFile(path);
+    if (why !== null) {
+      throw new Error(
+        `--model ${modelDir}: ${path} ${why}: the model's config and weights must be regular ` +
+          "files (or symbolic links to them); replace it with the file itself",
+      );
+    }
+  }
+}
+
+/**
+ * Why the tokenizer or generation file at `path` of model folder `modelDir` may not be copied into
+ * a checkpoint, or null when it may (or is absent). Only regular files of the model folder are
+ * copied: the file itself, or a symbolic link resolving to a regular file inside the model folder
+ * or, for a Hugging Face cache snapshot (`<repo>/snapshots/<revision>`), inside `<repo>/blobs`.
+ * A link to anything else (a secret elsewhere), a FIFO, a folder or a device is not.
+ */
+function uncopiable(modelDir: string, path: string): string | null {
+  const why = notRegularFile(path);
+  if (why !== null) return why;
+  // A regular file, or absent, or a link to a regular file: only the link's target is left to check.
+  if (!existsSync(path) || !Deno.lstatSync(path).isSymlink) return null;
   let target: string, real: string;
   try {
     target = Deno.realPathSync(path);
     real = Deno.realPathSync(modelDir);
   } catch {
     return "is a symbolic link that does not resolve";
-  }
-  if (!Deno.statSync(target).isFile) {
-    return `is a symbolic link to ${target}, not a regular file (a FIFO, folder or device)`;
   }
   const within = (dir: string) => target.startsWith(dir.endsWith(SEP) ? dir : dir + SEP);
   const snapshot = /^(.*)\/snapshots\/[^/]+$/.exec(real);

@@ -5,6 +5,7 @@
  */
 import asciichart from "npm:asciichart@^1.5.25";
 import { join } from "node:path";
+import { appendWhole } from "../io/files.ts";
 import type { EvalMetrics } from "./eval.ts";
 import type { StepMetrics } from "./metrics.ts";
 import { TensorBoardWriter } from "./tensorboard.ts";
@@ -39,7 +40,8 @@ export class RunReport {
   }
 
   async #append(record: object): Promise<void> {
-    await Deno.writeTextFile(this.#metricsPath, JSON.stringify(record) + "\n", { append: true });
+    // Whole lines only: a failed append (a full disk) leaves the file as it was.
+    await appendWhole(this.#metricsPath, JSON.stringify(record) + "\n");
   }
 
   /** A logged training step. */
