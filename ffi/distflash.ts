@@ -228,7 +228,7 @@ export const DISTFLASH_SYMBOLS = {
   // df_status df_attention_forward_docs(void *out, float *lse, const void *q, const void *k,
   //   const void *v, int64_t tq, int64_t tk, int64_t nh, int64_t nkv, int64_t hd,
   //   int64_t q_pos0, int64_t k_pos0, float scale, df_dtype dtype, const int64_t *doc_starts,
-  //   int64_t n_docs, void *stream)
+  //   int64_t n_docs, int64_t window, void *stream)
   df_attention_forward_docs: {
     parameters: [
       dptr,
@@ -247,6 +247,7 @@ export const DISTFLASH_SYMBOLS = {
       "i32",
       dptr,
       "i64",
+      "i64",
       stream,
     ],
     result: status,
@@ -254,7 +255,8 @@ export const DISTFLASH_SYMBOLS = {
   // df_status df_attention_backward_docs(float *dq, float *dk, float *dv, const void *dout,
   //   const void *q, const void *k, const void *v, const void *out, const float *lse, int64_t tq,
   //   int64_t tk, int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
-  //   float scale, df_dtype dtype, const int64_t *doc_starts, int64_t n_docs, void *stream)
+  //   float scale, df_dtype dtype, const int64_t *doc_starts, int64_t n_docs, int64_t window,
+  //   void *stream)
   df_attention_backward_docs: {
     parameters: [
       dptr,
@@ -276,6 +278,7 @@ export const DISTFLASH_SYMBOLS = {
       "f32",
       "i32",
       dptr,
+      "i64",
       "i64",
       stream,
     ],

@@ -3,7 +3,9 @@
  * under test, against a float64 reference written here that loops over (query, key) pairs and
  * applies the rule directly: key s is visible to query p iff s <= p and no document starts in
  * (s, p]. Also: one document is today's causal result bit for bit, and every document of a packed
- * sequence gets exactly what causal attention over that document alone gives.
+ * sequence gets exactly what causal attention over that document alone gives. With Mistral's sliding
+ * window W (the `window` argument), the reference adds p - s < W (transformers' sliding_window_overlay:
+ * kv_idx > q_idx - sliding_window), alone and with documents.
  *
  * Tolerances as in tests/ops.test.ts (||got - ref|| / ||ref||): fp32 storage 1e-5 (a few hundred
  * fp32 terms per output, unit roundoff 6e-8), bf16 storage 1e-2 (inputs already bf16-rounded, a few
@@ -70,9 +72,9 @@ interface Pair {
   kPos0: number;
 }
 
-/** Key at global position s is visible to the query at p. */
-function visible(starts: number[], p: number, s: number): boolean {
-  return s <= p && !starts.some((b) => s < b && b <= p);
+/** Key at global position s is visible to the query at p (window 0: no sliding window). */
+function visible(starts: number[], p: number, s: number, window = 0): boolean {
+  return s <= p && !starts.some((b) => s < b && b <= p) && (window === 0 || p - s < window);
 }
 
 /** Probabilities of query i, head h over its visible keys (null: it sees none). */
@@ -83,11 +85,12 @@ function probs(
   starts: number[],
   i: number,
   h: number,
+  window = 0,
 ) {
   const g = Math.floor(h / (a.nh / a.nkv));
   const keys: number[] = [], scores: number[] = [];
   for (let j = 0; j < a.tk; j++) {
-    if (!visible(starts, a.qPos0 + i, a.kPos0 + j)) continue;
+    if (!visible(starts, a.qPos0 + i, a.kPos0 + j, window)) continue;
     let dot = 0;
     for (let c = 0; c < HD; c++) dot += q[(i * a.nh + h) * HD + c] * k[(j * a.nkv + g) * HD + c];
     keys.push(j);
@@ -108,13 +111,14 @@ function reference(
   dout: ArrayLike<number>,
   a: Pair,
   starts: number[],
+  window = 0,
 ) {
   const out = new Float64Array(a.tq * a.nh * HD), lse = new Float64Array(a.nh * a.tq);
   const dq = new Float64Array(a.tq * a.nh * HD);
   const dk = new Float64Array(a.tk * a.nkv * HD), dv = new Float64Array(a.tk * a.nkv * HD);
   for (let i = 0; i < a.tq; i++) {
     for (let h = 0; h < a.nh; h++) {
-      const pr = probs(q, k, a, starts, i, h);
+      const pr = probs(q, k, a, starts, i, h, window);
       if (!pr) {
         lse[h * a.tq + i] = -Infinity;
         continue;
@@ -203,52 +207,95 @@ const PAIRS: { what: string; tq: number; tk: number; qPos0: number; kPos0: numbe
   { what: "no row sees a key", tq: 16, tk: 16, qPos0: 32, kPos0: 0 },
 ];
 
+/**
+ * One block pair through the _docs entries against the float64 reference: rows that see nothing
+ * exactly (out 0, lse -inf), the rest within the storage's tolerance. Returns the largest relative
+ * error seen (out, lse and the gradients).
+ */
+function checkAgainstFloat64(
+  p: { what: string; tq: number; tk: number; qPos0: number; kPos0: number },
+  nh: number,
+  nkv: number,
+  st: (typeof STORAGE)[number],
+  starts: number[],
+  window = 0,
+): number {
+  let worst = 0;
+  withScope((s) => {
+    const a: Pair = { tq: p.tq, tk: p.tk, nh, nkv, qPos0: p.qPos0, kPos0: p.kPos0 };
+    const x = inputs(a, st.dtype, 11);
+    const docs = { ...s.docs(starts), window };
+    const got = run(s, a, st.dtype, docs, x);
+    const ref = reference(x.q, x.k, x.v, x.dout, a, starts, window);
+    const name = `${p.what} nh=${nh} nkv=${nkv} ${st.name} window=${window}`;
+    let empty = 0;
+    for (let h = 0; h < nh; h++) {
+      for (let i = 0; i < a.tq; i++) {
+        if (ref.lse[h * a.tq + i] !== -Infinity) continue;
+        empty++;
+        assertEquals(
+          got.lse[h * a.tq + i],
+          -Infinity,
+          `${name}: lse of a row seeing nothing`,
+        );
+        for (let c = 0; c < HD; c++) {
+          assertEquals(
+            got.out[(i * nh + h) * HD + c],
+            0,
+            `${name}: out of a row seeing nothing`,
+          );
+        }
+      }
+    }
+    if (empty === nh * a.tq) {
+      // Nothing visible: every output and gradient is exactly zero.
+      for (const g of [got.out, got.dq, got.dk, got.dv]) {
+        assert(g.every((e) => e === 0), name);
+      }
+      return;
+    }
+    const finite = (l: ArrayLike<number>) => Array.from(l).filter((e) => e !== -Infinity);
+    checkClose(`${name} lse`, finite(got.lse), finite(ref.lse), 1e-5);
+    checkClose(`${name} out`, got.out, ref.out, st.tol);
+    checkClose(`${name} dq`, got.dq, ref.dq, st.tol);
+    checkClose(`${name} dk`, got.dk, ref.dk, st.tol);
+    checkClose(`${name} dv`, got.dv, ref.dv, st.tol);
+    const errors = [relError(got.out, ref.out), relError(got.dq, ref.dq)];
+    errors.push(relError(got.dk, ref.dk), relError(got.dv, ref.dv));
+    if (st.dtype === F32) worst = Math.max(worst, ...errors);
+  });
+  return worst;
+}
+
 Deno.test(`${TEST_BACKEND}: document attention forward and backward against float64, MHA/GQA/MQA`, () => {
   for (const [nh, nkv] of [[4, 4], [4, 2], [6, 1]]) {
     for (const p of PAIRS) {
-      for (const st of STORAGE) {
-        withScope((s) => {
-          const a: Pair = { tq: p.tq, tk: p.tk, nh, nkv, qPos0: p.qPos0, kPos0: p.kPos0 };
-          const x = inputs(a, st.dtype, 11);
-          const got = run(s, a, st.dtype, s.docs(STARTS), x);
-          const ref = reference(x.q, x.k, x.v, x.dout, a, STARTS);
-          const name = `${p.what} nh=${nh} nkv=${nkv} ${st.name}`;
-          let empty = 0;
-          for (let h = 0; h < nh; h++) {
-            for (let i = 0; i < a.tq; i++) {
-              if (ref.lse[h * a.tq + i] !== -Infinity) continue;
-              empty++;
-              assertEquals(
-                got.lse[h * a.tq + i],
-                -Infinity,
-                `${name}: lse of a row seeing nothing`,
-              );
-              for (let c = 0; c < HD; c++) {
-                assertEquals(
-                  got.out[(i * nh + h) * HD + c],
-                  0,
-                  `${name}: out of a row seeing nothing`,
-                );
-              }
-            }
+      for (const st of STORAGE) checkAgainstFloat64(p, nh, nkv, st, STARTS);
+    }
+  }
+});
+
+/**
+ * Mistral's sliding window through the same entries: a window of 1 (each query sees itself), one
+ * shorter than a kernel tile, one near a block's length, one longer than the sequence (no effect),
+ * each alone (the single start 0) and with the packed documents, on every block pair above.
+ */
+Deno.test(`${TEST_BACKEND}: sliding window (alone and with documents) against float64`, () => {
+  let worst = 0;
+  for (const window of [1, 5, 16, 100]) {
+    for (const starts of [[0], STARTS]) {
+      for (const [nh, nkv] of [[4, 4], [4, 2]]) {
+        for (const p of PAIRS) {
+          for (const st of STORAGE) {
+            worst = Math.max(worst, checkAgainstFloat64(p, nh, nkv, st, starts, window));
           }
-          if (empty === nh * a.tq) {
-            // Nothing visible: every output and gradient is exactly zero.
-            for (const g of [got.out, got.dq, got.dk, got.dv]) {
-              assert(g.every((e) => e === 0), name);
-            }
-            return;
-          }
-          const finite = (l: ArrayLike<number>) => Array.from(l).filter((e) => e !== -Infinity);
-          checkClose(`${name} lse`, finite(got.lse), finite(ref.lse), 1e-5);
-          checkClose(`${name} out`, got.out, ref.out, st.tol);
-          checkClose(`${name} dq`, got.dq, ref.dq, st.tol);
-          checkClose(`${name} dk`, got.dk, ref.dk, st.tol);
-          checkClose(`${name} dv`, got.dv, ref.dv, st.tol);
-        });
+        }
       }
     }
   }
+  console.log(
+    `${TEST_BACKEND} windowed attention, f32: largest relative error ${worst.toExponential(2)}`,
+  );
 });
 
 /**
@@ -258,71 +305,74 @@ Deno.test(`${TEST_BACKEND}: document attention forward and backward against floa
  */
 Deno.test(`${TEST_BACKEND}: document attention merged over blocks and split backward equal the whole`, () => {
   const T = 48, qCuts = [0, 12, 30, 48], kCuts = [0, 10, 26, 33, 48], nh = 4, nkv = 2;
-  withScope((s) => {
-    const whole: Pair = { tq: T, tk: T, nh, nkv, qPos0: 0, kPos0: 0 };
-    const x = inputs(whole, F32, 21);
-    const ref = reference(x.q, x.k, x.v, x.dout, whole, STARTS);
-    const docs = s.docs(STARTS);
-    const row = nh * HD, kvRow = nkv * HD;
-    const [pq, pk, pv, pdout] = [s.put(x.q), s.put(x.k), s.put(x.v), s.put(x.dout)];
-    const blocks = (cuts: number[]) => cuts.slice(1).map((end, b) => [cuts[b], end]);
-    const at = (ptr: DevicePtr, elements: number) => ptr + BigInt(elements * 4);
-    const pair = (q0: number, q1: number, k0: number, k1: number) =>
-      shapeOf({ tq: q1 - q0, tk: k1 - k0, nh, nkv, qPos0: q0, kPos0: k0 }, F32, docs);
-    // lse of a block is [nh, tq]: the merge works per query block on its own buffers.
-    const blockOut: DevicePtr[] = [], blockLse: DevicePtr[] = [];
-    for (const [q0, q1] of blocks(qCuts)) {
-      const tq = q1 - q0;
-      const bOut = s.zeros(tq * row), bLse = s.put(new Float32Array(nh * tq).fill(-Infinity));
-      const part = s.zeros(tq * row), partLse = s.zeros(nh * tq);
-      for (const [k0, k1] of blocks(kCuts)) {
-        const a = pair(q0, q1, k0, k1);
-        ops.attentionForward(
-          d,
-          part,
-          partLse,
-          at(pq, q0 * row),
-          at(pk, k0 * kvRow),
-          at(pv, k0 * kvRow),
-          a,
-        );
-        ops.attentionMerge(d, bOut, bLse, part, partLse, tq, nh, HD, F32);
+  // Without a window, and with one (7) shorter than every block: windowed blocks merge the same way.
+  for (const window of [0, 7]) {
+    withScope((s) => {
+      const whole: Pair = { tq: T, tk: T, nh, nkv, qPos0: 0, kPos0: 0 };
+      const x = inputs(whole, F32, 21);
+      const ref = reference(x.q, x.k, x.v, x.dout, whole, STARTS, window);
+      const docs = { ...s.docs(STARTS), window };
+      const row = nh * HD, kvRow = nkv * HD;
+      const [pq, pk, pv, pdout] = [s.put(x.q), s.put(x.k), s.put(x.v), s.put(x.dout)];
+      const blocks = (cuts: number[]) => cuts.slice(1).map((end, b) => [cuts[b], end]);
+      const at = (ptr: DevicePtr, elements: number) => ptr + BigInt(elements * 4);
+      const pair = (q0: number, q1: number, k0: number, k1: number) =>
+        shapeOf({ tq: q1 - q0, tk: k1 - k0, nh, nkv, qPos0: q0, kPos0: k0 }, F32, docs);
+      // lse of a block is [nh, tq]: the merge works per query block on its own buffers.
+      const blockOut: DevicePtr[] = [], blockLse: DevicePtr[] = [];
+      for (const [q0, q1] of blocks(qCuts)) {
+        const tq = q1 - q0;
+        const bOut = s.zeros(tq * row), bLse = s.put(new Float32Array(nh * tq).fill(-Infinity));
+        const part = s.zeros(tq * row), partLse = s.zeros(nh * tq);
+        for (const [k0, k1] of blocks(kCuts)) {
+          const a = pair(q0, q1, k0, k1);
+          ops.attentionForward(
+            d,
+            part,
+            partLse,
+            at(pq, q0 * row),
+            at(pk, k0 * kvRow),
+            at(pv, k0 * kvRow),
+            a,
+          );
+          ops.attentionMerge(d, bOut, bLse, part, partLse, tq, nh, HD, F32);
+        }
+        blockOut.push(bOut);
+        blockLse.push(bLse);
       }
-      blockOut.push(bOut);
-      blockLse.push(bLse);
-    }
-    const gotOut = new Float32Array(T * row), gotLse = new Float32Array(nh * T);
-    blocks(qCuts).forEach(([q0, q1], b) => {
-      const tq = q1 - q0;
-      gotOut.set(s.get(blockOut[b], tq * row), q0 * row);
-      const l = s.get(blockLse[b], nh * tq);
-      for (let h = 0; h < nh; h++) gotLse.set(l.subarray(h * tq, (h + 1) * tq), h * T + q0);
-    });
-    checkClose("merged out", gotOut, ref.out, 1e-5);
-    checkClose("merged lse", gotLse, ref.lse, 1e-5);
+      const gotOut = new Float32Array(T * row), gotLse = new Float32Array(nh * T);
+      blocks(qCuts).forEach(([q0, q1], b) => {
+        const tq = q1 - q0;
+        gotOut.set(s.get(blockOut[b], tq * row), q0 * row);
+        const l = s.get(blockLse[b], nh * tq);
+        for (let h = 0; h < nh; h++) gotLse.set(l.subarray(h * tq, (h + 1) * tq), h * T + q0);
+      });
+      checkClose("merged out", gotOut, ref.out, 1e-5);
+      checkClose("merged lse", gotLse, ref.lse, 1e-5);
 
-    const [dq, dk, dv] = [s.zeros(T * row), s.zeros(T * kvRow), s.zeros(T * kvRow)];
-    blocks(qCuts).forEach(([q0, q1], b) => {
-      for (const [k0, k1] of blocks(kCuts)) {
-        ops.attentionBackward(
-          d,
-          at(dq, q0 * row),
-          at(dk, k0 * kvRow),
-          at(dv, k0 * kvRow),
-          at(pdout, q0 * row),
-          at(pq, q0 * row),
-          at(pk, k0 * kvRow),
-          at(pv, k0 * kvRow),
-          blockOut[b],
-          blockLse[b],
-          pair(q0, q1, k0, k1),
-        );
-      }
+      const [dq, dk, dv] = [s.zeros(T * row), s.zeros(T * kvRow), s.zeros(T * kvRow)];
+      blocks(qCuts).forEach(([q0, q1], b) => {
+        for (const [k0, k1] of blocks(kCuts)) {
+          ops.attentionBackward(
+            d,
+            at(dq, q0 * row),
+            at(dk, k0 * kvRow),
+            at(dv, k0 * kvRow),
+            at(pdout, q0 * row),
+            at(pq, q0 * row),
+            at(pk, k0 * kvRow),
+            at(pv, k0 * kvRow),
+            blockOut[b],
+            blockLse[b],
+            pair(q0, q1, k0, k1),
+          );
+        }
+      });
+      checkClose("split dq", s.get(dq, T * row), ref.dq, 1e-5);
+      checkClose("split dk", s.get(dk, T * kvRow), ref.dk, 1e-5);
+      checkClose("split dv", s.get(dv, T * kvRow), ref.dv, 1e-5);
     });
-    checkClose("split dq", s.get(dq, T * row), ref.dq, 1e-5);
-    checkClose("split dk", s.get(dk, T * kvRow), ref.dk, 1e-5);
-    checkClose("split dv", s.get(dv, T * kvRow), ref.dv, 1e-5);
-  });
+  }
 });
 
 Deno.test(`${TEST_BACKEND}: one document (and no documents) is causal attention bit for bit`, () => {
@@ -381,7 +431,7 @@ Deno.test(`${TEST_BACKEND}: each packed document equals causal attention on it a
   });
 });
 
-Deno.test(`${TEST_BACKEND}: bad document starts are DistflashErrors naming the argument`, () => {
+Deno.test(`${TEST_BACKEND}: bad document starts (or window) are DistflashErrors naming the argument`, () => {
   withScope((s) => {
     const a = shapeOf({ tq: 4, tk: 4, nh: 2, nkv: 2, qPos0: 0, kPos0: 0 }, F32);
     const q = s.zeros(4 * 2 * HD), lse = s.zeros(8), out = s.zeros(4 * 2 * HD);
@@ -396,6 +446,7 @@ Deno.test(`${TEST_BACKEND}: bad document starts are DistflashErrors naming the a
       }
     };
     expectInvalid({ starts: 0n, count: -1 }, "'n_docs'");
+    expectInvalid({ starts: 0n, count: 0, window: -1 }, "'window'");
     expectInvalid({ starts: 0n, count: 2 }, "doc_starts");
     const starts = s.docs([0, 2]);
     expectInvalid({ starts: starts.starts, count: 3 }, "doc_starts"); // past its allocation

@@ -16,7 +16,7 @@ function refused(fn: () => unknown, text: string): Error {
 }
 import { relError, TEST_BACKEND, testDevice } from "./_util.ts";
 import { openSafetensors } from "../src/io/safetensors.ts";
-import { parseHfConfig, readHfConfig } from "../src/model/hf_config.ts";
+import { parseHfConfig, readHfConfig, toHfConfig } from "../src/model/hf_config.ts";
 import { LlamaModel } from "../src/model/llama.ts";
 import { initRandom, loadWeights, saveModel } from "../src/model/hf.ts";
 import { presetConfig, PRESETS } from "../src/model/presets.ts";
@@ -206,9 +206,17 @@ Deno.test("families: unsupported options and families are refused, naming what i
     `"attention_bias" is true`,
   );
   refused(
-    () => parseHfConfig({ ...QWEN2_JSON, model_type: "mistral" }, "m/config.json"),
-    `"sliding_window" is 4096`,
+    () => parseHfConfig({ ...QWEN2_JSON, model_type: "mistral", sliding_window: 0 }, "m/c.json"),
+    `"sliding_window" is 0`,
   );
+  refused(
+    () => parseHfConfig({ ...QWEN2_JSON, model_type: "mistral", sliding_window: "4k" }, "m/c.json"),
+    `"sliding_window" is "4k"`,
+  );
+  // Mistral's window is taken (v0.1: 4096) and written back.
+  const mistral = parseHfConfig({ ...QWEN2_JSON, model_type: "mistral" }, "m/config.json");
+  assertEquals([mistral.modelType, mistral.slidingWindow], ["mistral", 4096]);
+  assertEquals(toHfConfig(mistral).sliding_window, 4096);
   for (const [t, why] of [["gemma2", "soft-capping"], ["mixtral", "mixture of experts"]]) {
     const e = refused(
       () => parseHfConfig({ ...QWEN2_JSON, model_type: t }, "g/config.json"),
@@ -228,7 +236,12 @@ Deno.test("families: unsupported options and families are refused, naming what i
 });
 
 Deno.test("families: presets of the new families, sized from their HF configs", () => {
-  for (const name of ["qwen2.5-7b", "qwen3-8b", "llama-3.1-8b"]) assert(name in PRESETS, name);
+  for (const name of ["qwen2.5-7b", "qwen3-8b", "llama-3.1-8b", "mistral-7b-v0.1"]) {
+    assert(name in PRESETS, name);
+  }
+  // Mistral-7B-v0.1: 7.24B parameters, a 4096-token sliding window.
+  assertLess(Math.abs(paramCount(presetConfig("mistral-7b-v0.1")) / 7.24e9 - 1), 0.005);
+  assertEquals(presetConfig("mistral-7b-v0.1").slidingWindow, 4096);
   // Published parameter counts: Qwen2.5-7B 7.62B, Qwen3-8B 8.19B, Llama-3.1-8B 8.03B.
   assertLess(Math.abs(paramCount(presetConfig("qwen2.5-7b")) / 7.62e9 - 1), 0.005);
   assertLess(Math.abs(paramCount(presetConfig("qwen3-8b")) / 8.19e9 - 1), 0.005);

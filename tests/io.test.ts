@@ -649,7 +649,7 @@ Deno.test("config: rejections name the file and key", () => {
     [{ attention_bias: true }, /cfg.json: "attention_bias" is true/],
     [{ mlp_bias: true }, /cfg.json: "mlp_bias" is true/],
     [{ model_type: "gemma" }, /cfg.json: model_type "gemma" .*does not train this family/],
-    [{ model_type: "mistral", sliding_window: 4096 }, /cfg.json: "sliding_window" is 4096/],
+    [{ model_type: "mistral", sliding_window: -1 }, /cfg.json: "sliding_window" is -1/],
     [
       { num_attention_heads: 30 },
       /hidden_size \(4096\) is not divisible by num_attention_heads \(30\)/,

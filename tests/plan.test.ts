@@ -327,3 +327,21 @@ Deno.test("plan: train's check before it allocates is the planner's computation"
     assert(line.includes(`${k.kind} ${formatBytes(k.bytes)}`), k.kind);
   }
 });
+
+Deno.test("plan: a sliding-window model counts the window's attention work, share of causal's", async () => {
+  // mistral-7b-v0.1 (window 4096) on 16384-token windows: each query past the first 4096 sees 4096
+  // keys, the first ones a growing prefix: (W (W + 1) / 2 + (L - W) W) / (L (L + 1) / 2).
+  const L = 16384, W = 4096;
+  // deno-fmt-ignore
+  const r = await runCli(["plan", "--model", "mistral-7b-v0.1", "--model-max-length", `${L}`,
+    "--nproc-per-node", "4"]);
+  // (The exit code says whether 7B fits this machine's GPUs: not asked here.)
+  const share = (((W * (W + 1)) / 2 + (L - W) * W) / ((L * (L + 1)) / 2)).toFixed(3);
+  assert(
+    r.stdout.includes(
+      `attention work with the ${W}-token sliding window, share of causal's: ${share}`,
+    ),
+    r.stdout,
+  );
+  assert(/busiest \/ mean over the 4 sp ranks \(zigzag\): \d\.\d\d/.test(r.stdout), r.stdout);
+});

@@ -4,7 +4,10 @@
  * Scores are computed in fp32, one (query, head) row at a time, with an exact two-pass softmax over
  * the visible keys. Query i (global position p = q_pos0 + i) sees key j (s = k_pos0 + j) iff
  * doc_start(p) <= s <= p; without documents doc_start is 0, i.e. plain causal attention, and the
- * causal entries are the document entries with no documents (one implementation). The keys a query
+ * causal entries are the document entries with no documents (one implementation). A sliding window
+ * W > 0 (Mistral) also requires p - s < W, as Hugging Face transformers' sliding_window_overlay
+ * (kv_idx > q_idx - sliding_window): the left bound becomes max(doc_start(p), p - W + 1) and, per
+ * key, the queries end at min(doc_end(s), s + W). The keys a query
  * sees, and the queries that see a key, are contiguous ranges computed once per row. Query head h
  * reads kv head h / (nh / nkv). Every output element is computed by one thread in a fixed order, so
  * results do not depend on the thread count.
@@ -14,10 +17,11 @@
 #include "cpu_util.h"
 
 /* Document boundaries of the whole sequence: starts[0] = 0 < starts[1] < ... < starts[n - 1].
- * n = 0 is one document without end (plain causal). */
+ * n = 0 is one document without end (plain causal). window > 0: the sliding window (0: none). */
 typedef struct {
   const int64_t *starts;
   int64_t n;
+  int64_t window;
 } doc_bounds;
 
 /* Number of document starts <= p (binary search). */
@@ -43,21 +47,36 @@ static inline int64_t doc_end(doc_bounds d, int64_t p) {
   return c < d.n ? d.starts[c] : INT64_MAX;
 }
 
-/* Keys [*lo, *end) of the block that query i sees: doc_start(p) <= k_pos0 + j <= p. */
+/* First key position query p sees: doc_start(p), or p - window + 1 when that is later. */
+static inline int64_t first_key(doc_bounds d, int64_t p) {
+  const int64_t a = doc_start(d, p);
+  if (d.window > 0 && p - d.window + 1 > a) return p - d.window + 1;
+  return a;
+}
+
+/* First query position past those that see key s: doc_end(s), or s + window when that is earlier. */
+static inline int64_t query_end(doc_bounds d, int64_t s) {
+  const int64_t e = doc_end(d, s);
+  if (d.window > 0 && d.window <= INT64_MAX - s && s + d.window < e) return s + d.window;
+  return e;
+}
+
+/* Keys [*lo, *end) of the block that query i sees: first_key(p) <= k_pos0 + j <= p. */
 static inline void key_range(doc_bounds d, int64_t i, int64_t tk, int64_t q_pos0, int64_t k_pos0,
                              int64_t *lo, int64_t *end) {
   const int64_t p = q_pos0 + i;
-  int64_t a = doc_start(d, p) - k_pos0, b = p - k_pos0 + 1;
+  int64_t a = first_key(d, p) - k_pos0, b = p - k_pos0 + 1;
   if (a < 0) a = 0;
   if (b > tk) b = tk;
   *lo = a;
   *end = b > a ? b : a;
 }
 
-/* Queries [*lo, *end) of the block that see key j: s <= q_pos0 + i < doc_end(s), s = k_pos0 + j. */
+/* Queries [*lo, *end) of the block that see key j: s <= q_pos0 + i < query_end(s), s = k_pos0 + j.
+ */
 static inline void query_range(doc_bounds d, int64_t j, int64_t tq, int64_t q_pos0, int64_t k_pos0,
                                int64_t *lo, int64_t *end) {
-  const int64_t s = k_pos0 + j, e = doc_end(d, s);
+  const int64_t s = k_pos0 + j, e = query_end(d, s);
   int64_t a = s - q_pos0, b = e == INT64_MAX ? tq : e - q_pos0;
   if (a < 0) a = 0;
   if (b > tq) b = tq;
@@ -65,9 +84,12 @@ static inline void query_range(doc_bounds d, int64_t j, int64_t tq, int64_t q_po
   *end = b > a ? b : a;
 }
 
-/* doc_starts: n_docs >= 0, inside one allocation, starting at 0 and strictly ascending. */
-static df_status check_docs(const char *fn, const int64_t *starts, int64_t n, doc_bounds *out) {
+/* doc_starts: n_docs >= 0, inside one allocation, starting at 0 and strictly ascending;
+ * window >= 0. */
+static df_status check_docs(const char *fn, const int64_t *starts, int64_t n, int64_t window,
+                            doc_bounds *out) {
   DF_CHECK(df_check_dim(fn, "n_docs", n, 0));
+  DF_CHECK(df_check_dim(fn, "window", window, 0));
   if (n > 0) {
     DF_CHECK(df_check_elems(fn, "doc_starts", starts, n, sizeof(int64_t)));
     if (starts[0] != 0) {
@@ -84,6 +106,7 @@ static df_status check_docs(const char *fn, const int64_t *starts, int64_t n, do
   }
   out->starts = n > 0 ? starts : NULL;
   out->n = n;
+  out->window = window;
   return DF_OK;
 }
 
@@ -117,11 +140,11 @@ static df_status attention_forward(const char *fn, void *out, float *lse, const 
                                    const void *k, const void *v, int64_t tq, int64_t tk,
                                    int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0,
                                    int64_t k_pos0, float scale, df_dtype dtype,
-                                   const int64_t *doc_starts, int64_t n_docs) {
+                                   const int64_t *doc_starts, int64_t n_docs, int64_t window) {
   int64_t q_n = 0, k_n = 0;
   DF_CHECK(check_shape(fn, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, dtype, &q_n, &k_n));
   doc_bounds docs;
-  DF_CHECK(check_docs(fn, doc_starts, n_docs, &docs));
+  DF_CHECK(check_docs(fn, doc_starts, n_docs, window, &docs));
   const uint64_t es = df_dtype_size(dtype);
   DF_CHECK(df_check_elems(fn, "out", out, q_n, es));
   DF_CHECK(df_check_elems(fn, "lse", lse, nh * tq, sizeof(float)));
@@ -195,11 +218,12 @@ static df_status attention_backward(const char *fn, float *dq, float *dk, float 
                                     const void *out, const float *lse, int64_t tq, int64_t tk,
                                     int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0,
                                     int64_t k_pos0, float scale, df_dtype dtype,
-                                    const int64_t *doc_starts, int64_t n_docs) {
+                                    const int64_t *doc_starts, int64_t n_docs,
+                                    int64_t window) {
   int64_t q_n = 0, k_n = 0;
   DF_CHECK(check_shape(fn, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, dtype, &q_n, &k_n));
   doc_bounds docs;
-  DF_CHECK(check_docs(fn, doc_starts, n_docs, &docs));
+  DF_CHECK(check_docs(fn, doc_starts, n_docs, window, &docs));
   const uint64_t es = df_dtype_size(dtype);
   DF_CHECK(df_check_elems(fn, "dq", dq, q_n, sizeof(float)));
   DF_CHECK(df_check_elems(fn, "dk", dk, k_n, sizeof(float)));
@@ -304,17 +328,17 @@ df_status df_attention_forward(void *out, float *lse, const void *q, const void 
                                void *stream) {
   (void)stream;
   return attention_forward("df_attention_forward", out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0,
-                           k_pos0, scale, dtype, NULL, 0);
+                           k_pos0, scale, dtype, NULL, 0, 0);
 }
 
 df_status df_attention_forward_docs(void *out, float *lse, const void *q, const void *k,
                                     const void *v, int64_t tq, int64_t tk, int64_t nh, int64_t nkv,
                                     int64_t hd, int64_t q_pos0, int64_t k_pos0, float scale,
                                     df_dtype dtype, const int64_t *doc_starts, int64_t n_docs,
-                                    void *stream) {
+                                    int64_t window, void *stream) {
   (void)stream;
   return attention_forward("df_attention_forward_docs", out, lse, q, k, v, tq, tk, nh, nkv, hd,
-                           q_pos0, k_pos0, scale, dtype, doc_starts, n_docs);
+                           q_pos0, k_pos0, scale, dtype, doc_starts, n_docs, window);
 }
 
 df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dout, const void *q,
@@ -324,7 +348,7 @@ df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dou
                                 void *stream) {
   (void)stream;
   return attention_backward("df_attention_backward", dq, dk, dv, dout, q, k, v, out, lse, tq, tk,
-                            nh, nkv, hd, q_pos0, k_pos0, scale, dtype, NULL, 0);
+                            nh, nkv, hd, q_pos0, k_pos0, scale, dtype, NULL, 0, 0);
 }
 
 df_status df_attention_backward_docs(float *dq, float *dk, float *dv, const void *dout,
@@ -332,10 +356,11 @@ df_status df_attention_backward_docs(float *dq, float *dk, float *dv, const void
                                      const float *lse, int64_t tq, int64_t tk, int64_t nh,
                                      int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
                                      float scale, df_dtype dtype, const int64_t *doc_starts,
-                                     int64_t n_docs, void *stream) {
+                                     int64_t n_docs, int64_t window, void *stream) {
   (void)stream;
   return attention_backward("df_attention_backward_docs", dq, dk, dv, dout, q, k, v, out, lse, tq,
-                            tk, nh, nkv, hd, q_pos0, k_pos0, scale, dtype, doc_starts, n_docs);
+                            tk, nh, nkv, hd, q_pos0, k_pos0, scale, dtype, doc_starts, n_docs,
+                            window);
 }
 
 /* new_lse = logaddexp(lse, part_lse); out = out e^(lse - new_lse) + part e^(part_lse - new_lse).

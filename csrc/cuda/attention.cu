@@ -26,6 +26,10 @@
  * s <= p < doc_end(s)) and stops at the last query tile that can see its keys. The kernels are
  * templated on DOCS: the causal instantiation carries no document code, so the causal path is the
  * code that ran on GPUs before documents existed (its PTX compared, parameter lists aside).
+ * A sliding window W > 0 (Mistral; transformers' sliding_window_overlay: p - s < W) rides on the
+ * DOCS instantiation: the forward's per-row bound becomes max(doc_start(p), p - W + 1) and the
+ * backward's per-key end min(doc_end(s), s + W), so the tiles skipped follow the window too. The
+ * window has NOT RUN on a GPU (compiled only; the CPU backend is its reference).
  * The document path passed its CUDA tests on an H100 (2026-12-07); the CPU backend
  * (csrc/cpu/attention.c) is its reference.
  *
@@ -68,6 +72,16 @@ __device__ __forceinline__ int64_t doc_end_of(const int64_t *starts, int64_t n, 
   return c < n ? starts[c] : INT64_MAX;
 }
 
+/* First key position query p sees under the window (window 0: none): max(doc_start, p - window + 1). */
+__device__ __forceinline__ int64_t window_first_key(int64_t doc_start, int64_t window, int64_t p) {
+  return window > 0 && p - window + 1 > doc_start ? p - window + 1 : doc_start;
+}
+
+/* First query position past those that see key s under the window: min(doc_end, s + window). */
+__device__ __forceinline__ int64_t window_query_end(int64_t doc_end, int64_t window, int64_t s) {
+  return window > 0 && window <= INT64_MAX - s && s + window < doc_end ? s + window : doc_end;
+}
+
 /* ---------------- forward ---------------- */
 
 template <int HDP, int BQ, int BK>
@@ -100,7 +114,7 @@ template <typename T, int HDP, int BQ, int BK, bool DOCS>
 __global__ void __launch_bounds__(ATT_THREADS)
     attention_forward_kernel(T *out, float *lse, const T *q, const T *k, const T *v, int64_t tq, int64_t tk, int nh,
                              int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale_log2,
-                             const int64_t *doc_starts, int64_t n_docs) {
+                             const int64_t *doc_starts, int64_t n_docs, int64_t window) {
   using S = FwdShape<HDP, BQ, BK>;
   constexpr int RQ = S::RQ, CK = S::CK, CO = S::CO, LDQ = S::LDQ, LDV = S::LDV, LDP = S::LDP;
   extern __shared__ float smem[];
@@ -119,10 +133,13 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
   float acc[RQ][CO];
   float m_run[RQ], l_run[RQ];
-  int64_t row_doc_start[DOCS ? RQ : 1]; /* keys before it are in an earlier document */
+  int64_t row_doc_start[DOCS ? RQ : 1]; /* keys before it: an earlier document or out of the window */
 #pragma unroll
   for (int a = 0; a < RQ; a++) {
-    if constexpr (DOCS) row_doc_start[a] = doc_start_of(doc_starts, n_docs, q_pos0 + i0 + ty * RQ + a);
+    if constexpr (DOCS) {
+      const int64_t p = q_pos0 + i0 + ty * RQ + a;
+      row_doc_start[a] = window_first_key(doc_start_of(doc_starts, n_docs, p), window, p);
+    }
     m_run[a] = -INFINITY;
     l_run[a] = 0.0f;
 #pragma unroll
@@ -130,13 +147,13 @@ __global__ void __launch_bounds__(ATT_THREADS)
   }
 
   /* Keys visible to the last query of the tile: k_pos0 + j <= q_pos0 + i_last; and to the first one:
-   * k_pos0 + j >= doc_start(q_pos0 + i0) (doc_start never decreases with the position). */
+   * k_pos0 + j >= window_first_key(q_pos0 + i0) (it never decreases with the position). */
   const int64_t i_last = (i0 + BQ < tq ? i0 + BQ : tq) - 1;
   int64_t j_end = q_pos0 + i_last - k_pos0 + 1;
   if (j_end > tk) j_end = tk;
   int64_t j_begin = 0;
   if constexpr (DOCS) {
-    j_begin = doc_start_of(doc_starts, n_docs, q_pos0 + i0) - k_pos0;
+    j_begin = window_first_key(doc_start_of(doc_starts, n_docs, q_pos0 + i0), window, q_pos0 + i0) - k_pos0;
     if (j_begin < 0) j_begin = 0;
   }
 
@@ -249,7 +266,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     attention_backward_kernel(float *dq, float *dk, float *dv, const T *dout, const T *q, const T *k, const T *v,
                               const T *out, const float *lse, int64_t tq, int64_t tk, int nh, int nkv, int hd,
                               int64_t q_pos0, int64_t k_pos0, float scale, const int64_t *doc_starts,
-                              int64_t n_docs) {
+                              int64_t n_docs, int64_t window) {
   using S = BwdShape<HDP, BK, BQ>;
   constexpr int RK = S::RK, CB = S::CB, RQ = S::RQ, CO = S::CO, LD = S::LD, LDS = S::LDS;
   extern __shared__ float smem[];
@@ -272,15 +289,19 @@ __global__ void __launch_bounds__(ATT_THREADS)
   if (i_first < 0) i_first = 0;
   if (i_first >= tq) return; /* no query of this block pair sees these keys */
   const int64_t i_begin = (i_first / BQ) * BQ;
-  /* Queries past the document of the tile's last key see none of its keys: q_pos0 + i < doc_end. */
+  /* Queries past the document (or the window) of the tile's last key see none of its keys:
+   * q_pos0 + i < window_query_end(k_pos0 + j_last) (it never decreases with the position). */
   int64_t i_end = tq;
-  int64_t key_doc_end[DOCS ? RK : 1]; /* queries from this position on are in a later document */
+  int64_t key_doc_end[DOCS ? RK : 1]; /* queries from this position on: later document or window */
   if constexpr (DOCS) {
-    const int64_t j_last = (j0 + BK < tk ? j0 + BK : tk) - 1;
-    const int64_t last_end = doc_end_of(doc_starts, n_docs, k_pos0 + j_last);
+    const int64_t j_last = (j0 + BK < tk ? j0 + BK : tk) - 1, s_last = k_pos0 + j_last;
+    const int64_t last_end = window_query_end(doc_end_of(doc_starts, n_docs, s_last), window, s_last);
     if (last_end - q_pos0 < tq) i_end = last_end - q_pos0;
 #pragma unroll
-    for (int a = 0; a < RK; a++) key_doc_end[a] = doc_end_of(doc_starts, n_docs, k_pos0 + j0 + ty * RK + a);
+    for (int a = 0; a < RK; a++) {
+      const int64_t s_a = k_pos0 + j0 + ty * RK + a;
+      key_doc_end[a] = window_query_end(doc_end_of(doc_starts, n_docs, s_a), window, s_a);
+    }
   }
 
   stage_tile<T, BK, HDP, LD>(Ks, k, j0, tk, kv_stride, (int64_t)g * hd, hd, 1.0f);
@@ -472,13 +493,13 @@ static df_status prepare_smem(KernelFn kernel, size_t bytes) {
 template <typename T, int HDP, int BQ, int BK, bool DOCS>
 static df_status launch_forward(T *out, float *lse, const T *q, const T *k, const T *v, int64_t tq, int64_t tk,
                                 int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale,
-                                const int64_t *doc_starts, int64_t n_docs, cudaStream_t s) {
+                                const int64_t *doc_starts, int64_t n_docs, int64_t window, cudaStream_t s) {
   const size_t smem = sizeof(float) * FwdShape<HDP, BQ, BK>::SMEM_FLOATS;
   auto kernel = attention_forward_kernel<T, HDP, BQ, BK, DOCS>;
   DF_CHECK(prepare_smem(kernel, smem));
   const dim3 grid((unsigned)((tq + BQ - 1) / BQ), (unsigned)nh);
   kernel<<<grid, ATT_THREADS, smem, s>>>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale * LOG2E_F,
-                                         doc_starts, n_docs);
+                                         doc_starts, n_docs, window);
   DF_CUDA_LAUNCHED();
   return DF_OK;
 }
@@ -488,20 +509,20 @@ static df_status launch_forward(T *out, float *lse, const T *q, const T *k, cons
 template <typename T, bool DOCS>
 static df_status dispatch_forward(T *out, float *lse, const T *q, const T *k, const T *v, int64_t tq, int64_t tk,
                                   int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale,
-                                  const int64_t *doc_starts, int64_t n_docs, cudaStream_t s) {
+                                  const int64_t *doc_starts, int64_t n_docs, int64_t window, cudaStream_t s) {
   switch (padded_head_dim(hd)) {
     case 32:
       return launch_forward<T, 32, 64, 64, DOCS>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
-                                           n_docs, s);
+                                           n_docs, window, s);
     case 64:
       return launch_forward<T, 64, 64, 64, DOCS>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
-                                           n_docs, s);
+                                           n_docs, window, s);
     case 128:
       return launch_forward<T, 128, 64, 32, DOCS>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
-                                            n_docs, s);
+                                            n_docs, window, s);
     default:
       return launch_forward<T, 256, 32, 32, DOCS>(out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, doc_starts,
-                                            n_docs, s);
+                                            n_docs, window, s);
   }
 }
 
@@ -509,13 +530,13 @@ template <typename T, int HDP, int BK, int BQ, bool DOCS>
 static df_status launch_backward(float *dq, float *dk, float *dv, const T *dout, const T *q, const T *k, const T *v,
                                  const T *out, const float *lse, int64_t tq, int64_t tk, int nh, int nkv, int hd,
                                  int64_t q_pos0, int64_t k_pos0, float scale, const int64_t *doc_starts,
-                                 int64_t n_docs, cudaStream_t s) {
+                                 int64_t n_docs, int64_t window, cudaStream_t s) {
   const size_t smem = sizeof(float) * BwdShape<HDP, BK, BQ>::SMEM_FLOATS;
   auto kernel = attention_backward_kernel<T, HDP, BK, BQ, DOCS>;
   DF_CHECK(prepare_smem(kernel, smem));
   const dim3 grid((unsigned)((tk + BK - 1) / BK), (unsigned)nkv);
   kernel<<<grid, ATT_THREADS, smem, s>>>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
-                                         scale, doc_starts, n_docs);
+                                         scale, doc_starts, n_docs, window);
   DF_CUDA_LAUNCHED();
   return DF_OK;
 }
@@ -524,20 +545,20 @@ template <typename T, bool DOCS>
 static df_status dispatch_backward(float *dq, float *dk, float *dv, const T *dout, const T *q, const T *k, const T *v,
                                    const T *out, const float *lse, int64_t tq, int64_t tk, int nh, int nkv, int hd,
                                    int64_t q_pos0, int64_t k_pos0, float scale, const int64_t *doc_starts,
-                                   int64_t n_docs, cudaStream_t s) {
+                                   int64_t n_docs, int64_t window, cudaStream_t s) {
   switch (padded_head_dim(hd)) {
     case 32:
       return launch_backward<T, 32, 32, 64, DOCS>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
-                                            scale, doc_starts, n_docs, s);
+                                            scale, doc_starts, n_docs, window, s);
     case 64:
       return launch_backward<T, 64, 32, 64, DOCS>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
-                                            scale, doc_starts, n_docs, s);
+                                            scale, doc_starts, n_docs, window, s);
     case 128:
       return launch_backward<T, 128, 32, 32, DOCS>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
-                                             scale, doc_starts, n_docs, s);
+                                             scale, doc_starts, n_docs, window, s);
     default:
       return launch_backward<T, 256, 16, 32, DOCS>(dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
-                                             scale, doc_starts, n_docs, s);
+                                             scale, doc_starts, n_docs, window, s);
   }
 }
 
@@ -571,9 +592,11 @@ static df_status check_shape(const char *fn, int64_t tq, int64_t tk, int64_t nh,
   return DF_OK;
 }
 
-/* doc_starts covers n_docs int64 (device memory: its contents are the caller's promise, see distflash.h). */
-static df_status check_docs(const char *fn, const int64_t *doc_starts, int64_t n_docs) {
+/* doc_starts covers n_docs int64 (device memory: its contents are the caller's promise, see distflash.h);
+ * window >= 0. */
+static df_status check_docs(const char *fn, const int64_t *doc_starts, int64_t n_docs, int64_t window) {
   DF_CHECK(check_dim(fn, "n_docs", n_docs, 0));
+  DF_CHECK(check_dim(fn, "window", window, 0));
   if (n_docs > 0) DF_CHECK(check_elems(fn, "doc_starts", doc_starts, n_docs, sizeof(int64_t)));
   return DF_OK;
 }
@@ -606,10 +629,10 @@ static const Bf16Backend BF16_BACKENDS[] = {
 static df_status attention_forward(const char *fn, void *out, float *lse, const void *q, const void *k, const void *v,
                                    int64_t tq, int64_t tk, int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0,
                                    int64_t k_pos0, float scale, df_dtype dtype, const int64_t *doc_starts,
-                                   int64_t n_docs, void *stream) {
+                                   int64_t n_docs, int64_t window, void *stream) {
   int64_t q_n = 0, k_n = 0;
   DF_CHECK(check_shape(fn, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, dtype, &q_n, &k_n));
-  DF_CHECK(check_docs(fn, doc_starts, n_docs));
+  DF_CHECK(check_docs(fn, doc_starts, n_docs, window));
   const uint64_t es = dtype_bytes(dtype);
   DF_CHECK(check_elems(fn, "out", out, q_n, es));
   DF_CHECK(check_elems(fn, "lse", lse, nh * tq, sizeof(float)));
@@ -617,7 +640,7 @@ static df_status attention_forward(const char *fn, void *out, float *lse, const 
   DF_CHECK(check_elems(fn, "k", k, k_n, es));
   DF_CHECK(check_elems(fn, "v", v, k_n, es));
   cudaStream_t s = df_stream(stream);
-  if (dtype == DF_BF16 && n_docs == 0) {
+  if (dtype == DF_BF16 && n_docs == 0 && window == 0) {
     for (const Bf16Backend &b : BF16_BACKENDS) {
       bool handled = false;
       DF_CHECK(b.forward(&handled, (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, tq, tk,
@@ -625,14 +648,14 @@ static df_status attention_forward(const char *fn, void *out, float *lse, const 
       if (handled) return DF_OK;
     }
   }
-  if (n_docs > 0) {
+  if (n_docs > 0 || window > 0) {
     DF_DISPATCH_DTYPE(dtype, return dispatch_forward<T, true>((T *)out, lse, (const T *)q, (const T *)k, (const T *)v,
                                                               tq, tk, (int)nh, (int)nkv, (int)hd, q_pos0, k_pos0, scale,
-                                                              doc_starts, n_docs, s));
+                                                              doc_starts, n_docs, window, s));
   }
   DF_DISPATCH_DTYPE(dtype, return dispatch_forward<T, false>((T *)out, lse, (const T *)q, (const T *)k, (const T *)v, tq,
                                                               tk, (int)nh, (int)nkv, (int)hd, q_pos0, k_pos0, scale,
-                                                              NULL, 0, s));
+                                                              NULL, 0, 0, s));
   return DF_OK;
 }
 
@@ -641,10 +664,10 @@ static df_status attention_backward(const char *fn, float *dq, float *dk, float 
                                     const void *k, const void *v, const void *out, const float *lse, int64_t tq,
                                     int64_t tk, int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
                                     float scale, df_dtype dtype, const int64_t *doc_starts, int64_t n_docs,
-                                    void *stream) {
+                                    int64_t window, void *stream) {
   int64_t q_n = 0, k_n = 0;
   DF_CHECK(check_shape(fn, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, dtype, &q_n, &k_n));
-  DF_CHECK(check_docs(fn, doc_starts, n_docs));
+  DF_CHECK(check_docs(fn, doc_starts, n_docs, window));
   const uint64_t es = dtype_bytes(dtype);
   DF_CHECK(check_elems(fn, "dq", dq, q_n, sizeof(float)));
   DF_CHECK(check_elems(fn, "dk", dk, k_n, sizeof(float)));
@@ -656,7 +679,7 @@ static df_status attention_backward(const char *fn, float *dq, float *dk, float 
   DF_CHECK(check_elems(fn, "out", out, q_n, es));
   DF_CHECK(check_elems(fn, "lse", lse, nh * tq, sizeof(float)));
   cudaStream_t s = df_stream(stream);
-  if (dtype == DF_BF16 && n_docs == 0) {
+  if (dtype == DF_BF16 && n_docs == 0 && window == 0) {
     for (const Bf16Backend &b : BF16_BACKENDS) {
       bool handled = false;
       DF_CHECK(b.backward(&handled, dq, dk, dv, (const bf16 *)dout, (const bf16 *)q, (const bf16 *)k,
@@ -665,15 +688,15 @@ static df_status attention_backward(const char *fn, float *dq, float *dk, float 
       if (handled) return DF_OK;
     }
   }
-  if (n_docs > 0) {
+  if (n_docs > 0 || window > 0) {
     DF_DISPATCH_DTYPE(dtype, return dispatch_backward<T, true>(dq, dk, dv, (const T *)dout, (const T *)q, (const T *)k,
                                                                (const T *)v, (const T *)out, lse, tq, tk, (int)nh,
                                                                (int)nkv, (int)hd, q_pos0, k_pos0, scale, doc_starts,
-                                                               n_docs, s));
+                                                               n_docs, window, s));
   }
   DF_DISPATCH_DTYPE(dtype, return dispatch_backward<T, false>(dq, dk, dv, (const T *)dout, (const T *)q, (const T *)k,
                                                                (const T *)v, (const T *)out, lse, tq, tk, (int)nh,
-                                                               (int)nkv, (int)hd, q_pos0, k_pos0, scale, NULL, 0, s));
+                                                               (int)nkv, (int)hd, q_pos0, k_pos0, scale, NULL, 0, 0, s));
   return DF_OK;
 }
 
@@ -683,15 +706,15 @@ df_status df_attention_forward(void *out, float *lse, const void *q, const void 
                                int64_t tk, int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
                                float scale, df_dtype dtype, void *stream) {
   return attention_forward("df_attention_forward", out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale,
-                           dtype, NULL, 0, stream);
+                           dtype, NULL, 0, 0, stream);
 }
 
 df_status df_attention_forward_docs(void *out, float *lse, const void *q, const void *k, const void *v, int64_t tq,
                                     int64_t tk, int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
                                     float scale, df_dtype dtype, const int64_t *doc_starts, int64_t n_docs,
-                                    void *stream) {
+                                    int64_t window, void *stream) {
   return attention_forward("df_attention_forward_docs", out, lse, q, k, v, tq, tk, nh, nkv, hd, q_pos0, k_pos0,
-                           scale, dtype, doc_starts, n_docs, stream);
+                           scale, dtype, doc_starts, n_docs, window, stream);
 }
 
 df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dout, const void *q, const void *k,
@@ -699,15 +722,16 @@ df_status df_attention_backward(float *dq, float *dk, float *dv, const void *dou
                                 int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0, float scale, df_dtype dtype,
                                 void *stream) {
   return attention_backward("df_attention_backward", dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd, q_pos0,
-                            k_pos0, scale, dtype, NULL, 0, stream);
+                            k_pos0, scale, dtype, NULL, 0, 0, stream);
 }
 
 df_status df_attention_backward_docs(float *dq, float *dk, float *dv, const void *dout, const void *q, const void *k,
                                      const void *v, const void *out, const float *lse, int64_t tq, int64_t tk,
                                      int64_t nh, int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0, float scale,
-                                     df_dtype dtype, const int64_t *doc_starts, int64_t n_docs, void *stream) {
+                                     df_dtype dtype, const int64_t *doc_starts, int64_t n_docs, int64_t window,
+                                     void *stream) {
   return attention_backward("df_attention_backward_docs", dq, dk, dv, dout, q, k, v, out, lse, tq, tk, nh, nkv, hd,
-                            q_pos0, k_pos0, scale, dtype, doc_starts, n_docs, stream);
+                            q_pos0, k_pos0, scale, dtype, doc_starts, n_docs, window, stream);
 }
 
 df_status df_attention_merge(float *out, float *lse, const void *part_out, const float *part_lse, int64_t tq,

@@ -168,21 +168,26 @@ DF_API df_status df_attention_backward(float *dq, float *dk, float *dv, const vo
  * The CPU backend checks its contents; CUDA cannot without a copy and trusts them. Everything else
  * is as above: a query that sees no key gets out = 0 and lse = -inf, and the backward takes the
  * FINAL out and lse and adds into the fp32 dq, dk, dv.
- * CUDA: with documents the fp32 CUDA-core kernels run for every dtype and head dim (the bf16
- * tensor-core path does not mask by document yet). That path is compiled but has NEVER RUN: no GPU
- * was available when it was written. */
+ * window (Mistral's sliding window) tightens the rule: window > 0 adds p - s < window (Hugging Face
+ * transformers' sliding_window_overlay: kv_idx > q_idx - sliding_window, on top of causal), so query
+ * p sees s iff max(doc_start(p), p - window + 1) <= s <= p; window = 0 is no window. It applies with
+ * or without documents (n_docs = 0 and window > 0 is a windowed causal pair).
+ * CUDA: with documents or a window the fp32 CUDA-core kernels run for every dtype and head dim
+ * (the bf16 tensor-core path masks neither yet). The document path passed its CUDA tests on an
+ * H100; the window in it is compiled but has NEVER RUN on a GPU (none was available when it was
+ * written): tests/attention_docs.test.ts checks it when one is lent. */
 DF_API df_status df_attention_forward_docs(void *out, float *lse, const void *q, const void *k,
                                            const void *v, int64_t tq, int64_t tk, int64_t nh,
                                            int64_t nkv, int64_t hd, int64_t q_pos0, int64_t k_pos0,
                                            float scale, df_dtype dtype, const int64_t *doc_starts,
-                                           int64_t n_docs, void *stream);
+                                           int64_t n_docs, int64_t window, void *stream);
 DF_API df_status df_attention_backward_docs(float *dq, float *dk, float *dv, const void *dout,
                                             const void *q, const void *k, const void *v,
                                             const void *out, const float *lse, int64_t tq,
                                             int64_t tk, int64_t nh, int64_t nkv, int64_t hd,
                                             int64_t q_pos0, int64_t k_pos0, float scale,
                                             df_dtype dtype, const int64_t *doc_starts,
-                                            int64_t n_docs, void *stream);
+                                            int64_t n_docs, int64_t window, void *stream);
 /* Which kernels run df_attention_forward / df_attention_backward (not the _docs entries) on the
  * CUDA backend, process-wide: DF_ATTENTION_AUTO (default) runs cuDNN's fused attention where libcudnn
  * 9 loads and takes the call (bf16, hd 64 or 128, a block pair whose mask it can express), else the

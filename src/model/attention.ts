@@ -13,11 +13,14 @@ import { attentionBackward, attentionForward } from "./document_attention.ts";
 /**
  * The documents of one sequence (src/model/documents.ts has the rule): the global starts of the
  * whole sequence, on the host for deciding which block pairs to skip and on the device for the
- * kernels. Every rank of a sequence holds the same starts.
+ * kernels. Every rank of a sequence holds the same starts. A sliding window (Mistral) rides along:
+ * a windowed model without documents has the single start 0 and the window.
  */
 export interface SequenceDocuments {
   /** Global document starts of the whole sequence (ascending, the first 0). */
   starts: DocStarts;
+  /** Sliding window (documents.ts has the rule): absent or 0, none. */
+  window?: number;
   /** The same starts as the kernels read them (int64 device memory). */
   device: op.AttentionDocuments;
 }
@@ -39,14 +42,15 @@ export function attentionGeometry(g: AttentionGeometry): AttentionGeometry {
   return { numHeads: g.numHeads, numKvHeads: g.numKvHeads, headDim: g.headDim };
 }
 
-/** The documents as a block pair's shape carries them: device starts, and the host copy. */
+/** The documents as a block pair's shape carries them: device starts, the host copy, the window. */
 function withHostStarts(docs: SequenceDocuments): op.AttentionDocuments {
-  return { ...docs.device, host: docs.starts };
+  return { ...docs.device, host: docs.starts, window: docs.window };
 }
 
 /**
  * The attention shape of the block pair (queries [qPos0, qPos0 + tq), keys [kPos0, kPos0 + tk)) with
- * the sequence's documents, or null when no query of the block sees a key of it (skip the pair).
+ * the sequence's documents (and window), or null when no query of the block sees a key of it (skip
+ * the pair).
  * Without documents it is the plain causal block pair (keys entirely after the queries: null).
  */
 export function blockPair(
@@ -55,7 +59,9 @@ export function blockPair(
 ): op.AttentionShape | null {
   const { qPos0, kPos0, tq, tk } = shape;
   if (!docs) return kPos0 < qPos0 + tq ? shape : null;
-  if (!blockPairVisible(docs.starts, qPos0, qPos0 + tq, kPos0, kPos0 + tk)) return null;
+  if (!blockPairVisible(docs.starts, qPos0, qPos0 + tq, kPos0, kPos0 + tk, docs.window)) {
+    return null;
+  }
   return { ...shape, docs: withHostStarts(docs) };
 }
 

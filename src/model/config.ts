@@ -24,7 +24,7 @@ export type RopeScaling =
 
 /**
  * A Llama-shaped decoder-only model: Llama 2 / 3 / 3.1, TinyLlama, and the families registered in
- * src/model/families/ (Qwen2 / Qwen2.5, Qwen3, Mistral without a sliding window).
+ * src/model/families/ (Qwen2 / Qwen2.5, Qwen3, Mistral with or without a sliding window).
  */
 export interface LlamaConfig {
   /**
@@ -36,6 +36,11 @@ export interface LlamaConfig {
   qkvBias?: boolean;
   /** RMSNorm over each head of q and of k before RoPE (Qwen3's q_norm, k_norm). Default false. */
   qkNorm?: boolean;
+  /**
+   * Sliding-window attention (Mistral's `sliding_window`): the query at p sees the key at s only
+   * when p - s < slidingWindow (src/model/documents.ts has the rule). Absent or null: none.
+   */
+  slidingWindow?: number | null;
   /** Vocabulary size: rows of the embedding and of the LM head (`vocab_size`). */
   vocabSize: number;
   /** Model width (`hidden_size`). */
@@ -102,6 +107,12 @@ export function validateConfig(cfg: LlamaConfig, source = "config"): void {
     );
   }
   if (cfg.headDim % 2 !== 0) throw new Error(`${source}: head_dim (${cfg.headDim}) must be even`);
+  const w = cfg.slidingWindow;
+  if (w !== undefined && w !== null && (!Number.isSafeInteger(w) || w <= 0)) {
+    throw new Error(
+      `${source}: sliding_window must be a positive integer or null, got ${JSON.stringify(w)}`,
+    );
+  }
   checkConfigSizes(cfg, source);
 }
 

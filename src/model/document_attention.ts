@@ -12,6 +12,13 @@
  * A piece whose document has queries in the block but no visible key in it is written directly
  * (out 0, lse -inf).
  *
+ * A sliding window (Mistral) keeps a piece causal only while it does not cut it: the piece's
+ * farthest pair, its last query and its first key, is less than the window apart. A block pair with
+ * a piece the window cuts is not split: it runs the general kernels (df_attention_forward_docs with
+ * the window), which mask by document and window together. So a window longer than a rank's block
+ * costs nothing on the pairs it does not reach, and the pairs it cuts run at the general kernels'
+ * rate (the bf16 tensor-core kernels do not mask by window yet).
+ *
  * cuDNN is kept out of the pieces: it builds an execution plan per shape, and random document
  * lengths make every piece a new shape. A block pair holding one document (the whole window is one
  * document) is exactly a causal block pair and takes the default kernels, cuDNN included.
@@ -89,12 +96,24 @@ function scratchFor(d: Device, s: Stream, floats: number): Scratch {
   return sc;
 }
 
-/** The pieces of `a` when it is a document-masked pair worth splitting, else null. */
+/**
+ * Whether the sliding window masks some (query, key) pair of the piece that causality and the
+ * document leave visible: its last query and first key are `window` or more apart.
+ */
+export function windowCuts(p: DocumentPiece, window: number | undefined): boolean {
+  return !!window && window > 0 && p.k1 > p.k0 && p.q1 - 1 - p.k0 >= window;
+}
+
+/**
+ * The pieces of `a` when it is a document-masked pair worth splitting, else null (no host starts,
+ * too many pieces, or a piece the window cuts).
+ */
 function splitOf(a: op.AttentionShape): DocumentPiece[] | null {
   const host = a.docs?.host;
   if (!host) return null;
   const pieces = documentPieces(host, a.qPos0, a.qPos0 + a.tq, a.kPos0, a.kPos0 + a.tk);
-  return pieces.length <= MAX_DOCUMENT_PIECES ? pieces : null;
+  if (pieces.length > MAX_DOCUMENT_PIECES) return null;
+  return pieces.some((p) => windowCuts(p, a.docs?.window)) ? null : pieces;
 }
 
 /** Whether the pieces are the whole pair as one plain causal block pair (a single document). */

@@ -4,7 +4,13 @@
  * A sequence (a training window) packs documents back to back. They are described by `starts`, the
  * global positions where documents begin: ascending, the first one 0 (the whole sequence's
  * boundaries, the same array for every rank and block pair). A query at position p sees a key at
- * position s iff docStart(p) <= s <= p, where docStart(p) is the largest start <= p. The kernels
+ * position s iff docStart(p) <= s <= p, where docStart(p) is the largest start <= p.
+ *
+ * A sliding window W (Mistral's `sliding_window`) tightens the rule: the query at p also needs
+ * p - s < W, as in Hugging Face transformers (masking_utils.sliding_window_overlay: kv_idx > q_idx -
+ * sliding_window, and-ed with the causal mask), so p sees s iff max(docStart(p), p - W + 1) <= s <=
+ * p. Every function below takes the window as its optional last argument (absent or 0: none); a
+ * windowed model without documents is the single start [0] with the window. The kernels
  * apply the same rule inside a block pair (csrc/include/distflash.h, df_attention_forward_docs);
  * this module answers the questions above the kernels: which block pairs have any visible
  * (query, key) pair (the others are skipped), how much work a block pair holds, where documents
@@ -62,16 +68,33 @@ export function docEndOf(starts: DocStarts, p: number): number {
   return c < starts.length ? starts[c] : Infinity;
 }
 
+/** Throws unless `window` is a sliding window: 0 (none) or a positive integer. */
+export function validateWindow(window: number): void {
+  if (!Number.isSafeInteger(window) || window < 0) {
+    throw new Error(`sliding window: must be 0 (none) or a positive integer, got ${window}`);
+  }
+}
+
+/** The window as a bound on p - s (Infinity for none). */
+function span(window: number | undefined): number {
+  return window && window > 0 ? window : Infinity;
+}
+
+/** First key position the query at p sees: max(docStart(p), p - window + 1). */
+export function firstKeyOf(starts: DocStarts, p: number, window?: number): number {
+  return Math.max(docStartOf(starts, p), p - span(window) + 1);
+}
+
 /** Whether the query at position p sees the key at position s. */
-export function sees(starts: DocStarts, p: number, s: number): boolean {
-  return s <= p && s >= docStartOf(starts, p);
+export function sees(starts: DocStarts, p: number, s: number, window?: number): boolean {
+  return s <= p && s >= firstKeyOf(starts, p, window);
 }
 
 /**
  * The keys of [k0, k1) that at least one query of [q0, q1) sees, as a range [start, end) of global
- * positions, or null when none does. The union of [docStart(p), p] over consecutive p is one range
- * (a document start p + 1 begins right after p), so the answer is
- * [max(docStart(q0), k0), min(q1, k1)).
+ * positions, or null when none does. The union of [firstKey(p), p] over consecutive p is one range
+ * (firstKey(p + 1) <= p + 1: each range begins at most right after the previous one ends), so the
+ * answer is [max(firstKey(q0), k0), min(q1, k1)), window or not.
  */
 export function visibleKeyRange(
   starts: DocStarts,
@@ -79,9 +102,10 @@ export function visibleKeyRange(
   q1: number,
   k0: number,
   k1: number,
+  window?: number,
 ): { start: number; end: number } | null {
   if (q1 <= q0 || k1 <= k0) return null;
-  const start = Math.max(docStartOf(starts, q0), k0), end = Math.min(q1, k1);
+  const start = Math.max(firstKeyOf(starts, q0, window), k0), end = Math.min(q1, k1);
   return start < end ? { start, end } : null;
 }
 
@@ -92,20 +116,27 @@ export function blockPairVisible(
   q1: number,
   k0: number,
   k1: number,
+  window?: number,
 ): boolean {
-  return visibleKeyRange(starts, q0, q1, k0, k1) !== null;
+  return visibleKeyRange(starts, q0, q1, k0, k1, window) !== null;
 }
 
-/** sum of (x - base + 1) for x in [a, b): the keys [base, x] of queries a .. b-1. */
-function triangle(a: number, b: number, base: number): number {
+/** sum of max(0, c + m p) for integers p in [a, b), m in {-1, 0, 1}: an arithmetic series. */
+function positiveSum(a: number, b: number, c: number, m: number): number {
+  // The terms are positive on p >= 1 - c (m = 1), p <= c - 1 (m = -1), everywhere or nowhere (0).
+  if (m > 0) a = Math.max(a, 1 - c);
+  else if (m < 0) b = Math.min(b, c);
+  else if (c <= 0) return 0;
   if (b <= a) return 0;
-  return ((b - a) * ((a - base + 1) + (b - base))) / 2;
+  return ((b - a) * ((c + m * a) + (c + m * (b - 1)))) / 2;
 }
 
 /**
  * Number of visible (query, key) pairs of the block pair: the attention work it holds (in units of
- * one score, the same for forward and backward). Per document, queries before the first key see
- * nothing, the next ones a growing prefix of the key block, the rest all of it.
+ * one score, the same for forward and backward). Per document with queries p in [lo, hi), p sees
+ * the keys [max(first, p - W + 1), min(p + 1, k1)) with first = max(docStart, k0): both bounds are
+ * piecewise linear in p (breaking at p = first + W - 1 and p = k1 - 1), so the count is a sum of
+ * at most three arithmetic series.
  */
 export function visiblePairCount(
   starts: DocStarts,
@@ -113,9 +144,10 @@ export function visiblePairCount(
   q1: number,
   k0: number,
   k1: number,
+  window?: number,
 ): number {
   if (q1 <= q0 || k1 <= k0) return 0;
-  const all = starts.length > 0 ? starts : [0];
+  const all = starts.length > 0 ? starts : [0], W = span(window);
   let total = 0;
   for (let c = Math.max(startsUpTo(all, q0) - 1, 0); c < all.length; c++) {
     const docStart = all[c];
@@ -124,10 +156,15 @@ export function visiblePairCount(
     const lo = Math.max(docStart, q0), hi = Math.min(docEnd, q1); // queries of this document
     const first = Math.max(docStart, k0); // the first key any of them sees
     if (hi <= lo || first >= k1) continue;
-    // Queries p < first see nothing, first <= p < k1 see [first, p], p >= k1 see [first, k1).
-    const growEnd = Math.min(hi, k1);
-    total += triangle(Math.max(lo, first), growEnd, first);
-    total += Math.max(hi - Math.max(lo, k1), 0) * (k1 - first);
+    const slide = first + W - 1, full = k1 - 1; // from here on: left bound p - W + 1; right k1
+    const cuts = [lo, ...[slide, full].filter((x) => x > lo && x < hi).sort((x, y) => x - y), hi];
+    for (let i = 0; i + 1 < cuts.length; i++) {
+      const a = cuts[i], b = cuts[i + 1];
+      // On [a, b): count(p) = right(p) - left(p) = c + m p.
+      const [lc, lm] = a >= slide ? [1 - W, 1] : [first, 0];
+      const [rc, rm] = a >= full ? [k1, 0] : [1, 1];
+      total += positiveSum(a, b, rc - lc, rm - lm);
+    }
   }
   return total;
 }

@@ -92,7 +92,10 @@ export class LlamaModel {
   /** Sizes of the per-layer host copies when checkpoints are offloaded. */
   readonly #hostCheckpoints: { x: number; o?: number; lse?: number } | null;
   #host: CheckpointOffload | null = null;
-  /** The current micro-batch's documents per sequence (null: plain causal attention). */
+  /**
+   * The current micro-batch's documents per sequence, with the config's sliding window (null: plain
+   * causal attention; a windowed model without documents has one document per sequence).
+   */
   #documents: SequenceDocuments[] | null = null;
   /** Device memory of their starts (grown as needed; tiny: one int64 per document). */
   #docStarts: DeviceBuffer | null = null;
@@ -359,7 +362,9 @@ export class LlamaModel {
    * Uploads a micro-batch: ids and labels [batch * seqLen]; positions default to 0..T-1.
    * `documents`: per sequence of the micro-batch, the global starts of its documents (the whole
    * sequence's, on every rank; src/model/documents.ts), so attention masks by document; absent:
-   * causal attention over the whole sequence. RoPE positions are the caller's (`positions`).
+   * causal attention over the whole sequence. A config with a sliding window (`slidingWindow`,
+   * Mistral) masks by it too, with or without documents. RoPE positions are the caller's
+   * (`positions`).
    */
   setBatch(
     ids: Int32Array,
@@ -403,8 +408,15 @@ export class LlamaModel {
     this.#uploadDocuments(documents);
   }
 
-  /** Uploads every sequence's document starts into one device buffer (grown when too small). */
-  #uploadDocuments(documents: readonly DocStarts[] | undefined): void {
+  /**
+   * Uploads every sequence's document starts into one device buffer (grown when too small). With a
+   * sliding window and no documents, each sequence is one document: the kernels take the window
+   * with the documents (src/runtime/ops.ts, AttentionDocuments).
+   */
+  #uploadDocuments(given: readonly DocStarts[] | undefined): void {
+    const window = this.cfg.slidingWindow ?? 0;
+    const documents = given ??
+      (window > 0 ? Array.from({ length: this.opts.batch }, () => [0]) : undefined);
     if (!documents) {
       this.#documents = null;
       return;
@@ -417,10 +429,11 @@ export class LlamaModel {
     this.device.upload(this.#docStarts.ptr, all);
     let at = 0;
     this.#documents = documents.map((starts) => {
-      const docs = {
+      const docs: SequenceDocuments = {
         starts,
         device: { starts: this.#docStarts!.ptr + BigInt(at * 8), count: starts.length },
       };
+      if (window > 0) docs.window = docs.device.window = window;
       at += starts.length;
       return docs;
     });

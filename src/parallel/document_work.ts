@@ -8,16 +8,20 @@ import { type DocStarts, visiblePairCount } from "../model/documents.ts";
 import type { ParallelLayout } from "./layout.ts";
 import { Rng } from "../data/random.ts";
 
-/** Visible (query, key) pairs of each sp rank's queries in a `length`-token window. */
+/**
+ * Visible (query, key) pairs of each sp rank's queries in a `length`-token window, under a sliding
+ * window when `window` > 0.
+ */
 export function attentionWorkPerRank(
   layout: ParallelLayout,
   length: number,
   starts: DocStarts,
+  window = 0,
 ): number[] {
   return Array.from({ length: layout.sp }, (_, r) => {
     let work = 0;
     for (const [q0, n] of layout.forRank(layout.dpRank * layout.sp + r).pieces(length)) {
-      work += visiblePairCount(starts, q0, q0 + n, 0, length);
+      work += visiblePairCount(starts, q0, q0 + n, 0, length, window);
     }
     return work;
   });

@@ -232,14 +232,19 @@ export function rope(
 
 /**
  * The documents of a packed sequence, in device memory: a query sees only earlier keys of its own
- * document (the rule: csrc/include/distflash.h, df_attention_forward_docs; the host-side
+ * document, within the sliding window when there is one (the rule: csrc/include/distflash.h, df_attention_forward_docs; the host-side
  * helpers: src/model/documents.ts).
  */
 export interface AttentionDocuments {
   /** int64 global start positions of the whole sequence's documents: ascending, the first 0. */
   starts: DevicePtr;
-  /** Number of entries; 0 is plain causal attention. */
+  /** Number of entries; 0 is plain causal attention (or a windowed one, with `window`). */
   count: number;
+  /**
+   * Sliding window (Mistral): a query at p also needs p - s < window to see the key at s; absent
+   * or 0: none.
+   */
+  window?: number;
   /**
    * The same starts on the host, where the caller has them: src/model/document_attention.ts then
    * splits the block pair into causal pieces for the fast kernels (the ops here ignore it).
@@ -273,7 +278,7 @@ export function attentionForward(
   s: Stream = 0n,
 ): void {
   if (a.docs) {
-    const docs = [a.docs.starts, B(a.docs.count)] as const;
+    const docs = [a.docs.starts, B(a.docs.count), B(a.docs.window ?? 0)] as const;
     const fn = "df_attention_forward_docs";
     d.check(d.sym.df_attention_forward_docs(out, lse, q, k, v, ...shapeArgs(a), ...docs, s), fn);
   } else {
@@ -298,7 +303,7 @@ export function attentionBackward(
 ): void {
   const tensors = [dq, dk, dv, dout, q, k, v, out, lse] as const;
   if (a.docs) {
-    const docs = [a.docs.starts, B(a.docs.count)] as const;
+    const docs = [a.docs.starts, B(a.docs.count), B(a.docs.window ?? 0)] as const;
     const fn = "df_attention_backward_docs";
     d.check(d.sym.df_attention_backward_docs(...tensors, ...shapeArgs(a), ...docs, s), fn);
   } else {

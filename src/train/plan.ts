@@ -283,7 +283,8 @@ export function formatPlan(
         ),
     );
   }
-  lines.push(...documentWorkLines(o, world, docLength));
+  lines.push(...windowWorkLines(cfg, o, world));
+  lines.push(...documentWorkLines(o, world, docLength, cfg.slidingWindow ?? 0));
   const fits = gpuFits && hostFits;
   const longest = longestFitting(cfg, o, world, budgetBytes, { hostBudgetBytes: host.bytes });
   lines.push(
@@ -423,22 +424,50 @@ export function cheapestSaving(
 }
 
 /**
+ * With a sliding window (Mistral v0.1) shorter than the training window: the visible (query, key)
+ * pairs against causal's, and on several sp ranks the busiest rank's share over the mean (block
+ * pairs wholly outside the window are skipped, so their work is not counted).
+ */
+function windowWorkLines(cfg: LlamaConfig, o: TrainOptions, world: number): string[] {
+  const layout = new ParallelLayout(world, 0, o), L = o.modelMaxLength, W = cfg.slidingWindow ?? 0;
+  if (W <= 0 || W >= L || L % layout.lengthUnit !== 0) return [];
+  const work = attentionWorkPerRank(layout, L, [0], W);
+  const fraction = work.reduce((a, b) => a + b, 0) / ((L * (L + 1)) / 2);
+  const spread = layout.sp > 1
+    ? `; busiest / mean over the ${layout.sp} sp ranks (${layout.sequence}): ${
+      imbalance(work).toFixed(2)
+    }`
+    : "";
+  return [
+    `attention work with the ${W}-token sliding window, share of causal's: ` +
+    `${fraction.toFixed(3)}${spread}`,
+  ];
+}
+
+/**
  * With --attention-mask document: the attention work of random-length documents (mean `docLength`,
  * plan's --doc-length; else a few means) against causal over the window, and on several sp ranks
  * the busiest rank's work over the mean (causal zigzag: 1.00); under zigzag both as the window
  * comes and with its documents reordered as training does (src/parallel/document_balance.ts),
  * each counted pair by pair (attentionWorkPerRank).
  */
-function documentWorkLines(o: TrainOptions, world: number, docLength?: number): string[] {
+function documentWorkLines(
+  o: TrainOptions,
+  world: number,
+  docLength?: number,
+  window = 0,
+): string[] {
   const layout = new ParallelLayout(world, 0, o), L = o.modelMaxLength;
   if (o.attentionMask !== "document" || L % layout.lengthUnit !== 0) return [];
   const means = docLength ? [docLength] : [L / 64, L / 16, L / 4].filter((n) => n >= 1);
   const cases = means.map((mean) => {
     const starts = randomDocumentStarts(L, Math.round(mean));
-    const work = attentionWorkPerRank(layout, L, starts);
+    const work = attentionWorkPerRank(layout, L, starts, window);
     const fraction = work.reduce((a, b) => a + b, 0) / ((L * (L + 1)) / 2);
     const balanced = layout.sequence === "zigzag" && layout.sp > 1
-      ? imbalance(attentionWorkPerRank(layout, L, balanceDocuments(starts, L, layout.sp).starts))
+      ? imbalance(
+        attentionWorkPerRank(layout, L, balanceDocuments(starts, L, layout.sp).starts, window),
+      )
       : undefined;
     return { mean: Math.round(mean), fraction, imbalance: imbalance(work), balanced };
   });

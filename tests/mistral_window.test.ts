@@ -1,0 +1,150 @@
+/**
+ * Mistral's sliding window in a whole model: a tiny random Mistral-shaped model (GQA, window 5)
+ * on 24-token windows, the window shorter than the sequence and than every rank's slice, on 1
+ * in-process rank and on 2 and 3 ranks with both sequence layouts (zigzag, contiguous), through
+ * the same ParallelLayout.sliceBatch and buildSequenceAttention as the trainer: loss and every
+ * gradient equal across rank counts (1e-5: sequence parallelism only reorders sums), with and
+ * without documents; and the loss differs from the same weights without a window (the window
+ * reaches the model). The kernels' windowed rule is checked against float64 in
+ * tests/attention_docs.test.ts. Not compared against transformers' MistralForCausalLM here (no
+ * fixture yet). fp32 on the CPU (or TEST_BACKEND).
+ */
+import { assert, assertLess } from "./assert.ts";
+import { relError, rng, testDevice } from "./_util.ts";
+import type { LlamaConfig } from "../src/model/config.ts";
+import { LlamaModel } from "../src/model/llama.ts";
+import { initRandom } from "../src/model/hf.ts";
+import { DType } from "../src/runtime/ops.ts";
+import { ParallelLayout, type SequenceLayout } from "../src/parallel/layout.ts";
+import { buildSequenceAttention } from "../src/parallel/sequence_attention.ts";
+import { LocalGroup } from "../src/comm/local_comm.ts";
+
+const WINDOW = 5, L = 24, WINDOWS = 2, BOS = 1;
+const CFG: LlamaConfig = {
+  modelType: "mistral",
+  slidingWindow: WINDOW,
+  vocabSize: 64,
+  hiddenSize: 32,
+  intermediateSize: 48,
+  numLayers: 2,
+  numHeads: 4,
+  numKvHeads: 2,
+  headDim: 8,
+  rmsNormEps: 1e-5,
+  ropeTheta: 10000,
+  ropeScaling: null,
+  maxPositionEmbeddings: 64,
+  tieWordEmbeddings: false,
+  bosTokenId: BOS,
+};
+
+function batch(withDocuments: boolean) {
+  const u = rng(3), ids = new Int32Array(WINDOWS * L), labels = new Int32Array(WINDOWS * L);
+  for (let i = 0; i < ids.length; i++) ids[i] = 2 + Math.floor(u() * (CFG.vocabSize - 2));
+  // Documents: BOS at positions 9 and 17 of the first window (the second stays one document).
+  if (withDocuments) ids[9] = ids[17] = BOS;
+  for (let i = 0; i < ids.length; i++) labels[i] = ids[(i + 1) % ids.length];
+  return { ids, labels };
+}
+
+interface Run {
+  loss: number;
+  grads: Map<string, Float32Array>;
+}
+
+async function run(
+  cfg: LlamaConfig,
+  P: number,
+  sequence: SequenceLayout,
+  withDocuments: boolean,
+): Promise<Run> {
+  const d = testDevice(), { ids, labels } = batch(withDocuments);
+  const comms = new LocalGroup(d, P).members();
+  const ranks = comms.map((comm, r) => {
+    const layout = new ParallelLayout(P, r, {
+      spSize: P,
+      distattnLayout: sequence,
+      fsdp: "",
+      offloadOptimizer: false,
+    });
+    const split = withDocuments ? { bos: BOS } : undefined;
+    const b = layout.sliceBatch({ inputs: ids, labels }, WINDOWS, L, split);
+    const S = layout.tokensPerRank(L);
+    const attention = P === 1 ? undefined : buildSequenceAttention(d, cfg, S, DType.f32, comm, {
+      layout: sequence,
+      balanced: true,
+      overlap: true,
+      headGroups: 1,
+    });
+    attention?.allocate();
+    const model = new LlamaModel(
+      d,
+      cfg,
+      { dtype: DType.f32, batch: WINDOWS, seqLen: S, vocabChunk: 32 },
+      attention,
+    );
+    model.allocate();
+    return { b, model, attention };
+  });
+  try {
+    for (const { model, b } of ranks) {
+      initRandom(model, 11, 0.5); // large weights: attention far from uniform
+      model.setBatch(b.inputs, b.labels, b.positions, b.documents);
+    }
+    await Promise.all(ranks.map(({ model }) => model.forward()));
+    const count = ranks.reduce((n, { b }) => n + b.labels.filter((l) => l >= 0).length, 0);
+    const loss = ranks.reduce((s, { model }) => s + model.lossSum(), 0) / count;
+    for (const { model } of ranks) model.zeroGrads();
+    await Promise.all(ranks.map(({ model }) => model.backward(1 / count)));
+    const grads = new Map<string, Float32Array>();
+    for (const e of ranks[0].model.layout.entries) {
+      const sum = new Float32Array(e.numel);
+      for (const { model } of ranks) {
+        const g = model.gradOf(e.name);
+        for (let i = 0; i < sum.length; i++) sum[i] += g[i];
+      }
+      grads.set(e.name, sum);
+    }
+    return { loss, grads };
+  } finally {
+    for (const { model, attention } of ranks) {
+      model.free();
+      attention?.free();
+    }
+  }
+}
+
+function assertSame(what: string, got: Run, want: Run, tol: number): number {
+  let worst = Math.abs(got.loss - want.loss) / Math.abs(want.loss);
+  assertLess(worst, tol, `${what}: loss ${got.loss} vs ${want.loss}`);
+  for (const [name, g] of want.grads) {
+    const e = relError(got.grads.get(name)!, g);
+    assertLess(e, tol, `${what}: gradient of ${name}`);
+    worst = Math.max(worst, e);
+  }
+  return worst;
+}
+
+for (const withDocuments of [false, true]) {
+  const docs = withDocuments ? ", with documents" : "";
+  Deno.test(`mistral window ${WINDOW}${docs}: 2 and 3 ranks (zigzag, contiguous) equal 1 rank`, async () => {
+    const one = await run(CFG, 1, "zigzag", withDocuments);
+    let worst = 0;
+    for (const P of [2, 3]) {
+      for (const sequence of ["zigzag", "contiguous"] as const) {
+        const many = await run(CFG, P, sequence, withDocuments);
+        worst = Math.max(worst, assertSame(`${P} ranks ${sequence}${docs}`, many, one, 1e-5));
+      }
+    }
+    console.log(
+      `window ${WINDOW}${docs}: largest relative difference to 1 rank ${worst.toExponential(2)}`,
+    );
+    // The same weights without a window: another loss (the window reaches the attention).
+    const full = await run({ ...CFG, slidingWindow: null }, 1, "zigzag", withDocuments);
+    const change = Math.abs(full.loss - one.loss) / one.loss;
+    console.log(
+      `loss ${one.loss} with the window, ${full.loss} without (${change.toExponential(2)})`,
+    );
+    assert(change > 1e-3, `the window changes the loss: ${one.loss} vs ${full.loss}`);
+  });
+}
