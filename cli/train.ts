@@ -99,6 +99,7 @@ export function registerTrain(program: Command, argv: string[]): void {
         nodeRank: options.nodeRank,
         masterAddr: options.masterAddr,
         masterPort: options.masterPort,
+        portIsDefault: input.masterPort === undefined,
         args: argv,
         outputDir: options.outputDir,
       });

@@ -32,7 +32,10 @@ const trainArgs = (out: string) => [
 ];
 
 /** Launches a 2-rank training job with its output captured. */
-async function job(out: string, port: { masterPort?: number; choosePort?: () => number }) {
+async function job(
+  out: string,
+  port: { masterPort?: number; portIsDefault?: boolean; choosePort?: () => number },
+) {
   const lines: string[] = [];
   let stderr = "";
   const result = await launch({
@@ -88,6 +91,23 @@ Deno.test("launcher port: a busy --master-port the user gave fails clearly, with
     assert(stderr.includes(`is MASTER_PORT ${port} in use?`), stderr);
     assert(!said.includes("was taken"), said);
     assertEquals(result.masterPort, port);
+  } finally {
+    busy.close();
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("launcher port: the CLI's default port, held by another job, is retried on a free one", async () => {
+  // Two jobs on one machine both start with 29500 unless told otherwise: the second must not fail.
+  const busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (busy.addr as Deno.NetAddr).port;
+  const out = await Deno.makeTempDir();
+  try {
+    const { result, lines, stderr } = await job(out, { masterPort: port, portIsDefault: true });
+    const said = lines.join("\n");
+    assertEquals(result.code, 0, `${said}\n${stderr}`);
+    assert(result.masterPort !== port, said);
+    assertEquals(lines.filter((l) => l.includes(`port ${port} was taken`)).length, 1, said);
   } finally {
     busy.close();
     await Deno.remove(out, { recursive: true });

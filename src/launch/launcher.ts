@@ -25,7 +25,9 @@
  *   MASTER_PORT_TAKEN_EXIT_CODE (rank 0 cannot listen, or a rank reached the other process's store
  *   and was refused) and the launcher stops this node's ranks and starts them all again on a new
  *   port, with a note, up to PORT_ATTEMPTS times. Safe: the ranks write nothing before they meet
- *   (the output folder is claimed after the rendezvous). A port the user gave is never retried.
+ *   (the output folder is claimed after the rendezvous). The CLI's default port (`portIsDefault`)
+ *   is retried the same way on one node (two jobs on one machine both start with 29500); a port
+ *   the user gave is never retried.
  * - SIGINT/SIGTERM to the launcher are forwarded to every rank as the same signal: ranks that are
  *   training finish the step, save a checkpoint and exit (130 after Ctrl-C, 143 after SIGTERM);
  *   ranks still starting (no stop handler yet) end without saving, and the launcher says so. They
@@ -63,6 +65,11 @@ export interface LaunchOptions {
   masterAddr?: string;
   /** Rendezvous port; 0 (the default) picks a free one (single node only). */
   masterPort?: number;
+  /**
+   * `masterPort` is the CLI's default (29500), not a port the user named: on one node, when
+   * another job holds it, the ranks start again on a free port as for 0.
+   */
+  portIsDefault?: boolean;
   /** Arguments of each rank's command. */
   args: string[];
   /** Logs go to `<outputDir>/logs/rank<R>.log`. */
@@ -327,6 +334,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
     throw new RangeError(`--master-port must be a port number, got ${masterPort}`);
   }
   const portChosenHere = masterPort === 0;
+  const portMayMove = portChosenHere || (options.portIsDefault === true && nnodes === 1);
   const choosePort = options.choosePort ??
     (() => freePort(masterAddr === "localhost" ? "127.0.0.1" : masterAddr));
   if (portChosenHere) {
@@ -437,7 +445,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
     for (let attempt = 1;; attempt++) {
       await startAndWait();
       const first = firstFailure(observed);
-      const retry = portChosenHere && interrupted === null && attempt < PORT_ATTEMPTS &&
+      const retry = portMayMove && interrupted === null && attempt < PORT_ATTEMPTS &&
         first?.code === MASTER_PORT_TAKEN_EXIT_CODE;
       if (!retry) break;
       const taken = masterPort;
