@@ -236,17 +236,7 @@ export function checkOutputDir(options: {
   if (existsSync(outputDir) && !lstatSync(real(outputDir)).isDirectory()) {
     throw new OutputDirError(`${flag} is a file, not a folder`);
   }
-  const names = existsSync(outputDir) ? readdirSync(outputDir) : [];
-  const links = names.filter((n) => WRITTEN.includes(n) || WRITTEN_PATTERN.test(n))
-    .filter((n) => lstatSync(join(outputDir, n)).isSymbolicLink());
-  if (links.length) {
-    const list = links.map((n) => `${n} -> ${readlinkSync(join(outputDir, n))}`).join(", ");
-    throw new OutputDirError(
-      `${flag}: ${list} ${links.length === 1 ? "is a symbolic link" : "are symbolic links"}; ` +
-        "distflash does not write through links (that would overwrite their targets): remove " +
-        "them, or choose another output folder",
-    );
-  }
+  // A folder in use is refused first: nothing below may look at files a live run is changing.
   const lockPath = join(outputDir, LOCK_FILE);
   if (existsSync(lockPath)) {
     const file = openLock(lockPath, false);
@@ -259,6 +249,23 @@ export function checkOutputDir(options: {
     } finally {
       file.close();
     }
+  }
+  const names = existsSync(outputDir) ? readdirSync(outputDir) : [];
+  const links = names.filter((n) => WRITTEN.includes(n) || WRITTEN_PATTERN.test(n))
+    .filter((n) => {
+      try {
+        return lstatSync(join(outputDir, n)).isSymbolicLink();
+      } catch {
+        return false; // gone since the listing
+      }
+    });
+  if (links.length) {
+    const list = links.map((n) => `${n} -> ${readlinkSync(join(outputDir, n))}`).join(", ");
+    throw new OutputDirError(
+      `${flag}: ${list} ${links.length === 1 ? "is a symbolic link" : "are symbolic links"}; ` +
+        "distflash does not write through links (that would overwrite their targets): remove " +
+        "them, or choose another output folder",
+    );
   }
 
   const folderRun = readRunId(outputDir);
