@@ -45,7 +45,7 @@ import { lookup } from "node:dns/promises";
 import { compiledRoot } from "../../ffi/loader.ts";
 import { COMM_FAILURE_EXIT_CODE, envSeconds, MASTER_PORT_TAKEN_EXIT_CODE } from "../comm/comm.ts";
 import { jobSecret, newJobSecret } from "../comm/job_secret.ts";
-import { SIGNAL_REPEAT_MS, signalName } from "../train/signals.ts";
+import { SIGNAL_REPEAT_MS, signalName } from "./stop_signal.ts";
 
 /** Always present in the ranks' environment: NVLink multicast (NVLS) stays off. */
 export const MULTICAST_OFF_ENV: Readonly<Record<string, string>> = Object.freeze({

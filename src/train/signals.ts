@@ -11,20 +11,7 @@
 import type { Communicator } from "../comm/comm.ts";
 import type { Device, DeviceBuffer } from "../runtime/device.ts";
 import { allReduceNumber } from "./ranks.ts";
-
-/**
- * A stop signal arriving within this many milliseconds of the first is a copy of it (a forwarded
- * Ctrl-C), not a second request; a second one after this pause quits at once.
- */
-export const SIGNAL_REPEAT_MS = 1500;
-
-/** How a stop signal is named to people: Ctrl-C for SIGINT. */
-export function signalName(signal: StopSignal): string {
-  return signal === "SIGINT" ? "Ctrl-C (SIGINT)" : "SIGTERM";
-}
-
-/** A signal that stops a run. */
-export type StopSignal = "SIGINT" | "SIGTERM";
+import { SIGNAL_REPEAT_MS, signalName, type StopSignal } from "../launch/stop_signal.ts";
 
 /** The stop signals' listeners of one run, from construction until `remove`. */
 export class StopSignals {
