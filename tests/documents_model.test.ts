@@ -10,17 +10,14 @@
  * Tolerance 1e-4 as in tests/llama.test.ts: fp32 compute through a 2-layer model stays near 1e-6
  * relative to the float64 reference; sequence parallelism only reorders sums.
  */
+import { freeRanks, gatheredLogits, inProcessRanks, labelCount, summedGrads } from "./_ranks.ts";
 import { assert, assertEquals, assertLess } from "./assert.ts";
-import { relError, rng, runCpuRanks, TEST_BACKEND, testDevice } from "./_util.ts";
+import { relError, rng, runCpuRanks, TEST_BACKEND } from "./_util.ts";
 import { join } from "node:path";
 import { openSafetensors } from "../src/io/safetensors.ts";
 import { readHfConfig } from "../src/model/hf_config.ts";
-import { LlamaModel } from "../src/model/llama.ts";
 import { loadWeights } from "../src/model/hf.ts";
-import { DType } from "../src/runtime/ops.ts";
 import { ParallelLayout, type SequenceLayout } from "../src/parallel/layout.ts";
-import { buildSequenceAttention } from "../src/parallel/sequence_attention.ts";
-import { LocalGroup } from "../src/comm/local_comm.ts";
 import {
   attentionWorkPerRank,
   imbalance,
@@ -77,38 +74,19 @@ async function run(
     balance?: boolean;
   },
 ): Promise<Run> {
-  const d = testDevice(), dir = `${fixtures}${variant}`, cfg = await readHfConfig(dir);
+  const dir = `${fixtures}${variant}`, cfg = await readHfConfig(dir);
   const P = o.P, layoutName = o.layout ?? "zigzag", windows = ids.length / L;
-  const comms = new LocalGroup(d, P).members();
-  const ranks = comms.map((comm, r) => {
-    const layout = new ParallelLayout(P, r, {
-      spSize: P,
-      distattnLayout: layoutName,
-      fsdp: "",
-      offloadOptimizer: false,
-    });
-    const batch = layout.sliceBatch(
-      { inputs: ids, labels: next },
-      windows,
-      L,
-      o.documents === false ? undefined : { bos: cfg.bosTokenId!, balance: o.balance },
-    );
-    const S = layout.tokensPerRank(L);
-    const attention = P === 1 ? undefined : buildSequenceAttention(d, cfg, S, DType.f32, comm, {
-      layout: layoutName,
-      balanced: true,
-      overlap: true,
-      headGroups: o.groups ?? 1,
-    });
-    attention?.allocate();
-    const model = new LlamaModel(
-      d,
-      cfg,
-      { dtype: DType.f32, batch: windows, seqLen: S, vocabChunk: 100 },
-      attention,
-    );
-    model.allocate();
-    return { layout, batch, model, attention };
+  const split = o.documents === false ? undefined : { bos: cfg.bosTokenId!, balance: o.balance };
+  const ranks = inProcessRanks(cfg, {
+    P,
+    layout: layoutName,
+    ids,
+    labels: next,
+    windows,
+    L,
+    split,
+    vocabChunk: 100,
+    headGroups: o.groups,
   });
   try {
     for (const { model, batch } of ranks) {
@@ -116,57 +94,31 @@ async function run(
       model.setBatch(batch.inputs, batch.labels, batch.positions, batch.documents);
     }
     await Promise.all(ranks.map(({ model }) => model.forward()));
-    const count = ranks.reduce((n, { batch }) => n + batch.labels.filter((l) => l >= 0).length, 0);
-    let lossSum = 0;
-    const V = cfg.vocabSize, logits = new Float32Array(ids.length * V);
-    for (const { model, layout, batch } of ranks) {
-      lossSum += model.lossSum();
-      const mine = model.fullLogits(), S = layout.tokensPerRank(L);
-      for (let b = 0; b < windows; b++) {
-        let at = b * S;
-        for (const [start, n] of layout.pieces(L)) {
-          logits.set(mine.subarray(at * V, (at + n) * V), (b * L + start) * V);
-          at += n;
-        }
-      }
-      assertEquals(batch.labels.length, windows * S);
+    const count = labelCount(ranks);
+    const lossSum = ranks.reduce((sum, { model }) => sum + model.lossSum(), 0);
+    for (const { layout, batch } of ranks) {
+      assertEquals(batch.labels.length, windows * layout.tokensPerRank(L));
     }
-    // Balanced zigzag reorders each window's documents: put their logits back in window order.
-    if (o.documents !== false && o.balance !== false && layoutName === "zigzag" && P > 1) {
-      for (let b = 0; b < windows; b++) {
-        const window = ids.subarray(b * L, (b + 1) * L);
-        const docs = docStartsFromTokens(window, cfg.bosTokenId!);
-        const { order, starts } = balanceDocuments(docs, L, P);
-        const moved = logits.slice(b * L * V, (b + 1) * L * V);
-        order.forEach((d, i) => {
-          const n = (d + 1 < docs.length ? docs[d + 1] : L) - docs[d];
-          logits.set(moved.subarray(starts[i] * V, (starts[i] + n) * V), (b * L + docs[d]) * V);
-        });
-      }
-    }
+    // Balanced zigzag reorders each window's documents: gatheredLogits puts them back.
+    const logits = gatheredLogits(ranks, {
+      ids,
+      windows,
+      L,
+      V: cfg.vocabSize,
+      bos: split ? cfg.bosTokenId! : undefined,
+      balanced: o.balance !== false && layoutName === "zigzag" && P > 1,
+    });
     for (const { model } of ranks) model.zeroGrads();
     await Promise.all(ranks.map(({ model }) => model.backward(1 / count)));
-    const grads = new Map<string, Float32Array>();
-    for (const e of ranks[0].model.layout.entries) {
-      const sum = new Float32Array(e.numel);
-      for (const { model } of ranks) {
-        const g = model.gradOf(e.name);
-        for (let i = 0; i < sum.length; i++) sum[i] += g[i];
-      }
-      grads.set(e.name, sum);
-    }
     return {
       logits,
       loss: lossSum / count,
-      grads,
+      grads: summedGrads(ranks),
       labels: ranks[0].batch.labels,
       positions: ranks[0].batch.positions,
     };
   } finally {
-    for (const { model, attention } of ranks) {
-      model.free();
-      attention?.free();
-    }
+    freeRanks(ranks);
   }
 }
 

@@ -15,6 +15,7 @@
  * (or TEST_BACKEND); tolerance 1e-4 against transformers as in tests/families.test.ts, 1e-5
  * between rank counts (sequence parallelism only reorders sums).
  */
+import { freeRanks, gatheredLogits, inProcessRanks, labelCount, summedGrads } from "./_ranks.ts";
 import { assert, assertEquals, assertLess } from "./assert.ts";
 import { relError, rng, testDevice } from "./_util.ts";
 import { openSafetensors } from "../src/io/safetensors.ts";
@@ -22,10 +23,7 @@ import { readHfConfig } from "../src/model/hf_config.ts";
 import { LlamaModel } from "../src/model/llama.ts";
 import { loadWeights } from "../src/model/hf.ts";
 import { DType } from "../src/runtime/ops.ts";
-import { ParallelLayout, type SequenceLayout } from "../src/parallel/layout.ts";
-import { buildSequenceAttention } from "../src/parallel/sequence_attention.ts";
-import { LocalGroup } from "../src/comm/local_comm.ts";
-import { balanceDocuments } from "../src/parallel/document_balance.ts";
+import type { SequenceLayout } from "../src/parallel/layout.ts";
 import { docStartsFromTokens } from "../src/model/documents.ts";
 import { fileURLToPath } from "node:url";
 
@@ -78,34 +76,18 @@ async function run(
   L: number,
   o: { P: number; layout: SequenceLayout; bos?: number },
 ): Promise<Run> {
-  const d = testDevice(), dir = `${fixtures}${variant}`, cfg = await readHfConfig(dir);
+  const dir = `${fixtures}${variant}`, cfg = await readHfConfig(dir);
   const { P, layout: sequence } = o, windows = ids.length / L, V = cfg.vocabSize;
-  const comms = new LocalGroup(d, P).members();
-  const ranks = comms.map((comm, r) => {
-    const layout = new ParallelLayout(P, r, {
-      spSize: P,
-      distattnLayout: sequence,
-      fsdp: "",
-      offloadOptimizer: false,
-    });
-    const split = o.bos === undefined ? undefined : { bos: o.bos };
-    const batch = layout.sliceBatch({ inputs: ids, labels }, windows, L, split);
-    const S = layout.tokensPerRank(L);
-    const attention = P === 1 ? undefined : buildSequenceAttention(d, cfg, S, DType.f32, comm, {
-      layout: sequence,
-      balanced: true,
-      overlap: true,
-      headGroups: 1,
-    });
-    attention?.allocate();
-    const model = new LlamaModel(
-      d,
-      cfg,
-      { dtype: DType.f32, batch: windows, seqLen: S, vocabChunk: 50 },
-      attention,
-    );
-    model.allocate();
-    return { layout, batch, model, attention };
+  const split = o.bos === undefined ? undefined : { bos: o.bos };
+  const ranks = inProcessRanks(cfg, {
+    P,
+    layout: sequence,
+    ids,
+    labels,
+    windows,
+    L,
+    split,
+    vocabChunk: 50,
   });
   try {
     for (const { model, batch } of ranks) {
@@ -113,49 +95,22 @@ async function run(
       model.setBatch(batch.inputs, batch.labels, batch.positions, batch.documents);
     }
     await Promise.all(ranks.map(({ model }) => model.forward()));
-    const count = ranks.reduce((n, { batch }) => n + batch.labels.filter((l) => l >= 0).length, 0);
-    let lossSum = 0;
-    const logits = new Float32Array(windows * L * V);
-    for (const { model, layout } of ranks) {
-      lossSum += model.lossSum();
-      const mine = model.fullLogits(), S = layout.tokensPerRank(L);
-      for (let b = 0; b < windows; b++) {
-        let at = b * S;
-        for (const [start, n] of layout.pieces(L)) {
-          logits.set(mine.subarray(at * V, (at + n) * V), (b * L + start) * V);
-          at += n;
-        }
-      }
-    }
-    // Zigzag on several ranks reorders each window's whole documents for balance: undo it.
-    if (o.bos !== undefined && sequence === "zigzag" && P > 1) {
-      for (let b = 0; b < windows; b++) {
-        const docs = docStartsFromTokens(ids.subarray(b * L, (b + 1) * L), o.bos);
-        const { order, starts } = balanceDocuments(docs, L, P);
-        const moved = logits.slice(b * L * V, (b + 1) * L * V);
-        order.forEach((doc, i) => {
-          const n = (doc + 1 < docs.length ? docs[doc + 1] : L) - docs[doc];
-          logits.set(moved.subarray(starts[i] * V, (starts[i] + n) * V), (b * L + docs[doc]) * V);
-        });
-      }
-    }
+    const count = labelCount(ranks);
+    const lossSum = ranks.reduce((sum, { model }) => sum + model.lossSum(), 0);
+    // Zigzag on several ranks reorders each window's whole documents for balance: undone here.
+    const logits = gatheredLogits(ranks, {
+      ids,
+      windows,
+      L,
+      V,
+      bos: o.bos,
+      balanced: sequence === "zigzag" && P > 1,
+    });
     for (const { model } of ranks) model.zeroGrads();
     await Promise.all(ranks.map(({ model }) => model.backward(1 / count)));
-    const grads = new Map<string, Float32Array>();
-    for (const e of ranks[0].model.layout.entries) {
-      const sum = new Float32Array(e.numel);
-      for (const { model } of ranks) {
-        const g = model.gradOf(e.name);
-        for (let i = 0; i < sum.length; i++) sum[i] += g[i];
-      }
-      grads.set(e.name, sum);
-    }
-    return { logits, loss: lossSum / count, grads };
+    return { logits, loss: lossSum / count, grads: summedGrads(ranks) };
   } finally {
-    for (const { model, attention } of ranks) {
-      model.free();
-      attention?.free();
-    }
+    freeRanks(ranks);
   }
 }
 

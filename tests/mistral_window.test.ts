@@ -9,15 +9,12 @@
  * tests/attention_docs.test.ts. Not compared against transformers' MistralForCausalLM here (no
  * fixture yet). fp32 on the CPU (or TEST_BACKEND).
  */
+import { freeRanks, inProcessRanks, labelCount, summedGrads } from "./_ranks.ts";
 import { assert, assertLess } from "./assert.ts";
-import { relError, rng, testDevice } from "./_util.ts";
+import { relError, rng } from "./_util.ts";
 import type { LlamaConfig } from "../src/model/config.ts";
-import { LlamaModel } from "../src/model/llama.ts";
 import { initRandom } from "../src/model/hf.ts";
-import { DType } from "../src/runtime/ops.ts";
-import { ParallelLayout, type SequenceLayout } from "../src/parallel/layout.ts";
-import { buildSequenceAttention } from "../src/parallel/sequence_attention.ts";
-import { LocalGroup } from "../src/comm/local_comm.ts";
+import type { SequenceLayout } from "../src/parallel/layout.ts";
 
 const WINDOW = 5, L = 24, WINDOWS = 2, BOS = 1;
 const CFG: LlamaConfig = {
@@ -58,59 +55,31 @@ async function run(
   sequence: SequenceLayout,
   withDocuments: boolean,
 ): Promise<Run> {
-  const d = testDevice(), { ids, labels } = batch(withDocuments);
-  const comms = new LocalGroup(d, P).members();
-  const ranks = comms.map((comm, r) => {
-    const layout = new ParallelLayout(P, r, {
-      spSize: P,
-      distattnLayout: sequence,
-      fsdp: "",
-      offloadOptimizer: false,
-    });
-    const split = withDocuments ? { bos: BOS } : undefined;
-    const b = layout.sliceBatch({ inputs: ids, labels }, WINDOWS, L, split);
-    const S = layout.tokensPerRank(L);
-    const attention = P === 1 ? undefined : buildSequenceAttention(d, cfg, S, DType.f32, comm, {
-      layout: sequence,
-      balanced: true,
-      overlap: true,
-      headGroups: 1,
-    });
-    attention?.allocate();
-    const model = new LlamaModel(
-      d,
-      cfg,
-      { dtype: DType.f32, batch: WINDOWS, seqLen: S, vocabChunk: 32 },
-      attention,
-    );
-    model.allocate();
-    return { b, model, attention };
+  const { ids, labels } = batch(withDocuments);
+  const split = withDocuments ? { bos: BOS } : undefined;
+  const ranks = inProcessRanks(cfg, {
+    P,
+    layout: sequence,
+    ids,
+    labels,
+    windows: WINDOWS,
+    L,
+    split,
+    vocabChunk: 32,
   });
   try {
-    for (const { model, b } of ranks) {
+    for (const { model, batch: b } of ranks) {
       initRandom(model, 11, 0.5); // large weights: attention far from uniform
       model.setBatch(b.inputs, b.labels, b.positions, b.documents);
     }
     await Promise.all(ranks.map(({ model }) => model.forward()));
-    const count = ranks.reduce((n, { b }) => n + b.labels.filter((l) => l >= 0).length, 0);
+    const count = labelCount(ranks);
     const loss = ranks.reduce((s, { model }) => s + model.lossSum(), 0) / count;
     for (const { model } of ranks) model.zeroGrads();
     await Promise.all(ranks.map(({ model }) => model.backward(1 / count)));
-    const grads = new Map<string, Float32Array>();
-    for (const e of ranks[0].model.layout.entries) {
-      const sum = new Float32Array(e.numel);
-      for (const { model } of ranks) {
-        const g = model.gradOf(e.name);
-        for (let i = 0; i < sum.length; i++) sum[i] += g[i];
-      }
-      grads.set(e.name, sum);
-    }
-    return { loss, grads };
+    return { loss, grads: summedGrads(ranks) };
   } finally {
-    for (const { model, attention } of ranks) {
-      model.free();
-      attention?.free();
-    }
+    freeRanks(ranks);
   }
 }
 
