@@ -5,7 +5,8 @@
  * own reference is a float64 loop in tests/attention_docs.test.ts) on the backend under test, for
  * random layouts: documents shorter than a kernel tile, one spanning the whole pair, BOS only at the
  * first position, queries whose document has no key in the key block, key blocks before, across and
- * after the query block. Backward adds into nonzero gradients.
+ * after the query block; Mistral's sliding window with and without documents (on CUDA in bf16 the
+ * window-cut pieces run the Hopper kernels' window on sm_90a). Backward adds into nonzero gradients.
  *
  * Tolerances: fp32 storage 1e-5 (both sides sum the same visible terms in fp32; the orders differ),
  * bf16 storage 1e-2 (on CUDA the pieces run the bf16 tensor-core kernels, the reference the fp32-math
@@ -20,6 +21,7 @@ import {
   attentionBackward,
   attentionForward,
   documentPieces,
+  windowCuts,
 } from "../src/model/document_attention.ts";
 import { sees } from "../src/model/documents.ts";
 
@@ -41,11 +43,12 @@ Deno.test("document pieces: every query once, and exactly its visible keys (brut
       fc.integer({ min: 1, max: 40 }),
       fc.nat(39),
       fc.integer({ min: 1, max: 40 }),
-      (L, extra, qa, qn, ka, kn) => {
+      fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 45 })), // sliding window (0: none)
+      (L, extra, qa, qn, ka, kn, window) => {
         const starts = [0, ...new Set(extra.filter((s) => s < L))].sort((a, b) => a - b);
         const q0 = Math.min(qa, L - 1), q1 = Math.min(q0 + qn, L);
         const k0 = Math.min(ka, L - 1), k1 = Math.min(k0 + kn, L);
-        const pieces = documentPieces(starts, q0, q1, k0, k1);
+        const pieces = documentPieces(starts, q0, q1, k0, k1, window);
         const owner = new Map<number, (typeof pieces)[number]>();
         for (const p of pieces) {
           assert(p.q0 < p.q1 && p.k0 <= p.k1, JSON.stringify(p));
@@ -58,8 +61,11 @@ Deno.test("document pieces: every query once, and exactly its visible keys (brut
           const p = owner.get(x);
           assert(p, `query ${x} in no piece`);
           for (let s = k0; s < k1; s++) {
-            // The piece's causal rule (s in its keys and s <= x) is the document rule.
-            assertEquals(s >= p.k0 && s < p.k1 && s <= x, sees(starts, x, s), `q ${x} k ${s}`);
+            // The piece's rule (s in its keys and s <= x, and x - s < window where the window cuts
+            // the piece: it runs as a windowed pair then) is the document-and-window rule.
+            const inWindow = !windowCuts(p, window) || x - s < window;
+            const pieceSees = s >= p.k0 && s < p.k1 && s <= x && inWindow;
+            assertEquals(pieceSees, sees(starts, x, s, window), `q ${x} k ${s} window ${window}`);
           }
         }
       },
@@ -76,6 +82,8 @@ interface Case {
   tq: number;
   k0: number;
   tk: number;
+  /** Mistral's sliding window (absent: none). */
+  window?: number;
 }
 
 const CASES: Case[] = [
@@ -122,6 +130,50 @@ const CASES: Case[] = [
     k0: 20,
     tk: 100,
   },
+  // The sliding window: a windowed model without documents (the single start 0: each pair is one
+  // windowed piece), on the diagonal and with keys before the queries (every row cut); with
+  // documents, some pieces cut by the window and some not; a key block the window leaves out for
+  // some documents' queries entirely.
+  {
+    what: "window, no documents, diagonal",
+    L: 256,
+    starts: [0],
+    q0: 0,
+    tq: 256,
+    k0: 0,
+    tk: 256,
+    window: 70,
+  },
+  {
+    what: "window, no documents, keys before",
+    L: 320,
+    starts: [0],
+    q0: 192,
+    tq: 128,
+    k0: 64,
+    tk: 128,
+    window: 150,
+  },
+  {
+    what: "window and documents",
+    L: 256,
+    starts: [0, 30, 150],
+    q0: 0,
+    tq: 256,
+    k0: 0,
+    tk: 256,
+    window: 64,
+  },
+  {
+    what: "window and documents, keys far before",
+    L: 384,
+    starts: [0, 200, 260],
+    q0: 256,
+    tq: 128,
+    k0: 0,
+    tk: 160,
+    window: 120,
+  },
 ];
 
 for (const dtype of [DType.f32, DType.bf16]) {
@@ -144,9 +196,10 @@ for (const dtype of [DType.f32, DType.bf16]) {
         const nq = c.tq * nh * hd, nk = c.tk * nkv * hd;
         const q = s.put(randn(nq, 1), dtype), k = s.put(randn(nk, 2), dtype);
         const v = s.put(randn(nk, 3), dtype), dout = s.put(randn(nq, 4), dtype);
-        const docs = { ...s.docs(c.starts), host: c.starts };
+        const docs = { ...s.docs(c.starts), host: c.starts, window: c.window };
         const run = (split: boolean) => {
-          const shape = { ...a, docs: split ? docs : { starts: docs.starts, count: docs.count } };
+          const general = { starts: docs.starts, count: docs.count, window: c.window };
+          const shape = { ...a, docs: split ? docs : general };
           const out = s.zeros(nq, dtype), lse = s.zeros(nh * c.tq);
           // Nonzero gradients: backward adds.
           const dq = s.put(randn(nq, 5)), dk = s.put(randn(nk, 6)), dv = s.put(randn(nk, 7));

@@ -120,8 +120,9 @@ static df_status add_into(float *acc, const bf16 *grad, int64_t n, cudaStream_t 
 
 df_status cudnn_attention_forward(bool *handled, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                                   int64_t tq, int64_t tk, int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0,
-                                  float scale, cudaStream_t s) {
+                                  int64_t window, float scale, cudaStream_t s) {
   *handled = false;
+  if (window > 0) return DF_OK; /* the graphs mask causally only */
   std::lock_guard<std::mutex> guard(dnn_mutex);
   AttnKey key;
   if (!dnn_applies(&key, 0, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, {out, q, k, v, lse})) return DF_OK;
@@ -146,9 +147,10 @@ df_status cudnn_attention_forward(bool *handled, bf16 *out, float *lse, const bf
 
 df_status cudnn_attention_backward(bool *handled, float *dq, float *dk, float *dv, const bf16 *dout, const bf16 *q,
                                    const bf16 *k, const bf16 *v, const bf16 *out, const float *lse, int64_t tq,
-                                   int64_t tk, int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale,
-                                   cudaStream_t s) {
+                                   int64_t tk, int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0, int64_t window,
+                                   float scale, cudaStream_t s) {
   *handled = false;
+  if (window > 0) return DF_OK;
   std::lock_guard<std::mutex> guard(dnn_mutex);
   AttnKey key;
   if (!dnn_applies(&key, 1, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, {dq, dk, dv, dout, q, k, v, out, lse}))

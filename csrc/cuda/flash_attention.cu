@@ -37,9 +37,11 @@ static bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 /* The calls these kernels take: bf16 (the caller checked), hd 64 or 128, a positive scale (the online
  * softmax keeps the maximum of raw scores), 16-byte aligned tensors (lse may be anywhere), not
- * switched off. */
-static bool flash_applies(int hd, float scale, std::initializer_list<const void *> ptrs) {
+ * switched off; a sliding window only where the Hopper kernels run (the mma.sync kernels mask
+ * causally only). */
+static bool flash_applies(int hd, float scale, int64_t window, std::initializer_list<const void *> ptrs) {
   if (hd != 64 && hd != 128) return false;
+  if (window > 0 && !sm90_available()) return false;
   if (!(scale > 0.0f)) return false;
   for (const void *ptr : ptrs)
     if (!aligned16(ptr)) return false;
@@ -50,6 +52,10 @@ static int64_t clamp_delta(int64_t q_pos0, int64_t k_pos0) {
   const int64_t d = q_pos0 - k_pos0, lim = (int64_t)1 << 50;
   return d < -lim ? -lim : d > lim ? lim : d;
 }
+
+/* A window longer than any distance a clamped delta and a block leave (2^51) cuts nothing: none,
+ * which also keeps the kernels' window arithmetic inside int64. */
+static int64_t clamp_window(int64_t window) { return window > ((int64_t)1 << 51) ? 0 : window; }
 
 static unsigned grid_y(int64_t tiles) { return (unsigned)(tiles < 65535 ? tiles : 65535); }
 
@@ -211,9 +217,10 @@ using namespace flash;
 
 df_status flash_attention_forward(bool *handled, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                                   int64_t tq, int64_t tk, int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0,
-                                  float scale, cudaStream_t s) {
+                                  int64_t window, float scale, cudaStream_t s) {
   *handled = false;
-  if (!flash_applies(hd, scale, {out, q, k, v})) return DF_OK;
+  window = clamp_window(window);
+  if (!flash_applies(hd, scale, window, {out, q, k, v})) return DF_OK;
   FwdParams p{};
   p.q = q;
   p.k = k;
@@ -225,19 +232,22 @@ df_status flash_attention_forward(bool *handled, bf16 *out, float *lse, const bf
   p.q_stride = (int64_t)nh * hd;
   p.kv_stride = (int64_t)nkv * hd;
   p.delta = clamp_delta(q_pos0, k_pos0);
+  p.window = window;
   p.group = nh / nkv;
   p.scale_log2 = scale * FLASH_LOG2E;
   *handled = true;
-  const int variant = env_int("DISTFLASH_FLASH_FWD", 0);
+  /* Only the production (Hopper) kernels take a window: no benchmark variant then. */
+  const int variant = window > 0 ? 0 : env_int("DISTFLASH_FLASH_FWD", 0);
   return variant == 0 ? forward_default(p, nh, hd, s) : forward_variant(variant, p, nh, hd, s);
 }
 
 df_status flash_attention_backward(bool *handled, float *dq, float *dk, float *dv, const bf16 *dout, const bf16 *q,
                                    const bf16 *k, const bf16 *v, const bf16 *out, const float *lse, int64_t tq,
-                                   int64_t tk, int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0, float scale,
-                                   cudaStream_t s) {
+                                   int64_t tk, int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0, int64_t window,
+                                   float scale, cudaStream_t s) {
   *handled = false;
-  if (!flash_applies(hd, scale, {dq, dk, dv, dout, q, k, v, out})) return DF_OK;
+  window = clamp_window(window);
+  if (!flash_applies(hd, scale, window, {dq, dk, dv, dout, q, k, v, out})) return DF_OK;
   const int64_t tq_pad = (tq + 127) / 128 * 128;
   void *scratch = NULL;
   DF_CHECK(scratch_for(s, 2ull * sizeof(float) * (uint64_t)tq_pad * (uint64_t)nh, &scratch));
@@ -259,6 +269,7 @@ df_status flash_attention_backward(bool *handled, float *dq, float *dk, float *d
   p.kv_stride = (int64_t)nkv * hd;
   p.tq_pad = tq_pad;
   p.delta = clamp_delta(q_pos0, k_pos0);
+  p.window = window;
   p.group = nh / nkv;
   p.scale = scale;
   p.scale_log2 = scale * FLASH_LOG2E;
@@ -268,6 +279,6 @@ df_status flash_attention_backward(bool *handled, float *dq, float *dk, float *d
   flash_bwd_prep_kernel<<<df_grid_for(prep_threads, 256), 256, 0, s>>>(L, D, dout, out, lse, tq, tq_pad, nh, hd);
   DF_CUDA_LAUNCHED();
 
-  const int variant = env_int("DISTFLASH_FLASH_BWD", 0);
+  const int variant = window > 0 ? 0 : env_int("DISTFLASH_FLASH_BWD", 0);
   return variant == 0 ? backward_default(p, nh, hd, s) : backward_variant(variant, p, nh, hd, s);
 }

@@ -48,7 +48,6 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_bwd_sm90_kernel(const Bwd
   const int64_t tq = p.tq, tk = p.tk, delta = p.delta;
   const float sl2 = p.scale_log2;
   const BwdHead<HD> rows(p, h, kvh);
-  const int nqt = (int)((tq + BQ - 1) / BQ);
 
   auto load_q_tile = [&](int qt, int buf) {
     const int64_t i0 = (int64_t)qt * BQ;
@@ -61,9 +60,11 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_bwd_sm90_kernel(const Bwd
     const int64_t j0 = (int64_t)kt * BK;
     int64_t i_first = j0 - delta; /* the first query that sees key j0 */
     if (i_first < 0) i_first = 0;
+    /* Past the window of the tile's last key no query sees any of its keys. */
+    const int64_t i_end = query_end_seen(delta, p.window, tq, (j0 + BK < tk ? j0 + BK : tk) - 1);
     __syncthreads(); /* the previous key tile's shared memory is no longer read */
-    if (i_first >= tq) continue;
-    const int qt0 = (int)(i_first / BQ);
+    if (i_first >= i_end) continue;
+    const int qt0 = (int)(i_first / BQ), qt_end = (int)((i_end + BQ - 1) / BQ);
 
     load_tile_sw128<BK, HD>(sK, rows.k, j0, tk, p.kv_stride);
     load_tile_sw128<BK, HD>(sV, rows.v, j0, tk, p.kv_stride);
@@ -74,12 +75,12 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_bwd_sm90_kernel(const Bwd
 #pragma unroll
     for (int i = 0; i < HD / 2; i++) dk[i] = dv[i] = 0.0f;
 
-    for (int qt = qt0; qt < nqt; qt++) {
+    for (int qt = qt0; qt < qt_end; qt++) {
       const int buf = (qt - qt0) & 1;
       cp_async_wait<0>();
       fence_proxy_async();
       __syncthreads(); /* tile qt has landed; every warp is done with tile qt - 1 (both buffers free) */
-      if (qt + 1 < nqt) load_q_tile(qt + 1, buf ^ 1);
+      if (qt + 1 < qt_end) load_q_tile(qt + 1, buf ^ 1);
       cp_async_commit();
       const uint32_t qb = sQ + buf * QT_BYTES, ob = sdO + buf * QT_BYTES;
       const uint32_t Lb = sL + buf * BQ * 4, Db = sD + buf * BQ * 4;
@@ -108,9 +109,7 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_bwd_sm90_kernel(const Bwd
       pin(dp);
 
       /* P^T = exp2(S^T scale log2e - L) (0 where masked), dS^T = P^T (dP^T - D). */
-      const bool masked = j0 + BK - 1 - i0 > delta || j0 + BK > tk;
-      const int lim = clamp_int(delta - (j0 - i0)); /* visible iff jj - ii <= lim (tile-local) */
-      const int jmax = clamp_int(tk - j0);
+      const TileMask mask = tile_mask<BQ, BK>(delta, p.window, tk, i0, j0);
 #pragma unroll
       for (int nt = 0; nt < BQ / 8; nt++) {
 #pragma unroll
@@ -121,7 +120,7 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_bwd_sm90_kernel(const Bwd
           for (int hh = 0; hh < 2; hh++) {
             const int jj = krow + g + hh * 8, e = 4 * nt + 2 * hh + c;
             float pv = ex2(fmaf(s[e], sl2, -Li));
-            if (masked && (jj >= jmax || jj - ii > lim)) pv = 0.0f;
+            if (mask.partial && !mask.visible(ii, jj)) pv = 0.0f;
             s[e] = pv;
             dp[e] = pv * (dp[e] - Di);
           }

@@ -59,20 +59,20 @@ __device__ __forceinline__ void issue_pv(float (&o)[NO], uint32_t (&pa)[FwdSm90:
   wg_commit();
 }
 
-/* Masks the scores of key tile j0 where the causal frontier or the end of the keys crosses it;
- * `row` is the thread's first row in the query tile (the second is row + 8). */
+/* Masks the scores of key tile j0 where the causal frontier, the window's edge or the end of the
+ * keys crosses it (TileMask has the rule); `row` is the thread's first row in the query tile (the
+ * second is row + 8). */
 __device__ __forceinline__ void mask_scores(float (&s)[64], const FwdParams &p, int64_t i0, int64_t j0, int row,
                                             int t4) {
-  constexpr int BK = FwdSm90::BK;
-  if (j0 + BK - 1 - i0 <= p.delta && j0 + BK <= p.tk) return;
-  const int lim = clamp_int(p.delta - (j0 - i0)); /* visible iff jj - ii <= lim (tile-local) */
-  const int jmax = clamp_int(p.tk - j0);
+  constexpr int BQ = FwdSm90::BQ, BK = FwdSm90::BK;
+  const TileMask mask = tile_mask<BQ, BK>(p.delta, p.window, p.tk, i0, j0);
+  if (!mask.partial) return;
 #pragma unroll
   for (int nt = 0; nt < BK / 8; nt++)
 #pragma unroll
     for (int e = 0; e < 4; e++) {
       const int ii = row + ((e >> 1) << 3), jj = nt * 8 + 2 * t4 + (e & 1);
-      if (jj >= jmax || jj - ii > lim) s[4 * nt + e] = -INFINITY;
+      if (!mask.visible(ii, jj)) s[4 * nt + e] = -INFINITY;
     }
 }
 
@@ -139,15 +139,16 @@ __global__ void __launch_bounds__(FwdSm90::THREADS, 1) flash_fwd_sm90_kernel(con
 
   for (int yt = blockIdx.y; yt < p.n_qtiles; yt += gridDim.y) {
     const int64_t i0 = (int64_t)(p.n_qtiles - 1 - yt) * BQ; /* latest query tiles first */
-    const int64_t j_end = fwd_keys_seen<BQ>(p, i0);
+    const int64_t j_end = fwd_keys_seen<BQ>(p, i0), j_begin = first_key_seen(p.delta, p.window, i0);
     __syncthreads(); /* the previous tile's shared memory is no longer read */
-    if (j_end <= 0) {
+    if (j_end <= j_begin) {
       fwd_store_empty<BQ, HD, THREADS>(p, h, i0);
       continue;
     }
-    const int n_kt = (int)((j_end + BK - 1) / BK);
-    /* Key tiles are walked from the last (t = 0: key tile n_kt - 1) to the first. */
-    auto key_row = [&](int t) { return (int64_t)(n_kt - 1 - t) * BK; };
+    /* Key tiles are walked from the last (t = 0: key tile kt_end - 1) down to the first the window
+     * leaves visible, n_kt of them. */
+    const int kt_end = (int)((j_end + BK - 1) / BK), n_kt = kt_end - (int)(j_begin / BK);
+    auto key_row = [&](int t) { return (int64_t)(kt_end - 1 - t) * BK; };
 
     load_tile_sw128<128, HD>(sQ, qh, i0, tq, p.q_stride);
     load_tile_sw128<128, HD>(sK, kh, key_row(0), tk, p.kv_stride);

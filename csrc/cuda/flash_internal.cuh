@@ -116,7 +116,8 @@ struct FwdParams {
   bf16 *out;
   float *lse;
   int64_t tq, tk, q_stride, kv_stride;
-  int64_t delta; /* q_pos0 - k_pos0: query i sees key j iff j - i <= delta */
+  int64_t delta;  /* q_pos0 - k_pos0: query i sees key j iff j - i <= delta */
+  int64_t window; /* sliding window (0: none), the Hopper kernels only: see TileMask */
   int group, n_qtiles;
   float scale_log2;
 };
@@ -127,6 +128,7 @@ struct BwdParams {
   const float *L, *D; /* [nh][tq_pad] */
   int64_t tq, tk, q_stride, kv_stride, tq_pad;
   int64_t delta;
+  int64_t window; /* as in FwdParams */
   int group, n_ktiles;
   float scale, scale_log2;
 };
@@ -161,6 +163,43 @@ __device__ __forceinline__ int64_t fwd_keys_seen(const FwdParams &p, int64_t i0)
   const int64_t i_last = (i0 + BQ < p.tq ? i0 + BQ : p.tq) - 1;
   const int64_t j_end = i_last + p.delta + 1;
   return j_end < p.tk ? j_end : p.tk;
+}
+
+/* The mask of a block pair, in one place for the kernels that take a window (the Hopper kernels;
+ * the mma.sync kernels apply the causal part inline and take no window). Query i sees key j iff
+ *   j < tk,  j - i <= delta  (causal: s <= p in global positions, delta = q_pos0 - k_pos0),
+ *   and with a window W > 0:  i + delta - j < W  (p - s < W, Mistral's sliding window; the rule's
+ *   owner is src/model/documents.ts).
+ * In tile-local terms (ii, jj from the tiles' first query i0 and key j0) that is
+ *   jj < jmax  and  lo <= jj - ii <= lim. */
+struct TileMask {
+  int lim, lo, jmax;
+  bool partial; /* some (query, key) of the BQ x BK tile pair is masked */
+  __device__ __forceinline__ bool visible(int ii, int jj) const { return jj < jmax && jj - ii <= lim && jj - ii >= lo; }
+};
+
+template <int BQ, int BK>
+__device__ __forceinline__ TileMask tile_mask(int64_t delta, int64_t window, int64_t tk, int64_t i0, int64_t j0) {
+  TileMask m;
+  m.lim = clamp_int(delta - (j0 - i0));
+  m.lo = window > 0 ? clamp_int(delta - (j0 - i0) - window + 1) : -(1 << 30);
+  m.jmax = clamp_int(tk - j0);
+  m.partial = j0 + BK - 1 - i0 > delta || j0 + BK > tk || (window > 0 && i0 + BQ - 1 + delta - j0 >= window);
+  return m;
+}
+
+/* The first key some query of the tile [i0, ...) sees under the window (0 without one). */
+__device__ __forceinline__ int64_t first_key_seen(int64_t delta, int64_t window, int64_t i0) {
+  const int64_t j = i0 + delta - window + 1;
+  return window > 0 && j > 0 ? j : 0;
+}
+
+/* The queries [.., return value) that some key of the tile ending at j_last (its last real key)
+ * can be seen by under the window (tq without one). */
+__device__ __forceinline__ int64_t query_end_seen(int64_t delta, int64_t window, int64_t tq, int64_t j_last) {
+  if (window <= 0) return tq;
+  const int64_t i = j_last + window - delta;
+  return i < tq ? i : tq;
 }
 
 /* A query tile that sees no key: out = 0, lse = -inf. */

@@ -1,7 +1,8 @@
 /* Runs the Hopper attention kernels' own source (csrc/cuda/flash_fwd_sm90.cu, flash_bwd_sm90.cu) on
  * the host emulation of csrc/emu/sm90_emu.h and compares them with float64 attention, forward and
  * backward: head dims 64 and 128, both forward variants, GQA, ragged lengths, query/key offsets
- * (DistAttn's blocks: causal diagonal, fully visible, partly visible, rows that see no key), a grid
+ * (DistAttn's blocks: causal diagonal, fully visible, partly visible, rows that see no key), the
+ * sliding window (Mistral: i + delta - j < window, whole key tiles skipped before it), a grid
  * smaller than the tile count (the kernels' grid-stride loop), one query or 17 tokens (tiles mostly
  * padding), and eight key tiles for one query tile (the online softmax's rescaling). Every case runs under several
  * schedules (see sm90_emu.h); the forward's output must be bit-identical across them.
@@ -27,6 +28,7 @@ struct Case {
   int hd, nh, nkv;
   int64_t tq, tk, delta; /* query i sees key j iff j - i <= delta and j < tk */
   unsigned grid_y_cap;   /* 0: one block per tile, as launched on the GPU */
+  int64_t window;        /* > 0: and i + delta - j < window (the sliding window) */
 };
 
 struct Tensors {
@@ -78,9 +80,10 @@ Reference reference(const Case &c, const Tensors &t) {
     for (int64_t i = 0; i < c.tq; i++) {
       const uint16_t *qi = &t.q[(i * nh + h) * hd], *doi = &t.dout[(i * nh + h) * hd];
       int64_t jn = std::min<int64_t>(c.tk, i + c.delta + 1);
-      if (jn <= 0) continue;
+      const int64_t j0 = c.window > 0 ? std::max<int64_t>(0, i + c.delta - c.window + 1) : 0;
+      if (jn <= j0) continue;
       double m = -INFINITY;
-      for (int64_t j = 0; j < jn; j++) {
+      for (int64_t j = j0; j < jn; j++) {
         const uint16_t *kj = &t.k[(j * nkv + kh) * hd];
         double acc = 0;
         for (int d = 0; d < hd; d++) acc += bf(qi[d]) * bf(kj[d]);
@@ -88,18 +91,18 @@ Reference reference(const Case &c, const Tensors &t) {
         m = std::max(m, s[j]);
       }
       double sum = 0;
-      for (int64_t j = 0; j < jn; j++) sum += exp(s[j] - m);
+      for (int64_t j = j0; j < jn; j++) sum += exp(s[j] - m);
       const double lse = m + log(sum);
       r.lse[h * c.tq + i] = lse;
       double *oi = &r.out[(i * nh + h) * hd];
-      for (int64_t j = 0; j < jn; j++) {
+      for (int64_t j = j0; j < jn; j++) {
         const double p = exp(s[j] - lse);
         for (int d = 0; d < hd; d++) oi[d] += p * bf(t.v[(j * nkv + kh) * hd + d]);
       }
       double Di = 0;
       for (int d = 0; d < hd; d++) Di += bf(doi[d]) * oi[d];
       r.D[h * c.tq + i] = Di;
-      for (int64_t j = 0; j < jn; j++) {
+      for (int64_t j = j0; j < jn; j++) {
         double acc = 0;
         for (int d = 0; d < hd; d++) acc += bf(doi[d]) * bf(t.v[(j * nkv + kh) * hd + d]);
         const double p = exp(s[j] - lse), ds = p * (acc - Di);
@@ -185,6 +188,7 @@ void run_forward(const Case &c, const Tensors &t, const Reference &r) {
     p.q_stride = (int64_t)c.nh * HD;
     p.kv_stride = (int64_t)c.nkv * HD;
     p.delta = c.delta;
+    p.window = c.window;
     p.group = c.nh / c.nkv;
     p.scale_log2 = (float)(1.0 / sqrt((double)HD)) * FLASH_LOG2E;
     p.n_qtiles = (int)((c.tq + flash::FwdSm90::BQ - 1) / flash::FwdSm90::BQ);
@@ -249,6 +253,7 @@ void run_backward(const Case &c, const Tensors &t, const Reference &r) {
     p.kv_stride = (int64_t)c.nkv * HD;
     p.tq_pad = tq_pad;
     p.delta = c.delta;
+    p.window = c.window;
     p.group = c.nh / c.nkv;
     p.scale = (float)(1.0 / sqrt((double)HD));
     p.scale_log2 = p.scale * FLASH_LOG2E;
@@ -291,14 +296,22 @@ int main(int argc, char **argv) {
   /* Optional filter: "fwd" or "bwd". */
   const bool want_fwd = argc < 2 || !strcmp(argv[1], "fwd"), want_bwd = argc < 2 || !strcmp(argv[1], "bwd");
   const Case cases[] = {
-      {"causal, ragged", 0, 2, 2, 300, 300, 0, 0},
-      {"GQA 4/2, keys before", 0, 4, 2, 200, 456, 256, 0},
-      {"rows seeing no key", 0, 2, 1, 260, 200, -140, 0},
-      {"fully visible", 0, 2, 2, 130, 260, 5000, 0},
-      {"causal, grid-stride", 0, 2, 2, 300, 300, 0, 1},
-      {"tiny", 0, 1, 1, 17, 17, 0, 0},
-      {"one query, all keys", 0, 1, 1, 1, 700, 699, 0},
-      {"many key tiles", 0, 1, 1, 128, 1000, 900, 0},
+      {"causal, ragged", 0, 2, 2, 300, 300, 0, 0, 0},
+      {"GQA 4/2, keys before", 0, 4, 2, 200, 456, 256, 0, 0},
+      {"rows seeing no key", 0, 2, 1, 260, 200, -140, 0, 0},
+      {"fully visible", 0, 2, 2, 130, 260, 5000, 0, 0},
+      {"causal, grid-stride", 0, 2, 2, 300, 300, 0, 1, 0},
+      {"tiny", 0, 1, 1, 17, 17, 0, 0, 0},
+      {"one query, all keys", 0, 1, 1, 1, 700, 699, 0, 0},
+      {"many key tiles", 0, 1, 1, 128, 1000, 900, 0, 0},
+      /* The sliding window: shorter than a tile (both edges in one tile pair, whole tiles skipped on
+       * both sides), a window edge off the tile grid, keys before the queries (DistAttn's pair past
+       * the diagonal: every row cut), GQA under a grid-stride loop, a window no row reaches. */
+      {"window 50, diagonal", 0, 2, 2, 400, 400, 0, 0, 50},
+      {"window 300, ragged", 0, 2, 1, 520, 520, 0, 0, 300},
+      {"window, keys before", 0, 2, 2, 256, 300, 200, 0, 333},
+      {"window, GQA grid-stride", 0, 4, 2, 390, 390, 0, 2, 130},
+      {"window past every row", 0, 1, 1, 300, 300, 0, 0, 100000},
   };
   for (int hd : {128, 64})
     for (Case c : cases) {

@@ -12,13 +12,13 @@
  * A piece whose document has queries in the block but no visible key in it is written directly
  * (out 0, lse -inf).
  *
- * A sliding window (Mistral) keeps a piece causal only while it does not cut it: the piece's
- * farthest pair, its last query and its first key, is less than the window apart. A block pair with
- * a piece the window cuts is not split: it runs the general kernels (df_attention_forward_docs with
- * the window), which mask by document and window together. So a window longer than a rank's block
- * costs nothing on the pairs it does not reach, and the pairs it cuts run at the general kernels'
- * rate (the bf16 tensor-core kernels do not mask by window yet).
- *
+ * A sliding window (Mistral) trims each piece's keys to those its first query can still see
+ * (p - s < W) and, where the window still cuts the piece (its last query and first key are W or more
+ * apart), runs the piece as a windowed causal pair: the _docs entry without documents and with the
+ * window, which the Hopper bf16 kernels take on sm_90a (the general kernels run it elsewhere, and
+ * in fp32). So a window costs nothing on the pairs it does not reach and runs the ones it cuts at
+ * the tensor-core rate on an H100.
+
  * cuDNN is kept out of the pieces: it builds an execution plan per shape, and random document
  * lengths make every piece a new shape. A block pair holding one document (the whole window is one
  * document) is exactly a causal block pair and takes the default kernels, cuDNN included.
@@ -31,7 +31,7 @@ import type { Device, DeviceBuffer, DevicePtr, Stream } from "../runtime/device.
 import * as op from "../runtime/ops.ts";
 import { DTYPE_BYTES } from "../runtime/ops.ts";
 import { withNativeAttention } from "../runtime/attention_kernel.ts";
-import { type DocStarts, documentIndexOf } from "./documents.ts";
+import { type DocStarts, documentIndexOf, firstKeyOf } from "./documents.ts";
 
 /**
  * One document's part of a block pair, in global positions: its queries [q0, q1) and the keys
@@ -48,8 +48,10 @@ export interface DocumentPiece {
 export const MAX_DOCUMENT_PIECES = 1024;
 
 /**
- * The pieces of the block pair (queries [q0, q1), keys [k0, k1)) under `starts`: one per document
- * with queries in the block, in position order, covering every query exactly once.
+ * The pieces of the block pair (queries [q0, q1), keys [k0, k1)) under `starts` and the sliding
+ * window (absent or 0: none): one per document with queries in the block, in position order,
+ * covering every query exactly once. A piece's keys are those of its document in the key block that
+ * some of its queries can see: up to its last query, and from its first query's window on.
  */
 export function documentPieces(
   starts: DocStarts,
@@ -57,14 +59,16 @@ export function documentPieces(
   q1: number,
   k0: number,
   k1: number,
+  window?: number,
 ): DocumentPiece[] {
   const pieces: DocumentPiece[] = [];
   for (let c = documentIndexOf(starts, q0); c < starts.length && starts[c] < q1; c++) {
     const docStart = starts[c], docEnd = c + 1 < starts.length ? starts[c + 1] : Infinity;
     const qa = Math.max(docStart, q0), qb = Math.min(docEnd, q1);
     if (qb <= qa) continue;
-    // Keys of this document in the key block, up to the last of its queries here.
-    const ka = Math.max(docStart, k0), kb = Math.min(docEnd, k1, qb);
+    // Keys of this document in the key block, up to the last of its queries here, from the first
+    // key its first query sees.
+    const ka = Math.max(firstKeyOf(starts, qa, window), k0), kb = Math.min(docEnd, k1, qb);
     pieces.push(ka < kb ? { q0: qa, q1: qb, k0: ka, k1: kb } : { q0: qa, q1: qb, k0: ka, k1: ka });
   }
   return pieces;
@@ -105,26 +109,29 @@ export function windowCuts(p: DocumentPiece, window: number | undefined): boolea
 }
 
 /**
- * The pieces of `a` when it is a document-masked pair worth splitting, else null (no host starts,
- * too many pieces, or a piece the window cuts).
+ * The pieces of `a` when it is a document-masked (or windowed) pair worth splitting, else null (no
+ * host starts, or too many pieces).
  */
 function splitOf(a: op.AttentionShape): DocumentPiece[] | null {
   const host = a.docs?.host;
   if (!host) return null;
-  const pieces = documentPieces(host, a.qPos0, a.qPos0 + a.tq, a.kPos0, a.kPos0 + a.tk);
-  if (pieces.length > MAX_DOCUMENT_PIECES) return null;
-  return pieces.some((p) => windowCuts(p, a.docs?.window)) ? null : pieces;
+  const end = a.qPos0 + a.tq;
+  const pieces = documentPieces(host, a.qPos0, end, a.kPos0, a.kPos0 + a.tk, a.docs?.window);
+  return pieces.length > MAX_DOCUMENT_PIECES ? null : pieces;
 }
 
-/** Whether the pieces are the whole pair as one plain causal block pair (a single document). */
+/** Whether the pieces are the whole pair as one block pair (a single document; the window may cut it). */
 function wholePair(pieces: DocumentPiece[], a: op.AttentionShape): boolean {
   const p = pieces[0];
   return pieces.length === 1 && p.q0 === a.qPos0 && p.q1 === a.qPos0 + a.tq &&
     p.k0 === a.kPos0 && p.k1 === a.kPos0 + a.tk;
 }
 
+/** A piece as its own block pair: causal, or windowed causal (no documents) where the window cuts it. */
 function pieceShape(a: op.AttentionShape, p: DocumentPiece): op.AttentionShape {
-  return { ...a, tq: p.q1 - p.q0, tk: p.k1 - p.k0, qPos0: p.q0, kPos0: p.k0, docs: undefined };
+  const window = a.docs?.window;
+  const docs = windowCuts(p, window) ? { starts: 0n, count: 0, window } : undefined;
+  return { ...a, tq: p.q1 - p.q0, tk: p.k1 - p.k0, qPos0: p.q0, kPos0: p.k0, docs };
 }
 
 /** Byte strides of one token's row: q/out in the compute dtype, k/v, and their fp32 gradients. */
