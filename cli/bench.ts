@@ -136,6 +136,10 @@ export function registerBench(program: Command, argv: string[]): void {
       "--doc-length <n>",
       "with --attention-mask document: mean document length (random lengths)",
     )
+    .option(
+      "--sliding-window <n>",
+      "each configuration also under a sliding window of n tokens (Mistral's)",
+    )
     .option("--device <choice>", "auto, cuda or cpu", "auto")
     .option(
       "--attention-kernel <choice>",
@@ -147,6 +151,9 @@ export function registerBench(program: Command, argv: string[]): void {
     .action(async (o: Record<string, string | boolean | undefined>) => {
       const nproc = positiveInt("--nproc-per-node", String(o.nprocPerNode));
       const docLength = documentLength(o.attentionMask, o.docLength);
+      const window = o.slidingWindow === undefined
+        ? undefined
+        : positiveInt("--sliding-window", String(o.slidingWindow));
       const seq = intList("--seq", String(o.seq));
       const heads = positiveInt("--heads", String(o.heads));
       const kvHeads = o.kvHeads ? positiveInt("--kv-heads", String(o.kvHeads)) : heads;
@@ -199,11 +206,16 @@ export function registerBench(program: Command, argv: string[]): void {
         warmup: Number(o.warmup),
         variants,
         docLength,
+        window,
       });
       if ((comm?.rank ?? 0) === 0) {
         console.log(
           `distflash attention, ${device.props(0).name}, bf16, ${
-            docLength ? `causal and documents of ~${docLength} tokens` : "causal"
+            [
+              "causal",
+              ...(docLength ? [`documents of ~${docLength} tokens`] : []),
+              ...(window ? [`a sliding window of ${window}`] : []),
+            ].join(", ")
           }, ${heads} heads (${kvHeads} kv) of ${headDim}:`,
         );
         console.log(kernelLine);

@@ -5,7 +5,9 @@
 #    against the transformers fixtures), then bench attn at 64K causal beside documents of ~8K / ~2K.
 # 2. The model families on CUDA: Qwen2/Qwen3 against transformers on 1-4 in-process ranks, Mistral's
 #    window on ranks against one rank.
-# Step limits sum to 420 s. lib/ is carried as built here (DISTFLASH_BUILD_CUDA=1 deno task build).
+# 3. bench attn under Mistral's sliding window (4096) beside causal: the Hopper kernels' window
+#    (first GPU run) against the work ratio; documents with head dim 64.
+# Step limits sum to 480 s. lib/ is carried as built here (DISTFLASH_BUILD_CUDA=1 deno task build).
 source "$(dirname "$0")/gpu_lib.sh"
 SHOW='passed|FAILED|rror|distflash|attention:|speedup|single|documents|TF/s'
 SHOW_LINES=14
@@ -20,6 +22,8 @@ for len in 8192 2048; do
     --device cuda --attention-mask document --doc-length "$len" --reps 3 --warmup 1 --no-baseline \
     --output-dir "/tmp/bench_docs_$len"
 done
+step bench_window 60 deno run -A cli/main.ts bench attn --seq 32768,65536 --heads 32 --head-dim 128 \
+  --device cuda --sliding-window 4096 --reps 3 --warmup 1 --no-baseline --output-dir /tmp/bench_window
 step bench_docs_hd64 45 deno run -A cli/main.ts bench attn --seq 65536 --heads 32 --head-dim 64 \
   --device cuda --attention-mask document --doc-length 4096 --reps 3 --warmup 1 --no-baseline \
   --output-dir /tmp/bench_docs_hd64

@@ -78,6 +78,32 @@ Deno.test("bench attn --attention-mask document: causal and document rows, the v
   await Deno.remove(out, { recursive: true });
 });
 
+Deno.test("bench attn --sliding-window: a window row, its visible pairs by counting, its speedup line", async () => {
+  const out = await Deno.makeTempDir();
+  // deno-fmt-ignore
+  const r = await runCli([
+    "bench", "attn", "--seq", "300", "--sliding-window", "64", "--heads", "2", "--head-dim", "16",
+    "--device", "cpu", "--no-baseline", "--reps", "1", "--warmup", "0", "--output-dir", out,
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  const rows = JSON.parse(await Deno.readTextFile(join(out, "attn_p1.json"))) as AttnBenchRow[];
+  assertEquals(rows.map((x) => x.mask), ["causal", "window"]);
+  // Query p sees keys max(0, p - 63) ..= p.
+  let pairs = 0;
+  for (let p = 0; p < 300; p++) pairs += Math.min(p + 1, 64);
+  assertEquals(rows[1].visiblePairs, pairs);
+  const ratio = (rows[0].visiblePairs / pairs).toFixed(2);
+  assert(
+    r.stdout.includes(`sliding window: speedup`) && r.stdout.includes(`ratio ${ratio}x`),
+    r.stdout,
+  );
+  for (const bad of ["0", "-3", "1.5", "many"]) {
+    const b = await runCli(["bench", "attn", "--device", "cpu", "--sliding-window", bad]);
+    assert(b.code !== 0 && b.stderr.includes("--sliding-window"), b.stderr);
+  }
+  await Deno.remove(out, { recursive: true });
+});
+
 Deno.test("bench train: tokens/s and MFU of a small run over 2 CPU ranks with full_shard", async () => {
   const out = await Deno.makeTempDir();
   const r = await runCli([

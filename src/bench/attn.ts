@@ -11,7 +11,8 @@
  * every rank): a document row's FLOPs count its visible (query, key) pairs (4 x H x D per pair in
  * the forward, as the causal convention's S^2 / 2 pairs), and `attention work ratio` is causal's
  * visible pairs over the documents', the speedup the skipped work allows, to judge the measured
- * one against.
+ * one against. With `window` (--sliding-window) a row under the sliding window is added the same
+ * way (its visible pairs: each query's last `window` keys).
  */
 import type { Device } from "../runtime/device.ts";
 import * as op from "../runtime/ops.ts";
@@ -34,10 +35,12 @@ export interface AttnBenchOptions {
   variants: AttnVariant[];
   /** Also time document masking, documents of this many tokens on average (random lengths). */
   docLength?: number;
+  /** Also time causal attention under a sliding window of this many tokens (Mistral's). */
+  window?: number;
 }
 
-/** The mask of a bench row: causal over the whole sequence, or packed documents. */
-export type AttnMask = "causal" | "document";
+/** The mask of a bench row: causal over the whole sequence, packed documents, or a sliding window. */
+export type AttnMask = "causal" | "document" | "window";
 
 export type AttnVariant = "balanced" | "unbalanced" | "no-overlap" | "zigzag";
 
@@ -134,23 +137,40 @@ export async function benchAttention(
     const dq = d.alloc(S * H * D * 4), dk = d.alloc(S * KV * D * 4), dv = d.alloc(S * KV * D * 4);
     const starts = o.docLength ? benchDocumentStarts(seq, o.docLength) : null;
     const startsBuf = starts ? d.alloc(starts.length * 8) : null;
+    const windowStart = o.window ? d.alloc(8) : null;
     try {
-      let docs: SequenceDocuments | undefined;
+      let docs: SequenceDocuments | undefined, windowed: SequenceDocuments | undefined;
       if (starts && startsBuf) {
         d.upload(startsBuf.ptr, docStartsInt64(starts));
         docs = { starts, device: { starts: startsBuf.ptr, count: starts.length } };
+      }
+      if (o.window && windowStart) {
+        // A windowed model without documents: the single start 0 and the window.
+        d.upload(windowStart.ptr, docStartsInt64([0]));
+        const device = { starts: windowStart.ptr, count: 1, window: o.window };
+        windowed = { starts: [0], window: o.window, device };
       }
       fillRandom(d, q.ptr, S * H * D, 11 + rank);
       fillRandom(d, k.ptr, S * KV * D, 22 + rank);
       fillRandom(d, v.ptr, S * KV * D, 33 + rank);
       fillRandom(d, dout.ptr, S * H * D, 44 + rank);
       const variants: (AttnVariant | "single")[] = P === 1 ? ["single"] : o.variants;
-      const masks: AttnMask[] = docs ? ["causal", "document"] : ["causal"];
+      const masks: AttnMask[] = ["causal"];
+      if (docs) masks.push("document");
+      if (windowed) masks.push("window");
       for (const variant of variants) {
         for (const mask of masks) {
-          const maskDocs = mask === "document" ? docs : undefined;
-          const visiblePairs = visiblePairCount(maskDocs?.starts ?? [0], 0, seq, 0, seq);
-          // Causal keeps the convention (S^2 / 2 pairs); documents count the pairs they compute.
+          const maskDocs = mask === "document" ? docs : mask === "window" ? windowed : undefined;
+          const visiblePairs = visiblePairCount(
+            maskDocs?.starts ?? [0],
+            0,
+            seq,
+            0,
+            seq,
+            maskDocs?.window,
+          );
+          // Causal keeps the convention (S^2 / 2 pairs); documents and the window count the pairs
+          // they compute.
           const total = mask === "causal" ? causalFlops(seq, H, D) : 4 * H * D * visiblePairs;
           let fwd: () => Promise<void>, bwd: () => Promise<void>;
           let dist: DistAttention | ZigzagAttention | null = null;
@@ -221,6 +241,7 @@ export async function benchAttention(
     } finally {
       for (const b of [q, k, v, dout, out, lse, dq, dk, dv]) b.free();
       startsBuf?.free();
+      windowStart?.free();
     }
   }
   return rows;
@@ -247,13 +268,13 @@ export function formatAttnRows(rows: AttnBenchRow[]): string {
 }
 
 /**
- * Per document row: the measured speedup over the same configuration causal, beside the attention
- * work ratio (causal's visible pairs over the documents'), the most skipping the work can give.
+ * Per document or window row: the measured speedup over the same configuration causal, beside the
+ * attention work ratio (causal's visible pairs over the row's), the most skipping the work can give.
  */
 function documentSpeedups(rows: AttnBenchRow[]): string[] {
   const lines: string[] = [];
   for (const r of rows) {
-    if (r.mask !== "document") continue;
+    if (r.mask === "causal") continue;
     const causal = rows.find((c) =>
       c.mask === "causal" && c.seq === r.seq && c.ranks === r.ranks && c.variant === r.variant
     );
@@ -261,13 +282,14 @@ function documentSpeedups(rows: AttnBenchRow[]): string[] {
     if (lines.length === 0) {
       lines.push(
         "",
-        "document masking against causal (speedup measured; work ratio = visible pairs)",
+        "document masking / sliding window against causal (speedup measured; work ratio = visible pairs)",
       );
     }
+    const what = r.mask === "window" ? "sliding window" : `${r.documents} documents`;
     lines.push(
       `${String(r.seq).padEnd(8)} ${String(r.ranks).padEnd(5)} ${
         r.variant.padEnd(12)
-      } ${r.documents} documents: speedup fwd ${(causal.fwdMs / r.fwdMs).toFixed(2)}x, fwd+bwd ${
+      } ${what}: speedup fwd ${(causal.fwdMs / r.fwdMs).toFixed(2)}x, fwd+bwd ${
         (causal.fwdBwdMs / r.fwdBwdMs).toFixed(2)
       }x; attention work ratio ${(causal.visiblePairs / r.visiblePairs).toFixed(2)}x`,
     );
