@@ -1,7 +1,7 @@
 /**
  * Model families beyond Llama (src/model/families/) against Hugging Face transformers: a tiny
- * random Qwen2 (q/k/v biases, tied embeddings) and Qwen3 (per-head q/k norms, heads x head_dim !=
- * hidden) give transformers' logits, loss and every gradient (fixtures from
+ * random Qwen2 (q/k/v biases, tied embeddings), Qwen3 (per-head q/k norms, heads x head_dim !=
+ * hidden) and Mistral (sliding window 8 over 32 tokens) give transformers' logits, loss and every gradient (fixtures from
  * tests/reference/make_family_fixtures.py, computed in float64); their checkpoints save under the
  * family's model_type and class; unsupported families are refused naming the supported ones.
  * Tolerances as in llama.test.ts: fp32 1e-4; bf16 2e-2 (logits, loss) and 5e-2 (gradients).
@@ -83,6 +83,9 @@ const cases: [string, DType, number, number, number | undefined][] = [
   ["qwen3", DType.f32, 1e-4, 1e-4, 24],
   ["qwen2", DType.bf16, 2e-2, 5e-2, undefined],
   ["qwen3", DType.bf16, 2e-2, 5e-2, undefined],
+  ["mistral", DType.f32, 1e-4, 1e-4, undefined],
+  ["mistral", DType.f32, 1e-4, 1e-4, 24],
+  ["mistral", DType.bf16, 2e-2, 5e-2, undefined],
 ];
 
 for (const [variant, dtype, tolOut, tolGrad, tile] of cases) {
@@ -123,7 +126,13 @@ Deno.test("families: the fixtures' parameters are the families' (biases, q/k nor
   ]);
 });
 
-for (const [variant, cls] of [["qwen2", "Qwen2ForCausalLM"], ["qwen3", "Qwen3ForCausalLM"]]) {
+for (
+  const [variant, cls] of [
+    ["qwen2", "Qwen2ForCausalLM"],
+    ["qwen3", "Qwen3ForCausalLM"],
+    ["mistral", "MistralForCausalLM"],
+  ]
+) {
   Deno.test(`families ${TEST_BACKEND} ${variant}: a saved checkpoint names ${cls} and reloads to the same logits`, async () => {
     const dir = `${fixtures}${variant}`;
     const cfg = await readHfConfig(dir);
@@ -138,12 +147,13 @@ for (const [variant, cls] of [["qwen2", "Qwen2ForCausalLM"], ["qwen3", "Qwen3For
       const json = JSON.parse(await Deno.readTextFile(`${out}/config.json`));
       assertEquals(json.model_type, variant);
       assertEquals(json.architectures, [cls]);
-      assertEquals(json.use_sliding_window, false);
+      if (variant === "mistral") assertEquals(json.sliding_window, 8);
+      else assertEquals(json.use_sliding_window, false);
       const saved = await openSafetensors(out);
       try {
         for (const e of model.layout.entries) assert(saved.has(e.name), `saved ${e.name}`);
         if (variant === "qwen2") assert(saved.has("model.layers.1.self_attn.v_proj.bias"));
-        else assert(saved.has("model.layers.1.self_attn.k_norm.weight"));
+        if (variant === "qwen3") assert(saved.has("model.layers.1.self_attn.k_norm.weight"));
       } finally {
         saved.close();
       }

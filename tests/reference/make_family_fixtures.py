@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference fixtures for distflash's non-Llama model families (Qwen2 / Qwen2.5, Qwen3), computed
+"""Reference fixtures for distflash's non-Llama model families (Qwen2 / Qwen2.5, Qwen3, Mistral), computed
 with PyTorch + Hugging Face transformers, in the layout of make_fixtures.py's mha/ and gqa/.
 
 Subcommands (run from the repository root):
@@ -14,6 +14,9 @@ Subcommands (run from the repository root):
         qwen3/  Qwen3ForCausalLM: vocab 128, hidden 32, intermediate 64, 2 layers, 4 heads of
                 head_dim 16 (heads x head_dim = 64 != hidden 32), 2 KV heads, q_norm/k_norm,
                 untied embeddings, rope_theta 1e6.
+        mistral/  MistralForCausalLM: the Llama shapes above with sliding_window 8 (transformers'
+                sliding-window causal mask: a query at p sees keys p-7 .. p), untied embeddings,
+                rope_theta 1e4.
       Everything is computed in float64 (eager attention) from the float32 weights as saved, then
       stored as float32. Norm weights are 1 + 0.1 N(0,1), biases and matrices 0.08 N(0,1).
 
@@ -35,7 +38,8 @@ import torch
 import torch.nn.functional as F
 import transformers
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import (AutoModelForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_OUT = os.path.join(ROOT, "tests", "fixtures")
@@ -62,6 +66,10 @@ VARIANTS = {
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(tie_word_embeddings=True), 2468),
     "qwen3": (Qwen3Config, Qwen3ForCausalLM,
               dict(tie_word_embeddings=False, head_dim=16, attention_bias=False), 1357),
+    # sliding_window 8: shorter than the sequence (32) and than a rank's slice on 2-3 ranks; every
+    # query past position 7 loses keys to it.
+    "mistral": (MistralConfig, MistralForCausalLM,
+                dict(tie_word_embeddings=False, sliding_window=8, rope_theta=10000.0), 9753),
 }
 
 
@@ -69,6 +77,8 @@ def make_config(variant):
     cls, _, extra, _ = VARIANTS[variant]
     kw = dict(COMMON)
     kw.update(extra)
+    if cls is MistralConfig:
+        kw.pop("use_sliding_window")  # a Qwen2 option; Mistral's window is sliding_window alone
     theta = kw.pop("rope_theta")
     cfg = cls(**kw, rope_parameters={"rope_type": "default", "rope_theta": theta})
     return cfg
