@@ -54,7 +54,13 @@ export {
   type TrainOptions,
 } from "./src/train/options.ts";
 export { OptionError } from "./src/train/resolve_options.ts";
-export { type LlamaConfig, paramCount, type RopeScaling } from "./src/model/config.ts";
+export { type ModelConfig, paramCount, type RopeScaling } from "./src/model/config.ts";
+import type { ModelConfig } from "./src/model/config.ts";
+/**
+ * The model config under its name before other families joined (Qwen2, Qwen3, Mistral).
+ * @deprecated Use {@link ModelConfig}.
+ */
+export type LlamaConfig = ModelConfig;
 export {
   type HfConfigOptions,
   parseHfConfig,

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { train } from "../src/train/trainer.ts";
 import { readHfConfig } from "../src/model/hf_config.ts";
-import { LlamaModel } from "../src/model/llama.ts";
+import { DecoderModel } from "../src/model/decoder.ts";
 import { loadWeights } from "../src/model/hf.ts";
 import { writeSafetensors } from "../src/io/safetensors.ts";
 import { openBackend } from "../src/runtime/info.ts";
@@ -36,7 +36,7 @@ await train({
 
 const device = openBackend("auto");
 const config = await readHfConfig(dir);
-const model = new LlamaModel(device, config, {
+const model = new DecoderModel(device, config, {
   dtype: DType.f32,
   batch: 1,
   seqLen: 32,

@@ -16,7 +16,7 @@ import type { Device, DeviceBuffer } from "../src/runtime/device.ts";
 import * as op from "../src/runtime/ops.ts";
 import { DType } from "../src/runtime/ops.ts";
 import { bf16ToF32, f32ToBf16 } from "../src/io/dtype.ts";
-import type { LlamaConfig } from "../src/model/config.ts";
+import type { ModelConfig } from "../src/model/config.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -133,7 +133,7 @@ for (const nkv of [8, 2]) {
   // DistAttn over the ranks, bf16.
   const qs = S * nh * hd, kvs = S * nkv * hd;
   const slice = (x: Float32Array, n: number) => x.subarray(rank * n, (rank + 1) * n);
-  const cfg = { numHeads: nh, numKvHeads: nkv, headDim: hd } as LlamaConfig;
+  const cfg = { numHeads: nh, numKvHeads: nkv, headDim: hd } as ModelConfig;
   const attn = new DistAttention(device, cfg, S, DType.bf16, comm);
   const [Q, K, V, DO] = [slice(q, qs), slice(k, kvs), slice(v, kvs), slice(dout, qs)].map((x) =>
     upload(device, x, DType.bf16)

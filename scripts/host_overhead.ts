@@ -15,7 +15,7 @@
 import { parseArgs } from "node:util";
 import { Device } from "../src/runtime/device.ts";
 import { DType } from "../src/runtime/ops.ts";
-import { LlamaModel } from "../src/model/llama.ts";
+import { DecoderModel } from "../src/model/decoder.ts";
 import { resolveModel } from "../src/model/hf.ts";
 import { ZigzagAttention } from "../src/parallel/zigzag.ts";
 import { shardedParamStore } from "../src/parallel/zero3.ts";
@@ -97,7 +97,7 @@ const comm = world > 1 ? stubComm(world) : null;
 const attention = comm && values.layout === "zigzag"
   ? new ZigzagAttention(device, cfg, tokens, dtype, stubComm(world), 0n, false)
   : undefined;
-const model = new LlamaModel(device, cfg, {
+const model = new DecoderModel(device, cfg, {
   dtype,
   batch: 1,
   seqLen: tokens,

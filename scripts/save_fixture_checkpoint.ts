@@ -7,7 +7,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { readHfConfig } from "../src/model/hf_config.ts";
-import { LlamaModel } from "../src/model/llama.ts";
+import { DecoderModel } from "../src/model/decoder.ts";
 import { loadWeights, saveModel } from "../src/model/hf.ts";
 import { openBackend } from "../src/runtime/info.ts";
 import { DType } from "../src/runtime/ops.ts";
@@ -17,7 +17,7 @@ const fixture = fileURLToPath(
   new URL(`../tests/fixtures/${Deno.args[1] ?? "gqa"}`, import.meta.url),
 );
 const device = openBackend("auto");
-const model = new LlamaModel(device, await readHfConfig(fixture), {
+const model = new DecoderModel(device, await readHfConfig(fixture), {
   dtype: DType.f32,
   batch: 1,
   seqLen: 8,

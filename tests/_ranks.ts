@@ -5,8 +5,8 @@
  * P ranks with one rank or with transformers (documents_model, families_ranks, mistral_window).
  */
 import { testDevice } from "./_util.ts";
-import type { LlamaConfig } from "../src/model/config.ts";
-import { LlamaModel } from "../src/model/llama.ts";
+import type { ModelConfig } from "../src/model/config.ts";
+import { DecoderModel } from "../src/model/decoder.ts";
 import { DType } from "../src/runtime/ops.ts";
 import { ParallelLayout, type SequenceLayout } from "../src/parallel/layout.ts";
 import { buildSequenceAttention } from "../src/parallel/sequence_attention.ts";
@@ -18,7 +18,7 @@ import { docStartsFromTokens } from "../src/model/documents.ts";
 export interface Rank {
   layout: ParallelLayout;
   batch: ReturnType<ParallelLayout["sliceBatch"]>;
-  model: LlamaModel;
+  model: DecoderModel;
   attention: ReturnType<typeof buildSequenceAttention> | undefined;
 }
 
@@ -28,7 +28,7 @@ export interface Rank {
  * Allocated; the caller loads or initialises the weights and frees the ranks ({@link freeRanks}).
  */
 export function inProcessRanks(
-  cfg: LlamaConfig,
+  cfg: ModelConfig,
   o: {
     P: number;
     layout: SequenceLayout;
@@ -58,7 +58,7 @@ export function inProcessRanks(
       headGroups: o.headGroups ?? 1,
     });
     attention?.allocate();
-    const model = new LlamaModel(
+    const model = new DecoderModel(
       d,
       cfg,
       { dtype: DType.f32, batch: o.windows, seqLen: S, vocabChunk: o.vocabChunk },

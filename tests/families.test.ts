@@ -17,7 +17,7 @@ function refused(fn: () => unknown, text: string): Error {
 import { relError, TEST_BACKEND, testDevice } from "./_util.ts";
 import { openSafetensors } from "../src/io/safetensors.ts";
 import { parseHfConfig, readHfConfig, toHfConfig } from "../src/model/hf_config.ts";
-import { LlamaModel } from "../src/model/llama.ts";
+import { DecoderModel } from "../src/model/decoder.ts";
 import { initRandom, loadWeights, saveModel } from "../src/model/hf.ts";
 import { presetConfig, PRESETS } from "../src/model/presets.ts";
 import { paramCount } from "../src/model/config.ts";
@@ -45,7 +45,7 @@ async function runFixture(variant: string, dtype: DType, mlpTile?: number) {
   const dir = `${fixtures}${variant}`;
   const cfg = await readHfConfig(dir);
   const ref = await reference(variant);
-  const model = new LlamaModel(testDevice(), cfg, {
+  const model = new DecoderModel(testDevice(), cfg, {
     dtype,
     batch: 2,
     seqLen: 32,
@@ -139,7 +139,7 @@ for (
     const ref = await reference(variant);
     const out = await Deno.makeTempDir();
     const opts = { dtype: DType.f32, batch: 2, seqLen: 32 };
-    const model = new LlamaModel(testDevice(), cfg, opts);
+    const model = new DecoderModel(testDevice(), cfg, opts);
     model.allocate();
     try {
       await loadWeights(model, dir);
@@ -157,7 +157,7 @@ for (
       } finally {
         saved.close();
       }
-      const again = new LlamaModel(testDevice(), await readHfConfig(out), opts);
+      const again = new DecoderModel(testDevice(), await readHfConfig(out), opts);
       again.allocate();
       try {
         await loadWeights(again, out);
@@ -177,7 +177,7 @@ for (
 Deno.test("families: random initialisation gives zero biases and unit q/k norms", async () => {
   for (const variant of ["qwen2", "qwen3"]) {
     const cfg = await readHfConfig(`${fixtures}${variant}`);
-    const model = new LlamaModel(testDevice(), cfg, { dtype: DType.f32, batch: 1, seqLen: 8 });
+    const model = new DecoderModel(testDevice(), cfg, { dtype: DType.f32, batch: 1, seqLen: 8 });
     model.allocate();
     try {
       initRandom(model, 7);

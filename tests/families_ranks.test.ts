@@ -20,7 +20,7 @@ import { assert, assertEquals, assertLess } from "./assert.ts";
 import { relError, rng, testDevice } from "./_util.ts";
 import { openSafetensors } from "../src/io/safetensors.ts";
 import { readHfConfig } from "../src/model/hf_config.ts";
-import { LlamaModel } from "../src/model/llama.ts";
+import { DecoderModel } from "../src/model/decoder.ts";
 import { loadWeights } from "../src/model/hf.ts";
 import { DType } from "../src/runtime/ops.ts";
 import type { SequenceLayout } from "../src/parallel/layout.ts";
@@ -142,7 +142,12 @@ async function eachDocumentAlone(
   let lossSum = 0;
   for (const p of pieces) {
     const n = p.ids.length;
-    const model = new LlamaModel(d, cfg, { dtype: DType.f32, batch: 1, seqLen: n, vocabChunk: 50 });
+    const model = new DecoderModel(d, cfg, {
+      dtype: DType.f32,
+      batch: 1,
+      seqLen: n,
+      vocabChunk: 50,
+    });
     model.allocate();
     try {
       await loadWeights(model, dir);

@@ -30,7 +30,7 @@ import {
   readNpyWindow,
   writeNpy,
 } from "../src/io/npy.ts";
-import { type LlamaConfig, paramCount, parameterShapes, ropeInvFreq } from "../src/model/config.ts";
+import { type ModelConfig, paramCount, parameterShapes, ropeInvFreq } from "../src/model/config.ts";
 import { parseHfConfig, toHfConfig } from "../src/model/hf_config.ts";
 import { presetConfig, PRESETS } from "../src/model/presets.ts";
 
@@ -568,7 +568,7 @@ const LLAMA31_V5 = {
 Deno.test("config: Llama-3.1 classic and transformers-5 configs parse the same", () => {
   const a = parseHfConfig(LLAMA31_CLASSIC, "classic/config.json");
   const b = parseHfConfig(LLAMA31_V5, "v5/config.json");
-  const expected: LlamaConfig = {
+  const expected: ModelConfig = {
     vocabSize: 128256,
     hiddenSize: 4096,
     intermediateSize: 14336,
@@ -681,7 +681,7 @@ Deno.test("config: ropeInvFreq for llama3 scaling, hand-computed", () => {
   //   6.28, 167.08, 4442.88, 118142.8. So i = 0, 1 are kept (wavelen < 2048); i = 3 is divided
   //   by 8 (> 8192); i = 2 is interpolated with s = (8192 / 4442.8829 - 1) / (4 - 1) = 0.2812826:
   //   (1 - s) * inv / 8 + s * inv = 0.00052484616.
-  const cfg: LlamaConfig = {
+  const cfg: ModelConfig = {
     ...presetConfig("debug-tiny"),
     hiddenSize: 32,
     numHeads: 4,

@@ -13,7 +13,7 @@ import { assert, assertLess } from "./assert.ts";
 import { relError, TEST_BACKEND, testDevice } from "./_util.ts";
 import { openSafetensors, writeSafetensors } from "../src/io/safetensors.ts";
 import { readHfConfig } from "../src/model/hf_config.ts";
-import { LlamaModel } from "../src/model/llama.ts";
+import { DecoderModel } from "../src/model/decoder.ts";
 import { initRandom, loadWeights, saveModel } from "../src/model/hf.ts";
 import { DType } from "../src/runtime/ops.ts";
 import { fileURLToPath } from "node:url";
@@ -21,7 +21,7 @@ import { fileURLToPath } from "node:url";
 const fixtures = fileURLToPath(new URL("./fixtures/", import.meta.url));
 
 /** Every parameter's gradient, in layout order, as one array. */
-function allGrads(model: LlamaModel): Float32Array {
+function allGrads(model: DecoderModel): Float32Array {
   return Float32Array.from(model.layout.entries.flatMap((e) => Array.from(model.gradOf(e.name))));
 }
 
@@ -43,7 +43,12 @@ async function runFixture(variant: string, dtype: DType) {
   const dir = `${fixtures}${variant}`;
   const cfg = await readHfConfig(dir);
   const ref = await reference(variant);
-  const model = new LlamaModel(testDevice(), cfg, { dtype, batch: 2, seqLen: 32, vocabChunk: 100 });
+  const model = new DecoderModel(testDevice(), cfg, {
+    dtype,
+    batch: 2,
+    seqLen: 32,
+    vocabChunk: 100,
+  });
   model.allocate();
   try {
     await loadWeights(model, dir);
@@ -104,12 +109,12 @@ Deno.test(`llama ${TEST_BACKEND}: a saved checkpoint reloads to the same logits`
   const cfg = await readHfConfig(dir);
   const ref = await reference("gqa");
   const out = await Deno.makeTempDir();
-  const model = new LlamaModel(testDevice(), cfg, { dtype: DType.f32, batch: 2, seqLen: 32 });
+  const model = new DecoderModel(testDevice(), cfg, { dtype: DType.f32, batch: 2, seqLen: 32 });
   model.allocate();
   try {
     await loadWeights(model, dir);
     await saveModel(model, out, { dtype: "float32", tokenizerFrom: null });
-    const again = new LlamaModel(testDevice(), await readHfConfig(out), {
+    const again = new DecoderModel(testDevice(), await readHfConfig(out), {
       dtype: DType.f32,
       batch: 2,
       seqLen: 32,
@@ -144,7 +149,7 @@ Deno.test(`llama ${TEST_BACKEND}: checkpoint boundary, MLP tiling and offloaded 
   ];
   let logits: Float32Array | null = null;
   for (const variant of variants) {
-    const model = new LlamaModel(testDevice(), cfg, {
+    const model = new DecoderModel(testDevice(), cfg, {
       dtype: DType.f32,
       batch: 2,
       seqLen: 32,
@@ -196,7 +201,7 @@ for (const dtype of [DType.f32, DType.bf16]) {
     for (const checkpointBoundary of ["attention", "layer"] as const) {
       const runs: { logits: Float32Array; loss: number; grads: Map<string, Float32Array> }[] = [];
       for (const mlpTile of [64, 24]) {
-        const model = new LlamaModel(testDevice(), cfg, {
+        const model = new DecoderModel(testDevice(), cfg, {
           dtype,
           batch: 2,
           seqLen: 32,
@@ -243,7 +248,7 @@ Deno.test(`llama ${TEST_BACKEND}: offloaded checkpoints reuse their device slots
       checkpointBoundary: "layer" as const,
     }]
   ) {
-    const model = new LlamaModel(testDevice(), cfg, {
+    const model = new DecoderModel(testDevice(), cfg, {
       dtype: DType.f32,
       batch: 2,
       seqLen: T,
@@ -284,7 +289,7 @@ Deno.test(`llama ${TEST_BACKEND}: integer-typed weights are refused, naming the 
     }
     await writeSafetensors(`${out}/model.safetensors`, tensors);
     await Deno.copyFile(`${dir}/config.json`, `${out}/config.json`);
-    const model = new LlamaModel(testDevice(), await readHfConfig(out), {
+    const model = new DecoderModel(testDevice(), await readHfConfig(out), {
       dtype: DType.f32,
       batch: 1,
       seqLen: 8,

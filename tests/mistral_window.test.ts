@@ -12,12 +12,12 @@
 import { freeRanks, inProcessRanks, labelCount, summedGrads } from "./_ranks.ts";
 import { assert, assertLess } from "./assert.ts";
 import { relError, rng } from "./_util.ts";
-import type { LlamaConfig } from "../src/model/config.ts";
+import type { ModelConfig } from "../src/model/config.ts";
 import { initRandom } from "../src/model/hf.ts";
 import type { SequenceLayout } from "../src/parallel/layout.ts";
 
 const WINDOW = 5, L = 24, WINDOWS = 2, BOS = 1;
-const CFG: LlamaConfig = {
+const CFG: ModelConfig = {
   modelType: "mistral",
   slidingWindow: WINDOW,
   vocabSize: 64,
@@ -50,7 +50,7 @@ interface Run {
 }
 
 async function run(
-  cfg: LlamaConfig,
+  cfg: ModelConfig,
   P: number,
   sequence: SequenceLayout,
   withDocuments: boolean,

@@ -5,7 +5,7 @@ import { train } from "../src/train/trainer.ts";
 import { OptionError } from "../src/train/resolve_options.ts";
 import { writeNpy } from "../src/io/npy.ts";
 import { presetConfig } from "../src/model/presets.ts";
-import { LlamaModel } from "../src/model/llama.ts";
+import { DecoderModel } from "../src/model/decoder.ts";
 import { initRandom } from "../src/model/hf.ts";
 import { Device } from "../src/runtime/device.ts";
 import { DType } from "../src/runtime/ops.ts";
@@ -131,7 +131,7 @@ Deno.test("train: a .npy file of exactly one window is the first step's batch", 
   const [m] = await metrics(dir);
   // The same model (same seed) on inputs = first L tokens, labels = last L, computed directly.
   const device = Device.open("cpu");
-  const model = new LlamaModel(device, presetConfig("debug-tiny"), {
+  const model = new DecoderModel(device, presetConfig("debug-tiny"), {
     dtype: DType.f32,
     batch: 1,
     seqLen: L,

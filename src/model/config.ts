@@ -26,7 +26,7 @@ export type RopeScaling =
  * A Llama-shaped decoder-only model: Llama 2 / 3 / 3.1, TinyLlama, and the families registered in
  * src/model/families/ (Qwen2 / Qwen2.5, Qwen3, Mistral with or without a sliding window).
  */
-export interface LlamaConfig {
+export interface ModelConfig {
   /**
    * The Hugging Face `model_type` of the family (src/model/families/registry.ts); absent:
    * "llama".
@@ -81,8 +81,8 @@ export const SUPPORTED_ROPE_TYPES = ["default", "linear", "llama3"] as const;
 /**
  * Checks the invariants of a config; throws naming `source` on the first violation.
  */
-export function validateConfig(cfg: LlamaConfig, source = "config"): void {
-  const ints: (keyof LlamaConfig)[] = [
+export function validateConfig(cfg: ModelConfig, source = "config"): void {
+  const ints: (keyof ModelConfig)[] = [
     "vocabSize",
     "hiddenSize",
     "intermediateSize",
@@ -121,7 +121,7 @@ export function validateConfig(cfg: LlamaConfig, source = "config"): void {
  * 3.1 405B: 126 layers, hidden 16384, MLP 53248, vocabulary 128256, 128 heads): a bigger value is
  * a typo or a damaged file, and building it would exhaust memory or time (one object per layer).
  */
-export const CONFIG_LIMITS: Readonly<Record<string, [keyof LlamaConfig, number]>> = Object.freeze({
+export const CONFIG_LIMITS: Readonly<Record<string, [keyof ModelConfig, number]>> = Object.freeze({
   num_hidden_layers: ["numLayers", 1024],
   hidden_size: ["hiddenSize", 131072],
   intermediate_size: ["intermediateSize", 1 << 20],
@@ -140,7 +140,7 @@ export const MAX_PARAMETERS = 2 ** 41;
  * or buffer exists), naming the config.json field: each field at most its CONFIG_LIMITS entry and
  * the parameter count at most MAX_PARAMETERS.
  */
-export function checkConfigSizes(cfg: LlamaConfig, source = "config"): void {
+export function checkConfigSizes(cfg: ModelConfig, source = "config"): void {
   for (const [field, [key, limit]] of Object.entries(CONFIG_LIMITS)) {
     const v = cfg[key] as number;
     if (v > limit) {
@@ -182,7 +182,7 @@ export interface RopeOptions {
  *   (1 - s) * inv / factor + s * inv.
  * The attention scaling factor of all three types is 1.
  */
-export function ropeInvFreq(cfg: LlamaConfig, opts: RopeOptions = {}): Float64Array {
+export function ropeInvFreq(cfg: ModelConfig, opts: RopeOptions = {}): Float64Array {
   const r: (x: number) => number = opts.float32 ? Math.fround : (x) => x;
   const dim = cfg.headDim;
   const half = dim >> 1;
@@ -244,13 +244,13 @@ export type LayerParamKey =
 export interface LayerParam {
   key: LayerParamKey;
   name: string;
-  shape: (cfg: LlamaConfig) => number[];
+  shape: (cfg: ModelConfig) => number[];
   /** Present only when this holds (absent: always). */
-  when?: (cfg: LlamaConfig) => boolean;
+  when?: (cfg: ModelConfig) => boolean;
 }
 
-const qDimOf = (c: LlamaConfig) => c.numHeads * c.headDim;
-const kvDimOf = (c: LlamaConfig) => c.numKvHeads * c.headDim;
+const qDimOf = (c: ModelConfig) => c.numHeads * c.headDim;
+const kvDimOf = (c: ModelConfig) => c.numKvHeads * c.headDim;
 
 /**
  * The one table of per-layer parameters, in Hugging Face names and order (transformers' module
@@ -300,7 +300,7 @@ export const LAYER_PARAMS: readonly LayerParam[] = Object.freeze([
 ]);
 
 /** The per-layer parameters of `cfg`'s layers (LAYER_PARAMS filtered by its options). */
-export function layerParams(cfg: LlamaConfig): LayerParam[] {
+export function layerParams(cfg: ModelConfig): LayerParam[] {
   return LAYER_PARAMS.filter((p) => !p.when || p.when(cfg));
 }
 
@@ -308,7 +308,7 @@ export function layerParams(cfg: LlamaConfig): LayerParam[] {
  * Every parameter in Hugging Face naming and order: embeddings, per layer (layerParams), final
  * norm, then `lm_head.weight` unless tied.
  */
-export function parameterShapes(cfg: LlamaConfig): ParamShape[] {
+export function parameterShapes(cfg: ModelConfig): ParamShape[] {
   const h = cfg.hiddenSize, layer = layerParams(cfg);
   const out: ParamShape[] = [{ name: "model.embed_tokens.weight", shape: [cfg.vocabSize, h] }];
   for (let i = 0; i < cfg.numLayers; i++) {
@@ -320,7 +320,7 @@ export function parameterShapes(cfg: LlamaConfig): ParamShape[] {
 }
 
 /** Number of parameters (tied embeddings counted once). */
-export function paramCount(cfg: LlamaConfig): number {
+export function paramCount(cfg: ModelConfig): number {
   let n = 0;
   for (const p of parameterShapes(cfg)) n += p.shape.reduce((a, b) => a * b, 1);
   return n;

@@ -1,6 +1,6 @@
 /**
  * Hugging Face model folders in and out: resolving `--model` (a preset or a folder), loading
- * weights into a LlamaModel, random initialisation, and writing checkpoints in the same layout
+ * weights into a DecoderModel, random initialisation, and writing checkpoints in the same layout
  * (config.json, safetensors with an index when large, tokenizer files copied) so transformers
  * loads them.
  */
@@ -14,15 +14,15 @@ import {
   writeShardedSafetensors,
 } from "../io/safetensors.ts";
 import { writeBytesAtomic } from "../io/files.ts";
-import type { LlamaConfig } from "./config.ts";
+import type { ModelConfig } from "./config.ts";
 import { readHfConfig, toHfConfig } from "./hf_config.ts";
 import { isPreset, presetConfig, PRESETS } from "./presets.ts";
-import type { LlamaModel } from "./llama.ts";
+import type { DecoderModel } from "./decoder.ts";
 import { ByteTokenizer, byteTokenizerFiles } from "../data/tokenizer.ts";
 
 /** What `--model` resolved to. */
 export interface ModelSource {
-  config: LlamaConfig;
+  config: ModelConfig;
   /** The folder with weights and tokenizer, or null for a preset (random initialisation). */
   dir: string | null;
   name: string;
@@ -63,7 +63,7 @@ export async function resolveModel(spec: string): Promise<ModelSource> {
 const FLOAT_DTYPES = new Set(["F32", "BF16", "F16", "F64"]);
 
 /** Loads every parameter from the folder's safetensors (fp32, bf16 or fp16) into the master. */
-export async function loadWeights(model: LlamaModel, dir: string): Promise<void> {
+export async function loadWeights(model: DecoderModel, dir: string): Promise<void> {
   const source = await openSafetensors(dir);
   try {
     const missing = model.layout.entries.filter((e) => !source.has(e.name)).map((e) => e.name);
@@ -100,7 +100,7 @@ export async function loadWeights(model: LlamaModel, dir: string): Promise<void>
  * the device: each rank draws only the part it owns, and the values do not depend on the sharding
  * (parameter k uses the stream (seed, k), element i of it the i-th draw).
  */
-export function initRandom(model: LlamaModel, seed: number, std = 0.02): void {
+export function initRandom(model: DecoderModel, seed: number, std = 0.02): void {
   model.layout.entries.forEach((e, k) => {
     const stream = (BigInt(seed) << 20n) + BigInt(k);
     if (e.name.endsWith(".bias")) model.params.initNormal(e.name, stream, 0, 0);
@@ -259,7 +259,7 @@ export function checkModelFolderFiles(modelDir: string | null): void {
 
 /** Writes config.json, the weights (safetensors, sharded with an index when large), tokenizer. */
 export async function saveModel(
-  model: LlamaModel,
+  model: DecoderModel,
   dir: string,
   opts: CheckpointOptions,
 ): Promise<void> {
@@ -311,7 +311,7 @@ export async function saveModel(
  * Saves this rank's fp32 master weights and AdamW moments for resuming (the whole state when
  * replicated, the rank's shard when sharded: then every rank writes its own file).
  */
-export async function saveOptimizer(model: LlamaModel, path: string): Promise<void> {
+export async function saveOptimizer(model: DecoderModel, path: string): Promise<void> {
   await writeSafetensors(
     path,
     model.params.state.map((t) => ({
@@ -324,7 +324,7 @@ export async function saveOptimizer(model: LlamaModel, path: string): Promise<vo
 }
 
 /** Restores what saveOptimizer wrote (same model, world size and sharding). */
-export async function loadOptimizer(model: LlamaModel, path: string): Promise<void> {
+export async function loadOptimizer(model: DecoderModel, path: string): Promise<void> {
   const file = await openSafetensors(path);
   try {
     for (const t of model.params.state) {

@@ -1,10 +1,10 @@
 /**
  * Hugging Face `config.json` for every registered model family (src/model/families/): the keys
  * Llama-shaped decoders share are parsed here, the family (by `model_type`) checks its own; parsing it (classic and transformers 5 spellings)
- * into a LlamaConfig with errors naming the file and key, and writing one transformers loads.
+ * into a ModelConfig with errors naming the file and key, and writing one transformers loads.
  */
 import {
-  type LlamaConfig,
+  type ModelConfig,
   type RopeScaling,
   SUPPORTED_ROPE_TYPES,
   validateConfig,
@@ -99,7 +99,7 @@ function parseRope(r: Json, key: string, source: string): RopeScaling {
  * path) is named in every error. Accepts the classic keys (`rope_theta`, `rope_scaling` with
  * `rope_type` or `type`) and transformers 5's `rope_parameters`.
  */
-export function parseHfConfig(json: unknown, source: string): LlamaConfig {
+export function parseHfConfig(json: unknown, source: string): ModelConfig {
   if (!isObj(json)) throw new Error(`${source}: config is not a JSON object`);
   const j = json;
   const family = familyForJson(j, source);
@@ -147,7 +147,7 @@ export function parseHfConfig(json: unknown, source: string): LlamaConfig {
   } else eos = tokenId(j.eos_token_id, "eos_token_id", source);
   const bos = tokenId(j.bos_token_id, "bos_token_id", source);
 
-  const cfg: LlamaConfig = {
+  const cfg: ModelConfig = {
     vocabSize: posInt(j, "vocab_size", source),
     hiddenSize: hidden,
     intermediateSize: posInt(j, "intermediate_size", source),
@@ -172,7 +172,7 @@ export function parseHfConfig(json: unknown, source: string): LlamaConfig {
 }
 
 /** Reads and parses `config.json` from a model folder (or a path to the file itself). */
-export async function readHfConfig(path: string): Promise<LlamaConfig> {
+export async function readHfConfig(path: string): Promise<ModelConfig> {
   let file = path;
   try {
     if ((await Deno.stat(path)).isDirectory) file = `${path.replace(/\/+$/, "")}/config.json`;
@@ -209,7 +209,7 @@ export interface HfConfigOptions {
  * both `torch_dtype` (transformers 4) and `dtype` (transformers 5), from `opts.dtype` (the dtype
  * the weights are stored in: "bfloat16" (default), "float16" or "float32").
  */
-export function toHfConfig(cfg: LlamaConfig, opts: HfConfigOptions = {}): Record<string, unknown> {
+export function toHfConfig(cfg: ModelConfig, opts: HfConfigOptions = {}): Record<string, unknown> {
   validateConfig(cfg);
   let ropeScaling: Record<string, unknown> | null = null;
   const rs = cfg.ropeScaling;

@@ -1,7 +1,7 @@
 /**
  * One decoder layer (Llama's, with the family options of config.ts: Qwen2's q/k/v biases, Qwen3's
  * per-head q/k RMSNorm), forward and hand-written backward (the forward in reverse, as in
- * llm.c). The model shell (llama.ts) owns the buffers and the order of layers; this file owns what
+ * llm.c). The model shell (decoder.ts) owns the buffers and the order of layers; this file owns what
  * one layer computes. Activations are B*T token rows, row-major [tokens, width].
  *
  * Backward recomputes the layer's cheap parts (norms, projections, RoPE, MLP) from its saved input
@@ -18,7 +18,7 @@ import type { Device, DevicePtr } from "../runtime/device.ts";
 import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
 import type { Tensor } from "../runtime/tensor.ts";
-import type { LayerParamKey, LlamaConfig } from "./config.ts";
+import type { LayerParamKey, ModelConfig } from "./config.ts";
 import type { Attention, AttentionTensors, SequenceDocuments } from "./attention.ts";
 
 /**
@@ -148,7 +148,7 @@ export class DecoderLayer {
 
   constructor(
     readonly device: Device,
-    readonly cfg: LlamaConfig,
+    readonly cfg: ModelConfig,
     readonly shape: LayerShape,
     readonly s: LayerScratch,
     readonly g: LayerGradScratch,

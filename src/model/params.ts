@@ -17,7 +17,7 @@ import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
 import { fillNormal } from "../runtime/ops_basic.ts";
 import type { Communicator } from "../runtime/communicator.ts";
-import { type LlamaConfig, parameterShapes } from "./config.ts";
+import { type ModelConfig, parameterShapes } from "./config.ts";
 
 /** One parameter inside the flat parameter buffers. */
 export interface ParamEntry {
@@ -49,7 +49,7 @@ export class ParamLayout {
   readonly count: number;
 
   /** `unitAlign`: each unit's size is a multiple of it (64 x world for even shards). */
-  constructor(readonly cfg: LlamaConfig, readonly unitAlign = 64) {
+  constructor(readonly cfg: ModelConfig, readonly unitAlign = 64) {
     let offset = 0, count = 0, unitStart = 0, unit = 0;
     const closeUnit = () => {
       const size = Math.ceil((offset - unitStart) / unitAlign) * unitAlign;

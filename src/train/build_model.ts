@@ -7,7 +7,7 @@ import { openBackend } from "../runtime/info.ts";
 import { formatBytes } from "../runtime/memory.ts";
 import { DType } from "../runtime/ops.ts";
 import type { Device } from "../runtime/device.ts";
-import { LlamaModel } from "../model/llama.ts";
+import { DecoderModel } from "../model/decoder.ts";
 import type { ModelSource } from "../model/hf.ts";
 import type { TrainOptions } from "./options.ts";
 import {
@@ -40,7 +40,7 @@ export async function buildModel(
   device: Device;
   world: Communicator | null;
   attention: SequenceAttention | undefined;
-  model: LlamaModel;
+  model: DecoderModel;
   /** Free device bytes before allocation; the whole plan (tensors, workspaces, cuDNN scratch). */
   memory: { freeBefore: number; planned: number };
 }> {
@@ -81,7 +81,7 @@ export async function buildModel(
   // The model makes no communicators: on one device, offloading shards over a world of one.
   const paramComm = world ?? (o.offloadOptimizer ? new SelfComm(device) : null);
   const params = parallel.paramStore(paramComm, o.offloadOptimizer);
-  const model = new LlamaModel(device, cfg, modelOptions(o, S, params), attention);
+  const model = new DecoderModel(device, cfg, modelOptions(o, S, params), attention);
   const props = device.props(0);
   log(
     `distflash train: ${source.name} (${(model.layout.count / 1e6).toFixed(1)}M parameters) on ` +

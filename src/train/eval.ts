@@ -6,7 +6,7 @@
  */
 import { Dataset, type DatasetStats, openDataset, type Tokenizer } from "../data/mod.ts";
 import type { Communicator } from "../comm/comm.ts";
-import type { LlamaModel } from "../model/llama.ts";
+import type { DecoderModel } from "../model/decoder.ts";
 import type { Device, DeviceBuffer } from "../runtime/device.ts";
 import type { TrainOptions } from "./options.ts";
 import { allReduceNumber } from "./ranks.ts";
@@ -102,7 +102,7 @@ export function evaluationDue(
 /** Where this rank sits and what the model's micro-batch holds. */
 export interface EvalPlacement {
   device: Device;
-  model: LlamaModel;
+  model: DecoderModel;
   /** All ranks (null on one rank). */
   world: Communicator | null;
   /** A device scratch of at least 4 bytes for the sums. */

@@ -4,7 +4,7 @@
  * backward 2.5x the forward) over what the devices could do at their dense bf16 peak. The one
  * owner of that count and of the peak table, for `train` (metrics.jsonl `mfu`) and `bench train`.
  */
-import { type LlamaConfig, paramCount } from "../model/config.ts";
+import { type ModelConfig, paramCount } from "../model/config.ts";
 
 /**
  * Dense (not 2:4 sparse) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets, matched
@@ -49,7 +49,7 @@ export function runPeakTflops(
  * and forward+backward 3.5 times that. Counted for the causal mask whatever the attention mask
  * (the model's FLOPs, as MFU defines them).
  */
-export function trainingFlopsPerToken(cfg: LlamaConfig, seqLen: number): number {
+export function trainingFlopsPerToken(cfg: ModelConfig, seqLen: number): number {
   const attention = 3.5 * 2 * cfg.numHeads * seqLen * cfg.headDim * cfg.numLayers;
   return 6 * paramCount(cfg) + attention;
 }

@@ -8,9 +8,9 @@ import { cudnnScratchBytes } from "../runtime/attention_kernel.ts";
 import type { Device } from "../runtime/device.ts";
 import { DType } from "../runtime/ops.ts";
 import { formatBytes } from "../runtime/memory.ts";
-import type { LlamaConfig } from "../model/config.ts";
+import type { ModelConfig } from "../model/config.ts";
 import { type AttentionGeometry, attentionGeometry } from "../model/attention.ts";
-import { LlamaModel, type ModelOptions } from "../model/llama.ts";
+import { DecoderModel, type ModelOptions } from "../model/decoder.ts";
 import type { ParamStoreSpec } from "../model/params.ts";
 import { buildSequenceAttention, type SequenceAttention } from "../parallel/sequence_attention.ts";
 import type { Communicator } from "../comm/comm.ts";
@@ -104,7 +104,7 @@ export function modelOptions(
 
 /** Per-GPU memory of a run with these options on `world` ranks (no allocation happens). */
 export function estimateMemory(
-  cfg: LlamaConfig,
+  cfg: ModelConfig,
   o: TrainOptions,
   world: number,
   seqLen = o.modelMaxLength,
@@ -138,7 +138,7 @@ export function estimateMemory(
   }
   // The offloaded optimizer shards even over a world of one.
   const comm = world > 1 || o.offloadOptimizer ? fakeComm(world) : null;
-  const model = new LlamaModel(
+  const model = new DecoderModel(
     PLAN_ONLY_DEVICE,
     cfg,
     modelOptions(o, S, parallel.paramStore(comm, o.offloadOptimizer)),
@@ -187,7 +187,7 @@ function fitsBoth(e: MemoryEstimate, o: TrainOptions, gpuBytes: number, hostByte
  * of `step` finds it.
  */
 export function longestFitting(
-  cfg: LlamaConfig,
+  cfg: ModelConfig,
   o: TrainOptions,
   world: number,
   budgetBytes: number,
@@ -231,7 +231,7 @@ export interface HostBudget {
 
 /** The report `distflash plan` prints (and `train` when a run does not fit). */
 export function formatPlan(
-  cfg: LlamaConfig,
+  cfg: ModelConfig,
   o: TrainOptions,
   world: number,
   budgetBytes: number,
@@ -331,7 +331,7 @@ export interface Saving {
  * the native attention kernels where cuDNN's scratch is counted),
  * cheapest first (ties: fewer options first, then by their flags' spelling).
  */
-export function memorySavings(cfg: LlamaConfig, o: TrainOptions, world: number): Saving[] {
+export function memorySavings(cfg: ModelConfig, o: TrainOptions, world: number): Saving[] {
   type Part = { change: Partial<TrainOptions>; flags: string[]; cost: number };
   const none: Part = { change: {}, flags: [], cost: 0 };
   const layout = new ParallelLayout(world, 0, o);
@@ -410,7 +410,7 @@ export function memorySavings(cfg: LlamaConfig, o: TrainOptions, world: number):
  * per GPU and `hostBytes` per node, or undefined when none does.
  */
 export function cheapestSaving(
-  cfg: LlamaConfig,
+  cfg: ModelConfig,
   o: TrainOptions,
   world: number,
   gpuBytes: number,
@@ -428,7 +428,7 @@ export function cheapestSaving(
  * pairs against causal's, and on several sp ranks the busiest rank's share over the mean (block
  * pairs wholly outside the window are skipped, so their work is not counted).
  */
-function windowWorkLines(cfg: LlamaConfig, o: TrainOptions, world: number): string[] {
+function windowWorkLines(cfg: ModelConfig, o: TrainOptions, world: number): string[] {
   const layout = new ParallelLayout(world, 0, o), L = o.modelMaxLength, W = cfg.slidingWindow ?? 0;
   if (W <= 0 || W >= L || L % layout.lengthUnit !== 0) return [];
   const work = attentionWorkPerRank(layout, L, [0], W);
@@ -498,7 +498,7 @@ function documentWorkLines(
  * with these options or with one offload dropped, whichever is longer.
  */
 function hostHints(
-  cfg: LlamaConfig,
+  cfg: ModelConfig,
   o: TrainOptions,
   world: number,
   gpuBytes: number,

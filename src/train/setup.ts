@@ -9,7 +9,7 @@ import { join } from "node:path";
 import type { Tokenizer } from "../data/mod.ts";
 import type { Dataset } from "../data/mod.ts";
 import type { Device, DeviceBuffer } from "../runtime/device.ts";
-import type { LlamaModel } from "../model/llama.ts";
+import type { DecoderModel } from "../model/decoder.ts";
 import { initRandom, loadOptimizer, loadWeights, type ModelSource } from "../model/hf.ts";
 import type { TrainOptions } from "./options.ts";
 import { reportsToTensorBoard } from "./resolve_options.ts";
@@ -37,7 +37,7 @@ export interface RunResources {
   world: Communicator | null;
   /** The sequence-parallel attention (sp > 1 only). */
   attention: SequenceAttention | undefined;
-  model: LlamaModel;
+  model: DecoderModel;
   /** A small device buffer for the sums over ranks (token counts, losses, barriers). */
   scratch: DeviceBuffer;
   /** Rank 0's hold on the output folder (null on the other ranks). */

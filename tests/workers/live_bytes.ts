@@ -4,13 +4,13 @@
  * in parallel threads of one process share the library, and its count).
  */
 import { presetConfig } from "../../src/model/presets.ts";
-import { LlamaModel } from "../../src/model/llama.ts";
+import { DecoderModel } from "../../src/model/decoder.ts";
 import { Device } from "../../src/runtime/device.ts";
 import { DType } from "../../src/runtime/ops.ts";
 
 const device = Device.open("cpu");
 const before = device.liveAllocations().bytes;
-const model = new LlamaModel(device, presetConfig("debug-small"), {
+const model = new DecoderModel(device, presetConfig("debug-small"), {
   dtype: DType.f32,
   batch: 1,
   seqLen: 128,

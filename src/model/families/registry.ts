@@ -9,7 +9,7 @@
  *
  * @module
  */
-import type { LlamaConfig } from "../config.ts";
+import type { ModelConfig } from "../config.ts";
 
 /** A parsed config.json object. */
 export type HfJson = Record<string, unknown>;
@@ -26,14 +26,14 @@ export interface ModelFamily {
    * Checks the family's own keys of `json` and returns `base` (the shared keys, already parsed)
    * with the family's options set. Throws naming `source` and the key on anything unsupported.
    */
-  parse(json: HfJson, source: string, base: LlamaConfig): LlamaConfig;
+  parse(json: HfJson, source: string, base: ModelConfig): ModelConfig;
   /**
    * The family's keys of a saved config.json: `out` holds the shared keys (Llama's spelling);
    * the family adds, overrides or deletes.
    */
-  toHf(cfg: LlamaConfig, out: HfJson): void;
+  toHf(cfg: ModelConfig, out: HfJson): void;
   /** Named model sizes of this family (`--model NAME`, `plan`). */
-  presets: Readonly<Record<string, Readonly<LlamaConfig>>>;
+  presets: Readonly<Record<string, Readonly<ModelConfig>>>;
 }
 
 const FAMILIES = new Map<string, ModelFamily>();
@@ -71,7 +71,7 @@ export function supportedFamilies(): string {
 }
 
 /** The family of a config (its modelType; absent: llama). */
-export function familyOf(cfg: LlamaConfig): ModelFamily {
+export function familyOf(cfg: ModelConfig): ModelFamily {
   const t = cfg.modelType ?? "llama";
   const f = FAMILIES.get(t);
   if (!f) throw new Error(`model family ${JSON.stringify(t)} is not registered`);

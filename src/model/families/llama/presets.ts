@@ -2,9 +2,9 @@
  * The Llama family's named sizes: published Llama sizes and small debug models for tests and
  * development.
  */
-import type { LlamaConfig } from "../../config.ts";
+import type { ModelConfig } from "../../config.ts";
 
-function preset(c: LlamaConfig): Readonly<LlamaConfig> {
+function preset(c: ModelConfig): Readonly<ModelConfig> {
   return Object.freeze(c);
 }
 
@@ -34,7 +34,7 @@ const DEBUG_BASE = {
  * Named model sizes (random initialisation). Published sizes for the Llama models; the debug
  * presets are small models for tests and development.
  */
-export const LLAMA_PRESETS: Readonly<Record<string, Readonly<LlamaConfig>>> = Object.freeze({
+export const LLAMA_PRESETS: Readonly<Record<string, Readonly<ModelConfig>>> = Object.freeze({
   "llama-2-7b": preset({
     ...LLAMA2_BASE,
     hiddenSize: 4096,

@@ -7,13 +7,13 @@
  *
  * @module
  */
-import type { LlamaConfig } from "../../config.ts";
+import type { ModelConfig } from "../../config.ts";
 import type { ModelFamily } from "../registry.ts";
 
 // mistralai/Mistral-7B-v0.1 config.json: vocab_size 32000, hidden_size 4096, intermediate_size
 // 14336, 32 layers, 32 heads (head size 128), 8 KV heads, rms_norm_eps 1e-5, rope_theta 10000,
 // max_position_embeddings 32768, sliding_window 4096, tie_word_embeddings false, bos 1, eos 2.
-const MISTRAL_7B_V01: LlamaConfig = {
+const MISTRAL_7B_V01: ModelConfig = {
   modelType: "mistral",
   slidingWindow: 4096,
   vocabSize: 32000,

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { LlamaConfig } from "../../config.ts";
+import type { ModelConfig } from "../../config.ts";
 import { refuseSlidingWindow } from "../common.ts";
 import type { ModelFamily } from "../registry.ts";
 
@@ -12,7 +12,7 @@ import type { ModelFamily } from "../registry.ts";
 // 28 layers, 28 heads (head size 128), 4 KV heads, rms_norm_eps 1e-6, rope_theta 1e6,
 // max_position_embeddings 131072, tie_word_embeddings false, bos/eos 151643,
 // use_sliding_window false.
-const QWEN25_7B: LlamaConfig = {
+const QWEN25_7B: ModelConfig = {
   modelType: "qwen2",
   qkvBias: true,
   vocabSize: 152064,

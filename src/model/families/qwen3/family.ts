@@ -5,14 +5,14 @@
  *
  * @module
  */
-import type { LlamaConfig } from "../../config.ts";
+import type { ModelConfig } from "../../config.ts";
 import { refuseSlidingWindow, refuseTrue } from "../common.ts";
 import type { ModelFamily } from "../registry.ts";
 
 // Qwen/Qwen3-8B config.json: vocab_size 151936, hidden_size 4096, intermediate_size 12288,
 // 36 layers, 32 heads, 8 KV heads, head_dim 128, rms_norm_eps 1e-6, rope_theta 1e6,
 // max_position_embeddings 40960, tie_word_embeddings false, bos 151643, eos 151645.
-const QWEN3_8B: LlamaConfig = {
+const QWEN3_8B: ModelConfig = {
   modelType: "qwen3",
   qkNorm: true,
   vocabSize: 151936,

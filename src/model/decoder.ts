@@ -1,6 +1,7 @@
 /**
- * The Llama model on one device: parameters, memory plan, forward and a hand-written backward
- * (the forward in reverse, as in llm.c). Attention goes through an `Attention` object so the
+ * The decoder-only model on one device, for every registered family (Llama's decoder with the
+ * families' switches: q/k/v biases, q/k norms, a sliding window; src/model/families/): parameters,
+ * memory plan, forward and a hand-written backward (the forward in reverse, as in llm.c). Attention goes through an `Attention` object so the
  * sequence-parallel DistAttn can replace the local kernel without touching this file.
  *
  * Activations of a batch are B*T tokens laid out row-major [B*T, width]. What each layer saves
@@ -13,7 +14,7 @@ import { MemoryPlan, type Slot } from "../runtime/memory.ts";
 import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
 import { Tensor } from "../runtime/tensor.ts";
-import { layerParams, type LlamaConfig, ropeInvFreq } from "./config.ts";
+import { layerParams, type ModelConfig, ropeInvFreq } from "./config.ts";
 import { f32ToBf16 } from "../io/dtype.ts";
 import {
   type ParamEntry,
@@ -77,7 +78,7 @@ export interface ModelOptions {
   offloadCheckpoints?: boolean;
 }
 
-export class LlamaModel {
+export class DecoderModel {
   readonly layout: ParamLayout;
   readonly plan = new MemoryPlan();
   readonly tokens: number;
@@ -121,7 +122,7 @@ export class LlamaModel {
 
   constructor(
     readonly device: Device,
-    readonly cfg: LlamaConfig,
+    readonly cfg: ModelConfig,
     readonly opts: ModelOptions,
     attention?: Attention,
   ) {
