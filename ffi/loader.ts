@@ -9,7 +9,10 @@
  * libnccl.so.2:
  *   1. $DISTFLASH_NCCL_PATH (a file), if set (and nothing else then);
  *   2. the dynamic loader's own search (LD_LIBRARY_PATH, ld.so.cache) for libnccl.so.2;
- *   3. the usual install folders of CUDA and of the nvidia-nccl Python wheels.
+ *   3. the usual install folders of CUDA and NCCL;
+ *   4. the nvidia-nccl Python wheel (nvidia/nccl/lib) of the active virtual environment or conda
+ *      environment ($VIRTUAL_ENV, then $CONDA_PREFIX: lib/python3.x/site-packages), as the cuDNN
+ *      loader (csrc/common/cudnn_loader.c) looks for cuDNN's wheel.
  * A library that cannot be opened is reported with every path tried and the loader's reason.
  */
 import { createHash } from "node:crypto";
@@ -137,7 +140,28 @@ export function ncclCandidates(options: LoaderOptions = {}): string[] {
     "/usr/local/cuda/lib64/libnccl.so.2",
     "/usr/local/nccl/lib/libnccl.so.2",
     "/opt/nccl/lib/libnccl.so.2",
+    ...wheelCandidates(envOf(options)),
   ];
+}
+
+/** The nvidia-nccl wheel's library in each python3.* of $VIRTUAL_ENV, then $CONDA_PREFIX. */
+function wheelCandidates(env: Record<string, string | undefined>): string[] {
+  const found: string[] = [];
+  for (const prefix of [env.VIRTUAL_ENV, env.CONDA_PREFIX]) {
+    if (!prefix) continue;
+    let pythons: string[] = [];
+    try {
+      pythons = [...Deno.readDirSync(join(prefix, "lib"))]
+        .filter((e) => e.isDirectory && e.name.startsWith("python3"))
+        .map((e) => e.name).sort();
+    } catch {
+      continue; // no lib/ folder: not an environment
+    }
+    for (const py of pythons) {
+      found.push(join(prefix, "lib", py, "site-packages", "nvidia", "nccl", "lib", "libnccl.so.2"));
+    }
+  }
+  return found;
 }
 
 /** Opens NCCL; throws LibraryNotFoundError naming every path tried. */

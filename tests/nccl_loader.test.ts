@@ -44,6 +44,8 @@ async function openIn(
   const base = Deno.env.toObject();
   delete base.DISTFLASH_NCCL_PATH;
   delete base.LD_LIBRARY_PATH;
+  delete base.VIRTUAL_ENV;
+  delete base.CONDA_PREFIX;
   const code = `
     import { openNccl } from ${JSON.stringify(loader)};
     try {
@@ -106,6 +108,41 @@ Deno.test("nccl loader: found through DISTFLASH_NCCL_PATH, through LD_LIBRARY_PA
   } finally {
     rmSync(a, { recursive: true });
     rmSync(b, { recursive: true });
+  }
+});
+
+Deno.test("nccl loader: the nvidia-nccl wheel of $VIRTUAL_ENV, then of $CONDA_PREFIX, after the folders", async () => {
+  const venv = mkdtempSync(join(tmpdir(), "distflash-venv-"));
+  const conda = mkdtempSync(join(tmpdir(), "distflash-conda-"));
+  try {
+    const wheel = (prefix: string, py: string) =>
+      join(prefix, "lib", py, "site-packages", "nvidia", "nccl", "lib");
+    for (const dir of [wheel(venv, "python3.12"), wheel(conda, "python3.11")]) {
+      Deno.mkdirSync(dir, { recursive: true });
+    }
+    Deno.mkdirSync(join(venv, "lib", "not-python"));
+    const inVenv = join(wheel(venv, "python3.12"), "libnccl.so.2");
+    const inConda = join(wheel(conda, "python3.11"), "libnccl.so.2");
+    assertEquals(ncclCandidates({ env: { VIRTUAL_ENV: venv, CONDA_PREFIX: conda } }), [
+      "libnccl.so.2",
+      ...FOLDERS,
+      inVenv,
+      inConda,
+    ]);
+    // A prefix without lib/ adds nothing.
+    assertEquals(ncclCandidates({ env: { VIRTUAL_ENV: join(venv, "nope") } }), [
+      "libnccl.so.2",
+      ...FOLDERS,
+    ]);
+    fakeNccl(wheel(conda, "python3.11"), 22103);
+    const r = await openIn({ VIRTUAL_ENV: venv, CONDA_PREFIX: conda });
+    if (r.path === inConda) assertEquals(r.version, 22103);
+    else console.log(`nccl loader: this machine's own NCCL came first (${JSON.stringify(r)})`);
+    const e = await openIn({ VIRTUAL_ENV: venv });
+    if (e.error !== undefined) assert(e.error.includes(`${inVenv}: no such file`), e.error);
+  } finally {
+    rmSync(venv, { recursive: true });
+    rmSync(conda, { recursive: true });
   }
 });
 
