@@ -271,6 +271,34 @@ Deno.test("output folder: --overwrite-output-dir deletes only the folder's run's
   await Deno.remove(out, { recursive: true });
 });
 
+Deno.test("output folder: --overwrite-output-dir deletes the earlier run's event files in runs/, not a user's", async () => {
+  const out = await Deno.makeTempDir();
+  await train({ ...base, maxSteps: 2, outputDir: out, reportTo: "tensorboard" }, quiet);
+  const runs = join(out, "runs");
+  const written = [...Deno.readDirSync(runs)].map((e) => e.name);
+  assertEquals(written.length, 1, written.join(", "));
+  // As an earlier run in another second and process names it (this process would reuse the name).
+  const earlierEvents = ["events.out.tfevents.1700000000.somehost.4242.distflash"];
+  Deno.renameSync(join(runs, written[0]), join(runs, earlierEvents[0]));
+  Deno.writeTextFileSync(join(runs, "notes.txt"), "mine");
+  Deno.writeTextFileSync(join(runs, "events.out.tfevents.1.other-tool"), "theirs");
+  const lines: string[] = [];
+  await train(
+    { ...base, maxSteps: 1, outputDir: out, reportTo: "tensorboard", overwriteOutputDir: true },
+    { log: (l) => lines.push(l) },
+  );
+  assert(
+    lines.includes(`--overwrite-output-dir: deleted ${join(runs, earlierEvents[0])}`),
+    lines.join("\n"),
+  );
+  const now = [...Deno.readDirSync(runs)].map((e) => e.name).sort();
+  assert(!now.includes(earlierEvents[0]), "the earlier run's curve went");
+  assertEquals(now.filter((n) => n.endsWith(".distflash")).length, 1, "this run's own file");
+  assertEquals(Deno.readTextFileSync(join(runs, "notes.txt")), "mine");
+  assertEquals(Deno.readTextFileSync(join(runs, "events.out.tfevents.1.other-tool")), "theirs");
+  await Deno.remove(out, { recursive: true });
+});
+
 Deno.test("output folder: writes never follow a symbolic training_args.json or runs/", async () => {
   const root = await Deno.makeTempDir();
   const out = join(root, "out"), target = join(root, "precious.json"), dir = join(root, "tb");

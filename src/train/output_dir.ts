@@ -28,6 +28,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { hostname } from "node:os";
+import { distflashEventFiles } from "./tensorboard.ts";
 import { join, relative, resolve } from "node:path";
 import {
   checkpointRunId,
@@ -40,7 +41,8 @@ import {
  * Makes `dir` the own folder of `tool`, a distflash command that runs a training run there and
  * simply runs again (`bench train`, `demo`): a missing or empty folder is marked with the file
  * `.distflash-<tool>` (spaces as dashes); a folder it marked earlier is reused (the caller starts
- * over with --overwrite-output-dir, which deletes only that run's own files); any other folder
+ * over with --overwrite-output-dir, which deletes only that run's own files: its checkpoints,
+ * metrics.jsonl, run.json and the distflash event files in runs/); any other folder
  * with files is refused, so the tool never overwrites a folder it did not create.
  */
 export function claimToolFolder(dir: string, tool: string): void {
@@ -388,6 +390,13 @@ export function claimOutputDir(
         if (isRunsOwn(outputDir, name, earlier) || name === "metrics.jsonl" || name === RUN_FILE) {
           Deno.removeSync(join(outputDir, name), { recursive: true });
           log(`--overwrite-output-dir: deleted ${join(outputDir, name)}`);
+        }
+      }
+      // The earlier run's TensorBoard curves, which would otherwise mix with this run's.
+      if (earlier !== null) {
+        for (const path of distflashEventFiles(join(outputDir, "runs"))) {
+          Deno.removeSync(path);
+          log(`--overwrite-output-dir: deleted ${path}`);
         }
       }
     }

@@ -214,6 +214,23 @@ export function readTfRecords(bytes: Uint8Array): Uint8Array[] {
 }
 
 /**
+ * The event files TensorBoardWriter wrote in `dir` (their `.distflash` suffix; a user's own files
+ * there, and links, are not among them), sorted; none when `dir` does not exist.
+ */
+export function distflashEventFiles(dir: string): string[] {
+  try {
+    return [...Deno.readDirSync(dir)]
+      .filter((e) =>
+        e.isFile && e.name.startsWith("events.out.tfevents.") && e.name.endsWith(".distflash")
+      )
+      .map((e) => join(dir, e.name)).sort();
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return [];
+    throw error;
+  }
+}
+
+/**
  * On resume from the checkpoint of step `step`: rewrites every distflash event file in `dir` (the
  * `<output-dir>/runs` folder) without its events after `step`, which belong to the run that went
  * on past the checkpoint and died (a damaged tail goes too), as metrics.jsonl is cut back.
@@ -223,17 +240,7 @@ export function readTfRecords(bytes: Uint8Array): Uint8Array[] {
  */
 export async function cutBackEventFiles(dir: string, step: number): Promise<string[]> {
   const changed: string[] = [];
-  let names: string[];
-  try {
-    names = [...Deno.readDirSync(dir)].filter((e) =>
-      e.isFile && e.name.startsWith("events.out.tfevents.") && e.name.endsWith(".distflash")
-    ).map((e) => e.name).sort();
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return changed;
-    throw error;
-  }
-  for (const name of names) {
-    const path = join(dir, name);
+  for (const path of distflashEventFiles(dir)) {
     const bytes = await Deno.readFile(path);
     const records = readTfRecords(bytes);
     const kept = records.filter((r) => eventStep(r) <= step);
