@@ -1,7 +1,8 @@
 /**
  * Model families beyond Llama (src/model/families/) against Hugging Face transformers: a tiny
  * random Qwen2 (q/k/v biases, tied embeddings), Qwen3 (per-head q/k norms, heads x head_dim !=
- * hidden) and Mistral (sliding window 8 over 32 tokens) give transformers' logits, loss and every gradient (fixtures from
+ * hidden), Qwen2 with use_sliding_window (layer 0 full, layer 1 windowed) and Mistral (sliding
+ * window 8 over 32 tokens) give transformers' logits, loss and every gradient (fixtures from
  * tests/reference/make_family_fixtures.py, computed in float64); their checkpoints save under the
  * family's model_type and class; unsupported families are refused naming the supported ones.
  * Tolerances as in llama.test.ts: fp32 1e-4; bf16 2e-2 (logits, loss) and 5e-2 (gradients).
@@ -83,6 +84,8 @@ const cases: [string, DType, number, number, number | undefined][] = [
   ["qwen3", DType.f32, 1e-4, 1e-4, 24],
   ["qwen2", DType.bf16, 2e-2, 5e-2, undefined],
   ["qwen3", DType.bf16, 2e-2, 5e-2, undefined],
+  ["qwen2-window", DType.f32, 1e-4, 1e-4, undefined],
+  ["qwen2-window", DType.bf16, 2e-2, 5e-2, undefined],
   ["mistral", DType.f32, 1e-4, 1e-4, undefined],
   ["mistral", DType.f32, 1e-4, 1e-4, 24],
   ["mistral", DType.bf16, 2e-2, 5e-2, undefined],
@@ -130,6 +133,7 @@ for (
   const [variant, cls] of [
     ["qwen2", "Qwen2ForCausalLM"],
     ["qwen3", "Qwen3ForCausalLM"],
+    ["qwen2-window", "Qwen2ForCausalLM"],
     ["mistral", "MistralForCausalLM"],
   ]
 ) {
@@ -145,14 +149,19 @@ for (
       await loadWeights(model, dir);
       await saveModel(model, out, { dtype: "float32", tokenizerFrom: null });
       const json = JSON.parse(await Deno.readTextFile(`${out}/config.json`));
-      assertEquals(json.model_type, variant);
+      assertEquals(json.model_type, variant.replace("-window", ""));
       assertEquals(json.architectures, [cls]);
       if (variant === "mistral") assertEquals(json.sliding_window, 8);
-      else assertEquals(json.use_sliding_window, false);
+      else if (variant === "qwen2-window") {
+        assertEquals(
+          [json.use_sliding_window, json.sliding_window, json.max_window_layers, json.layer_types],
+          [true, 8, 1, ["full_attention", "sliding_attention"]],
+        );
+      } else assertEquals(json.use_sliding_window, false);
       const saved = await openSafetensors(out);
       try {
         for (const e of model.layout.entries) assert(saved.has(e.name), `saved ${e.name}`);
-        if (variant === "qwen2") assert(saved.has("model.layers.1.self_attn.v_proj.bias"));
+        if (variant.startsWith("qwen2")) assert(saved.has("model.layers.1.self_attn.v_proj.bias"));
         if (variant === "qwen3") assert(saved.has("model.layers.1.self_attn.k_norm.weight"));
       } finally {
         saved.close();
@@ -205,11 +214,41 @@ const QWEN2_JSON = {
   sliding_window: 4096,
 };
 
+Deno.test("families: Qwen's use_sliding_window as transformers reads it (max_window_layers, layer_types)", () => {
+  const parse = (over: Record<string, unknown>, type = "qwen2") => {
+    const c = parseHfConfig({ ...QWEN2_JSON, model_type: type, ...over }, "q/config.json");
+    return [c.slidingWindow ?? 0, c.windowFromLayer ?? null];
+  };
+  // Off: no window whatever sliding_window says (transformers sets it to None).
+  assertEquals(parse({}), [0, null]);
+  // On: the layers from max_window_layers on (default 28: none of 2 layers), or as layer_types lists.
+  assertEquals(parse({ use_sliding_window: true }), [0, null]);
+  assertEquals(parse({ use_sliding_window: true, max_window_layers: 1 }), [4096, 1]);
+  assertEquals(parse({ use_sliding_window: true, max_window_layers: 0 }, "qwen3"), [4096, 0]);
+  const types = (a: string, b: string) => ({ use_sliding_window: true, layer_types: [a, b] });
+  // layer_types wins over max_window_layers, as in transformers.
+  assertEquals(parse({ ...types("full_attention", "sliding_attention"), max_window_layers: 0 }), [
+    4096,
+    1,
+  ]);
+  assertEquals(parse(types("full_attention", "full_attention")), [0, null]);
+  for (
+    const [over, text] of <[Record<string, unknown>, string][]> [
+      [types("sliding_attention", "full_attention"), "interleaves"],
+      [{ ...types("full_attention", "sliding_attention"), use_sliding_window: false }, "no window"],
+      [{ use_sliding_window: true, layer_types: ["full_attention"] }, "each of the 2 layers"],
+      [{ use_sliding_window: true, layer_types: ["full_attention", "chunked"] }, "layer_types"],
+      [{ use_sliding_window: true, sliding_window: null, max_window_layers: 1 }, "sliding_window"],
+      [{ use_sliding_window: true, max_window_layers: -1 }, "max_window_layers"],
+    ]
+  ) refused(() => parseHfConfig({ ...QWEN2_JSON, ...over }, "q/config.json"), text);
+  // Written back as transformers would read it again.
+  const cfg = parseHfConfig({ ...QWEN2_JSON, use_sliding_window: true, max_window_layers: 1 }, "q");
+  const again = parseHfConfig(toHfConfig(cfg), "again");
+  assertEquals([again.slidingWindow, again.windowFromLayer], [4096, 1]);
+});
+
 Deno.test("families: unsupported options and families are refused, naming what is supported", () => {
-  refused(
-    () => parseHfConfig({ ...QWEN2_JSON, use_sliding_window: true }, "q/config.json"),
-    `"use_sliding_window" is true`,
-  );
   refused(
     () =>
       parseHfConfig({ ...QWEN2_JSON, model_type: "qwen3", attention_bias: true }, "q/config.json"),

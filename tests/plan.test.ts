@@ -1,3 +1,4 @@
+import { fileURLToPath } from "node:url";
 /** The memory planner: consistent totals, the longest fitting length, and the CLI report. */
 import { assert, assertEquals, assertLess } from "./assert.ts";
 import { runCli, TEST_BACKEND } from "./_util.ts";
@@ -344,4 +345,15 @@ Deno.test("plan: a sliding-window model counts the window's attention work, shar
     r.stdout,
   );
   assert(/busiest \/ mean over the 4 sp ranks \(zigzag\): \d\.\d\d/.test(r.stdout), r.stdout);
+});
+
+Deno.test("plan: Qwen2 with use_sliding_window names the windowed layers (max_window_layers on)", async () => {
+  // tests/fixtures/qwen2-window: 2 layers, the second under a window of 8; 32-token windows.
+  const L = 32, W = 8;
+  const model = fileURLToPath(new URL("./fixtures/qwen2-window", import.meta.url));
+  const r = await runCli(["plan", "--model", model, "--model-max-length", `${L}`]);
+  const share = (((W * (W + 1)) / 2 + (L - W) * W) / ((L * (L + 1)) / 2)).toFixed(3);
+  const want =
+    `sliding window (layers 1..1; the first 1 attend causally), share of causal's: ${share}`;
+  assert(r.stdout.includes(want), r.stdout);
 });

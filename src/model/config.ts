@@ -41,6 +41,12 @@ export interface ModelConfig {
    * when p - s < slidingWindow (src/model/documents.ts has the rule). Absent or null: none.
    */
   slidingWindow?: number | null;
+  /**
+   * The first layer the sliding window applies to (Qwen2's `max_window_layers`: the layers before
+   * it attend causally over the whole sequence). Absent: every layer (Mistral). `layerWindow` is
+   * the rule.
+   */
+  windowFromLayer?: number;
   /** Vocabulary size: rows of the embedding and of the LM head (`vocab_size`). */
   vocabSize: number;
   /** Model width (`hidden_size`). */
@@ -113,7 +119,30 @@ export function validateConfig(cfg: ModelConfig, source = "config"): void {
       `${source}: sliding_window must be a positive integer or null, got ${JSON.stringify(w)}`,
     );
   }
+  const from = cfg.windowFromLayer;
+  if (from !== undefined && (!Number.isSafeInteger(from) || from < 0 || from > cfg.numLayers)) {
+    throw new Error(
+      `${source}: the first windowed layer (max_window_layers) must be an integer in 0..` +
+        `${cfg.numLayers} (num_hidden_layers), got ${JSON.stringify(from)}`,
+    );
+  }
   checkConfigSizes(cfg, source);
+}
+
+/**
+ * The sliding window of layer `layer` (0: none, full causal attention): the config's window from
+ * its first windowed layer on. The one place that says which layers use the window.
+ */
+export function layerWindow(cfg: ModelConfig, layer: number): number {
+  const w = cfg.slidingWindow ?? 0;
+  return w > 0 && layer >= (cfg.windowFromLayer ?? 0) ? w : 0;
+}
+
+/** How many of the config's layers attend under the sliding window. */
+export function windowedLayers(cfg: ModelConfig): number {
+  let n = 0;
+  for (let l = 0; l < cfg.numLayers; l++) if (layerWindow(cfg, l) > 0) n++;
+  return n;
 }
 
 /**

@@ -14,7 +14,7 @@ import { MemoryPlan, type Slot } from "../runtime/memory.ts";
 import * as op from "../runtime/ops.ts";
 import { DType } from "../runtime/ops.ts";
 import { Tensor } from "../runtime/tensor.ts";
-import { layerParams, type ModelConfig, ropeInvFreq } from "./config.ts";
+import { layerParams, layerWindow, type ModelConfig, ropeInvFreq } from "./config.ts";
 import { f32ToBf16 } from "../io/dtype.ts";
 import {
   type ParamEntry,
@@ -95,9 +95,12 @@ export class DecoderModel {
   #host: CheckpointOffload | null = null;
   /**
    * The current micro-batch's documents per sequence, with the config's sliding window (null: plain
-   * causal attention; a windowed model without documents has one document per sequence).
+   * causal attention; a windowed model without documents has one document per sequence), as the
+   * windowed layers see them; the layers without the window (before `windowFromLayer`) see
+   * #causalDocuments: the given documents without the window, or null.
    */
   #documents: SequenceDocuments[] | null = null;
+  #causalDocuments: SequenceDocuments[] | null = null;
   /** Device memory of their starts (grown as needed; tiny: one int64 per document). */
   #docStarts: DeviceBuffer | null = null;
 
@@ -293,7 +296,7 @@ export class DecoderModel {
       s,
       g,
       rope,
-      () => this.#documents,
+      (l) => layerWindow(cfg, l) > 0 ? this.#documents : this.#causalDocuments,
     );
     this.attention = attention ?? new LocalAttention(device, cfg, seqLen, dtype);
   }
@@ -322,7 +325,7 @@ export class DecoderModel {
     this.#host = null;
     this.#docStarts?.free();
     this.#docStarts = null;
-    this.#documents = null;
+    this.#documents = this.#causalDocuments = null;
   }
 
   get dtype(): DType {
@@ -364,7 +367,8 @@ export class DecoderModel {
    * `documents`: per sequence of the micro-batch, the global starts of its documents (the whole
    * sequence's, on every rank; src/model/documents.ts), so attention masks by document; absent:
    * causal attention over the whole sequence. A config with a sliding window (`slidingWindow`,
-   * Mistral) masks by it too, with or without documents. RoPE positions are the caller's
+   * Mistral; Qwen2 from `windowFromLayer` on) masks its windowed layers by it too, with or without
+   * documents. RoPE positions are the caller's
    * (`positions`).
    */
   setBatch(
@@ -419,7 +423,7 @@ export class DecoderModel {
     const documents = given ??
       (window > 0 ? Array.from({ length: this.opts.batch }, () => [0]) : undefined);
     if (!documents) {
-      this.#documents = null;
+      this.#documents = this.#causalDocuments = null;
       return;
     }
     const all = docStartsInt64(documents.flatMap((starts) => Array.from(starts)));
@@ -438,6 +442,15 @@ export class DecoderModel {
       at += starts.length;
       return docs;
     });
+    // Layers without the window: the same starts without it (plain causal when none were given).
+    this.#causalDocuments = !given
+      ? null
+      : window > 0
+      ? this.#documents.map(({ starts, device }) => ({
+        starts,
+        device: { starts: device.starts, count: device.count },
+      }))
+      : this.#documents;
   }
 
   /** Layer l's weights (or, `grads`, their fp32 gradients), after its unit is gathered. */
@@ -486,7 +499,7 @@ export class DecoderModel {
       const w = this.#layerWeights(l), io = this.#saved(l);
       layer.preAttention(io, w);
       this.#host?.beforeOverwrite(l % 2); // attention output slot: layer l-2's copy has left
-      await layer.attend(this.attention, io);
+      await layer.attend(this.attention, io, l);
       this.#host?.beforeOverwrite((l + 1) % 2); // input slot of layer l+1: layer l-1's has left
       layer.postAttention(io, w);
       this.#host?.save(l, this.#savedSlots(l));
@@ -541,7 +554,7 @@ export class DecoderModel {
         if (l > 0) this.#host.load(l - 1, this.#savedSlots(l - 1));
       }
       const w = this.#layerWeights(l), gw = this.#layerWeights(l, true);
-      await this.#layer.backward(this.attention, this.#saved(l), w, gw, recomputeAttention);
+      await this.#layer.backward(this.attention, this.#saved(l), w, gw, recomputeAttention, l);
       await this.params.reduceGrads(l + 1);
     }
     const emb = this.params.grad(L.get("model.embed_tokens.weight"));

@@ -154,8 +154,11 @@ export class DecoderLayer {
     readonly g: LayerGradScratch,
     /** Token positions [tokens] (int32) and the RoPE inverse frequencies. */
     readonly rope: { pos: Tensor; invFreq: Tensor },
-    /** The documents of each sequence of the current micro-batch (null: plain causal). */
-    readonly documents: () => readonly SequenceDocuments[] | null,
+    /**
+     * The documents of each sequence of the current micro-batch as layer `layer` attends over them
+     * (with the layer's sliding window, if any; null: plain causal).
+     */
+    readonly documents: (layer: number) => readonly SequenceDocuments[] | null,
   ) {
     this.tokens = shape.batch * shape.seqLen;
     this.qDim = cfg.numHeads * cfg.headDim;
@@ -240,9 +243,11 @@ export class DecoderLayer {
     });
   }
 
-  /** Attention of every sequence of the micro-batch: io.o and io.lse from q, k, v. */
-  async attend(attention: Attention, io: LayerSaved): Promise<void> {
-    for (let b = 0; b < this.shape.batch; b++) await attention.forward(this.#sequence(io, b));
+  /** Attention of every sequence of the micro-batch in layer `layer`: io.o and io.lse from q, k, v. */
+  async attend(attention: Attention, io: LayerSaved, layer: number): Promise<void> {
+    for (let b = 0; b < this.shape.batch; b++) {
+      await attention.forward(this.#sequence(io, b, layer));
+    }
   }
 
   /** Everything after attention, tile by tile: O-proj, residual, ln2, the MLP and its residual. */
@@ -266,6 +271,7 @@ export class DecoderLayer {
     w: LayerWeights,
     gw: LayerWeights,
     recomputeAttention: boolean,
+    layer: number,
   ): Promise<void> {
     const d = this.device, c = this.cfg, s = this.s, g = this.g, dt = this.shape.dtype;
     const H = c.hiddenSize, I = c.intermediateSize;
@@ -274,7 +280,7 @@ export class DecoderLayer {
 
     // Recompute q, k, v (and, at the layer boundary, attention) from the saved input.
     this.preAttention(io, w);
-    if (recomputeAttention) await this.attend(attention, io);
+    if (recomputeAttention) await this.attend(attention, io, layer);
 
     // After attention, tile by tile: recompute the tile's O-proj, residual, ln2 and MLP from the
     // saved input and attention output, then backward through the MLP, ln2 (into dres, which
@@ -295,7 +301,7 @@ export class DecoderLayer {
     for (const t of [g.dqF32, g.dkF32, g.dvF32]) d.memset(t.ptr, 0, t.bytes);
     const S = this.shape.seqLen;
     for (let b = 0; b < this.shape.batch; b++) {
-      await attention.backward(this.#sequence(io, b), {
+      await attention.backward(this.#sequence(io, b, layer), {
         dout: g.dO.rows(b * S, S).ptr,
         dq: g.dqF32.rows(b * S, S).ptr,
         dk: g.dkF32.rows(b * S, S).ptr,
@@ -406,8 +412,8 @@ export class DecoderLayer {
     op.swigluForward(d, s.h.ptr, s.gate.ptr, s.up.ptr, n * I, dt);
   }
 
-  /** Layer l's attention tensors of sequence b of the micro-batch. */
-  #sequence(io: LayerSaved, b: number): AttentionTensors {
+  /** Layer `layer`'s attention tensors of sequence b of the micro-batch. */
+  #sequence(io: LayerSaved, b: number, layer: number): AttentionTensors {
     const S = this.shape.seqLen, nh = this.cfg.numHeads, s = this.s;
     return {
       q: s.q.rows(b * S, S).ptr,
@@ -415,7 +421,7 @@ export class DecoderLayer {
       v: s.v.rows(b * S, S).ptr,
       out: io.o.rows(b * S, S).ptr,
       lse: io.lse.rows(b * nh, nh).ptr,
-      docs: this.documents()?.[b],
+      docs: this.documents(layer)?.[b],
     };
   }
 

@@ -8,7 +8,7 @@ import { cudnnScratchBytes } from "../runtime/attention_kernel.ts";
 import type { Device } from "../runtime/device.ts";
 import { DType } from "../runtime/ops.ts";
 import { formatBytes } from "../runtime/memory.ts";
-import type { ModelConfig } from "../model/config.ts";
+import { type ModelConfig, windowedLayers } from "../model/config.ts";
 import { type AttentionGeometry, attentionGeometry } from "../model/attention.ts";
 import { DecoderModel, type ModelOptions } from "../model/decoder.ts";
 import type { ParamStoreSpec } from "../model/params.ts";
@@ -284,7 +284,9 @@ export function formatPlan(
     );
   }
   lines.push(...windowWorkLines(cfg, o, world));
-  lines.push(...documentWorkLines(o, world, docLength, cfg.slidingWindow ?? 0));
+  // The documents' work under the window when every layer has it (Mistral), else causal's.
+  const allWindowed = windowedLayers(cfg) === cfg.numLayers;
+  lines.push(...documentWorkLines(o, world, docLength, allWindowed ? cfg.slidingWindow ?? 0 : 0));
   const fits = gpuFits && hostFits;
   const longest = longestFitting(cfg, o, world, budgetBytes, { hostBudgetBytes: host.bytes });
   lines.push(
@@ -424,13 +426,15 @@ export function cheapestSaving(
 }
 
 /**
- * With a sliding window (Mistral v0.1) shorter than the training window: the visible (query, key)
- * pairs against causal's, and on several sp ranks the busiest rank's share over the mean (block
- * pairs wholly outside the window are skipped, so their work is not counted).
+ * With a sliding window (Mistral v0.1; Qwen2's last layers) shorter than the training window: the
+ * visible (query, key) pairs of a windowed layer against causal's, and on several sp ranks the
+ * busiest rank's share over the mean (block pairs wholly outside the window are skipped, so their
+ * work is not counted); when only some layers use the window, which ones.
  */
 function windowWorkLines(cfg: ModelConfig, o: TrainOptions, world: number): string[] {
   const layout = new ParallelLayout(world, 0, o), L = o.modelMaxLength, W = cfg.slidingWindow ?? 0;
-  if (W <= 0 || W >= L || L % layout.lengthUnit !== 0) return [];
+  const windowed = windowedLayers(cfg);
+  if (W <= 0 || W >= L || windowed === 0 || L % layout.lengthUnit !== 0) return [];
   const work = attentionWorkPerRank(layout, L, [0], W);
   const fraction = work.reduce((a, b) => a + b, 0) / ((L * (L + 1)) / 2);
   const spread = layout.sp > 1
@@ -438,8 +442,12 @@ function windowWorkLines(cfg: ModelConfig, o: TrainOptions, world: number): stri
       imbalance(work).toFixed(2)
     }`
     : "";
+  const full = cfg.numLayers - windowed; // the first layers (windowFromLayer)
+  const layers = full === 0
+    ? ""
+    : ` (layers ${full}..${cfg.numLayers - 1}; the first ${full} attend causally)`;
   return [
-    `attention work with the ${W}-token sliding window, share of causal's: ` +
+    `attention work with the ${W}-token sliding window${layers}, share of causal's: ` +
     `${fraction.toFixed(3)}${spread}`,
   ];
 }

@@ -14,6 +14,8 @@ Subcommands (run from the repository root):
         qwen3/  Qwen3ForCausalLM: vocab 128, hidden 32, intermediate 64, 2 layers, 4 heads of
                 head_dim 16 (heads x head_dim = 64 != hidden 32), 2 KV heads, q_norm/k_norm,
                 untied embeddings, rope_theta 1e6.
+        qwen2-window/  Qwen2ForCausalLM as qwen2/ with use_sliding_window: layer 0 attends over the
+                whole sequence, layer 1 (max_window_layers 1) under sliding_window 8.
         mistral/  MistralForCausalLM: the Llama shapes above with sliding_window 8 (transformers'
                 sliding-window causal mask: a query at p sees keys p-7 .. p), untied embeddings,
                 rope_theta 1e4.
@@ -68,6 +70,11 @@ VARIANTS = {
               dict(tie_word_embeddings=False, head_dim=16, attention_bias=False), 1357),
     # sliding_window 8: shorter than the sequence (32) and than a rank's slice on 2-3 ranks; every
     # query past position 7 loses keys to it.
+    # Qwen2 with use_sliding_window: layer 0 full causal attention, layer 1 (from max_window_layers
+    # on) under a window of 8.
+    "qwen2-window": (Qwen2Config, Qwen2ForCausalLM,
+                     dict(tie_word_embeddings=True, use_sliding_window=True, sliding_window=8,
+                          max_window_layers=1), 8642),
     "mistral": (MistralConfig, MistralForCausalLM,
                 dict(tie_word_embeddings=False, sliding_window=8, rope_theta=10000.0), 9753),
 }

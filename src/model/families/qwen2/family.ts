@@ -1,11 +1,12 @@
 /**
  * The Qwen2 family (Qwen2, Qwen2.5): Llama's decoder with biases on the q, k and v projections;
- * tied or untied embeddings. Sliding-window attention (`use_sliding_window` true) is refused.
+ * tied or untied embeddings. `use_sliding_window`: the last layers (from `max_window_layers` on, or
+ * as `layer_types` lists them) attend under `sliding_window` (../common.ts, qwenWindow).
  *
  * @module
  */
 import type { ModelConfig } from "../../config.ts";
-import { refuseSlidingWindow } from "../common.ts";
+import { qwenWindow, qwenWindowToHf } from "../common.ts";
 import type { ModelFamily } from "../registry.ts";
 
 // Qwen/Qwen2.5-7B config.json: vocab_size 152064, hidden_size 3584, intermediate_size 18944,
@@ -36,19 +37,14 @@ export const QWEN2: ModelFamily = {
   architecture: "Qwen2ForCausalLM",
   title: "Qwen2 / Qwen2.5",
   parse(j, source, base) {
-    refuseSlidingWindow(j, source);
-    return { ...base, modelType: "qwen2", qkvBias: true };
+    return { ...base, ...qwenWindow(j, source, base.numLayers), modelType: "qwen2", qkvBias: true };
   },
   toHf(cfg, out) {
     // transformers' Qwen2 always has q/k/v biases and no o/MLP biases: no keys for them.
     delete out.attention_bias;
     delete out.mlp_bias;
     delete out.pretraining_tp;
-    Object.assign(out, {
-      use_sliding_window: false,
-      sliding_window: null,
-      max_window_layers: cfg.numLayers,
-    });
+    qwenWindowToHf(cfg, out);
   },
   presets: Object.freeze({ "qwen2.5-7b": Object.freeze(QWEN25_7B) }),
 };

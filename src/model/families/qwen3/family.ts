@@ -1,12 +1,13 @@
 /**
  * The Qwen3 family (dense Qwen3): Llama's decoder with an RMSNorm over each head of q and of k
  * before RoPE (`q_norm`, `k_norm`) and an explicit `head_dim` (heads x head_dim may differ from
- * hidden_size). `attention_bias` true and sliding windows are refused.
+ * hidden_size). `attention_bias` true is refused. `use_sliding_window` (the last layers from
+ * `max_window_layers` on attend under `sliding_window`) as in Qwen2 (../common.ts, qwenWindow).
  *
  * @module
  */
 import type { ModelConfig } from "../../config.ts";
-import { refuseSlidingWindow, refuseTrue } from "../common.ts";
+import { qwenWindow, qwenWindowToHf, refuseTrue } from "../common.ts";
 import type { ModelFamily } from "../registry.ts";
 
 // Qwen/Qwen3-8B config.json: vocab_size 151936, hidden_size 4096, intermediate_size 12288,
@@ -36,18 +37,13 @@ export const QWEN3: ModelFamily = {
   architecture: "Qwen3ForCausalLM",
   title: "Qwen3 (dense)",
   parse(j, source, base) {
-    refuseSlidingWindow(j, source);
     refuseTrue(j, "attention_bias", source, "Qwen3 with attention biases is not supported");
-    return { ...base, modelType: "qwen3", qkNorm: true };
+    return { ...base, ...qwenWindow(j, source, base.numLayers), modelType: "qwen3", qkNorm: true };
   },
   toHf(cfg, out) {
     delete out.mlp_bias;
     delete out.pretraining_tp;
-    Object.assign(out, {
-      use_sliding_window: false,
-      sliding_window: null,
-      max_window_layers: cfg.numLayers,
-    });
+    qwenWindowToHf(cfg, out);
   },
   presets: Object.freeze({ "qwen3-8b": Object.freeze(QWEN3_8B) }),
 };
