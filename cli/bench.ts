@@ -5,7 +5,7 @@
  * peers' figures come from the same run.
  */
 import { Command } from "npm:commander@^14.0.0";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type AttnVariant, benchAttention, formatAttnRows } from "../src/bench/attn.ts";
@@ -13,6 +13,7 @@ import { openBackend } from "../src/runtime/info.ts";
 import { initDistributed } from "../src/comm/env.ts";
 import { isLaunchedRank, launch } from "../src/launch/launcher.ts";
 import { resolveModel } from "../src/model/hf.ts";
+import { toHfConfig } from "../src/model/hf_config.ts";
 import { paramCount } from "../src/model/config.ts";
 import { modelFlopsUtilisation, trainingFlopsPerToken } from "../src/train/mfu.ts";
 import { normalizeFlags } from "../src/train/option_table.ts";
@@ -326,9 +327,14 @@ export function registerBench(program: Command, argv: string[]): void {
             (flopsPerToken / 1e9).toFixed(1)
           } GFLOP per token, peak ${o.peakTflops} TFLOP/s per GPU)`,
       );
-      const baselineModels = ["llama-2-7b", "tinyllama-1.1b"];
       const wantBaseline = (o as Record<string, unknown>).baseline !== false;
-      if (wantBaseline && baselineModels.includes(o.model)) {
+      if (wantBaseline && (cfg.slidingWindow ?? 0) > 0) {
+        // The baseline's ring attention is plain causal: it would time less masking than ours.
+        console.log("\nbaseline skipped: the HF + FSDP2 + CP baseline has no sliding window");
+      } else if (wantBaseline) {
+        // The same model for transformers: its config.json, as a checkpoint of it would carry.
+        const configJson = join(o.outputDir, "baseline_config.json");
+        writeFileSync(configJson, JSON.stringify(toHfConfig(cfg), null, 2));
         console.log("\nHF transformers + FSDP2 + context parallel, same GPUs:");
         console.log(
           await runBaseline([
@@ -336,7 +342,8 @@ export function registerBench(program: Command, argv: string[]): void {
             "torch.distributed.run",
             `--nproc-per-node=${nproc}`,
             join(benchDir, "hf_fsdp_cp_train.py"),
-            `--model=${o.model}`,
+            `--config-json=${configJson}`,
+            `--name=${o.model}`,
             `--seq=${L}`,
             `--steps=${steps}`,
           ]),

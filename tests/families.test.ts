@@ -295,6 +295,10 @@ Deno.test("families: presets of the new families, sized from their HF configs", 
   assertLess(Math.abs(paramCount(presetConfig("qwen2.5-7b")) / 7.62e9 - 1), 0.005);
   assertLess(Math.abs(paramCount(presetConfig("qwen3-8b")) / 8.19e9 - 1), 0.005);
   assertLess(Math.abs(paramCount(presetConfig("llama-3.1-8b")) / 8.03e9 - 1), 0.005);
+  // The small ones of the model cards (0.49B, 0.6B: rounded, so 1%), tied embeddings.
+  assertLess(Math.abs(paramCount(presetConfig("qwen2.5-0.5b")) / 0.49e9 - 1), 0.01);
+  assertLess(Math.abs(paramCount(presetConfig("qwen3-0.6b")) / 0.6e9 - 1), 0.01);
+  assertEquals(presetConfig("qwen3-0.6b").tieWordEmbeddings, true);
   assertEquals(presetConfig("Qwen2.5-7B").qkvBias, true);
   assertEquals(presetConfig("qwen3-8b").qkNorm, true);
 });

@@ -32,6 +32,22 @@ const QWEN25_7B: ModelConfig = {
   eosTokenId: 151643,
 };
 
+// Qwen/Qwen2.5-0.5B config.json: vocab_size 151936, hidden_size 896, intermediate_size 4864,
+// 24 layers, 14 heads (head size 64), 2 KV heads, rms_norm_eps 1e-6, rope_theta 1e6,
+// max_position_embeddings 32768, tie_word_embeddings true, bos/eos 151643. A small model of the
+// family (head size 64) for one-GPU benchmarks.
+const QWEN25_05B: ModelConfig = {
+  ...QWEN25_7B,
+  hiddenSize: 896,
+  intermediateSize: 4864,
+  numLayers: 24,
+  numHeads: 14,
+  numKvHeads: 2,
+  headDim: 64,
+  maxPositionEmbeddings: 32768,
+  tieWordEmbeddings: true,
+};
+
 export const QWEN2: ModelFamily = {
   modelType: "qwen2",
   architecture: "Qwen2ForCausalLM",
@@ -46,5 +62,8 @@ export const QWEN2: ModelFamily = {
     delete out.pretraining_tp;
     qwenWindowToHf(cfg, out);
   },
-  presets: Object.freeze({ "qwen2.5-7b": Object.freeze(QWEN25_7B) }),
+  presets: Object.freeze({
+    "qwen2.5-7b": Object.freeze(QWEN25_7B),
+    "qwen2.5-0.5b": Object.freeze(QWEN25_05B),
+  }),
 };

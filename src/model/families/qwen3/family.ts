@@ -32,6 +32,22 @@ const QWEN3_8B: ModelConfig = {
   eosTokenId: 151645,
 };
 
+// Qwen/Qwen3-0.6B config.json: vocab_size 151936, hidden_size 1024, intermediate_size 3072,
+// 28 layers, 16 heads, 8 KV heads, head_dim 128 (heads x head_dim = 2048 != hidden), rms_norm_eps
+// 1e-6, rope_theta 1e6, max_position_embeddings 40960, tie_word_embeddings true, bos 151643,
+// eos 151645. A small model of the family for one-GPU benchmarks.
+const QWEN3_06B: ModelConfig = {
+  ...QWEN3_8B,
+  vocabSize: 151936,
+  hiddenSize: 1024,
+  intermediateSize: 3072,
+  numLayers: 28,
+  numHeads: 16,
+  numKvHeads: 8,
+  headDim: 128,
+  tieWordEmbeddings: true,
+};
+
 export const QWEN3: ModelFamily = {
   modelType: "qwen3",
   architecture: "Qwen3ForCausalLM",
@@ -45,5 +61,8 @@ export const QWEN3: ModelFamily = {
     delete out.pretraining_tp;
     qwenWindowToHf(cfg, out);
   },
-  presets: Object.freeze({ "qwen3-8b": Object.freeze(QWEN3_8B) }),
+  presets: Object.freeze({
+    "qwen3-8b": Object.freeze(QWEN3_8B),
+    "qwen3-0.6b": Object.freeze(QWEN3_06B),
+  }),
 };
