@@ -17,47 +17,14 @@
 
 #include "cudnn_attention.cuh"
 #include "cudnn_attention_plan.cuh"
-
-#define DNN_MAX_SCRATCH 32
+#include "stream_scratch.cuh"
 
 typedef __nv_bfloat16 bf16;
 
 /* ---------------- scratch ---------------- */
 
-struct DnnScratch {
-  int device;
-  cudaStream_t stream;
-  void *ptr;
-  uint64_t bytes;
-};
-static DnnScratch dnn_scratch[DNN_MAX_SCRATCH];
-static int dnn_scratch_count;
-
-/* Caller holds dnn_mutex. One growing buffer per (device, stream); NULL when the table is full. */
-static df_status scratch_for(int device, cudaStream_t stream, uint64_t bytes, void **out) {
-  *out = NULL;
-  DnnScratch *slot = NULL;
-  for (int i = 0; i < dnn_scratch_count; i++)
-    if (dnn_scratch[i].device == device && dnn_scratch[i].stream == stream) slot = &dnn_scratch[i];
-  if (!slot) {
-    if (dnn_scratch_count == DNN_MAX_SCRATCH) return DF_OK;
-    slot = &dnn_scratch[dnn_scratch_count++];
-    *slot = DnnScratch{device, stream, NULL, 0};
-  }
-  if (slot->bytes < bytes) {
-    if (slot->ptr) {
-      DF_CUDA(cudaStreamSynchronize(stream)); /* earlier work on the stream may still use it */
-      DF_CUDA(cudaFree(slot->ptr));
-      slot->ptr = NULL;
-      slot->bytes = 0;
-    }
-    const uint64_t want = (bytes + (1ull << 20) - 1) & ~((1ull << 20) - 1);
-    DF_CUDA(cudaMalloc(&slot->ptr, want));
-    slot->bytes = want;
-  }
-  *out = slot->ptr;
-  return DF_OK;
-}
+/* Workspace and the bf16 gradients (stream_scratch.cuh); a stream beyond its table is not cuDNN's. */
+static StreamScratch dnn_scratch;
 
 static uint64_t align256(uint64_t n) { return (n + 255) & ~255ull; }
 
@@ -131,7 +98,7 @@ df_status cudnn_attention_forward(bool *handled, bf16 *out, float *lse, const bf
   AttnPlan *plan = dnn_plan_for(key, handle);
   if (plan->unsupported) return DF_OK;
   void *ws = NULL;
-  DF_CHECK(scratch_for(key.device, s, align256((uint64_t)plan->workspace) + 256, &ws));
+  DF_CHECK(dnn_scratch.get(key.device, s, align256((uint64_t)plan->workspace) + 256, &ws));
   if (!ws) return DF_OK; /* no scratch slot for this stream */
   float scale_value = scale, neg_inf = dnn_version < 91000 ? -3.402823466e38f : -INFINITY;
   int32_t delta = (int32_t)key.delta;
@@ -165,7 +132,7 @@ df_status cudnn_attention_backward(bool *handled, float *dq, float *dk, float *d
                  off_dv = off_dk + align256(2 * kv_n), off_dsum = off_dv + align256(2 * kv_n),
                  off_acc = off_dsum + align256(4ull * nh * tq), total = off_acc + align256(4 * q_n);
   void *base = NULL;
-  DF_CHECK(scratch_for(key.device, s, total, &base));
+  DF_CHECK(dnn_scratch.get(key.device, s, total, &base));
   if (!base) return DF_OK;
   char *b = static_cast<char *>(base);
   bf16 *dq_s = (bf16 *)(b + off_dq), *dk_s = (bf16 *)(b + off_dk), *dv_s = (bf16 *)(b + off_dv);

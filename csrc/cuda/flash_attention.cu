@@ -17,9 +17,9 @@
 #include <stdlib.h>
 
 #include <initializer_list>
-#include <mutex>
 
 #include "flash_attention.cuh"
+#include "stream_scratch.cuh"
 #include "flash_bwd.cuh"
 #include "flash_fwd.cuh"
 
@@ -92,49 +92,9 @@ static df_status launch_bwd2(const BwdParams &prm, int nh, cudaStream_t s) {
   return DF_OK;
 }
 
-/* Scratch for the backward's L and D rows: one growing cudaMalloc'd buffer per (device, stream),
- * outside the df_malloc registry, like cuBLASLt's workspace. Growing one waits for its stream
- * first (earlier kernels on it may still read the old buffer). Streams beyond the table fall back to
+/* Scratch for the backward's L and D rows (stream_scratch.cuh); streams beyond its table fall back to
  * the general kernels. */
-#define FLASH_MAX_SCRATCH 32
-struct Scratch {
-  int device;
-  cudaStream_t stream;
-  void *ptr;
-  uint64_t bytes;
-};
-static Scratch scratch_table[FLASH_MAX_SCRATCH];
-static int scratch_count;
-static std::mutex scratch_mutex;
-
-static df_status scratch_for(cudaStream_t stream, uint64_t bytes, void **out) {
-  std::lock_guard<std::mutex> lock(scratch_mutex);
-  *out = NULL;
-  int device = 0;
-  DF_CUDA(cudaGetDevice(&device));
-  Scratch *slot = NULL;
-  for (int i = 0; i < scratch_count; i++)
-    if (scratch_table[i].device == device && scratch_table[i].stream == stream) slot = &scratch_table[i];
-  if (!slot) {
-    if (scratch_count == FLASH_MAX_SCRATCH) return DF_OK;
-    slot = &scratch_table[scratch_count++];
-    *slot = Scratch{device, stream, NULL, 0};
-  }
-  if (slot->bytes < bytes) {
-    if (slot->ptr) {
-      DF_CUDA(cudaStreamSynchronize(stream));
-      DF_CUDA(cudaFree(slot->ptr));
-      slot->ptr = NULL;
-      slot->bytes = 0;
-    }
-    const uint64_t want = (bytes + (1ull << 20) - 1) & ~((1ull << 20) - 1);
-    DF_CUDA(cudaMalloc(&slot->ptr, want));
-    slot->bytes = want;
-  }
-  *out = slot->ptr;
-  return DF_OK;
-}
-
+static StreamScratch flash_scratch;
 
 /* ---------------- which kernel runs ---------------- */
 
@@ -250,7 +210,9 @@ df_status flash_attention_backward(bool *handled, float *dq, float *dk, float *d
   if (!flash_applies(hd, scale, window, {dq, dk, dv, dout, q, k, v, out})) return DF_OK;
   const int64_t tq_pad = (tq + 127) / 128 * 128;
   void *scratch = NULL;
-  DF_CHECK(scratch_for(s, 2ull * sizeof(float) * (uint64_t)tq_pad * (uint64_t)nh, &scratch));
+  int device = 0;
+  DF_CUDA(cudaGetDevice(&device));
+  DF_CHECK(flash_scratch.get(device, s, 2ull * sizeof(float) * (uint64_t)tq_pad * (uint64_t)nh, &scratch));
   if (!scratch) return DF_OK; /* no scratch slot for this stream: the general kernels run */
   BwdParams p{};
   p.q = q;
