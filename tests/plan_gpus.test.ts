@@ -32,8 +32,16 @@ Deno.test("plan --gpu: each kind's usable memory is nvidia-smi's total less the 
   const here = gpuBudget(undefined, undefined, "auto", () => 70 * GIB);
   assertEquals([here.budget, here.thisMachine], [70 * GIB, true]);
   assertEquals(gpuBudget(undefined, "40", "auto").budget, 40 * GIB);
-  const unknown = assertThrows(() => gpuBudget("H100", undefined, "auto"));
+  // A family name: the kind when it names one (l40s, rtx), the choices when it names several.
+  const ambiguous = assertThrows(() => gpuBudget("H100", undefined, "auto"));
+  assert(ambiguous.message.includes("which one? H100-80GB or H100-94GB"), ambiguous.message);
+  assert(assertThrows(() => gpuKind("a100")).message.includes("A100-80GB or A100-40GB"));
+  assertEquals(gpuKind("rtx").name, "RTX-4090");
+  assertEquals(gpuKind("h200").name, "H200");
+  const unknown = assertThrows(() => gpuBudget("B200", undefined, "auto"));
   assert(unknown.message.includes("known: H100-80GB, H100-94GB, H200"), unknown.message);
+  // Not a prefix of a name: "H1" names no family.
+  assert(assertThrows(() => gpuKind("H1")).message.includes("unknown GPU kind"));
   assertThrows(() => gpuBudget("H200", "80", "auto"));
 });
 

@@ -44,9 +44,22 @@ export const GPU_KINDS: readonly GpuKind[] = [
 /** The kind planned for when no GPU is here and none is named. */
 export const DEFAULT_GPU_KIND = "H100-80GB";
 
-/** The kind named `name` (case-insensitive), or an error listing the known ones. */
+/**
+ * The kind named `name` (case-insensitive; a family name such as "h100" when it names one kind, an
+ * error naming the choices when it names several), or an error listing the known ones.
+ */
 export function gpuKind(name: string): GpuKind {
-  const found = GPU_KINDS.find((k) => k.name.toLowerCase() === name.toLowerCase());
+  const want = name.toLowerCase();
+  let found = GPU_KINDS.find((k) => k.name.toLowerCase() === want);
+  if (!found) {
+    const family = GPU_KINDS.filter((k) => k.name.toLowerCase().startsWith(`${want}-`));
+    if (family.length > 1) {
+      throw new Error(
+        `--gpu ${name}: which one? ${family.map((k) => k.name).join(" or ")} (their memory differs)`,
+      );
+    }
+    found = family[0];
+  }
   if (!found) {
     throw new Error(
       `--gpu ${name}: unknown GPU kind; known: ${GPU_KINDS.map((k) => k.name).join(", ")} ` +
