@@ -55,7 +55,9 @@ export function gpuKind(name: string): GpuKind {
     const family = GPU_KINDS.filter((k) => k.name.toLowerCase().startsWith(`${want}-`));
     if (family.length > 1) {
       throw new Error(
-        `--gpu ${name}: which one? ${family.map((k) => k.name).join(" or ")} (their memory differs)`,
+        `--gpu ${name}: which one? ${
+          family.map((k) => k.name).join(" or ")
+        } (their memory differs)`,
       );
     }
     found = family[0];
