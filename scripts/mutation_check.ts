@@ -252,6 +252,56 @@ const M: Mutation[] = [
     to: "    if (!existsSync(candidate)) {",
     tests: ["nccl_loader", "loader"],
   },
+  // Model families and the sliding window (third session, 2026-12-07).
+  {
+    id: "window-every-layer",
+    file: "src/model/config.ts",
+    from: "return w > 0 && layer >= (cfg.windowFromLayer ?? 0) ? w : 0;",
+    to: "return w > 0 ? w : 0;",
+    tests: ["families", "families_ranks"],
+  },
+  {
+    id: "qwen-max-window-layers-ignored",
+    file: "src/model/families/common.ts",
+    from: "from = Math.min(m, numLayers);",
+    to: "from = 0;",
+    tests: ["families"],
+  },
+  {
+    id: "causal-layers-get-the-window",
+    file: "src/model/decoder.ts",
+    from: "(l) => layerWindow(cfg, l) > 0 ? this.#documents : this.#causalDocuments,",
+    to: "() => this.#documents,",
+    tests: ["families", "families_ranks"],
+  },
+  {
+    id: "window-cut-at-the-edge-missed",
+    file: "src/model/document_attention.ts",
+    from: "p.q1 - 1 - p.k0 >= window;",
+    to: "p.q1 - 1 - p.k0 > window;",
+    tests: ["document_attention"],
+  },
+  {
+    id: "overwrite-keeps-event-files",
+    file: "src/train/output_dir.ts",
+    from: "if (earlier !== null) {\n        for (const path of distflashEventFiles(",
+    to: 'if (earlier === "never") {\n        for (const path of distflashEventFiles(',
+    tests: ["output_folder"],
+  },
+  {
+    id: "nccl-wheels-not-searched",
+    file: "ffi/loader.ts",
+    from: "    ...wheelCandidates(envOf(options)),\n",
+    to: "",
+    tests: ["nccl_loader"],
+  },
+  {
+    id: "gpu-family-ambiguity-unchecked",
+    file: "src/train/gpu_kinds.ts",
+    from: "if (family.length > 1) {",
+    to: "if (family.length > 9) {",
+    tests: ["plan_gpus"],
+  },
 ];
 
 const args = [...Deno.args];
