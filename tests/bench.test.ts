@@ -1,5 +1,8 @@
 /** The benchmark commands run end to end on CPU ranks (their numbers mean nothing there). */
 import { assert, assertEquals } from "./assert.ts";
+import { parseHfConfig } from "../src/model/hf_config.ts";
+import { presetConfig } from "../src/model/presets.ts";
+import { paramCount } from "../src/model/config.ts";
 import { runCli } from "./_util.ts";
 import { join } from "node:path";
 import { type AttnBenchRow, benchDocumentStarts } from "../src/bench/attn.ts";
@@ -123,6 +126,13 @@ Deno.test("bench train: tokens/s and MFU of a small run over 2 CPU ranks with fu
   assertEquals(r.code, 0, r.stderr);
   assert(/bench train: debug-tiny .* tokens\/s, MFU/.test(r.stdout), r.stdout);
   assert(r.stderr.includes("full_shard (ZeRO-3)"), r.stderr);
+  // The peer's model: the same config, as the config.json transformers reads.
+  const peer = parseHfConfig(
+    JSON.parse(await Deno.readTextFile(join(out, "baseline_config.json"))),
+    "baseline_config.json",
+  );
+  assertEquals(paramCount(peer), paramCount(presetConfig("debug-tiny")));
+  assertEquals(peer.numLayers, presetConfig("debug-tiny").numLayers);
   await Deno.remove(out, { recursive: true });
 });
 
