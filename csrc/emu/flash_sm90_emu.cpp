@@ -306,12 +306,14 @@ int main(int argc, char **argv) {
       {"many key tiles", 0, 1, 1, 128, 1000, 900, 0, 0},
       /* The sliding window: shorter than a tile (both edges in one tile pair, whole tiles skipped on
        * both sides), a window edge off the tile grid, keys before the queries (DistAttn's pair past
-       * the diagonal: every row cut), GQA under a grid-stride loop, a window no row reaches. */
+       * the diagonal: every row cut), GQA under a grid-stride loop, a window no row reaches, keys
+       * far before the queries (the later rows' windows hold none of them: out 0, lse -inf). */
       {"window 50, diagonal", 0, 2, 2, 400, 400, 0, 0, 50},
       {"window 300, ragged", 0, 2, 1, 520, 520, 0, 0, 300},
       {"window, keys before", 0, 2, 2, 256, 300, 200, 0, 333},
       {"window, GQA grid-stride", 0, 4, 2, 390, 390, 0, 2, 130},
       {"window past every row", 0, 1, 1, 300, 300, 0, 0, 100000},
+      {"window past the keys", 0, 2, 2, 300, 100, 150, 0, 200}, /* rows 149.. see no key */
   };
   for (int hd : {128, 64})
     for (Case c : cases) {

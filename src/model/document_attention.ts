@@ -18,7 +18,7 @@
  * window, which the Hopper bf16 kernels take on sm_90a (the general kernels run it elsewhere, and
  * in fp32). So a window costs nothing on the pairs it does not reach and runs the ones it cuts at
  * the tensor-core rate on an H100.
-
+ *
  * cuDNN is kept out of the pieces: it builds an execution plan per shape, and random document
  * lengths make every piece a new shape. A block pair holding one document (the whole window is one
  * document) is exactly a causal block pair and takes the default kernels, cuDNN included.
