@@ -21,7 +21,7 @@ import { parseHfConfig, readHfConfig, toHfConfig } from "../src/model/hf_config.
 import { DecoderModel } from "../src/model/decoder.ts";
 import { initRandom, loadWeights, saveModel } from "../src/model/hf.ts";
 import { presetConfig, PRESETS } from "../src/model/presets.ts";
-import { paramCount } from "../src/model/config.ts";
+import { paramCount, windowDescription } from "../src/model/config.ts";
 import { DType } from "../src/runtime/ops.ts";
 import { fileURLToPath } from "node:url";
 
@@ -242,6 +242,14 @@ Deno.test("families: Qwen's use_sliding_window as transformers reads it (max_win
       [{ use_sliding_window: true, max_window_layers: -1 }, "max_window_layers"],
     ]
   ) refused(() => parseHfConfig({ ...QWEN2_JSON, ...over }, "q/config.json"), text);
+  // Said so in train's header and plan.
+  const windowed = parseHfConfig(
+    { ...QWEN2_JSON, use_sliding_window: true, max_window_layers: 1 },
+    "q",
+  );
+  assertEquals(windowDescription(windowed), "sliding window of 4096 tokens on layers 1..1");
+  assertEquals(windowDescription(presetConfig("mistral-7b-v0.1")), "sliding window of 4096 tokens");
+  assertEquals(windowDescription(presetConfig("qwen2.5-7b")), "");
   // Written back as transformers would read it again.
   const cfg = parseHfConfig({ ...QWEN2_JSON, use_sliding_window: true, max_window_layers: 1 }, "q");
   const again = parseHfConfig(toHfConfig(cfg), "again");

@@ -340,7 +340,7 @@ Deno.test("plan: a sliding-window model counts the window's attention work, shar
   const share = (((W * (W + 1)) / 2 + (L - W) * W) / ((L * (L + 1)) / 2)).toFixed(3);
   assert(
     r.stdout.includes(
-      `attention work with the ${W}-token sliding window, share of causal's: ${share}`,
+      `attention work under the sliding window of ${W} tokens, share of causal's: ${share}`,
     ),
     r.stdout,
   );
@@ -354,6 +354,7 @@ Deno.test("plan: Qwen2 with use_sliding_window names the windowed layers (max_wi
   const r = await runCli(["plan", "--model", model, "--model-max-length", `${L}`]);
   const share = (((W * (W + 1)) / 2 + (L - W) * W) / ((L * (L + 1)) / 2)).toFixed(3);
   const want =
-    `sliding window (layers 1..1; the first 1 attend causally), share of causal's: ${share}`;
+    `sliding window of ${W} tokens on layers 1..1 (the first 1 layers attend causally), ` +
+    `share of causal's: ${share}`;
   assert(r.stdout.includes(want), r.stdout);
 });

@@ -138,6 +138,17 @@ export function layerWindow(cfg: ModelConfig, layer: number): number {
   return w > 0 && layer >= (cfg.windowFromLayer ?? 0) ? w : 0;
 }
 
+/**
+ * The window in words for headers and plans: "sliding window of 4096 tokens", with "on layers
+ * 1..27" when the first layers attend over the whole sequence; "" without a window on any layer.
+ */
+export function windowDescription(cfg: ModelConfig): string {
+  const n = windowedLayers(cfg);
+  if (n === 0) return "";
+  const on = n === cfg.numLayers ? "" : ` on layers ${cfg.numLayers - n}..${cfg.numLayers - 1}`;
+  return `sliding window of ${cfg.slidingWindow} tokens${on}`;
+}
+
 /** How many of the config's layers attend under the sliding window. */
 export function windowedLayers(cfg: ModelConfig): number {
   let n = 0;

@@ -8,6 +8,8 @@ import { formatBytes } from "../runtime/memory.ts";
 import { DType } from "../runtime/ops.ts";
 import type { Device } from "../runtime/device.ts";
 import { DecoderModel } from "../model/decoder.ts";
+import { windowDescription } from "../model/config.ts";
+import { familyOf } from "../model/families/mod.ts";
 import type { ModelSource } from "../model/hf.ts";
 import type { TrainOptions } from "./options.ts";
 import {
@@ -82,9 +84,11 @@ export async function buildModel(
   const paramComm = world ?? (o.offloadOptimizer ? new SelfComm(device) : null);
   const params = parallel.paramStore(paramComm, o.offloadOptimizer);
   const model = new DecoderModel(device, cfg, modelOptions(o, S, params), attention);
-  const props = device.props(0);
+  const props = device.props(0), window = windowDescription(cfg);
   log(
-    `distflash train: ${source.name} (${(model.layout.count / 1e6).toFixed(1)}M parameters) on ` +
+    `distflash train: ${source.name} (${familyOf(cfg).modelType}, ${
+      (model.layout.count / 1e6).toFixed(1)
+    }M parameters${window ? `, ${window}` : ""}) on ` +
       `${device.backend} (${props.name}), ${o.bf16 ? "bf16" : "fp32"} (saves ${o.saveDtype} ` +
       `weights), ${B}x${L} tokens x ${accum} ` +
       `accumulation, ${totalSteps} steps (${stepsPerEpoch} per epoch), ${dataset.describe()}` +

@@ -8,7 +8,7 @@ import { cudnnScratchBytes } from "../runtime/attention_kernel.ts";
 import type { Device } from "../runtime/device.ts";
 import { DType } from "../runtime/ops.ts";
 import { formatBytes } from "../runtime/memory.ts";
-import { type ModelConfig, windowedLayers } from "../model/config.ts";
+import { type ModelConfig, windowDescription, windowedLayers } from "../model/config.ts";
 import { type AttentionGeometry, attentionGeometry } from "../model/attention.ts";
 import { DecoderModel, type ModelOptions } from "../model/decoder.ts";
 import type { ParamStoreSpec } from "../model/params.ts";
@@ -443,11 +443,9 @@ function windowWorkLines(cfg: ModelConfig, o: TrainOptions, world: number): stri
     }`
     : "";
   const full = cfg.numLayers - windowed; // the first layers (windowFromLayer)
-  const layers = full === 0
-    ? ""
-    : ` (layers ${full}..${cfg.numLayers - 1}; the first ${full} attend causally)`;
+  const others = full === 0 ? "" : ` (the first ${full} layers attend causally)`;
   return [
-    `attention work with the ${W}-token sliding window${layers}, share of causal's: ` +
+    `attention work under the ${windowDescription(cfg)}${others}, share of causal's: ` +
     `${fraction.toFixed(3)}${spread}`,
   ];
 }
