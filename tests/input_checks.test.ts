@@ -203,6 +203,16 @@ Deno.test("input checks: a FIFO as config.json or a weights file is refused by t
       );
       await Deno.remove(join(dir, "model.safetensors"));
     }],
+    // A shard whose name does not end in .safetensors: the index still names it.
+    ["weights.bin", async (dir) => {
+      const { tensors } = await readSafetensorsHeader(join(dir, "model.safetensors"));
+      const weightMap = Object.fromEntries(tensors.map((t) => [t.name, "weights.bin"]));
+      await Deno.writeTextFile(
+        join(dir, "model.safetensors.index.json"),
+        JSON.stringify({ metadata: {}, weight_map: weightMap }),
+      );
+      await Deno.remove(join(dir, "model.safetensors"));
+    }],
   ];
   for (const [name, prepare] of cases) {
     const model = await modelCopy();

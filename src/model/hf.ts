@@ -176,6 +176,19 @@ function checkModelFilesReadable(modelDir: string): void {
       names.push(e.name);
     }
   }
+  // The shards the index names, whatever their names end in (the index itself first: a FIFO
+  // there is refused below before it is read).
+  const index = join(modelDir, "model.safetensors.index.json");
+  if (existsSync(index) && notRegularFile(index) === null) {
+    try {
+      const map = JSON.parse(Deno.readTextFileSync(index))?.weight_map;
+      for (const shard of Object.values(map ?? {})) {
+        if (typeof shard === "string" && !shard.includes("..") && !names.includes(shard)) {
+          names.push(shard);
+        }
+      }
+    } catch { /* an unreadable index is the loader's to report, naming what is wrong */ }
+  }
   for (const name of names.sort()) {
     const path = join(modelDir, name);
     const why = notRegularFile(path);
