@@ -2,7 +2,8 @@
  * Strangers on the job's ports and files outside the model folder (README "Reliability"): the
  * CPU transport's mesh proves the job secret on every rank-to-rank connection (a rogue client
  * that connects first neither stalls the mesh nor poses as a rank); unauthenticated connections
- * to the rendezvous store cannot starve the ranks'; checkpoints copy only the model folder's own
+ * to the rendezvous store cannot starve the ranks', and the job secret never crosses the wire to
+ * it (a per-connection challenge and HMAC proof); checkpoints copy only the model folder's own
  * tokenizer and generation files.
  */
 import { assert, assertEquals, assertRejects } from "./assert.ts";
@@ -13,7 +14,8 @@ import { existsSync } from "node:fs";
 import { TcpStore } from "../src/comm/store_client.ts";
 import { connectLinks } from "../src/comm/host_links.ts";
 import { header, T_HELLO } from "../src/comm/host_wire.ts";
-import { writeAll } from "../src/comm/sockets.ts";
+import { ConnReader, writeAll } from "../src/comm/sockets.ts";
+import { encodeFrame, readFrame, storeProof } from "../src/comm/store_protocol.ts";
 
 const secret = "security-test-secret-0123";
 
@@ -106,6 +108,85 @@ Deno.test("store: unauthenticated connections held open do not starve the ranks"
     } catch { /* closed by the store */ }
   }
   store1.close();
+  await store0.close();
+});
+
+Deno.test("store: the secret never crosses the wire; a proof works on its own connection only", async () => {
+  const store0 = await TcpStore.open({
+    host: "127.0.0.1",
+    port: 0,
+    rank: 0,
+    size: 2,
+    timeoutMs: 5000,
+    secret,
+  });
+  const port = store0.server!.port;
+  // Rank 1 talks to the store through a relay that records every byte it sends.
+  const relay = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const sent: Uint8Array[] = [];
+  const relayed = (async () => {
+    const from = await relay.accept();
+    const to = await Deno.connect({ hostname: "127.0.0.1", port });
+    const pump = async (a: Deno.Conn, b: Deno.Conn, record: boolean) => {
+      const buf = new Uint8Array(65536);
+      try {
+        for (let n; (n = await a.read(buf)) !== null;) {
+          if (record) sent.push(buf.slice(0, n));
+          await writeAll(b, buf.subarray(0, n));
+        }
+      } catch { /* closed */ }
+      try {
+        b.close();
+      } catch { /* closed */ }
+    };
+    await Promise.all([pump(from, to, true), pump(to, from, false)]);
+  })();
+  const store1 = await TcpStore.open({
+    host: "127.0.0.1",
+    port: (relay.addr as Deno.NetAddr).port,
+    rank: 1,
+    size: 2,
+    timeoutMs: 5000,
+    secret,
+  });
+  await store1.set("k", "v");
+  assertEquals(await store0.getText("k"), "v");
+  await store1.close();
+  await relayed;
+  relay.close();
+  const wire = new TextDecoder().decode(
+    new Uint8Array(sent.flatMap((b) => [...b])),
+  );
+  assert(wire.includes('"op":"set"'), "the relay saw the requests");
+  assert(!wire.includes(secret), "the job secret crossed the wire");
+  // A connection of our own: its challenge, then the secret itself, a proof for another
+  // connection's challenge, and the right proof.
+  const frames = async (conn: Deno.TcpConn) => {
+    const reader = new ConnReader(conn);
+    const challenge = (await readFrame(reader))!.header;
+    assertEquals(challenge.event, "challenge");
+    const ask = async (auth: string) => {
+      await writeAll(conn, encodeFrame({ op: "tryget", key: "k", id: 7, auth }));
+      return (await readFrame(reader))!.header;
+    };
+    return { nonce: challenge.nonce!, ask, proof: (n: string) => storeProof(secret, n) };
+  };
+  const a = await Deno.connect({ hostname: "127.0.0.1", port });
+  const b = await Deno.connect({ hostname: "127.0.0.1", port });
+  const fa = await frames(a), fb = await frames(b);
+  assert(fa.nonce.length === 64 && fa.nonce !== fb.nonce, "a fresh challenge per connection");
+  assertEquals((await fa.ask(secret)).refused, true, "the bare secret is refused");
+  const replayed = await fb.ask(fb.proof(fa.nonce));
+  assertEquals(replayed.refused, true, "another connection's proof is refused");
+  const c = await Deno.connect({ hostname: "127.0.0.1", port });
+  const fc = await frames(c);
+  const ok = await fc.ask(fc.proof(fc.nonce));
+  assertEquals([ok.ok, ok.found], [true, true]);
+  for (const conn of [a, b, c]) {
+    try {
+      conn.close();
+    } catch { /* closed by the store */ }
+  }
   await store0.close();
 });
 

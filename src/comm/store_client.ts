@@ -7,8 +7,8 @@
  * on a GPU collective can abort it. `get` waits on the server until the key exists, so the client
  * bounds it with a timeout.
  *
- * The wire format is in store_protocol.ts, the server in store_server.ts, the job secret every
- * request carries in job_secret.ts.
+ * The wire format (with the challenge each connection answers with its proof of the job secret)
+ * is in store_protocol.ts, the server in store_server.ts, the job secret's rules in job_secret.ts.
  *
  * @module
  */
@@ -20,6 +20,7 @@ import {
   encoder,
   readFrame,
   type StoreHeader,
+  storeProof,
   Writer,
 } from "./store_protocol.ts";
 import { type StoreHost, ThreadedStoreServer } from "./store_server.ts";
@@ -40,7 +41,7 @@ export interface StoreOptions {
   size: number;
   /** Time to wait for the store to answer a connection, and default wait for keys (ms). */
   timeoutMs?: number;
-  /** The job's secret (see `jobSecret`), carried by every request. */
+  /** The job's secret (see `jobSecret`); requests carry a proof of it, never the secret. */
   secret: string;
 }
 
@@ -70,6 +71,9 @@ export class TcpStore {
   #state: "open" | "closing" | "closed" = "open";
   #error?: Error;
   #failure?: PeerFailure;
+  /** This connection's proof of the job secret, once the server's challenge arrived. */
+  #proof = "";
+  readonly #challenged = Promise.withResolvers<void>();
 
   private constructor(conn: Deno.TcpConn, readonly options: StoreOptions, timeoutMs: number) {
     this.#conn = conn;
@@ -84,6 +88,7 @@ export class TcpStore {
     const timeoutMs = options.timeoutMs ?? rendezvousTimeoutMs();
     const conn = await connectWithRetry(options.host, options.port, timeoutMs);
     const store = new TcpStore(conn, options, timeoutMs);
+    await store.#challenge(timeoutMs);
     await store.#request({ op: "hello", rank: options.rank }, undefined, timeoutMs);
     return store;
   }
@@ -142,6 +147,33 @@ export class TcpStore {
     }
   }
 
+  /** Waits for the server's challenge (its first frame); closes the connection on a timeout. */
+  async #challenge(timeoutMs: number): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        reject(
+          new RendezvousError(
+            `no challenge from the rendezvous store at ${this.address} within ` +
+              `${(timeoutMs / 1000).toFixed(1)} s (rank ${this.options.rank}): is something ` +
+              "else listening on MASTER_PORT?",
+          ),
+        );
+      }, timeoutMs);
+    });
+    try {
+      await Promise.race([this.#challenged.promise, late]);
+    } catch (error) {
+      this.#state = "closed";
+      try {
+        this.#conn.close();
+      } catch { /* closed already */ }
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   async #readLoop(): Promise<void> {
     const reader = new ConnReader(this.#conn);
     let error: Error | undefined;
@@ -155,6 +187,9 @@ export class TcpStore {
           this.#fail({ rank: header.rank ?? -1, reason: header.reason ?? "unknown" });
         } else if (header.event === "shutdown") {
           shutdown = true;
+        } else if (header.event === "challenge" && !this.#proof) {
+          this.#proof = storeProof(this.options.secret, header.nonce ?? "");
+          this.#challenged.resolve();
         } else if (header.id) {
           const p = this.#pending.get(header.id);
           if (p) {
@@ -176,6 +211,8 @@ export class TcpStore {
       : `lost the connection to the rendezvous store at ${this.address} (hosted by rank 0)` +
         (error ? `: ${error.message}` : "");
     this.#error = new RendezvousError(message);
+    this.#challenged.reject(this.#error);
+    this.#challenged.promise.catch(() => {}); // settled by then when the challenge came
     if (!shutdown && this.options.rank !== 0) this.#fail({ rank: 0, reason: message });
     for (const p of this.#pending.values()) p.reject(this.#error);
     this.#pending.clear();
@@ -215,7 +252,7 @@ export class TcpStore {
           reject(error);
         },
       });
-      this.#writer.write(encodeFrame({ ...header, id, auth: this.options.secret }, value)).catch(
+      this.#writer.write(encodeFrame({ ...header, id, auth: this.#proof }, value)).catch(
         (error) => {
           const p = this.#pending.get(id);
           if (p) {
@@ -241,7 +278,7 @@ export class TcpStore {
     if (this.#state !== "open") throw this.#error ?? new RendezvousError("store closed");
     const bytes = typeof value === "string" ? encoder.encode(value) : value;
     await this.#writer.write(
-      encodeFrame({ op: "set", key, id: 0, auth: this.options.secret }, bytes),
+      encodeFrame({ op: "set", key, id: 0, auth: this.#proof }, bytes),
     );
   }
 
@@ -294,7 +331,7 @@ export class TcpStore {
       this.#state = "closing";
       for (const p of this.#pending.values()) p.reject(new RendezvousError("store closed"));
       this.#pending.clear();
-      await this.#writer.write(encodeFrame({ op: "bye", auth: this.options.secret })).catch(
+      await this.#writer.write(encodeFrame({ op: "bye", auth: this.#proof })).catch(
         () => {},
       );
       try {

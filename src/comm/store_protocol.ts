@@ -2,11 +2,16 @@
  * The rendezvous store's wire protocol, both directions: frames of `u32 n` (little-endian) followed
  * by n bytes: `u32 h`, h bytes of JSON header, then the value bytes (the rest of the frame). A
  * request carries an `id` (0 when no reply is wanted); its response carries the same id; events
- * ("failed", "shutdown") carry none. Every request carries the job secret (`auth`). Separate so the
- * server (store_server.ts) and the client (store_client.ts) share one definition of the bytes.
+ * ("failed", "shutdown", "challenge") carry none. The job secret never crosses the wire: the
+ * server opens each connection with a challenge (a fresh random nonce), and every request carries
+ * the connection's proof of the secret (`auth` = storeProof(secret, nonce), an HMAC), which a
+ * listener on the network cannot reuse on another connection nor turn back into the secret.
+ * Separate so the server (store_server.ts) and the client (store_client.ts) share one definition
+ * of the bytes.
  *
  * @module
  */
+import { createHmac } from "node:crypto";
 import { RendezvousError } from "./comm.ts";
 import { type ConnReader, UnexpectedEof, writeAll } from "./sockets.ts";
 
@@ -20,9 +25,11 @@ export interface StoreHeader {
   error?: string;
   found?: boolean;
   value?: number;
-  event?: "failed" | "shutdown";
+  event?: "failed" | "shutdown" | "challenge";
+  /** The connection's challenge (hex), in its first frame from the server. */
+  nonce?: string;
   reason?: string;
-  /** The job secret (requests only). */
+  /** The connection's proof of the job secret, storeProof (requests only). */
   auth?: string;
   /** An error response to a request without this store's secret: the store is another job's. */
   refused?: boolean;
@@ -32,6 +39,24 @@ export interface StoreHeader {
 export const MAX_FRAME = 64 << 20, MAX_UNAUTHENTICATED_FRAME = 64 << 10;
 export const encoder = new TextEncoder();
 export const decoder = new TextDecoder();
+
+/** A fresh challenge: 32 random bytes, hex. */
+export function newNonce(): string {
+  return Array.from(
+    crypto.getRandomValues(new Uint8Array(32)),
+    (b) => b.toString(16).padStart(2, "0"),
+  )
+    .join("");
+}
+
+/**
+ * What a connection shows for the job secret: HMAC-SHA-256 keyed with the secret over the server's
+ * challenge for that connection (hex). Distinct from the mesh's proofs (host_links.ts), which
+ * cover other messages.
+ */
+export function storeProof(secret: string, nonce: string): string {
+  return createHmac("sha256", secret).update(`distflash rendezvous store ${nonce}`).digest("hex");
+}
 
 /** One frame: its header as JSON, then `value`. */
 export function encodeFrame(

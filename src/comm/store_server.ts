@@ -5,12 +5,13 @@
  * tells every other rank which rank went away. Separate from the client (store_client.ts), which
  * every rank runs, because it is where the store's trust rules are enforced.
  *
- * It answers a frame without the job's secret with an error and closes that connection. Before a
- * connection has shown the secret its frames may not exceed 64 KiB, and it must show it within
+ * It opens every connection with a challenge and answers a frame without the connection's proof of
+ * the job's secret (store_protocol.ts, storeProof) with an error and closes that connection. Before
+ * a connection has shown the secret its frames may not exceed 64 KiB, and it must show it within
  * 10 s; frames are at most 64 MiB. It keeps at most `maxConnections` connections that showed the
  * secret, and at most MAX_UNTRUSTED that have not yet: a new connection beyond that closes the
  * oldest one still unauthenticated, so a local process holding connections open cannot starve
- * the ranks (whose first frame carries the secret). Such closings are reported on stderr.
+ * the ranks (whose first frame carries the proof). Such closings are reported on stderr.
  *
  * @module
  */
@@ -23,8 +24,10 @@ import {
   encoder,
   MAX_FRAME,
   MAX_UNAUTHENTICATED_FRAME,
+  newNonce,
   readFrame,
   type StoreHeader,
+  storeProof,
   Writer,
 } from "./store_protocol.ts";
 
@@ -40,6 +43,8 @@ interface ServerClient {
   bye: boolean;
   /** It has shown the job secret. */
   trusted: boolean;
+  /** The proof of the secret its requests must carry (storeProof over its challenge). */
+  proof: string;
   done: Promise<void>;
 }
 
@@ -125,14 +130,18 @@ export class StoreServer {
       const untrusted = [...this.#clients].filter((c) => !c.trusted);
       if (untrusted.length >= MAX_UNTRUSTED) this.#evict(untrusted[0]);
       conn.setNoDelay(true);
+      const nonce = newNonce();
       const client: ServerClient = {
         conn,
         writer: new Writer(conn),
         bye: false,
         trusted: false,
+        proof: storeProof(this.secret, nonce),
         done: Promise.resolve(),
       };
       this.#clients.add(client);
+      // The connection's first frame: its challenge (the client answers with its proof).
+      client.writer.write(encodeFrame({ event: "challenge", nonce })).catch(() => {});
       client.done = this.#serve(client);
     }
   }
@@ -170,7 +179,7 @@ export class StoreServer {
           client.trusted ? MAX_FRAME : MAX_UNAUTHENTICATED_FRAME,
         );
         if (frame === null) break;
-        if (!sameSecret(frame.header.auth, this.secret)) {
+        if (!sameSecret(frame.header.auth, client.proof)) {
           const error = "refused: this request does not carry the job's secret " +
             "(DISTFLASH_JOB_SECRET); only ranks of this job may use the rendezvous store";
           await client.writer.write(
