@@ -2,6 +2,7 @@
 import type { Command } from "npm:commander@^14.0.0";
 import { PRESETS } from "../src/model/presets.ts";
 import { paramCount } from "../src/model/config.ts";
+import { familyOf } from "../src/model/families/mod.ts";
 
 /** A parameter count as people say it: 6.74B, 1.10B, 5.0M, 120K. */
 export function formatParams(n: number): string {
@@ -14,6 +15,8 @@ export function formatParams(n: number): string {
 export function presetRows(): Record<string, string | number>[] {
   return Object.entries(PRESETS).map(([name, c]) => ({
     name,
+    family: familyOf(c).modelType,
+    slidingWindow: c.slidingWindow ?? 0,
     parameters: paramCount(c),
     layers: c.numLayers,
     hidden: c.hiddenSize,
@@ -30,6 +33,7 @@ export function presetRows(): Record<string, string | number>[] {
 export function formatPresets(): string {
   const head = [
     "preset",
+    "family",
     "params",
     "layers",
     "hidden",
@@ -39,12 +43,15 @@ export function formatPresets(): string {
     "head dim",
     "vocab",
     "max positions",
+    "window",
   ];
   const rows = presetRows().map((r) => [
     String(r.name),
+    String(r.family),
     `${formatParams(r.parameters as number)} (${r.parameters})`,
     ...[r.layers, r.hidden, r.intermediate, r.heads, r.kvHeads, r.headDim, r.vocab, r.maxPositions]
       .map(String),
+    r.slidingWindow ? String(r.slidingWindow) : "-",
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]) =>
@@ -53,7 +60,8 @@ export function formatPresets(): string {
     line(head),
     ...rows.map(line),
     "",
-    "random initialisation (normal(0, 0.02)); `distflash plan --model <preset> ...` gives the memory",
+    "family: config.json's model_type; window: the sliding window (-: none). Random initialisation",
+    "(normal(0, 0.02)); `distflash plan --model <preset> ...` gives the memory",
   ].join("\n");
 }
 

@@ -264,11 +264,19 @@ Deno.test("presets: names, parameter counts and shapes", async () => {
       ["llama-2-13b", "13.02B (13015864320)", /40\s+5120\s+13824\s+40\s+40\s+128\s+32000/],
       ["llama-3-8b", "8.03B (8030261248)", /32\s+4096\s+14336\s+32\s+8\s+128\s+128256/],
       ["tinyllama-1.1b", "1.10B (1100048384)", /22\s+2048\s+5632\s+32\s+4\s+64\s+32000/],
+      // Qwen2.5-0.5B 494,032,768 and Qwen3-0.6B 596,049,920 (transformers' own count of the same
+      // configs, tests/families.test.ts has the model cards' rounded figures).
+      ["qwen2.5-0.5b", "494.0M (494032768)", /24\s+896\s+4864\s+14\s+2\s+64\s+151936/],
+      ["qwen3-0.6b", "596.0M (596049920)", /28\s+1024\s+3072\s+16\s+8\s+128\s+151936/],
     ] as const
   ) {
     const line = r.stdout.split("\n").find((l) => l.startsWith(name + " "));
     assert(line?.includes(count) && shape.test(line), `${name}: ${line}\n${r.stdout}`);
   }
+  // The family and the window columns.
+  const mistral = r.stdout.split("\n").find((l) => l.startsWith("mistral-7b-v0.1 "));
+  assert(/^mistral-7b-v0\.1\s+mistral\s.*\s4096$/.test(mistral ?? ""), `${mistral}`);
+  assert(/^qwen3-8b\s+qwen3\s.*\s-$/m.test(r.stdout), r.stdout);
   const json = await runCli(["presets", "--json"]);
   const rows = JSON.parse(json.stdout) as { name: string; parameters: number }[];
   // debug-tiny by hand: embeddings and head 2 x 259 x 64, per layer q,o 64x64 each, k,v 32x64

@@ -307,6 +307,8 @@ Deno.test("families: presets of the new families, sized from their HF configs", 
   assertLess(Math.abs(paramCount(presetConfig("qwen2.5-0.5b")) / 0.49e9 - 1), 0.01);
   assertLess(Math.abs(paramCount(presetConfig("qwen3-0.6b")) / 0.6e9 - 1), 0.01);
   assertEquals(presetConfig("qwen3-0.6b").tieWordEmbeddings, true);
+  // Qwen2.5-0.5B's vocabulary is 151936 (the 7B's is 152064).
+  assertEquals(presetConfig("qwen2.5-0.5b").vocabSize, 151936);
   assertEquals(presetConfig("Qwen2.5-7B").qkvBias, true);
   assertEquals(presetConfig("qwen3-8b").qkNorm, true);
 });

@@ -38,6 +38,7 @@ const QWEN25_7B: ModelConfig = {
 // family (head size 64) for one-GPU benchmarks.
 const QWEN25_05B: ModelConfig = {
   ...QWEN25_7B,
+  vocabSize: 151936,
   hiddenSize: 896,
   intermediateSize: 4864,
   numLayers: 24,
