@@ -86,6 +86,7 @@ const cases: [string, DType, number, number, number | undefined][] = [
   ["qwen3", DType.bf16, 2e-2, 5e-2, undefined],
   ["qwen2-window", DType.f32, 1e-4, 1e-4, undefined],
   ["qwen2-window", DType.bf16, 2e-2, 5e-2, undefined],
+  ["qwen3-window", DType.f32, 1e-4, 1e-4, undefined],
   ["mistral", DType.f32, 1e-4, 1e-4, undefined],
   ["mistral", DType.f32, 1e-4, 1e-4, 24],
   ["mistral", DType.bf16, 2e-2, 5e-2, undefined],
@@ -134,6 +135,7 @@ for (
     ["qwen2", "Qwen2ForCausalLM"],
     ["qwen3", "Qwen3ForCausalLM"],
     ["qwen2-window", "Qwen2ForCausalLM"],
+    ["qwen3-window", "Qwen3ForCausalLM"],
     ["mistral", "MistralForCausalLM"],
   ]
 ) {
@@ -152,17 +154,19 @@ for (
       assertEquals(json.model_type, variant.replace("-window", ""));
       assertEquals(json.architectures, [cls]);
       if (variant === "mistral") assertEquals(json.sliding_window, 8);
-      else if (variant === "qwen2-window") {
+      else if (variant.endsWith("-window")) {
         assertEquals(
           [json.use_sliding_window, json.sliding_window, json.max_window_layers, json.layer_types],
-          [true, 8, 1, ["full_attention", "sliding_attention"]],
+          [true, variant === "qwen2-window" ? 8 : 6, 1, ["full_attention", "sliding_attention"]],
         );
       } else assertEquals(json.use_sliding_window, false);
       const saved = await openSafetensors(out);
       try {
         for (const e of model.layout.entries) assert(saved.has(e.name), `saved ${e.name}`);
         if (variant.startsWith("qwen2")) assert(saved.has("model.layers.1.self_attn.v_proj.bias"));
-        if (variant === "qwen3") assert(saved.has("model.layers.1.self_attn.k_norm.weight"));
+        if (variant.startsWith("qwen3")) {
+          assert(saved.has("model.layers.1.self_attn.k_norm.weight"));
+        }
       } finally {
         saved.close();
       }

@@ -5,7 +5,7 @@
  * buildSequenceAttention as the trainer, with both sequence layouts (zigzag, contiguous):
  *
  * - 3 ranks on 24-token windows (the fixture's 32 do not split in 3): logits equal transformers'
- *   (tests/fixtures/qwen2, qwen3, qwen2-window, mistral: causal attention, windowed or not, so the first 24
+ *   (tests/fixtures/qwen2, qwen3, qwen2-window, qwen3-window, mistral: causal attention, windowed or not, so the first 24
  *   positions are the fixture's rows), loss and every gradient equal the same windows on 1 rank;
  * - 2 and 4 ranks on the fixture's whole 32-token windows: logits, loss and every gradient equal
  *   transformers';
@@ -29,7 +29,7 @@ import { docStartsFromTokens } from "../src/model/documents.ts";
 import { fileURLToPath } from "node:url";
 
 const fixtures = fileURLToPath(new URL("./fixtures/", import.meta.url));
-const VARIANTS = ["qwen2", "qwen3", "qwen2-window", "mistral"];
+const VARIANTS = ["qwen2", "qwen3", "qwen2-window", "qwen3-window", "mistral"];
 const LAYOUTS: SequenceLayout[] = ["zigzag", "contiguous"];
 /** The fixtures' batch: 2 windows of 32 tokens, labels aligned (no shift), -100 ignored. */
 const FIXTURE_LENGTH = 32;

@@ -16,6 +16,8 @@ Subcommands (run from the repository root):
                 untied embeddings, rope_theta 1e6.
         qwen2-window/  Qwen2ForCausalLM as qwen2/ with use_sliding_window: layer 0 attends over the
                 whole sequence, layer 1 (max_window_layers 1) under sliding_window 8.
+        qwen3-window/  Qwen3ForCausalLM as qwen3/ with use_sliding_window and layer_types: layer 1
+                under sliding_window 6.
         mistral/  MistralForCausalLM: the Llama shapes above with sliding_window 8 (transformers'
                 sliding-window causal mask: a query at p sees keys p-7 .. p), untied embeddings,
                 rope_theta 1e4.
@@ -75,6 +77,11 @@ VARIANTS = {
     "qwen2-window": (Qwen2Config, Qwen2ForCausalLM,
                      dict(tie_word_embeddings=True, use_sliding_window=True, sliding_window=8,
                           max_window_layers=1), 8642),
+    # Qwen3 with use_sliding_window, the window's layer as layer_types names it.
+    "qwen3-window": (Qwen3Config, Qwen3ForCausalLM,
+                     dict(tie_word_embeddings=False, head_dim=16, attention_bias=False,
+                          use_sliding_window=True, sliding_window=6,
+                          layer_types=["full_attention", "sliding_attention"]), 7531),
     "mistral": (MistralConfig, MistralForCausalLM,
                 dict(tie_word_embeddings=False, sliding_window=8, rope_theta=10000.0), 9753),
 }
