@@ -9,6 +9,9 @@
  */
 import { assert, assertLess } from "./assert.ts";
 import { randomDocumentStarts } from "../src/parallel/document_work.ts";
+import { sees } from "../src/model/documents.ts";
+import { runCli } from "./_util.ts";
+import { fileURLToPath } from "node:url";
 
 Deno.test("plan documents: random document lengths have the mean asked for, within 5 standard errors", () => {
   for (const mean of [1, 2, 7, 64, 500]) {
@@ -30,4 +33,24 @@ Deno.test("plan documents: random document lengths have the mean asked for, with
     // Every length in the range occurs (the uniform's support), for the small means.
     if (mean <= 64) assert(new Set(lengths).size === max, `mean ${mean}: support`);
   }
+});
+
+Deno.test("plan documents: with a window on some layers, the documents' work is the layers' mean (brute force)", async () => {
+  // tests/fixtures/qwen2-window: 2 layers, the second under a window of 8. plan packs each
+  // 64-token window with randomDocumentStarts(64, 16) (seed 0), as recomputed here.
+  const L = 64, W = 8, starts = randomDocumentStarts(L, 16);
+  let plain = 0, windowed = 0;
+  for (let p = 0; p < L; p++) {
+    for (let s = 0; s <= p; s++) {
+      if (sees(starts, p, s)) plain++;
+      if (sees(starts, p, s, W)) windowed++;
+    }
+  }
+  const share = ((plain + windowed) / 2 / ((L * (L + 1)) / 2)).toFixed(3);
+  const model = fileURLToPath(new URL("./fixtures/qwen2-window", import.meta.url));
+  // deno-fmt-ignore
+  const r = await runCli(["plan", "--model", model, "--model-max-length", `${L}`,
+    "--attention-mask", "document", "--doc-length", "16"]);
+  const want = `attention work with documents, share of causal's (random lengths): ${share}`;
+  assert(r.stdout.includes(want), `${want} in:\n${r.stdout}`);
 });

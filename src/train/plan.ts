@@ -284,9 +284,7 @@ export function formatPlan(
     );
   }
   lines.push(...windowWorkLines(cfg, o, world));
-  // The documents' work under the window when every layer has it (Mistral), else causal's.
-  const allWindowed = windowedLayers(cfg) === cfg.numLayers;
-  lines.push(...documentWorkLines(o, world, docLength, allWindowed ? cfg.slidingWindow ?? 0 : 0));
+  lines.push(...documentWorkLines(cfg, o, world, docLength));
   const fits = gpuFits && hostFits;
   const longest = longestFitting(cfg, o, world, budgetBytes, { hostBudgetBytes: host.bytes });
   lines.push(
@@ -455,25 +453,35 @@ function windowWorkLines(cfg: ModelConfig, o: TrainOptions, world: number): stri
  * plan's --doc-length; else a few means) against causal over the window, and on several sp ranks
  * the busiest rank's work over the mean (causal zigzag: 1.00); under zigzag both as the window
  * comes and with its documents reordered as training does (src/parallel/document_balance.ts),
- * each counted pair by pair (attentionWorkPerRank).
+ * each counted pair by pair (attentionWorkPerRank), averaged over the layers (a sliding window
+ * counts on the layers that have it).
  */
 function documentWorkLines(
+  cfg: ModelConfig,
   o: TrainOptions,
   world: number,
   docLength?: number,
-  window = 0,
 ): string[] {
   const layout = new ParallelLayout(world, 0, o), L = o.modelMaxLength;
   if (o.attentionMask !== "document" || L % layout.lengthUnit !== 0) return [];
+  // Per rank, the mean over the layers: the windowed layers' work under the window, the others'
+  // causal (documents only).
+  const windowed = windowedLayers(cfg), W = cfg.slidingWindow ?? 0;
+  const layerMean = (starts: number[]) => {
+    const plain = attentionWorkPerRank(layout, L, starts, 0);
+    if (windowed === 0) return plain;
+    const under = attentionWorkPerRank(layout, L, starts, W);
+    return plain.map((p, r) =>
+      (p * (cfg.numLayers - windowed) + under[r] * windowed) / cfg.numLayers
+    );
+  };
   const means = docLength ? [docLength] : [L / 64, L / 16, L / 4].filter((n) => n >= 1);
   const cases = means.map((mean) => {
     const starts = randomDocumentStarts(L, Math.round(mean));
-    const work = attentionWorkPerRank(layout, L, starts, window);
+    const work = layerMean(starts);
     const fraction = work.reduce((a, b) => a + b, 0) / ((L * (L + 1)) / 2);
     const balanced = layout.sequence === "zigzag" && layout.sp > 1
-      ? imbalance(
-        attentionWorkPerRank(layout, L, balanceDocuments(starts, L, layout.sp).starts, window),
-      )
+      ? imbalance(layerMean(balanceDocuments(starts, L, layout.sp).starts))
       : undefined;
     return { mean: Math.round(mean), fraction, imbalance: imbalance(work), balanced };
   });
