@@ -126,7 +126,9 @@ df_status cudnn_attention_backward(bool *handled, float *dq, float *dk, float *d
   DF_CHECK(dnn_handle_for(key.device, s, &handle));
   AttnPlan *plan = dnn_plan_for(key, handle);
   if (plan->unsupported) return DF_OK;
-  /* scratch: workspace | dq, dk, dv in bf16 | Dsum [nh, tq] | dQ accumulator [nh, tq, hd] fp32 */
+  /* scratch: workspace | dq, dk, dv in bf16 | Dsum [nh, tq] | dQ accumulator [nh, tq, hd] fp32.
+   * The memory plan counts the same (cudnnScratchBytes in src/runtime/attention_kernel.ts, which
+   * plans without this library): change both together. */
   const uint64_t q_n = (uint64_t)tq * nh * hd, kv_n = (uint64_t)tk * nkv * hd;
   const uint64_t off_dq = align256((uint64_t)plan->workspace), off_dk = off_dq + align256(2 * q_n),
                  off_dv = off_dk + align256(2 * kv_n), off_dsum = off_dv + align256(2 * kv_n),

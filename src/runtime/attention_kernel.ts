@@ -130,7 +130,8 @@ export const CUDNN_WORKSPACE_ALLOWANCE_BYTES = 64 * 2 ** 20;
 /**
  * The cuDNN path's scratch for one attention backward of `tokens` queries and keys (its largest
  * call; one growing buffer per stream, csrc/cuda/cudnn_attention.cu): bf16 dq, dk, dv, the fp32
- * row sums and dQ accumulator, plus the workspace allowance.
+ * row sums and dQ accumulator, plus the workspace allowance. The same layout as
+ * cudnn_attention_backward's (kept here so `plan` needs no CUDA library; change both together).
  */
 export function cudnnScratchBytes(
   tokens: number,
