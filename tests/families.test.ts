@@ -7,6 +7,7 @@
  * family's model_type and class; unsupported families are refused naming the supported ones.
  * Tolerances as in llama.test.ts: fp32 1e-4; bf16 2e-2 (logits, loss) and 5e-2 (gradients).
  */
+import { fixtures, reference } from "./_fixtures.ts";
 import { assert, assertEquals, assertLess, assertThrows } from "./assert.ts";
 
 /** The error `fn` throws; asserts its message includes `text`. */
@@ -23,23 +24,6 @@ import { initRandom, loadWeights, saveModel } from "../src/model/hf.ts";
 import { presetConfig, PRESETS } from "../src/model/presets.ts";
 import { paramCount, windowDescription } from "../src/model/config.ts";
 import { DType } from "../src/runtime/ops.ts";
-import { fileURLToPath } from "node:url";
-
-const fixtures = fileURLToPath(new URL("./fixtures/", import.meta.url));
-
-async function reference(variant: string) {
-  const ref = await openSafetensors(`${fixtures}${variant}/reference.safetensors`);
-  const ids = Int32Array.from(await ref.readFloat32("input_ids"));
-  const labels = Int32Array.from(await ref.readFloat32("labels"));
-  const logits = await ref.readFloat32("logits");
-  const loss = (await ref.readFloat32("loss"))[0];
-  const grads = new Map<string, Float32Array>();
-  for (const name of ref.names()) {
-    if (name.startsWith("grad.")) grads.set(name.slice(5), await ref.readFloat32(name));
-  }
-  ref.close();
-  return { ids, labels, logits, loss, grads };
-}
 
 /** One forward and backward of the fixture's batch; `mlpTile` splits the token tiles. */
 async function runFixture(variant: string, dtype: DType, mlpTile?: number) {

@@ -16,38 +16,22 @@
  * (or TEST_BACKEND); tolerance 1e-4 against transformers as in tests/families.test.ts, 1e-5
  * between rank counts (sequence parallelism only reorders sums).
  */
+import { fixtures, reference } from "./_fixtures.ts";
 import { freeRanks, gatheredLogits, inProcessRanks, labelCount, summedGrads } from "./_ranks.ts";
 import { assert, assertEquals, assertLess } from "./assert.ts";
 import { relError, rng, testDevice } from "./_util.ts";
-import { openSafetensors } from "../src/io/safetensors.ts";
 import { readHfConfig } from "../src/model/hf_config.ts";
 import { DecoderModel } from "../src/model/decoder.ts";
 import { loadWeights } from "../src/model/hf.ts";
 import { DType } from "../src/runtime/ops.ts";
 import type { SequenceLayout } from "../src/parallel/layout.ts";
 import { docStartsFromTokens } from "../src/model/documents.ts";
-import { fileURLToPath } from "node:url";
 
-const fixtures = fileURLToPath(new URL("./fixtures/", import.meta.url));
 const VARIANTS = ["qwen2", "qwen3", "qwen2-window", "qwen3-window", "mistral"];
 const LAYOUTS: SequenceLayout[] = ["zigzag", "contiguous"];
 /** The fixtures' batch: 2 windows of 32 tokens, labels aligned (no shift), -100 ignored. */
 const FIXTURE_LENGTH = 32;
 const IGNORE = -100;
-
-async function reference(variant: string) {
-  const ref = await openSafetensors(`${fixtures}${variant}/reference.safetensors`);
-  const ids = Int32Array.from(await ref.readFloat32("input_ids"));
-  const labels = Int32Array.from(await ref.readFloat32("labels"));
-  const logits = await ref.readFloat32("logits");
-  const loss = (await ref.readFloat32("loss"))[0];
-  const grads = new Map<string, Float32Array>();
-  for (const name of ref.names()) {
-    if (name.startsWith("grad.")) grads.set(name.slice(5), await ref.readFloat32(name));
-  }
-  ref.close();
-  return { ids, labels, logits, loss, grads };
-}
 
 interface Run {
   /** [windows, L, V] in window order. */

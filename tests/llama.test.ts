@@ -9,6 +9,7 @@
  * gives relative errors of a few 1e-3 on logits and up to ~1e-2 on gradients, so bf16 is checked
  * at 2e-2 (logits, loss) and 5e-2 (gradients).
  */
+import { fixtures, reference } from "./_fixtures.ts";
 import { assert, assertLess } from "./assert.ts";
 import { relError, TEST_BACKEND, testDevice } from "./_util.ts";
 import { openSafetensors, writeSafetensors } from "../src/io/safetensors.ts";
@@ -16,27 +17,10 @@ import { readHfConfig } from "../src/model/hf_config.ts";
 import { DecoderModel } from "../src/model/decoder.ts";
 import { initRandom, loadWeights, saveModel } from "../src/model/hf.ts";
 import { DType } from "../src/runtime/ops.ts";
-import { fileURLToPath } from "node:url";
-
-const fixtures = fileURLToPath(new URL("./fixtures/", import.meta.url));
 
 /** Every parameter's gradient, in layout order, as one array. */
 function allGrads(model: DecoderModel): Float32Array {
   return Float32Array.from(model.layout.entries.flatMap((e) => Array.from(model.gradOf(e.name))));
-}
-
-async function reference(variant: string) {
-  const ref = await openSafetensors(`${fixtures}${variant}/reference.safetensors`);
-  const ids = Int32Array.from(await ref.readFloat32("input_ids"));
-  const labels = Int32Array.from(await ref.readFloat32("labels"));
-  const logits = await ref.readFloat32("logits");
-  const loss = (await ref.readFloat32("loss"))[0];
-  const grads = new Map<string, Float32Array>();
-  for (const name of ref.names()) {
-    if (name.startsWith("grad.")) grads.set(name.slice(5), await ref.readFloat32(name));
-  }
-  ref.close();
-  return { ids, labels, logits, loss, grads };
 }
 
 async function runFixture(variant: string, dtype: DType) {

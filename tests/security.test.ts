@@ -19,6 +19,11 @@ import { encodeFrame, readFrame, storeProof } from "../src/comm/store_protocol.t
 
 const secret = "security-test-secret-0123";
 
+/** Rank `rank` of a 2-rank job's rendezvous store on 127.0.0.1:`port` (rank 0 hosts it; 0: any). */
+function storeOn(port: number, rank: number): Promise<TcpStore> {
+  return TcpStore.open({ host: "127.0.0.1", port, rank, size: 2, timeoutMs: 5000, secret });
+}
+
 /** Reads until the peer closes; true when it closed within `ms`. */
 async function closedWithin(conn: Deno.TcpConn, ms: number): Promise<boolean> {
   const timer = setTimeout(() => conn.close(), ms);
@@ -34,23 +39,9 @@ async function closedWithin(conn: Deno.TcpConn, ms: number): Promise<boolean> {
 }
 
 Deno.test("mesh: rogue clients that connect first are refused and the ranks still connect", async () => {
-  const store0 = await TcpStore.open({
-    host: "127.0.0.1",
-    port: 0,
-    rank: 0,
-    size: 2,
-    timeoutMs: 5000,
-    secret,
-  });
+  const store0 = await storeOn(0, 0);
   const port = store0.server!.port;
-  const store1 = await TcpStore.open({
-    host: "127.0.0.1",
-    port,
-    rank: 1,
-    size: 2,
-    timeoutMs: 5000,
-    secret,
-  });
+  const store1 = await storeOn(port, 1);
   const t0 = performance.now();
   const links0 = connectLinks(store0, 0, 2, 5000, "sec");
   const [host, meshPort] = (await store0.getText("sec/addr/0")).split(" ");
@@ -79,27 +70,13 @@ Deno.test("mesh: rogue clients that connect first are refused and the ranks stil
 });
 
 Deno.test("store: unauthenticated connections held open do not starve the ranks", async () => {
-  const store0 = await TcpStore.open({
-    host: "127.0.0.1",
-    port: 0,
-    rank: 0,
-    size: 2,
-    timeoutMs: 5000,
-    secret,
-  });
+  const store0 = await storeOn(0, 0);
   const port = store0.server!.port;
   // More idle connections than the store keeps (2 * size + 16 = 20 before the fix).
   const idle: Deno.TcpConn[] = [];
   for (let i = 0; i < 60; i++) idle.push(await Deno.connect({ hostname: "127.0.0.1", port }));
   await new Promise((r) => setTimeout(r, 200));
-  const store1 = await TcpStore.open({
-    host: "127.0.0.1",
-    port,
-    rank: 1,
-    size: 2,
-    timeoutMs: 5000,
-    secret,
-  });
+  const store1 = await storeOn(port, 1);
   await store1.set("k", "v");
   assertEquals(await store0.getText("k"), "v");
   for (const c of idle) {
@@ -112,14 +89,7 @@ Deno.test("store: unauthenticated connections held open do not starve the ranks"
 });
 
 Deno.test("store: the secret never crosses the wire; a proof works on its own connection only", async () => {
-  const store0 = await TcpStore.open({
-    host: "127.0.0.1",
-    port: 0,
-    rank: 0,
-    size: 2,
-    timeoutMs: 5000,
-    secret,
-  });
+  const store0 = await storeOn(0, 0);
   const port = store0.server!.port;
   // Rank 1 talks to the store through a relay that records every byte it sends.
   const relay = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -141,14 +111,7 @@ Deno.test("store: the secret never crosses the wire; a proof works on its own co
     };
     await Promise.all([pump(from, to, true), pump(to, from, false)]);
   })();
-  const store1 = await TcpStore.open({
-    host: "127.0.0.1",
-    port: (relay.addr as Deno.NetAddr).port,
-    rank: 1,
-    size: 2,
-    timeoutMs: 5000,
-    secret,
-  });
+  const store1 = await storeOn((relay.addr as Deno.NetAddr).port, 1);
   await store1.set("k", "v");
   assertEquals(await store0.getText("k"), "v");
   await store1.close();

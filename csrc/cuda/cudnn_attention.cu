@@ -34,8 +34,9 @@ static bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 /* Whether cuDNN is to be asked at all, and the plan key; caller holds dnn_mutex. */
 static bool dnn_applies(AttnKey *key, int backward, int64_t tq, int64_t tk, int nh, int nkv, int hd, int64_t q_pos0,
-                        int64_t k_pos0, float scale, std::initializer_list<const void *> ptrs) {
+                        int64_t k_pos0, int64_t window, float scale, std::initializer_list<const void *> ptrs) {
   if (df_attention_kernel_get() == DF_ATTENTION_NATIVE) return false;
+  if (window > 0) return false; /* the graphs mask causally only */
   if (hd != 64 && hd != 128) return false;
   if (!(scale > 0.0f) || tq > INT32_MAX || tk > INT32_MAX) return false;
   for (const void *p : ptrs)
@@ -89,10 +90,9 @@ df_status cudnn_attention_forward(bool *handled, bf16 *out, float *lse, const bf
                                   int64_t tq, int64_t tk, int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0,
                                   int64_t window, float scale, cudaStream_t s) {
   *handled = false;
-  if (window > 0) return DF_OK; /* the graphs mask causally only */
   std::lock_guard<std::mutex> guard(dnn_mutex);
   AttnKey key;
-  if (!dnn_applies(&key, 0, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, {out, q, k, v, lse})) return DF_OK;
+  if (!dnn_applies(&key, 0, tq, tk, nh, nkv, hd, q_pos0, k_pos0, window, scale, {out, q, k, v, lse})) return DF_OK;
   dnn_handle handle = NULL;
   DF_CHECK(dnn_handle_for(key.device, s, &handle));
   AttnPlan *plan = dnn_plan_for(key, handle);
@@ -117,10 +117,10 @@ df_status cudnn_attention_backward(bool *handled, float *dq, float *dk, float *d
                                    int64_t tk, int nh, int nkv, int hd, int64_t q_pos0, int64_t k_pos0, int64_t window,
                                    float scale, cudaStream_t s) {
   *handled = false;
-  if (window > 0) return DF_OK;
   std::lock_guard<std::mutex> guard(dnn_mutex);
   AttnKey key;
-  if (!dnn_applies(&key, 1, tq, tk, nh, nkv, hd, q_pos0, k_pos0, scale, {dq, dk, dv, dout, q, k, v, out, lse}))
+  if (!dnn_applies(&key, 1, tq, tk, nh, nkv, hd, q_pos0, k_pos0, window, scale,
+                   {dq, dk, dv, dout, q, k, v, out, lse}))
     return DF_OK;
   dnn_handle handle = NULL;
   DF_CHECK(dnn_handle_for(key.device, s, &handle));

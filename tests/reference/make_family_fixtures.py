@@ -34,16 +34,18 @@ Setup:
 """
 
 import argparse
-import json
 import os
 import sys
 
 import torch
 import torch.nn.functional as F
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import (AutoModelForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM)
+
+# Shared with the Llama fixtures (same folder): writing reference.safetensors, the error measure.
+from make_fixtures import rel_err, write_reference  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_OUT = os.path.join(ROOT, "tests", "fixtures")
@@ -117,16 +119,6 @@ def make_batch(seed, vocab):
     return input_ids, labels
 
 
-def one_key_metadata(info):
-    return {"info": json.dumps(info, sort_keys=True)}
-
-
-def rel_err(a, b):
-    a = a.to(torch.float64)
-    b = b.to(torch.float64)
-    return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)).item()
-
-
 def generate_variant(outdir, variant):
     _, model_cls, _, seed = VARIANTS[variant]
     cfg = make_config(variant)
@@ -148,24 +140,8 @@ def generate_variant(outdir, variant):
     loss = F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), ignore_index=IGNORE)
     loss.backward()
 
-    saved = load_file(os.path.join(d, "model.safetensors"))
-    params = dict(m64.named_parameters())
-    assert set(saved) == set(params), sorted(set(saved) ^ set(params))
-    ref = {
-        "input_ids": input_ids.contiguous(),
-        "labels": labels.contiguous(),
-        "logits": logits.detach().to(torch.float32).contiguous(),
-        "loss": loss.detach().reshape(1).to(torch.float32),
-    }
-    for name in sorted(params):
-        g = params[name].grad
-        assert g is not None, name
-        ref["grad." + name] = g.to(torch.float32).contiguous()
-    save_file(ref, os.path.join(d, "reference.safetensors"),
-              metadata=one_key_metadata({"variant": variant, "labels": "aligned (no shift), -100 ignored",
-                                         "computed_in": "float64 eager",
-                                         "transformers": transformers.__version__,
-                                         "torch": torch.__version__}))
+    ref = write_reference(d, variant, m64, input_ids, labels, logits, loss)
+    params = ref["params"]
     for fn in os.listdir(d):
         os.chmod(os.path.join(d, fn), 0o644)
     # float32 reload reproduces the float64 logits.

@@ -198,6 +198,31 @@ def write_classic_config(cfg_path, out_path):
         f.write("\n")
 
 
+def write_reference(d, variant, m64, input_ids, labels, logits, loss):
+    """reference.safetensors of folder d: the batch, the float64 model's logits and loss as float32,
+    and every parameter's gradient (the model's backward has run); the parameters it saved must be
+    exactly the model's. Returns the tensors written, and the parameters under "params"."""
+    saved = load_file(os.path.join(d, "model.safetensors"))
+    params = dict(m64.named_parameters())
+    assert set(saved) == set(params), (sorted(set(saved) ^ set(params)))
+    ref = {
+        "input_ids": input_ids.contiguous(),
+        "labels": labels.contiguous(),
+        "logits": logits.detach().to(torch.float32).contiguous(),
+        "loss": loss.detach().reshape(1).to(torch.float32),
+    }
+    for name in sorted(params):
+        g = params[name].grad
+        assert g is not None, name
+        ref["grad." + name] = g.to(torch.float32).contiguous()
+    save_file(ref, os.path.join(d, "reference.safetensors"),
+              metadata=one_key_metadata({"variant": variant, "labels": "aligned (no shift), -100 ignored",
+                                         "computed_in": "float64 eager",
+                                         "transformers": transformers.__version__,
+                                         "torch": torch.__version__}))
+    return {**ref, "params": params}
+
+
 def generate_variant(outdir, variant):
     seed = VARIANTS[variant]["seed"]
     cfg = make_config(variant)
@@ -222,24 +247,8 @@ def generate_variant(outdir, variant):
     loss = F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), ignore_index=IGNORE)
     loss.backward()
 
-    saved = load_file(os.path.join(d, "model.safetensors"))
-    params = dict(m64.named_parameters())
-    assert set(saved) == set(params), (sorted(set(saved) ^ set(params)))
-    ref = {
-        "input_ids": input_ids.contiguous(),
-        "labels": labels.contiguous(),
-        "logits": logits.detach().to(torch.float32).contiguous(),
-        "loss": loss.detach().reshape(1).to(torch.float32),
-    }
-    for name in sorted(params):
-        g = params[name].grad
-        assert g is not None, name
-        ref["grad." + name] = g.to(torch.float32).contiguous()
-    save_file(ref, os.path.join(d, "reference.safetensors"),
-              metadata=one_key_metadata({"variant": variant, "labels": "aligned (no shift), -100 ignored",
-                                         "computed_in": "float64 eager",
-                                         "transformers": transformers.__version__,
-                                         "torch": torch.__version__}))
+    ref = write_reference(d, variant, m64, input_ids, labels, logits, loss)
+    params = ref["params"]
     print(f"[{variant}] loss={loss.item():.6f} ignored={(labels == IGNORE).sum().item()} "
           f"params={len(params)} grad norms min={min(g.norm().item() for k, g in ref.items() if k.startswith('grad.')):.3e}")
 
